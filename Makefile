@@ -1,0 +1,35 @@
+# Every target sets up what it needs: a local .venv with the project and its pinned
+# dependencies (constraints.txt pins torch==2.13.0, the CPU build on this machine's disk).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test test-thorough lint gradcheck docs bench clean
+
+setup: $(STAMP)
+
+$(STAMP): setup.cfg pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -c constraints.txt -e '.[test,docs,dev]'
+	touch $@
+
+demo: $(STAMP)
+	$(PY) -m npattn demo
+
+gradcheck: $(STAMP)
+	$(PY) -m npattn gradcheck
+
+test: $(STAMP)
+	$(PY) -m pytest -n 2 $(PYTEST_ARGS)
+
+test-thorough: $(STAMP)
+	HYPOTHESIS_PROFILE=thorough $(PY) -m pytest -n 2 $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+clean:
+	rm -rf $(VENV) site build *.egg-info .pytest_cache .hypothesis

@@ -1,0 +1,38 @@
+"""npattn: the attention of chapter 3 of *Build a Large Language Model (From Scratch)* in
+plain NumPy, every stage with a hand-written backward pass.
+
+    import npattn
+    from npattn import functional as F
+
+    mha = npattn.MultiHeadAttention(d_in=3, d_out=4, context_length=6, dropout=0.0,
+                                    num_heads=2, rng=123)
+    y = mha(x)            # (B, T, 3) -> (B, T, 4)
+    dx = mha.backward(dy) # and mha.grads holds every parameter gradient
+"""
+
+from . import functional, gradcheck
+from .modules import (
+    CausalAttention,
+    Linear,
+    Module,
+    MultiHeadAttention,
+    MultiHeadAttentionWrapper,
+    SelfAttention_v1,
+    SelfAttention_v2,
+)
+from .ops.simple import simple_self_attention
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CausalAttention",
+    "Linear",
+    "Module",
+    "MultiHeadAttention",
+    "MultiHeadAttentionWrapper",
+    "SelfAttention_v1",
+    "SelfAttention_v2",
+    "functional",
+    "gradcheck",
+    "simple_self_attention",
+]

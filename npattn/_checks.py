@@ -1,0 +1,80 @@
+"""Input validation shared by the ops and modules.
+
+Every public entry point turns bad input into a ValueError/TypeError that names the argument
+and the expected shape, rather than letting an error leak out of numpy internals.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def as_float_array(x, name: str, dtype=None) -> np.ndarray:
+    """Return x as a floating ndarray (no copy when it already is one)."""
+    if isinstance(x, np.ndarray) and dtype is None:
+        arr = x
+    else:
+        try:
+            arr = np.asarray(x, dtype=dtype)
+        except (TypeError, ValueError) as e:
+            raise TypeError(f"{name} must be an array of numbers, got {type(x).__name__}") from e
+    if not np.issubdtype(arr.dtype, np.floating):
+        if np.issubdtype(arr.dtype, np.integer) or arr.dtype == np.bool_:
+            arr = arr.astype(np.float64)
+        else:
+            raise TypeError(f"{name} must hold floating-point numbers, got dtype {arr.dtype}")
+    return arr
+
+
+def check_ndim(x: np.ndarray, name: str, ndims, shape_desc: str) -> None:
+    """Raise ValueError unless x.ndim is one of ndims."""
+    ndims = (ndims,) if isinstance(ndims, int) else tuple(ndims)
+    if x.ndim not in ndims:
+        raise ValueError(
+            f"{name} must have shape {shape_desc} ({' or '.join(map(str, ndims))}-D), "
+            f"got shape {tuple(x.shape)}"
+        )
+
+
+def check_min_ndim(x: np.ndarray, name: str, ndim: int, shape_desc: str) -> None:
+    if x.ndim < ndim:
+        raise ValueError(
+            f"{name} must have shape {shape_desc} (at least {ndim}-D), got shape {tuple(x.shape)}"
+        )
+
+
+def check_same_shape(d: np.ndarray, ref_shape, name: str) -> None:
+    """Raise ValueError unless an upstream gradient has the forward output's shape."""
+    if tuple(np.shape(d)) != tuple(ref_shape):
+        raise ValueError(
+            f"{name} must have the forward output's shape {tuple(ref_shape)}, "
+            f"got {tuple(np.shape(d))}"
+        )
+
+
+def check_probability(p, name: str) -> float:
+    """Return p as a float in [0, 1), else raise ValueError."""
+    try:
+        p = float(p)
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"{name} must be a float in [0, 1), got {p!r}") from e
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"{name} must be in [0, 1), got {p}")
+    return p
+
+
+def check_positive_int(n, name: str) -> int:
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {type(n).__name__}")
+    if n < 1:
+        raise ValueError(f"{name} must be >= 1, got {n}")
+    return int(n)
+
+
+def make_rng(rng) -> np.random.Generator:
+    """A numpy Generator from a Generator, a seed, or None (fresh entropy)."""
+    if isinstance(rng, np.random.Generator):
+        return rng
+    if rng is None or isinstance(rng, (int, np.integer)):
+        return np.random.default_rng(rng)
+    raise TypeError(f"rng must be a numpy.random.Generator, an int seed or None, got {rng!r}")

@@ -1,0 +1,63 @@
+"""The public face of the ops: `from npattn import functional as F`.
+
+Every op is a pure pair, `*_forward(...) -> (out, cache)` and `*_backward(dout, cache)`, except
+softmax, whose output is its own cache: `y = F.softmax(x)`, `dx = F.softmax_backward(dy, y)`.
+"""
+
+from .ops.dropout import dropout_backward, dropout_forward, dropout_keep_mask
+from .ops.heads import (
+    merge_heads_backward,
+    merge_heads_forward,
+    split_heads_backward,
+    split_heads_forward,
+)
+from .ops.linear import linear_backward, linear_forward
+from .ops.masks import (
+    causal_mask,
+    mask_renormalize_backward,
+    mask_renormalize_forward,
+    mask_scores_backward,
+    mask_scores_forward,
+)
+from .ops.sdpa import SDPACache, scaled_dot_product_attention, sdpa_backward, sdpa_forward
+from .ops.simple import (
+    attn_scores_for_query,
+    attn_scores_loops,
+    context_vector_for_query,
+    context_vectors_loops,
+    simple_attention_backward,
+    simple_attention_forward,
+    simple_self_attention,
+)
+from .ops.softmax import softmax, softmax_backward, softmax_naive
+
+__all__ = [
+    "SDPACache",
+    "attn_scores_for_query",
+    "attn_scores_loops",
+    "causal_mask",
+    "context_vector_for_query",
+    "context_vectors_loops",
+    "dropout_backward",
+    "dropout_forward",
+    "dropout_keep_mask",
+    "linear_backward",
+    "linear_forward",
+    "mask_renormalize_backward",
+    "mask_renormalize_forward",
+    "mask_scores_backward",
+    "mask_scores_forward",
+    "merge_heads_backward",
+    "merge_heads_forward",
+    "scaled_dot_product_attention",
+    "sdpa_backward",
+    "sdpa_forward",
+    "simple_attention_backward",
+    "simple_attention_forward",
+    "simple_self_attention",
+    "softmax",
+    "softmax_backward",
+    "softmax_naive",
+    "split_heads_backward",
+    "split_heads_forward",
+]

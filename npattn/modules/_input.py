@@ -1,0 +1,56 @@
+"""Checking and casting the token input x of an attention module."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .._checks import as_float_array, check_ndim, check_positive_int, check_probability
+
+
+def prepare_input(x, d_in: int, dtype, context_length: int | None = None) -> np.ndarray:
+    """x as an array of the module's dtype, checked: (B, T, d_in), or also (T, d_in) for the
+    classes without a context_length (SelfAttention_v1/v2, as in the chapter's section 3.4).
+
+    Modules compute in the dtype of their parameters, so x is cast (a float64 input to a
+    float32 module is computed in float32, as after torch's .to(dtype)).
+    """
+    x = as_float_array(x, "x")
+    if context_length is None:
+        check_ndim(x, "x", (2, 3), f"(T, d_in={d_in}) or (B, T, d_in={d_in})")
+    else:
+        check_ndim(x, "x", 3, f"(B, T, d_in={d_in})")
+    if x.shape[-1] != d_in:
+        raise ValueError(f"x must have shape (B, T, d_in={d_in}), got {tuple(x.shape)}")
+    if context_length is not None and x.shape[-2] > context_length:
+        raise ValueError(
+            f"x has {x.shape[-2]} tokens but context_length is {context_length}: "
+            f"x must have shape (B, T <= {context_length}, d_in)"
+        )
+    if x.shape[-2] == 0:
+        raise ValueError("x must have at least one token: shape (B, T >= 1, d_in)")
+    return x.astype(dtype, copy=False)
+
+
+def check_attention_args(d_in, d_out, context_length=None, dropout=None, num_heads=None):
+    """Validate the chapter's constructor arguments; returns them normalised."""
+    d_in = check_positive_int(d_in, "d_in")
+    d_out = check_positive_int(d_out, "d_out")
+    if context_length is not None:
+        context_length = check_positive_int(context_length, "context_length")
+    if dropout is not None:
+        dropout = check_probability(dropout, "dropout")
+    if num_heads is not None:
+        num_heads = check_positive_int(num_heads, "num_heads")
+        if d_out % num_heads:
+            raise ValueError(f"d_out ({d_out}) must be divisible by num_heads ({num_heads})")
+    return d_in, d_out, context_length, dropout, num_heads
+
+
+def chapter_mask(context_length: int) -> np.ndarray:
+    """The chapter's `mask` buffer: triu(ones, diagonal=1), 1 = masked (float32, like torch)."""
+    return np.triu(np.ones((context_length, context_length), dtype=np.float32), k=1)
+
+
+def attend_mask(mask_buffer: np.ndarray, T: int) -> np.ndarray:
+    """The chapter's buffer, truncated to T tokens, as a boolean mask with True = attend."""
+    return mask_buffer[:T, :T] == 0  # (context_length, context_length) -> (T, T)

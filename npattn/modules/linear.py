@@ -1,0 +1,55 @@
+"""Linear: torch.nn.Linear's parameters, initialisation and layout, on the linear op."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .._checks import as_float_array, check_positive_int, make_rng
+from ..ops.linear import linear_backward, linear_forward
+from .base import Module
+
+
+def uniform_init(rng: np.random.Generator, shape, fan_in: int, dtype=np.float32) -> np.ndarray:
+    """torch.nn.Linear's default init: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (kaiming, a=sqrt(5))."""
+    bound = 1.0 / math.sqrt(fan_in)
+    return rng.uniform(-bound, bound, size=shape).astype(dtype)
+
+
+class Linear(Module):
+    """out = x @ weight.T + bias.
+
+    Shapes: x (..., in_features) -> (..., out_features); weight (out_features, in_features).
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, *, rng=None):
+        super().__init__()
+        self.in_features = check_positive_int(in_features, "in_features")
+        self.out_features = check_positive_int(out_features, "out_features")
+        rng = make_rng(rng)
+        self.register_parameter(
+            "weight", uniform_init(rng, (out_features, in_features), in_features)
+        )
+        if bias:
+            self.register_parameter("bias", uniform_init(rng, (out_features,), in_features))
+        else:
+            self.bias = None
+
+    def forward(self, x):
+        x = as_float_array(x, "x", dtype=self.weight.dtype)  # compute in the weight's dtype
+        out, self._cache = linear_forward(x, self.weight, self.bias)
+        return out
+
+    def backward(self, dout):
+        dx, dweight, dbias = linear_backward(dout, self._require_cache())
+        self._grads = {"weight": dweight}
+        if dbias is not None:
+            self._grads["bias"] = dbias
+        return dx
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"bias={self.bias is not None}"
+        )

@@ -1,0 +1,158 @@
+"""The chapter's two multi-head classes (section 3.6).
+
+Shape legend: B batch, T tokens, H = num_heads, E = head_dim, d_in / d_out as in the chapter.
+MultiHeadAttentionWrapper: d_out is per head, output (B, T, H * d_out).
+MultiHeadAttention: d_out is the total width, E = d_out // H, output (B, T, d_out).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .._checks import check_positive_int, make_rng
+from ..ops.heads import (
+    merge_heads_backward,
+    merge_heads_forward,
+    split_heads_backward,
+    split_heads_forward,
+)
+from ..ops.sdpa import sdpa_backward, sdpa_forward
+from ._input import attend_mask, chapter_mask, check_attention_args, prepare_input
+from .attention import CausalAttention
+from .base import Module, ModuleList
+from .linear import Linear
+
+
+class MultiHeadAttentionWrapper(Module):
+    """num_heads CausalAttention heads side by side, outputs concatenated (chapter 3.6.1).
+
+    Shapes: x (B, T, d_in) -> (B, T, num_heads * d_out).
+    """
+
+    def __init__(
+        self,
+        d_in: int,
+        d_out: int,
+        context_length: int,
+        dropout: float,
+        num_heads: int,
+        qkv_bias: bool = False,
+        *,
+        rng=None,
+    ):
+        super().__init__()
+        d_in, d_out, context_length, dropout, _ = check_attention_args(
+            d_in, d_out, context_length, dropout
+        )
+        num_heads = check_positive_int(num_heads, "num_heads")  # d_out is per head here
+        self.d_in, self.d_out, self.num_heads = d_in, d_out, num_heads
+        self.rng = make_rng(rng)
+        self.heads = ModuleList(
+            CausalAttention(d_in, d_out, context_length, dropout, qkv_bias, rng=self.rng)
+            for _ in range(num_heads)
+        )
+
+    @property
+    def attn_weights(self):
+        """Each head's weights stacked on axis -3: (B, H, T, T)."""
+        if any(h.attn_weights is None for h in self.heads):
+            return None
+        return np.stack([h.attn_weights for h in self.heads], axis=-3)
+
+    def forward(self, x):
+        outs = [head(x) for head in self.heads]  # H x (B, T, d_out)
+        self._cache = True
+        return np.concatenate(outs, axis=-1)  # -> (B, T, H * d_out)
+
+    def backward(self, dout):
+        self._require_cache()
+        douts = np.split(np.asarray(dout), self.num_heads, axis=-1)  # H x (B, T, d_out)
+        dx = self.heads[0].backward(douts[0])
+        for head, dh in zip(list(self.heads)[1:], douts[1:]):
+            dx += head.backward(dh)  # x feeds every head
+        return dx
+
+
+class MultiHeadAttention(Module):
+    """Multi-head attention with split weights, reshape/transpose and out_proj (chapter 3.6.2).
+
+    Shapes: x (B, T, d_in), T <= context_length -> context_vec (B, T, d_out).
+
+    Forward (walked backwards in `backward`):
+        1. queries, keys, values = W_query(x), W_key(x), W_value(x)   (B, T, d_out)
+        2. split heads                                 (B, T, d_out) -> (B, H, T, E)
+        3. causal SDPA with dropout on the weights     (B, H, T, E)
+        4. merge heads                                 (B, H, T, E) -> (B, T, d_out)
+        5. context_vec = out_proj(context)             (B, T, d_out)
+    """
+
+    def __init__(
+        self,
+        d_in: int,
+        d_out: int,
+        context_length: int,
+        dropout: float,
+        num_heads: int,
+        qkv_bias: bool = False,
+        *,
+        rng=None,
+    ):
+        super().__init__()
+        self.d_in, self.d_out, self.context_length, self.dropout, self.num_heads = (
+            check_attention_args(d_in, d_out, context_length, dropout, num_heads)
+        )
+        self.head_dim = self.d_out // self.num_heads
+        self.rng = make_rng(rng)
+        self.W_query = Linear(d_in, d_out, bias=qkv_bias, rng=self.rng)
+        self.W_key = Linear(d_in, d_out, bias=qkv_bias, rng=self.rng)
+        self.W_value = Linear(d_in, d_out, bias=qkv_bias, rng=self.rng)
+        self.out_proj = Linear(d_out, d_out, rng=self.rng)
+        self.register_buffer("mask", chapter_mask(self.context_length))
+        self.attn_weights = None
+
+    def forward(self, x):
+        x = prepare_input(x, self.d_in, self.dtype, self.context_length)
+        T = x.shape[-2]
+        # 1. projections                                 (B, T, d_in) -> (B, T, d_out)
+        queries, keys, values = self.W_query(x), self.W_key(x), self.W_value(x)
+        # 2. split heads                                 (B, T, d_out) -> (B, H, T, E)
+        (queries, _), (keys, _), (values, _) = (
+            split_heads_forward(a, self.num_heads) for a in (queries, keys, values)
+        )
+        # 3. causal attention per head                   (B, H, T, E)
+        dropout_p = self.dropout if self.training else 0.0
+        context, sdpa_cache = sdpa_forward(
+            queries, keys, values, attend_mask(self.mask, T), dropout_p, rng=self.rng
+        )
+        # 4. merge heads                                 (B, H, T, E) -> (B, T, d_out)
+        context, merge_cache = merge_heads_forward(context)
+        # 5. output projection                           (B, T, d_out) -> (B, T, d_out)
+        context_vec = self.out_proj(context)
+        self.attn_weights = sdpa_cache.attn_weights  # (B, H, T, T), before dropout
+        self._cache = (x.shape, sdpa_cache, merge_cache)
+        return context_vec
+
+    def backward(self, dcontext_vec):
+        x_shape, sdpa_cache, merge_cache = self._require_cache()
+        # 5.
+        dcontext = self.out_proj.backward(dcontext_vec)  # (B, T, d_out)
+        # 4.
+        dcontext = merge_heads_backward(dcontext, merge_cache)  # (B, H, T, E)
+        # 3.
+        dqueries, dkeys, dvalues = sdpa_backward(dcontext, sdpa_cache)  # (B, H, T, E) each
+        # 2. split cache: the (B, T, d_out) shape, which x_shape determines
+        split_cache = (x_shape[:-1] + (self.d_out,),)
+        dqueries, dkeys, dvalues = (
+            split_heads_backward(d, split_cache) for d in (dqueries, dkeys, dvalues)
+        )
+        # 1. x feeds all three projections, so dx sums three terms
+        dx = self.W_query.backward(dqueries)
+        dx += self.W_key.backward(dkeys)
+        dx += self.W_value.backward(dvalues)
+        return dx
+
+    def extra_repr(self) -> str:
+        return (
+            f"d_in={self.d_in}, d_out={self.d_out}, context_length={self.context_length}, "
+            f"dropout={self.dropout}, num_heads={self.num_heads}"
+        )

@@ -1,0 +1,1 @@
+"""The ops: pure forward/backward pairs with explicit caches. See npattn.functional."""

@@ -1,0 +1,48 @@
+"""Linear layer in torch layout: out = x @ W.T + b, with W of shape (d_out, d_in).
+
+Shapes: x (..., d_in), weight (d_out, d_in), bias (d_out,) or None -> out (..., d_out).
+"""
+
+from __future__ import annotations
+
+from .._checks import as_float_array, check_min_ndim, check_same_shape
+
+
+def linear_forward(x, weight, bias=None):
+    """out = x @ weight.T + bias.
+
+    Shapes: x (..., d_in), weight (d_out, d_in), bias (d_out,) -> out (..., d_out).
+    Returns (out, cache) with cache = (x, weight, has_bias).
+    """
+    weight = as_float_array(weight, "weight")
+    x = as_float_array(x, "x")
+    check_min_ndim(x, "x", 1, "(..., d_in)")
+    if weight.ndim != 2:
+        raise ValueError(f"weight must have shape (d_out, d_in), got {tuple(weight.shape)}")
+    d_out, d_in = weight.shape
+    if x.shape[-1] != d_in:
+        raise ValueError(f"x must have shape (..., d_in={d_in}), got {tuple(x.shape)}")
+    if bias is not None:
+        bias = as_float_array(bias, "bias")
+        if bias.shape != (d_out,):
+            raise ValueError(f"bias must have shape (d_out={d_out},), got {tuple(bias.shape)}")
+    out = x @ weight.T  # (..., d_in) @ (d_in, d_out) -> (..., d_out)
+    if bias is not None:
+        out = out + bias
+    cache = (x, weight, bias is not None)  # x: (..., d_in), weight: (d_out, d_in)
+    return out, cache
+
+
+def linear_backward(dout, cache):
+    """Gradients of out = x @ weight.T + bias.
+
+    Shapes: dout (..., d_out) -> dx (..., d_in), dweight (d_out, d_in), dbias (d_out,) or None.
+    """
+    x, weight, has_bias = cache
+    check_same_shape(dout, x.shape[:-1] + (weight.shape[0],), "dout")
+    dx = dout @ weight  # (..., d_out) @ (d_out, d_in) -> (..., d_in)
+    x2 = x.reshape(-1, x.shape[-1])  # (N, d_in), N = prod(...)
+    d2 = dout.reshape(-1, weight.shape[0])  # (N, d_out)
+    dweight = d2.T @ x2  # (d_out, N) @ (N, d_in) -> (d_out, d_in)
+    dbias = d2.sum(axis=0) if has_bias else None  # (d_out,)
+    return dx, dweight, dbias

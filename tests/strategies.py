@@ -1,0 +1,67 @@
+"""Shared Hypothesis strategies: shapes, arrays, masks and seeds for every test file."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+seeds = st.integers(0, 2**32 - 1)
+dims = st.integers(1, 6)
+small_dims = st.integers(1, 4)
+
+
+def floats(dtype=np.float64, bound: float = 3.0):
+    """Finite, moderate floats: attention tests are about structure, not overflow."""
+    width = 32 if dtype == np.float32 else 64
+    return st.floats(-bound, bound, allow_nan=False, allow_infinity=False, width=width)
+
+
+def arrays(shape, dtype=np.float64, bound: float = 3.0):
+    """A float array of the given shape (or shape strategy) with moderate values."""
+    return hnp.arrays(dtype, shape, elements=floats(dtype, bound))
+
+
+def batch_shapes(min_dims: int = 0, max_dims: int = 2):
+    """Leading batch dims, e.g. (), (B,), (B, H)."""
+    return hnp.array_shapes(min_dims=min_dims, max_dims=max_dims, min_side=1, max_side=3)
+
+
+@st.composite
+def sdpa_inputs(draw, dtype=np.float64, gqa: bool = False, min_batch_dims: int = 0):
+    """(q, k, v) with shapes (..., L, E), (..., S, E), (..., S, Ev); heads on axis -3 for GQA."""
+    L, S, E, Ev = draw(dims), draw(dims), draw(dims), draw(dims)
+    if gqa:
+        batch = draw(batch_shapes(0, 1))
+        hkv = draw(small_dims)
+        hq = hkv * draw(small_dims)
+        qb, kb = batch + (hq,), batch + (hkv,)
+    else:
+        qb = kb = draw(batch_shapes(min_batch_dims, 2))
+    q = draw(arrays(qb + (L, E), dtype))
+    k = draw(arrays(kb + (S, E), dtype))
+    v = draw(arrays(kb + (S, Ev), dtype))
+    return q, k, v
+
+
+@st.composite
+def broadcastable_shape(draw, shape):
+    """A shape that broadcasts to `shape`: some leading dims dropped, some sides set to 1."""
+    keep = draw(st.integers(2, len(shape)))
+    tail = shape[len(shape) - keep :]
+    return tuple(1 if draw(st.booleans()) and i < keep - 2 else n for i, n in enumerate(tail))
+
+
+@st.composite
+def bool_masks(draw, shape):
+    """A boolean mask (True = attend) broadcastable to `shape`, with some fully masked rows."""
+    mshape = draw(broadcastable_shape(shape))
+    return draw(hnp.arrays(np.bool_, mshape))
+
+
+@st.composite
+def float_masks(draw, shape, dtype=np.float64):
+    """An additive float mask broadcastable to `shape`: finite values and some -inf."""
+    mshape = draw(broadcastable_shape(shape))
+    elements = st.one_of(floats(dtype, 3.0), st.just(-np.inf))
+    return draw(hnp.arrays(dtype, mshape, elements=elements))

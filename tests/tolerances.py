@@ -1,0 +1,18 @@
+"""Every tolerance the suite uses, named and justified in one place (docs/testing.md).
+
+float64: hand-written backward passes and torch autograd do the same products in a different
+order, so they differ by a few ulps times the condition of the sums: ~1e-14 relative here.
+1e-10 leaves four orders of margin while any real bug (a wrong sign, a missing term) gives
+errors of order 1.
+
+float32: torch.testing.assert_close's defaults (rtol 1.3e-6, atol 1e-5) assume one op; a
+whole attention module chains ~5 matmuls and a softmax, so we allow 1e-4 relative / 1e-5
+absolute, still far below the error of any real bug.
+
+Finite differences: central differences with h = 1e-6 in float64 have error ~eps/h + h^2,
+i.e. ~1e-10, so we use torch.autograd.gradcheck's atol 1e-5 and rtol 1e-3.
+"""
+
+F64 = dict(rtol=1e-10, atol=1e-12)  # npattn vs torch, float64
+F32 = dict(rtol=1e-4, atol=1e-5)  # npattn vs torch, float32, whole modules
+FD = dict(rtol=1e-3, atol=1e-5)  # analytic vs central differences, float64
