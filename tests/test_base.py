@@ -1,0 +1,146 @@
+"""Module mechanics: state dicts, dtypes, train/eval, dropout seeds, errors, no input mutation."""
+
+import numpy as np
+import pytest
+
+import npattn
+
+X = np.random.default_rng(0).standard_normal((2, 5, 4))
+
+
+def mha(**kw):
+    args = dict(d_in=4, d_out=6, context_length=8, dropout=0.0, num_heads=3, qkv_bias=True)
+    args.update(kw)
+    return npattn.MultiHeadAttention(**args, rng=1)
+
+
+def test_same_seed_same_weights_and_dropout():
+    a, b = mha(dropout=0.5), mha(dropout=0.5)
+    for k, v in a.state_dict().items():
+        np.testing.assert_array_equal(v, b.state_dict()[k])
+    np.testing.assert_array_equal(a(X), b(X))
+
+
+def test_eval_turns_dropout_off_and_train_turns_it_back_on():
+    m = mha(dropout=0.5)
+    m.eval()
+    assert not m.training and not m.W_query.training
+    np.testing.assert_array_equal(m(X), m(X))
+    m.train()
+    assert m.training
+    assert not np.array_equal(m(X), m(X))  # fresh masks on each call
+    ref = mha(dropout=0.0)
+    ref.load_state_dict(m.state_dict())
+    m.eval()
+    np.testing.assert_array_equal(m(X), ref(X))
+
+
+def test_attn_weights_are_before_dropout_and_rows_sum_to_one():
+    m = mha(dropout=0.5)
+    m(X)
+    assert m.attn_weights.shape == (2, 3, 5, 5)
+    np.testing.assert_allclose(m.attn_weights.sum(-1), 1.0, rtol=1e-6)
+    assert np.all(np.triu(m.attn_weights, 1) == 0)  # causal
+
+
+def test_float64_state_dict_gives_float64_module():
+    m = mha()
+    m.load_state_dict({k: v.astype(np.float64) for k, v in m.state_dict().items()})
+    assert m.dtype == np.float64
+    y = m(X.astype(np.float32))
+    assert y.dtype == np.float64
+    assert m.backward(np.random.default_rng(2).standard_normal(y.shape)).dtype == np.float64
+    assert all(g.dtype == np.float64 for g in m.grads.values())
+
+
+def test_load_state_dict_takes_torch_tensors_and_copies():
+    torch = pytest.importorskip("torch")
+    m = mha()
+    sd = {k: torch.tensor(v) for k, v in m.state_dict().items()}
+    m2 = mha()
+    m2.load_state_dict(sd)
+    sd["W_query.weight"].zero_()  # the module holds a copy, not a view
+    np.testing.assert_array_equal(m2.W_query.weight, m.W_query.weight)
+
+
+def test_load_state_dict_is_strict():
+    m = mha()
+    sd = m.state_dict()
+    with pytest.raises(KeyError, match=r"missing \['out_proj.bias'\]"):
+        m.load_state_dict({k: v for k, v in sd.items() if k != "out_proj.bias"})
+    with pytest.raises(KeyError, match=r"unexpected \['extra'\]"):
+        m.load_state_dict({**sd, "extra": np.zeros(1)})
+    with pytest.raises(ValueError, match=r"state_dict\['W_key.weight'\] must have shape \(6, 4\)"):
+        m.load_state_dict({**sd, "W_key.weight": np.zeros((4, 6))})
+
+
+def test_no_input_is_modified():
+    m = mha(dropout=0.3)
+    x = X.copy()
+    y = m(x)
+    g = np.random.default_rng(1).standard_normal(y.shape)
+    g0 = g.copy()
+    m.backward(g)
+    np.testing.assert_array_equal(x, X)
+    np.testing.assert_array_equal(g, g0)
+    sd = {k: v.copy() for k, v in m.state_dict().items()}
+    m.load_state_dict(sd)
+    for k, v in m.state_dict().items():
+        assert not np.shares_memory(v, sd[k])
+
+
+def test_backward_before_forward_and_wrong_dout():
+    m = mha()
+    with pytest.raises(RuntimeError, match="backward called before forward"):
+        m.backward(np.zeros((2, 5, 6)))
+    m(X)
+    with pytest.raises(ValueError, match=r"dout must have the forward output's shape \(2, 5, 6\)"):
+        m.backward(np.zeros((2, 5, 5)))
+    m.load_state_dict(m.state_dict())  # new weights invalidate the cache
+    with pytest.raises(RuntimeError, match="before forward"):
+        m.backward(np.zeros((2, 5, 6)))
+
+
+@pytest.mark.parametrize(
+    "kwargs, exc, match",
+    [
+        (dict(d_out=7), ValueError, r"d_out \(7\) must be divisible by num_heads \(3\)"),
+        (dict(num_heads=0), ValueError, "num_heads must be >= 1"),
+        (dict(context_length=0), ValueError, "context_length must be >= 1"),
+        (dict(dropout=1.0), ValueError, r"dropout must be in \[0, 1\)"),
+        (dict(dropout=-0.1), ValueError, r"dropout must be in \[0, 1\)"),
+        (dict(d_in=2.5), TypeError, "d_in must be an int"),
+    ],
+)
+def test_constructor_errors(kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        mha(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "x, match",
+    [
+        (np.zeros((2, 9, 4)), r"x has 9 tokens but context_length is 8"),
+        (np.zeros((2, 5, 3)), r"x must have shape \(B, T, d_in=4\)"),
+        (np.zeros((5, 4)), r"x must have shape \(B, T, d_in=4\) \(3-D\)"),
+        (np.zeros((2, 0, 4)), r"at least one token"),
+    ],
+)
+def test_forward_errors(x, match):
+    with pytest.raises(ValueError, match=match):
+        mha()(x)
+
+
+def test_wrapper_and_v1_errors():
+    with pytest.raises(ValueError, match="num_heads must be >= 1"):
+        npattn.MultiHeadAttentionWrapper(3, 2, 6, 0.0, 0)
+    with pytest.raises(ValueError, match=r"x must have shape \(T, d_in=3\) or \(B, T, d_in=3\)"):
+        npattn.SelfAttention_v1(3, 2)(np.zeros(3))
+    with pytest.raises(TypeError, match="x must hold floating-point numbers"):
+        npattn.SelfAttention_v2(3, 2)(np.array([["a", "b", "c"]]))
+
+
+def test_repr_and_named_parameters():
+    m = mha()
+    assert "num_heads=3" in repr(m)
+    assert list(m.parameters()) == [k for k in m.state_dict() if k != "mask"]
