@@ -37,10 +37,10 @@ def test_simplified_attention_for_journey():
     np.testing.assert_allclose(F.attn_scores_for_query(INPUTS, query), BOOK_SCORES_2, atol=BOOK)
     weights = F.softmax(F.attn_scores_for_query(INPUTS, query))
     np.testing.assert_allclose(weights, BOOK_WEIGHTS_2, atol=BOOK)
-    np.testing.assert_allclose(F.softmax_naive(F.attn_scores_for_query(INPUTS, query)),
-                               BOOK_WEIGHTS_2, atol=BOOK)
-    np.testing.assert_allclose(F.context_vector_for_query(INPUTS, query), BOOK_CONTEXT_2,
-                               atol=BOOK)
+    np.testing.assert_allclose(
+        F.softmax_naive(F.attn_scores_for_query(INPUTS, query)), BOOK_WEIGHTS_2, atol=BOOK
+    )
+    np.testing.assert_allclose(F.context_vector_for_query(INPUTS, query), BOOK_CONTEXT_2, atol=BOOK)
 
 
 def test_loops_equal_matrix_products():
@@ -84,6 +84,7 @@ def test_v1_and_v2_agree_when_given_the_same_weights():
     """The chapter's exercise 3.1: v2's Linear weights, transposed, drive v1."""
     _, v2 = seeded("SelfAttention_v2", 789, 3, 2)
     v1 = npattn.SelfAttention_v1(3, 2)
-    v1.load_state_dict({f"W_{k}": v2.state_dict()[f"W_{k}.weight"].T
-                        for k in ("query", "key", "value")})
+    v1.load_state_dict(
+        {f"W_{k}": v2.state_dict()[f"W_{k}.weight"].T for k in ("query", "key", "value")}
+    )
     np.testing.assert_allclose(v1(INPUTS), v2(INPUTS), rtol=1e-6)

@@ -71,8 +71,11 @@ def test_numerical_gradient_restores_the_array():
 def test_check_op_does_not_modify_inputs():
     x = np.random.default_rng(0).standard_normal((2, 3))
     x0 = x.copy()
-    check_op(F.linear_forward, lambda d, c: F.linear_backward(d, c)[:2],
-             {"x": x, "weight": np.ones((4, 3))})
+    check_op(
+        F.linear_forward,
+        lambda d, c: F.linear_backward(d, c)[:2],
+        {"x": x, "weight": np.ones((4, 3))},
+    )
     np.testing.assert_array_equal(x, x0)
 
 

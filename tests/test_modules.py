@@ -19,10 +19,22 @@ from helpers import n, t, upstream  # noqa: E402
 @st.composite
 def configs(draw):
     """(class name, constructor args, input shape) covering the issue's grid."""
-    name = draw(st.sampled_from(["SelfAttention_v1", "SelfAttention_v2", "CausalAttention",
-                                 "MultiHeadAttentionWrapper", "MultiHeadAttention"]))
-    d_in, num_heads, head_dim = draw(st.integers(1, 5)), draw(st.integers(1, 3)), draw(
-        st.integers(1, 3))
+    name = draw(
+        st.sampled_from(
+            [
+                "SelfAttention_v1",
+                "SelfAttention_v2",
+                "CausalAttention",
+                "MultiHeadAttentionWrapper",
+                "MultiHeadAttention",
+            ]
+        )
+    )
+    d_in, num_heads, head_dim = (
+        draw(st.integers(1, 5)),
+        draw(st.integers(1, 3)),
+        draw(st.integers(1, 3)),
+    )
     context_length = draw(st.integers(1, 6))
     T = draw(st.integers(1, context_length))  # T <= context_length, often below it
     B = draw(st.integers(1, 3))

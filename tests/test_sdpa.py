@@ -218,3 +218,17 @@ def test_backward_rejects_wrong_dout_shape():
     _, cache = F.sdpa_forward(q, q, q)
     with pytest.raises(ValueError, match=r"dout must have the forward output's shape \(2, 4, 3\)"):
         F.sdpa_backward(np.zeros((2, 4, 2)), cache)
+
+
+def test_batch_dims_that_do_not_broadcast():
+    q, k = np.zeros((2, 4, 3)), np.zeros((3, 4, 3))
+    with pytest.raises(ValueError, match=r"batch dims of query \(2,\) and key \(3,\)"):
+        F.sdpa_forward(q, k, k)
+
+
+@given(sdpa_inputs(), seeds)
+def test_broadcast_batch_dims_match_torch(qkv, seed):
+    """q with batch dims (B, H), k and v shared across B: grads are summed back."""
+    q, k, v = qkv
+    q2 = np.stack([q, q + 1.0])  # (2, ..., L, E)
+    check_against_torch(q2, k, v, seed % 1000, is_causal=True)

@@ -37,8 +37,9 @@ def test_loop_forms_equal_matrix_forms(x):
     np.testing.assert_allclose(F.attn_scores_loops(x), x @ x.T, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(F.context_vectors_loops(x), context, rtol=1e-10, atol=1e-12)
     for i in range(x.shape[0]):
-        np.testing.assert_allclose(F.context_vector_for_query(x, x[i]), context[i], rtol=1e-10,
-                                   atol=1e-12)
+        np.testing.assert_allclose(
+            F.context_vector_for_query(x, x[i]), context[i], rtol=1e-10, atol=1e-12
+        )
 
 
 def test_bad_input():

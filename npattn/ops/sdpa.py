@@ -88,10 +88,11 @@ def _check_inputs(q, k, v, enable_gqa):
             )
         groups = hq // hk
     for name, a in (("key", k), ("value", v)):
+        batch = a.shape[:-2]  # (..., H) of k or v; GQA multiplies H by the group size
+        if groups > 1:
+            batch = batch[:-1] + (batch[-1] * groups,)
         try:
-            np.broadcast_shapes(
-                q.shape[:-2], a.shape[:-3] + (a.shape[-3] * groups,) if groups > 1 else a.shape[:-2]
-            )
+            np.broadcast_shapes(q.shape[:-2], batch)
         except ValueError:
             raise ValueError(
                 f"batch dims of query {tuple(q.shape[:-2])} and {name} {tuple(a.shape[:-2])} "
