@@ -43,13 +43,17 @@ def check_min_ndim(x: np.ndarray, name: str, ndim: int, shape_desc: str) -> None
         )
 
 
-def check_same_shape(d: np.ndarray, ref_shape, name: str) -> None:
-    """Raise ValueError unless an upstream gradient has the forward output's shape."""
-    if tuple(np.shape(d)) != tuple(ref_shape):
+def as_grad(d, ref_shape, dtype, name: str = "dout") -> np.ndarray:
+    """An upstream gradient as an array of the forward's dtype, checked against its shape.
+
+    Gradients follow the dtype the forward computed in, whatever dtype dout arrives in.
+    """
+    d = as_float_array(d, name)
+    if d.shape != tuple(ref_shape):
         raise ValueError(
-            f"{name} must have the forward output's shape {tuple(ref_shape)}, "
-            f"got {tuple(np.shape(d))}"
+            f"{name} must have the forward output's shape {tuple(ref_shape)}, got {d.shape}"
         )
+    return d.astype(dtype, copy=False)
 
 
 def check_probability(p, name: str) -> float:

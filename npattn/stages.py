@@ -61,7 +61,7 @@ def op_stages(seed: int = 0):
     rng = np.random.default_rng(seed)
     r = rng.standard_normal
     B, H, T, S, E = 2, 2, 4, 5, 3
-    keep = rng.random((B, H, T, S)) >= 0.3
+    keep = rng.random((B, H, T, S)) >= 0.3  # (B, H, T, S); keep[:, 0] for a (B, T, S) input
     bool_mask = rng.random((T, S)) > 0.3
     bool_mask[0] = False  # one fully masked row
     return [
@@ -95,7 +95,7 @@ def op_stages(seed: int = 0):
             F.dropout_forward,
             F.dropout_backward,
             {"x": r((B, T, S))},
-            {"p": 0.3, "keep": keep[0]},
+            {"p": 0.3, "keep": keep[:, 0]},
             None,
         ),
         (

@@ -74,14 +74,16 @@ def test_load_state_dict_is_strict():
         m.load_state_dict({**sd, "W_key.weight": np.zeros((4, 6))})
 
 
-def test_no_input_is_modified():
-    m = mha(dropout=0.3)
-    x = X.copy()
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_no_input_is_modified(dtype):
+    m = mha(dropout=0.3).astype(dtype)
+    x = X.astype(dtype)  # the module's own dtype, so x is not copied on the way in
+    x0 = x.copy()
     y = m(x)
     g = np.random.default_rng(1).standard_normal(y.shape)
     g0 = g.copy()
     m.backward(g)
-    np.testing.assert_array_equal(x, X)
+    np.testing.assert_array_equal(x, x0)
     np.testing.assert_array_equal(g, g0)
     sd = {k: v.copy() for k, v in m.state_dict().items()}
     m.load_state_dict(sd)
@@ -144,3 +146,51 @@ def test_repr_and_named_parameters():
     m = mha()
     assert "num_heads=3" in repr(m)
     assert list(m.parameters()) == [k for k in m.state_dict() if k != "mask"]
+
+
+def test_gradients_follow_the_module_dtype_whatever_dout_is():
+    m = mha()  # float32
+    y = m(X)
+    dx = m.backward(np.random.default_rng(0).standard_normal(y.shape))  # float64 dout
+    assert dx.dtype == np.float32
+    assert {g.dtype for g in m.grads.values()} == {np.dtype(np.float32)}
+
+
+def test_load_state_dict_casts_whole_numbers_and_takes_transposed_arrays():
+    from npattn.gradcheck import check_module
+
+    m = npattn.SelfAttention_v2(2, 2, rng=0)
+    m.load_state_dict({k: [[1, 0], [0, 1]] for k in m.state_dict()})
+    assert m.dtype == np.float32
+    np.testing.assert_allclose(m(np.eye(2) * 0.5).sum(), 1.0, rtol=1e-6)
+    v1 = npattn.SelfAttention_v1(3, 2)
+    w = np.random.default_rng(0).standard_normal((2, 3))
+    v1.load_state_dict({k: w.T for k in v1.state_dict()})  # non-contiguous views
+    assert all(p.flags.c_contiguous for p in v1.parameters().values())
+    assert check_module(v1, np.ones((4, 3))).passed
+    with pytest.raises(TypeError, match=r"state_dict\['W_query'\] must hold numbers"):
+        v1.load_state_dict({k: np.full((3, 2), "a") for k in v1.state_dict()})
+
+
+def test_wrapper_backward_checks_dout():
+    m = npattn.MultiHeadAttentionWrapper(4, 2, 8, 0.0, 3)
+    y = m(X)
+    with pytest.raises(ValueError, match=r"dout must have the forward output's shape \(2, 5, 6\)"):
+        m.backward(np.zeros((2, 5, 5)))
+    assert m.backward(np.zeros(y.shape).tolist()).shape == X.shape  # lists are fine
+
+
+@pytest.mark.parametrize("name", ["SelfAttention_v1", "SelfAttention_v2"])
+def test_v1_v2_batch_equals_each_sequence_alone(name):
+    m = getattr(npattn, name)(4, 3, rng=0)
+    y = m(X)
+    g = np.random.default_rng(3).standard_normal(y.shape)
+    dx = m.backward(g)
+    grads = m.grads
+    total = {k: 0 for k in grads}
+    for b in range(X.shape[0]):
+        np.testing.assert_allclose(m(X[b]), y[b], rtol=1e-6)
+        np.testing.assert_allclose(m.backward(g[b]), dx[b], rtol=1e-5, atol=1e-6)
+        total = {k: total[k] + v for k, v in m.grads.items()}
+    for k in grads:
+        np.testing.assert_allclose(total[k], grads[k], rtol=1e-5, atol=1e-5)

@@ -94,6 +94,10 @@ def test_matches_chapter_float32(config, seed):
     ref(tx).backward(t(g))
     np.testing.assert_allclose(y, n(ref(tx)), **F32)
     np.testing.assert_allclose(dx, n(tx.grad), **F32)
+    grads = mine.grads
+    for k, p in ref.named_parameters():
+        assert grads[k].dtype == np.float32, k
+        np.testing.assert_allclose(grads[k], n(p.grad), err_msg=k, **F32)
 
 
 @given(configs(), seeds)

@@ -232,3 +232,53 @@ def test_broadcast_batch_dims_match_torch(qkv, seed):
     q, k, v = qkv
     q2 = np.stack([q, q + 1.0])  # (2, ..., L, E)
     check_against_torch(q2, k, v, seed % 1000, is_causal=True)
+
+
+@pytest.mark.parametrize(
+    "q, k, v, match",
+    [
+        ((2, 0, 3), (2, 4, 3), (2, 4, 2), r"query must have no empty dims: shape \(\.\.\., L, E\)"),
+        ((2, 4, 3), (2, 0, 3), (2, 0, 2), r"key must have no empty dims"),
+        ((2, 4, 0), (2, 4, 0), (2, 4, 2), r"query must have no empty dims"),
+    ],
+)
+def test_empty_dims_are_refused_by_name(q, k, v, match):
+    with pytest.raises(ValueError, match=match):
+        F.sdpa_forward(np.zeros(q), np.zeros(k), np.zeros(v))
+
+
+def test_dropout_mask_errors_name_dropout_mask():
+    q = np.zeros((2, 4, 3))
+    with pytest.raises(
+        ValueError,
+        match=r"dropout_mask of shape \(4, 5\) does not broadcast to "
+        r"the attention weights of shape \(2, 4, 4\)",
+    ):
+        F.sdpa_forward(q, q, q, dropout_p=0.5, dropout_mask=np.ones((4, 5), bool))
+    with pytest.raises(TypeError, match="dropout_mask must be a boolean keep-mask"):
+        F.sdpa_forward(q, q, q, dropout_p=0.5, dropout_mask=np.ones((4, 4)))
+
+
+@given(sdpa_inputs(min_batch_dims=1), st.floats(0.05, 0.9), seeds)
+def test_dropout_mask_broadcast_from_l_s(qkv, p, seed):
+    q, k, v = qkv
+    keep = np.random.default_rng(seed).random((q.shape[-2], k.shape[-2])) >= p
+    check_against_torch(q, k, v, seed % 1000, dropout_p=p, dropout_mask=keep)
+
+
+@given(st.data(), sdpa_inputs(gqa=True), seeds)
+def test_gqa_with_boolean_mask_and_causal(data, qkv, seed):
+    q, k, v = qkv
+    shape = q.shape[:-2] + (q.shape[-2], k.shape[-2])
+    check_against_torch(
+        q, k, v, seed % 1000, enable_gqa=True, attn_mask=data.draw(bool_masks(shape))
+    )
+    check_against_torch(q, k, v, seed % 1000, enable_gqa=True, is_causal=True)
+
+
+def test_float32_inputs_with_a_float64_mask_stay_float32():
+    q = np.random.default_rng(0).standard_normal((2, 4, 3)).astype(np.float32)
+    out, cache = F.sdpa_forward(q, q, q, attn_mask=np.zeros((4, 4)))
+    assert out.dtype == np.float32
+    g = upstream(out.shape, dtype=np.float32)
+    assert all(d.dtype == np.float32 for d in F.sdpa_backward(g, cache))

@@ -58,7 +58,8 @@ class Module:
     def load_state_dict(self, state_dict) -> None:
         """Copy arrays (numpy, torch CPU tensors, lists) in; strict about keys and shapes.
 
-        Each array keeps its own dtype, so a float64 state dict makes a float64 module.
+        Each floating array keeps its own dtype, so a float64 state dict makes a float64
+        module; integer arrays are converted to the dtype the entry had.
         """
         own = self.state_dict()
         missing = [k for k in own if k not in state_dict]
@@ -70,7 +71,11 @@ class Module:
             value = state_dict[key]
             if hasattr(value, "detach"):  # a torch tensor
                 value = value.detach().cpu().numpy()
-            arr = np.array(value, copy=True)
+            arr = np.array(value, copy=True, order="C")
+            if not np.issubdtype(arr.dtype, np.floating):
+                if not (np.issubdtype(arr.dtype, np.integer) or arr.dtype == np.bool_):
+                    raise TypeError(f"state_dict[{key!r}] must hold numbers, got {arr.dtype}")
+                arr = arr.astype(ref.dtype)  # whole numbers take the current dtype, as in torch
             if arr.shape != ref.shape:
                 raise ValueError(
                     f"state_dict[{key!r}] must have shape {tuple(ref.shape)}, got {arr.shape}"
@@ -88,7 +93,7 @@ class Module:
             for n in m._param_names + m._buffer_names:
                 a = getattr(m, n)
                 if np.issubdtype(a.dtype, np.floating):
-                    object.__setattr__(m, n, a.astype(dtype))
+                    object.__setattr__(m, n, a.astype(dtype, order="C"))
         self._invalidate()
         return self
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._checks import check_positive_int, make_rng
+from .._checks import as_grad, check_positive_int, make_rng
 from ..ops.heads import (
     merge_heads_backward,
     merge_heads_forward,
@@ -61,12 +61,14 @@ class MultiHeadAttentionWrapper(Module):
 
     def forward(self, x):
         outs = [head(x) for head in self.heads]  # H x (B, T, d_out)
-        self._cache = True
-        return np.concatenate(outs, axis=-1)  # -> (B, T, H * d_out)
+        out = np.concatenate(outs, axis=-1)  # -> (B, T, H * d_out)
+        self._cache = out.shape
+        return out
 
     def backward(self, dout):
-        self._require_cache()
-        douts = np.split(np.asarray(dout), self.num_heads, axis=-1)  # H x (B, T, d_out)
+        out_shape = self._require_cache()
+        dout = as_grad(dout, out_shape, self.dtype)
+        douts = np.split(dout, self.num_heads, axis=-1)  # H x (B, T, d_out)
         dx = self.heads[0].backward(douts[0])
         for head, dh in zip(list(self.heads)[1:], douts[1:]):
             dx += head.backward(dh)  # x feeds every head

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._checks import as_float_array, check_probability, make_rng
+from .._checks import as_float_array, as_grad, check_probability, make_rng
 
 
 def dropout_keep_mask(shape, p: float, rng=None) -> np.ndarray:
@@ -19,34 +19,41 @@ def dropout_keep_mask(shape, p: float, rng=None) -> np.ndarray:
     return make_rng(rng).random(shape) >= p
 
 
+def check_keep_mask(keep, shape, name: str = "keep", target: str = "x") -> np.ndarray:
+    """A boolean keep-mask that broadcasts to `shape`, else a TypeError/ValueError naming it."""
+    keep = np.asarray(keep)
+    if keep.dtype != np.bool_:
+        raise TypeError(f"{name} must be a boolean keep-mask (True = kept), got dtype {keep.dtype}")
+    try:
+        fits = np.broadcast_shapes(keep.shape, shape) == tuple(shape)
+    except ValueError:
+        fits = False
+    if not fits:
+        raise ValueError(
+            f"{name} of shape {tuple(keep.shape)} does not broadcast to {target} of shape "
+            f"{tuple(shape)}"
+        )
+    return keep
+
+
 def dropout_forward(x, p: float, *, rng=None, keep=None):
     """out = x * keep / (1 - p); `keep` is drawn from `rng` unless given.
 
-    Shapes: x (...), keep broadcastable to x -> out (...). Returns (out, cache=(keep, scale)).
-    With p = 0 and no keep-mask, out is x itself (a no-op) and keep is None.
+    Shapes: x (...), keep broadcastable to x -> out (...).
+    Returns (out, cache) with cache = (keep or None, 1 / (1 - p), x.shape, x.dtype).
+    With p = 0 and no keep-mask, out is x itself (not a copy) and keep is None.
     """
     x = as_float_array(x, "x")
     p = check_probability(p, "p")
     if keep is None:
         if p == 0.0:
-            return x, (None, 1.0, x.shape)
+            return x, (None, 1.0, x.shape, x.dtype)  # identity: x itself, as torch does
         keep = dropout_keep_mask(x.shape, p, rng)
     else:
-        keep = np.asarray(keep)
-        if keep.dtype != np.bool_:
-            raise TypeError(f"keep must be a boolean keep-mask, got dtype {keep.dtype}")
-        try:
-            fits = np.broadcast_shapes(keep.shape, x.shape) == x.shape
-        except ValueError:
-            fits = False
-        if not fits:
-            raise ValueError(
-                f"keep of shape {tuple(keep.shape)} does not broadcast to x of shape "
-                f"{tuple(x.shape)}"
-            )
+        keep = check_keep_mask(keep, x.shape)
     scale = 1.0 / (1.0 - p)
     out = np.where(keep, x * x.dtype.type(scale), 0).astype(x.dtype, copy=False)
-    return out, (keep, scale, x.shape)  # keep: bool bcast to x.shape; scale: 1/(1-p)
+    return out, (keep, scale, x.shape, x.dtype)  # keep: bool, broadcasts to x.shape
 
 
 def dropout_backward(dout, cache):
@@ -54,9 +61,8 @@ def dropout_backward(dout, cache):
 
     Shapes: dout (...) -> dx (...).
     """
-    keep, scale, shape = cache
-    if tuple(np.shape(dout)) != tuple(shape):
-        raise ValueError(f"dout must have the forward output's shape {shape}, got {np.shape(dout)}")
+    keep, scale, shape, dtype = cache
+    dout = as_grad(dout, shape, dtype)
     if keep is None:
-        return dout
+        return dout  # identity
     return np.where(keep, dout * dout.dtype.type(scale), 0).astype(dout.dtype, copy=False)

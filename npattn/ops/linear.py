@@ -5,7 +5,9 @@ Shapes: x (..., d_in), weight (d_out, d_in), bias (d_out,) or None -> out (..., 
 
 from __future__ import annotations
 
-from .._checks import as_float_array, check_min_ndim, check_same_shape
+import numpy as np
+
+from .._checks import as_float_array, as_grad, check_min_ndim
 
 
 def linear_forward(x, weight, bias=None):
@@ -39,7 +41,8 @@ def linear_backward(dout, cache):
     Shapes: dout (..., d_out) -> dx (..., d_in), dweight (d_out, d_in), dbias (d_out,) or None.
     """
     x, weight, has_bias = cache
-    check_same_shape(dout, x.shape[:-1] + (weight.shape[0],), "dout")
+    dtype = np.result_type(x, weight)  # the forward's output dtype
+    dout = as_grad(dout, x.shape[:-1] + (weight.shape[0],), dtype)
     dx = dout @ weight  # (..., d_out) @ (d_out, d_in) -> (..., d_in)
     x2 = x.reshape(-1, x.shape[-1])  # (N, d_in), N = prod(...)
     d2 = dout.reshape(-1, weight.shape[0])  # (N, d_out)

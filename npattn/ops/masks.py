@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._checks import as_float_array, check_min_ndim, check_positive_int, check_same_shape
+from .._checks import as_float_array, as_grad, check_min_ndim, check_positive_int
 
 
 def causal_mask(L: int, S: int | None = None) -> np.ndarray:
@@ -45,13 +45,13 @@ def mask_scores_forward(attn_scores, mask):
     """Method 2: masked positions become -inf, so the softmax after it gives them weight 0.
 
     Shapes: attn_scores (..., T, S), mask broadcastable -> out (..., T, S).
-    Returns (out, cache) with cache = (mask,).
+    Returns (out, cache) with cache = (mask, shape, dtype).
     """
     attn_scores = as_float_array(attn_scores, "attn_scores")
     check_min_ndim(attn_scores, "attn_scores", 2, "(..., T, S)")
     mask = _check_mask(mask, attn_scores, "attn_scores")
     out = np.where(mask, attn_scores, -np.inf).astype(attn_scores.dtype, copy=False)
-    return out, (mask, attn_scores.shape)
+    return out, (mask, attn_scores.shape, out.dtype)
 
 
 def mask_scores_backward(dout, cache):
@@ -59,8 +59,8 @@ def mask_scores_backward(dout, cache):
 
     Shapes: dout (..., T, S) -> dattn_scores (..., T, S).
     """
-    mask, shape = cache
-    check_same_shape(dout, shape, "dout")
+    mask, shape, dtype = cache
+    dout = as_grad(dout, shape, dtype)
     return np.where(mask, dout, 0).astype(dout.dtype, copy=False)
 
 
@@ -90,7 +90,7 @@ def mask_renormalize_backward(dout, cache):
     Shapes: dout (..., T, S) -> dattn_weights (..., T, S).
     """
     mask, out, row_sums = cache
-    check_same_shape(dout, out.shape, "dout")
+    dout = as_grad(dout, out.shape, out.dtype)
     # 3. out = masked / r, r = sum(masked): dmasked = (dout - sum(dout * out)) / r
     dmasked = (dout - np.sum(dout * out, axis=-1, keepdims=True)) / row_sums
     # 2. (row_sums feeds step 3 only; folded in above)

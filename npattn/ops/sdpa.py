@@ -19,8 +19,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .._checks import as_float_array, check_min_ndim, check_probability, check_same_shape
-from .dropout import dropout_backward, dropout_forward
+from .._checks import as_float_array, as_grad, check_min_ndim, check_probability
+from .dropout import check_keep_mask, dropout_backward, dropout_forward
 from .masks import causal_mask
 from .softmax import softmax, softmax_backward
 
@@ -74,6 +74,9 @@ def _check_inputs(q, k, v, enable_gqa):
             f"key and value must have the same number of tokens S: key {tuple(k.shape)}, "
             f"value {tuple(v.shape)}"
         )
+    for name, a, dims in (("query", q, "L, E"), ("key", k, "S, E"), ("value", v, "S, Ev")):
+        if 0 in a.shape:
+            raise ValueError(f"{name} must have no empty dims: shape (..., {dims}), got {a.shape}")
     dtype = np.result_type(q.dtype, k.dtype, v.dtype)
     q, k, v = (a.astype(dtype, copy=False) for a in (q, k, v))
     groups = 1
@@ -160,6 +163,10 @@ def sdpa_forward(
     # 3. attn_weights = softmax(attn_scores)        (..., L, S)
     attn_weights = softmax(attn_scores, axis=-1)
     # 4. dropout on the weights                     (..., L, S)
+    if dropout_mask is not None:
+        dropout_mask = check_keep_mask(
+            dropout_mask, attn_weights.shape, "dropout_mask", "the attention weights"
+        )
     dropped, dropout_cache = dropout_forward(attn_weights, dropout_p, rng=rng, keep=dropout_mask)
     # 5. out = dropped @ v                          (..., L, S) @ (..., S, Ev) -> (..., L, Ev)
     out = dropped @ v
@@ -178,8 +185,7 @@ def sdpa_backward(dout, cache: SDPACache):
         attn_weights.shape[-2],
         v.shape[-1],
     )
-    check_same_shape(dout, out_shape, "dout")
-    dout = np.asarray(dout, dtype=q.dtype)
+    dout = as_grad(dout, out_shape, q.dtype)
     # 4. dropped = attn_weights * keep / (1 - p) is recomputed rather than stored: dropout is
     #    linear and elementwise, so applying its backward to attn_weights gives the forward.
     dropped = dropout_backward(attn_weights, dropout_cache)

@@ -93,10 +93,7 @@ def simple_attention_backward(dcontext_vecs, cache):
     Shapes: dcontext_vecs (..., T, d) -> dinputs (..., T, d).
     """
     dq, dk, dv = sdpa_backward(dcontext_vecs, cache)
-    dinputs = dq
-    dinputs += dk  # x was the keys too
-    dinputs += dv  # and the values
-    return dinputs
+    return dq + dk + dv  # x was the queries, the keys and the values
 
 
 def simple_self_attention(x):
