@@ -23,6 +23,15 @@ MASKED_COLOR = "#d9d9d9"  # cells a causal mask hides
 SVG_SALT = "npattn"  # fixed ids in the SVG, so that rebuilt figures are byte-identical
 
 
+def _require_matplotlib() -> None:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError as e:
+        raise ImportError(
+            "npattn.plots draws with matplotlib: pip install matplotlib (or 'npattn[docs]')"
+        ) from e
+
+
 def attention_heatmap(
     ax, attn_weights, tokens=TOKENS, title: str | None = None, vmax=None, mask=None
 ):
@@ -31,6 +40,7 @@ def attention_heatmap(
     Shapes: attn_weights (T, S), tokens of length >= max(T, S), mask (T, S) boolean with
     True = attend; masked cells are drawn grey and left blank. Returns the image.
     """
+    _require_matplotlib()
     from matplotlib import colormaps
 
     w = np.asarray(attn_weights, dtype=np.float64)
@@ -68,6 +78,7 @@ def _figure(panels, suptitle: str, mask=None):
 
     mask: (T, S) boolean, True = attend, shared by the panels; hidden cells are grey.
     """
+    _require_matplotlib()
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 

@@ -57,3 +57,11 @@ def test_svg_is_reproducible():
     assert a == b and a.lstrip().startswith(b"<?xml")
     with pytest.raises(ValueError, match="fmt"):
         plots.figure_bytes(None, "jpg")
+
+
+def test_missing_matplotlib_is_explained(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    with pytest.raises(ImportError, match="pip install matplotlib"):
+        plots.chapter_figures(weights="npattn")
