@@ -65,10 +65,14 @@ def _weights_note(source: str) -> None:
             "book's numbers.",
         )
     else:
+        from .chapter_weights import torch_available
+
         _say(
-            "Weights: torch is not installed, so npattn's own initialisation is used, seeded",
-            "like the book (123, 789) but drawn by numpy's generator: these numbers DIFFER",
-            "from the book's. Install torch (pip install 'npattn[torch]') to see the book's.",
+            "Weights: npattn's own initialisation, seeded like the book (123, 789) but drawn",
+            "by numpy's generator: these numbers DIFFER from the book's.",
+            "Run with --weights auto to see the book's."
+            if torch_available()
+            else "Install torch (pip install 'npattn[torch]') to see the book's.",
         )
 
 
