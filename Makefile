@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-thorough lint gradcheck docs bench clean
+.PHONY: setup demo test test-thorough lint gradcheck docs serve-docs bench clean
 
 setup: $(STAMP)
 
@@ -26,6 +26,13 @@ test: $(STAMP)
 
 test-thorough: $(STAMP)
 	HYPOTHESIS_PROFILE=thorough $(PY) -m pytest -n 2 $(PYTEST_ARGS)
+
+# The site is built into site/ and opens from disk (site/index.html): no server, no network.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
+
+serve-docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs serve
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -29,6 +29,12 @@ def main(argv=None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="walk through chapter 3, printing the chapter's numbers")
     demo.add_argument("--plot", metavar="DIR", help="also write attention heatmaps to DIR")
+    demo.add_argument(
+        "--weights",
+        choices=("auto", "torch", "npattn"),
+        default="auto",
+        help="the chapter's torch-seeded weights (auto: when torch is installed) or npattn's",
+    )
     gc = sub.add_parser("gradcheck", help="central-difference check of every backward (float64)")
     gc.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -36,7 +42,7 @@ def main(argv=None) -> int:
         return 0 if gradcheck_report(args.seed) else 1
     from .demo import main as demo_main
 
-    return demo_main(plot_dir=args.plot)
+    return demo_main(plot_dir=args.plot, weights=args.weights)
 
 
 if __name__ == "__main__":

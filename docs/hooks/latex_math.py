@@ -1,0 +1,151 @@
+"""mkdocs hook: LaTeX maths in the Markdown rendered to MathML at build time (latex2mathml).
+
+Nothing is loaded from a CDN: browsers display MathML natively, so the site shows its maths
+with no network. Syntax, as in pandoc:
+
+- `$...$` inline: the opening `$` is not followed by a space, the closing `$` is not preceded
+  by a space nor followed by a digit (so "costs $5 and $6" stays text). `\\$` is a dollar.
+- `$$...$$` display: a paragraph of its own (it may span lines), or inline in a sentence.
+- Code spans and fenced code are left alone (they are handled before the maths).
+
+latex2mathml accepts unknown commands and unbalanced braces silently, so every formula is
+checked (braces, no leftover `\\command`, valid XML, the right number of children in
+fractions and scripts); a bad formula is a warning, which `mkdocs build --strict` turns into
+an error, naming the formula.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import xml.etree.ElementTree as ET
+from html import escape
+
+from markdown.blockprocessors import BlockProcessor
+from markdown.extensions import Extension
+from markdown.inlinepatterns import InlineProcessor
+
+log = logging.getLogger("mkdocs.hooks.latex_math")
+
+MATHML_NS = "{http://www.w3.org/1998/Math/MathML}"
+# how many children MathML requires of each layout element
+ARITY = {"mfrac": 2, "msub": 2, "msup": 2, "msubsup": 3, "munder": 2, "mover": 2,
+         "munderover": 3, "mroot": 2}  # fmt: skip
+# priorities among Python-Markdown's inline patterns: after code spans (190), before
+# backslash escapes (180), so `\{` and `_` inside maths reach latex2mathml untouched
+DISPLAY_INLINE_PRIORITY = 187
+INLINE_PRIORITY = 186
+BLOCK_PRIORITY = 75  # after indented code blocks (80), before paragraphs (10)
+
+INLINE_RE = r"(?<![\\$])\$(?![\s$])((?:[^$\\\n]|\\.|\n(?!\n))+?)(?<![\s\\])\$(?!\d)"
+DISPLAY_INLINE_RE = r"(?<!\\)\$\$(.+?)(?<!\\)\$\$"
+
+
+class LatexError(ValueError):
+    """A formula latex2mathml cannot render faithfully."""
+
+
+def _check_braces(tex: str) -> None:
+    depth = 0
+    for m in re.finditer(r"\\.|[{}]", tex):
+        token = m.group()
+        if token == "{":
+            depth += 1
+        elif token == "}":
+            depth -= 1
+            if depth < 0:
+                raise LatexError(f"unbalanced '}}' at {m.start()} in {tex!r}")
+    if depth:
+        raise LatexError(f"{depth} unclosed '{{' in {tex!r}")
+
+
+def _check_mathml(mathml: str, tex: str) -> None:
+    try:
+        root = ET.fromstring(mathml)
+    except ET.ParseError as e:
+        raise LatexError(f"latex2mathml gave invalid MathML ({e}) for {tex!r}") from None
+    for el in root.iter():
+        tag = el.tag.removeprefix(MATHML_NS)
+        if el.text and "\\" in el.text:
+            raise LatexError(f"unknown command {el.text.strip()!r} in {tex!r}")
+        if tag in ARITY and len(el) != ARITY[tag]:
+            raise LatexError(f"<{tag}> needs {ARITY[tag]} arguments, got {len(el)} in {tex!r}")
+
+
+def to_mathml(tex: str, display: bool = False) -> str:
+    """LaTeX -> a <math> element (display="block" or "inline"); LatexError if it is bad."""
+    from latex2mathml.converter import convert
+
+    tex = tex.strip()
+    if not tex:
+        raise LatexError("empty formula")
+    _check_braces(tex)
+    try:
+        mathml = convert(tex, display="block" if display else "inline")
+    except Exception as e:  # latex2mathml raises its own exception types
+        raise LatexError(f"latex2mathml: {type(e).__name__} {e} in {tex!r}") from None
+    _check_mathml(mathml, tex)
+    return mathml
+
+
+def _render(md, tex: str, display: bool) -> str:
+    """A placeholder for the MathML in md's HTML stash, or the TeX as code after a warning."""
+    try:
+        html = to_mathml(tex, display)
+    except LatexError as e:
+        log.warning("LaTeX: %s", e)
+        html = f'<code class="math-error">{escape(tex)}</code>'
+    return md.htmlStash.store(html)
+
+
+class _InlineMath(InlineProcessor):
+    def __init__(self, pattern, md, display):
+        super().__init__(pattern, md)
+        self.display = display
+
+    def handleMatch(self, m, data):
+        return _render(self.md, m.group(1), self.display), m.start(0), m.end(0)
+
+
+class _DisplayMathBlock(BlockProcessor):
+    """A paragraph that starts with $$: everything up to the closing $$ is one formula."""
+
+    def test(self, parent, block):
+        return block.lstrip().startswith("$$")
+
+    def run(self, parent, blocks):
+        block = blocks.pop(0).lstrip()
+        end = block.find("$$", 2)
+        if end < 0:
+            log.warning("LaTeX: unclosed $$ in %r", block[:60])
+            end = len(block)
+        div = ET.SubElement(parent, "div", {"class": "math-display"})
+        div.text = _render(self.parser.md, block[2:end], display=True)
+        rest = block[end + 2 :].strip()
+        if rest:
+            blocks.insert(0, rest)
+
+
+class MathExtension(Extension):
+    """Registers the block and inline processors, and `\\$` as an escaped character."""
+
+    def extendMarkdown(self, md):
+        if "$" not in md.ESCAPED_CHARS:
+            md.ESCAPED_CHARS.append("$")
+        md.parser.blockprocessors.register(
+            _DisplayMathBlock(md.parser), "latex_math_display", BLOCK_PRIORITY
+        )
+        md.inlinePatterns.register(
+            _InlineMath(DISPLAY_INLINE_RE, md, display=True),
+            "latex_math_display_inline",
+            DISPLAY_INLINE_PRIORITY,
+        )
+        md.inlinePatterns.register(
+            _InlineMath(INLINE_RE, md, display=False), "latex_math_inline", INLINE_PRIORITY
+        )
+
+
+def on_config(config):
+    """mkdocs hook: add the extension to the site's Markdown."""
+    config.markdown_extensions.append(MathExtension())
+    return config
