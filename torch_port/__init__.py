@@ -8,6 +8,7 @@ nn.Modules, weight exchange with npattn, and a kit for testing your own attentio
     ref = torch_port.to_npattn(mha)                               # npattn, same weights
 """
 
+from .convert import from_npattn, load_safetensors, save_safetensors, to_npattn
 from .modules import (
     CausalAttention,
     MultiHeadAttention,
@@ -36,4 +37,8 @@ __all__ = [
     "MultiHeadAttentionWrapper",
     "SelfAttention_v1",
     "SelfAttention_v2",
+    "from_npattn",
+    "load_safetensors",
+    "save_safetensors",
+    "to_npattn",
 ]
