@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from strategies import attention_configs
 from tolerances import F32, F64
 
-torch = pytest.importorskip("torch")
+torch = pytest.importorskip("torch", reason="torch is not installed (pip install '.[torch]')")
 from helpers import n, t, upstream  # noqa: E402
 from torch import nn  # noqa: E402
 

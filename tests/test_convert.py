@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 from strategies import attention_configs
 from tolerances import F64
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("safetensors")
+torch = pytest.importorskip("torch", reason="torch is not installed (pip install '.[torch]')")
+pytest.importorskip("safetensors", reason="safetensors is not installed (pip install '.[torch]')")
 import chapter_ch03 as ch  # noqa: E402
 from helpers import upstream  # noqa: E402
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from tolerances import BF16_NORMWISE, F32, F64, FP16_NORMWISE, LOW_PRECISION_BASELINE
 
-torch = pytest.importorskip("torch")
+torch = pytest.importorskip("torch", reason="torch is not installed (pip install '.[torch]')")
 import torch_port as tp  # noqa: E402
 
 DEVICE = os.environ.get("NPATTN_TEST_DEVICE", "cuda")

@@ -4,7 +4,7 @@ Shapes: x (B, T, d_in) -> (B, T, d_out)."""
 
 import pytest
 
-torch = pytest.importorskip("torch")
+torch = pytest.importorskip("torch", reason="torch is not installed (pip install '.[torch]')")
 from torch import nn  # noqa: E402
 
 import npattn  # noqa: E402
@@ -185,3 +185,8 @@ def test_a_wrong_or_incomplete_weight_map_is_reported():
         tt.assert_matches_reference(variant, reference(), swap_q_k)
     with pytest.raises(TypeError, match="npattn module"):
         tt.assert_matches_reference(variant, ChapterMHA())
+
+
+def test_the_kit_is_reachable_from_torch_port():
+    assert tp.assert_matches_reference is tt.assert_matches_reference
+    assert tp.testing is tt and tp.ReferenceMismatchError is tt.ReferenceMismatchError

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from strategies import attention_configs
 
-torch = pytest.importorskip("torch")
+torch = pytest.importorskip("torch", reason="torch is not installed (pip install '.[torch]')")
 import torch_port as tp  # noqa: E402
 from torch_port.variants import BACKENDS  # noqa: E402
 

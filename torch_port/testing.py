@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from hypothesis import HealthCheck, find, settings
+from hypothesis import HealthCheck, Phase, find, settings
 from hypothesis import strategies as st
 from hypothesis.errors import NoSuchExample
 
@@ -231,6 +231,7 @@ def find_mismatch(
         database=None,
         deadline=None,
         suppress_health_check=list(HealthCheck),
+        phases=(Phase.generate, Phase.shrink),  # no database, no explain phase
     )
     try:
         example = find(examples, disagrees, settings=search, random=random.Random(seed))
