@@ -34,7 +34,7 @@ from hypothesis.errors import NoSuchExample
 
 import npattn
 
-TOLERANCES = {  # (rtol, atol); the reasoning is in tests/tolerances.py and docs/testing.md
+TOLERANCES = {  # (rtol, atol); as tests/tolerances.py, which gives the reasons
     torch.float64: dict(rtol=1e-10, atol=1e-12),  # different summation orders: ~1e-14
     torch.float32: dict(rtol=1e-4, atol=1e-5),  # ~5 chained matmuls and a softmax
 }
@@ -228,6 +228,7 @@ def find_mismatch(
 
     search = settings(
         max_examples=max_examples,
+        derandomize=False,  # random=Random(seed) below makes it deterministic, whatever profile
         database=None,
         deadline=None,
         suppress_health_check=list(HealthCheck),
