@@ -127,15 +127,6 @@ def test_safetensors_files_cross_both_ways(name, tmp_path):
     assert_same_state(other.state_dict(), ref.state_dict())  # float64 kept from the file
 
 
-def test_npattn_saves_non_contiguous_arrays(tmp_path):
-    ref = npattn.SelfAttention_v1(3, 4, rng=0)
-    ref.load_state_dict({k: np.asfortranarray(v) for k, v in ref.state_dict().items()})
-    assert not ref.W_query.flags.c_contiguous  # load_state_dict keeps Fortran order
-    npio.save_safetensors(ref, tmp_path / "w.safetensors")
-    back = npio.load_safetensors(npattn.SelfAttention_v1(3, 4, rng=1), tmp_path / "w.safetensors")
-    assert_same_state(back.state_dict(), ref.state_dict())
-
-
 def test_torch_load_casts_to_the_modules_dtype_and_is_strict(tmp_path):
     ref = npattn.MultiHeadAttention(3, 4, 5, 0.0, 2, rng=0).astype(np.float64)
     npio.save_safetensors(ref, tmp_path / "w.safetensors")

@@ -148,3 +148,11 @@ def test_sdpa_dropout_only_in_training():
     variant.train()
     torch.manual_seed(0)
     assert not torch.allclose(variant(x), variant.eval()(x))
+
+
+def test_flex_attention_says_which_torch_it_needs(monkeypatch):
+    import torch_port.variants as variants
+
+    monkeypatch.setattr(variants, "flex_attention", None)  # as on torch < 2.5
+    with pytest.raises(RuntimeError, match=r"needs torch >= 2.5 .*installed torch is"):
+        tp.MHAPyTorchFlexAttention(4, 4, 2, 5)
