@@ -6,7 +6,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-thorough lint gradcheck docs serve-docs bench clean
+.PHONY: setup demo test test-thorough lint gradcheck docs serve-docs bench gpu-check \
+	agreement-errors clean
 
 setup: $(STAMP)
 
@@ -37,6 +38,12 @@ serve-docs: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+
+gpu-check: $(STAMP)
+	PYTHONPATH=. $(PY) tools/gpu_check.py
+
+agreement-errors: $(STAMP)
+	PYTHONPATH=.:tests $(PY) tools/agreement_errors.py
 
 clean:
 	rm -rf $(VENV) site build *.egg-info .pytest_cache .hypothesis
