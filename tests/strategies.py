@@ -65,3 +65,8 @@ def float_masks(draw, shape, dtype=np.float64):
     mshape = draw(broadcastable_shape(shape))
     elements = st.one_of(floats(dtype, 3.0), st.just(-np.inf))
     return draw(hnp.arrays(dtype, mshape, elements=elements))
+
+
+def block_sizes():
+    """Tiled attention's block_size: an int or a (Br, Bc) pair, often not dividing L or S."""
+    return st.one_of(st.integers(1, 7), st.tuples(st.integers(1, 7), st.integers(1, 7)))

@@ -16,3 +16,16 @@ i.e. ~1e-10, so we use torch.autograd.gradcheck's atol 1e-5 and rtol 1e-3.
 F64 = dict(rtol=1e-10, atol=1e-12)  # npattn vs torch, float64
 F32 = dict(rtol=1e-4, atol=1e-5)  # npattn vs torch, float32, whole modules
 FD = dict(rtol=1e-3, atol=1e-5)  # analytic vs central differences, float64
+
+
+def lse_f64(max_abs_score: float) -> dict:
+    """Normwise relative tolerance for tiled attention's float64 gradients at large logits.
+
+    The tiled backward recomputes P = exp(s - lse); s - lse has an absolute rounding error of
+    a few ulps of |s|, so P (and the gradients) carry a relative error ~ eps * |s|, which a
+    plain softmax, exp(s - max) with s - max exact, does not (docs/backward/tiled.md).
+    """
+    return dict(rtol=F64["rtol"] + 64 * EPS64 * max_abs_score)
+
+
+EPS64 = 2.220446049250313e-16  # np.finfo(np.float64).eps

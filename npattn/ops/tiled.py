@@ -68,10 +68,10 @@ def _block_sizes(block_size, batch: tuple) -> tuple:
         while b > MIN_BLOCK and math.prod(batch) * b * b > TILE_ELEMENTS:
             b //= 2
         return b, b
-    if isinstance(block_size, (tuple, list)) and len(block_size) == 2:
-        return tuple(check_positive_int(b, "block_size") for b in block_size)
-    b = check_positive_int(block_size, "block_size (an int or a pair (Br, Bc))")
-    return b, b
+    pair = tuple(block_size) if isinstance(block_size, (tuple, list)) else (block_size,) * 2
+    if len(pair) != 2:
+        raise ValueError(f"block_size must be an int or a pair (Br, Bc), got {block_size!r}")
+    return tuple(check_positive_int(b, "block_size") for b in pair)
 
 
 def _tile_keep(key: int, i: int, j: int, shape: tuple, p: float) -> np.ndarray:
