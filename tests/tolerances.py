@@ -18,12 +18,13 @@ F32 = dict(rtol=1e-4, atol=1e-5)  # npattn vs torch, float32, whole modules
 FD = dict(rtol=1e-3, atol=1e-5)  # analytic vs central differences, float64
 
 
-def lse_f64(max_abs_score: float) -> dict:
-    """Normwise relative tolerance for tiled attention's float64 gradients at large logits.
+def large_logits_f64(max_abs_score: float) -> dict:
+    """Normwise relative tolerance for tiled attention in float64 at large logits |s|.
 
-    The tiled backward recomputes P = exp(s - lse); s - lse has an absolute rounding error of
-    a few ulps of |s|, so P (and the gradients) carry a relative error ~ eps * |s|, which a
-    plain softmax, exp(s - max) with s - max exact, does not (docs/backward/tiled.md).
+    Any change in how a score is rounded (the tiled op scales q before q @ k^T) moves it by a
+    few ulps of |s|, and the backward's P = exp(s - lse) adds a few more; so the weights, the
+    output and the gradients carry relative errors ~ eps * |s|. A plain softmax shares the
+    first, not the second (docs/backward/tiled.md).
     """
     return dict(rtol=F64["rtol"] + 64 * EPS64 * max_abs_score)
 
