@@ -22,6 +22,19 @@ import tracemalloc
 SIZES = (256, 512, 1024, 2048, 4096, 8192, 16384)
 CHECK_T, CHECK_PEAK_RATIO, CHECK_TIME_RATIO = 8192, 0.10, 1.5
 MIB = 2**20
+PREAMBLE = """# Tiled attention: time and memory as T grows
+
+Written by `benchmarks/tiled_scaling.py` (the tables below say how each was run). Forward
+plus backward of causal attention, naive (`F.sdpa_forward/backward`, which holds the
+`(T, T)` weights) against tiled (`F.flash_attention_forward/backward`,
+[derivation](../backward/tiled.md)). Naive's peak memory grows as T^2, tiled's as T.
+
+The machine's 2 cores were shared with other jobs while these ran (the load average is
+given), so times are noisy; each is the median of several runs, naive and tiled
+interleaved. The tiled path makes many small matmuls, and OpenBLAS's default of one thread
+per core is erratic on busy cores: a call can wait for a descheduled thread. One BLAS
+thread per process (`--blas-threads 1`, i.e. `OPENBLAS_NUM_THREADS=1`) gives stable times.
+"""
 
 
 def parse_args(argv=None):
@@ -94,7 +107,7 @@ def main(argv=None) -> None:
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         with open(args.out, "a" if args.append else "w") as f:
-            f.write(md + "\n")
+            f.write(("\n" if args.append else PREAMBLE + "\n") + md + "\n")
 
 
 def report(args, rows, np, loads, blocks) -> str:
