@@ -86,3 +86,8 @@ def attention_configs(draw, square: bool = False, max_heads: int = 3):
         qkv_bias=draw(st.booleans()),
         seed=draw(st.integers(0, 2**16)),
     )
+
+
+def block_sizes():
+    """Tiled attention's block_size: an int or a (Br, Bc) pair, often not dividing L or S."""
+    return st.one_of(st.integers(1, 7), st.tuples(st.integers(1, 7), st.integers(1, 7)))

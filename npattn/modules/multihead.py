@@ -16,8 +16,8 @@ from ..ops.heads import (
     split_heads_backward,
     split_heads_forward,
 )
-from ..ops.sdpa import sdpa_backward, sdpa_forward
-from ._input import attend_mask, chapter_mask, check_attention_args, prepare_input
+from ._impl import attention_backward, attention_forward, check_attn_impl
+from ._input import chapter_mask, check_attention_args, prepare_input
 from .attention import CausalAttention
 from .base import Module, ModuleList
 from .linear import Linear
@@ -86,6 +86,7 @@ class MultiHeadAttention(Module):
         3. causal SDPA with dropout on the weights     (B, H, T, E)
         4. merge heads                                 (B, H, T, E) -> (B, T, d_out)
         5. context_vec = out_proj(context)             (B, T, d_out)
+    attn_impl: "naive", "tiled" or "auto" (npattn/modules/_impl.py); tiled sets attn_weights None.
     """
 
     def __init__(
@@ -98,8 +99,10 @@ class MultiHeadAttention(Module):
         qkv_bias: bool = False,
         *,
         rng=None,
+        attn_impl: str = "naive",
     ):
         super().__init__()
+        self.attn_impl = check_attn_impl(attn_impl)
         self.d_in, self.d_out, self.context_length, self.dropout, self.num_heads = (
             check_attention_args(d_in, d_out, context_length, dropout, num_heads)
         )
@@ -114,7 +117,6 @@ class MultiHeadAttention(Module):
 
     def forward(self, x):
         x = prepare_input(x, self.d_in, self.dtype, self.context_length)
-        T = x.shape[-2]
         # 1. projections                                 (B, T, d_in) -> (B, T, d_out)
         queries, keys, values = self.W_query(x), self.W_key(x), self.W_value(x)
         # 2. split heads                                 (B, T, d_out) -> (B, H, T, E)
@@ -123,14 +125,13 @@ class MultiHeadAttention(Module):
         )
         # 3. causal attention per head                   (B, H, T, E)
         dropout_p = self.dropout if self.training else 0.0
-        context, sdpa_cache = sdpa_forward(
-            queries, keys, values, attend_mask(self.mask, T), dropout_p, rng=self.rng
-        )
+        context, sdpa_cache, self.attn_weights = attention_forward(
+            self.attn_impl, queries, keys, values, self.mask, dropout_p, self.rng
+        )  # attn_weights: (B, H, T, T) before dropout, or None from the tiled path
         # 4. merge heads                                 (B, H, T, E) -> (B, T, d_out)
         context, merge_cache = merge_heads_forward(context)
         # 5. output projection                           (B, T, d_out) -> (B, T, d_out)
         context_vec = self.out_proj(context)
-        self.attn_weights = sdpa_cache.attn_weights  # (B, H, T, T), before dropout
         self._cache = (x.shape, sdpa_cache, merge_cache)
         return context_vec
 
@@ -141,7 +142,7 @@ class MultiHeadAttention(Module):
         # 4.
         dcontext = merge_heads_backward(dcontext, merge_cache)  # (B, H, T, E)
         # 3.
-        dqueries, dkeys, dvalues = sdpa_backward(dcontext, sdpa_cache)  # (B, H, T, E) each
+        dqueries, dkeys, dvalues = attention_backward(dcontext, sdpa_cache)  # (B, H, T, E) each
         # 2. split cache: the (B, T, d_out) shape, which x_shape determines
         split_cache = (x_shape[:-1] + (self.d_out,),)
         dqueries, dkeys, dvalues = (
