@@ -10,14 +10,16 @@ from __future__ import annotations
 import numpy as np
 
 from .._checks import check_positive_int, make_rng
+from ..ops.causal import CausalCache, causal_sdpa_backward, causal_sdpa_forward
+from ..ops.fused_linear import fused_linear_backward, fused_linear_forward
 from ..ops.heads import (
     merge_heads_backward,
     merge_heads_forward,
-    split_heads_backward,
-    split_heads_forward,
+    split_qkv_heads_backward,
+    split_qkv_heads_forward,
 )
 from ..ops.sdpa import sdpa_backward, sdpa_forward
-from ._input import attend_mask, chapter_mask, check_attention_args, prepare_input
+from ._input import attend_mask, chapter_mask, check_attention_args, is_causal_mask, prepare_input
 from .attention import CausalAttention
 from .base import Module, ModuleList
 from .linear import Linear
@@ -79,11 +81,14 @@ class MultiHeadAttention(Module):
     Shapes: x (B, T, d_in), T <= context_length -> context_vec (B, T, d_out).
 
     Forward (walked backwards in `backward`):
-        1. queries, keys, values = W_query(x), W_key(x), W_value(x)   (B, T, d_out)
-        2. split heads                                 (B, T, d_out) -> (B, H, T, E)
+        1. queries, keys, values = W_query(x), W_key(x), W_value(x), as one matrix product
+                                                       (B, T, d_in) -> (B, T, 3 * d_out)
+        2. split heads                                 (B, T, 3 * d_out) -> 3 x (B, H, T, E)
         3. causal SDPA with dropout on the weights     (B, H, T, E)
         4. merge heads                                 (B, H, T, E) -> (B, T, d_out)
         5. context_vec = out_proj(context)             (B, T, d_out)
+    Step 3 skips the blocks above the diagonal (ops/causal.py) while the `mask` buffer is the
+    chapter's causal one; a buffer loaded with other values is applied as a general mask.
     """
 
     def __init__(
@@ -113,42 +118,48 @@ class MultiHeadAttention(Module):
     def forward(self, x):
         x = prepare_input(x, self.d_in, self.dtype, self.context_length)
         T = x.shape[-2]
-        # 1. projections                                 (B, T, d_in) -> (B, T, d_out)
-        queries, keys, values = self.W_query(x), self.W_key(x), self.W_value(x)
-        # 2. split heads                                 (B, T, d_out) -> (B, H, T, E)
-        (queries, _), (keys, _), (values, _) = (
-            split_heads_forward(a, self.num_heads) for a in (queries, keys, values)
-        )
+        # 1. projections, one GEMM                       (B, T, d_in) -> (B, T, 3 * d_out)
+        qkv_layers = (self.W_query, self.W_key, self.W_value)
+        biases = None if self.W_query.bias is None else [m.bias for m in qkv_layers]
+        qkv, qkv_cache = fused_linear_forward(x, [m.weight for m in qkv_layers], biases)
+        # 2. split heads (views)                         (B, T, 3 * d_out) -> 3 x (B, H, T, E)
+        (queries, keys, values), split_cache = split_qkv_heads_forward(qkv, self.num_heads)
         # 3. causal attention per head                   (B, H, T, E)
         dropout_p = self.dropout if self.training else 0.0
-        context, sdpa_cache = sdpa_forward(
-            queries, keys, values, attend_mask(self.mask, T), dropout_p, rng=self.rng
-        )
+        mask = attend_mask(self.mask, T)  # (T, T), True = attend
+        if is_causal_mask(mask):
+            context, sdpa_cache = causal_sdpa_forward(
+                queries, keys, values, dropout_p, rng=self.rng
+            )
+        else:
+            context, sdpa_cache = sdpa_forward(queries, keys, values, mask, dropout_p, rng=self.rng)
         # 4. merge heads                                 (B, H, T, E) -> (B, T, d_out)
         context, merge_cache = merge_heads_forward(context)
         # 5. output projection                           (B, T, d_out) -> (B, T, d_out)
         context_vec = self.out_proj(context)
         self.attn_weights = sdpa_cache.attn_weights  # (B, H, T, T), before dropout
-        self._cache = (x.shape, sdpa_cache, merge_cache)
+        self._cache = (qkv_cache, split_cache, sdpa_cache, merge_cache)
         return context_vec
 
     def backward(self, dcontext_vec):
-        x_shape, sdpa_cache, merge_cache = self._require_cache()
+        qkv_cache, split_cache, sdpa_cache, merge_cache = self._require_cache()
         # 5.
         dcontext = self.out_proj.backward(dcontext_vec)  # (B, T, d_out)
         # 4.
         dcontext = merge_heads_backward(dcontext, merge_cache)  # (B, H, T, E)
         # 3.
-        dqueries, dkeys, dvalues = sdpa_backward(dcontext, sdpa_cache)  # (B, H, T, E) each
-        # 2. split cache: the (B, T, d_out) shape, which x_shape determines
-        split_cache = (x_shape[:-1] + (self.d_out,),)
-        dqueries, dkeys, dvalues = (
-            split_heads_backward(d, split_cache) for d in (dqueries, dkeys, dvalues)
+        attention_backward = (
+            causal_sdpa_backward if isinstance(sdpa_cache, CausalCache) else sdpa_backward
         )
-        # 1. x feeds all three projections, so dx sums three terms
-        dx = self.W_query.backward(dqueries)
-        dx += self.W_key.backward(dkeys)
-        dx += self.W_value.backward(dvalues)
+        dqueries, dkeys, dvalues = attention_backward(dcontext, sdpa_cache)  # (B, H, T, E) each
+        # 2.
+        dqkv = split_qkv_heads_backward(dqueries, dkeys, dvalues, split_cache)  # (B, T, 3 d_out)
+        # 1. x feeds all three projections: the one GEMM sums their three terms of dx
+        dx, dweights, dbiases = fused_linear_backward(dqkv, qkv_cache)
+        for i, layer in enumerate((self.W_query, self.W_key, self.W_value)):
+            layer._grads = {"weight": dweights[i]}
+            if dbiases is not None:
+                layer._grads["bias"] = dbiases[i]
         return dx
 
     def extra_repr(self) -> str:
