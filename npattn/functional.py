@@ -30,8 +30,15 @@ from .ops.simple import (
     simple_self_attention,
 )
 from .ops.softmax import softmax, softmax_backward, softmax_naive
+from .ops.tiled import (
+    FlashCache,
+    flash_attention_backward,
+    flash_attention_forward,
+    flash_dropout_mask,
+)
 
 __all__ = [
+    "FlashCache",
     "SDPACache",
     "attn_scores_for_query",
     "attn_scores_loops",
@@ -41,6 +48,9 @@ __all__ = [
     "dropout_backward",
     "dropout_forward",
     "dropout_keep_mask",
+    "flash_attention_backward",
+    "flash_attention_forward",
+    "flash_dropout_mask",
     "linear_backward",
     "linear_forward",
     "mask_renormalize_backward",

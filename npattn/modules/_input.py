@@ -54,8 +54,3 @@ def chapter_mask(context_length: int) -> np.ndarray:
 def attend_mask(mask_buffer: np.ndarray, T: int) -> np.ndarray:
     """The chapter's buffer, truncated to T tokens, as a boolean mask with True = attend."""
     return mask_buffer[:T, :T] == 0  # (context_length, context_length) -> (T, T)
-
-
-def is_causal_mask(mask: np.ndarray) -> bool:
-    """Whether a boolean (T, T) mask (True = attend) is exactly the causal one, tril."""
-    return bool(np.array_equal(mask, np.tri(*mask.shape, dtype=bool)))

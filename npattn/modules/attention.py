@@ -11,7 +11,8 @@ import numpy as np
 from .._checks import make_rng
 from ..ops.linear import linear_backward, linear_forward
 from ..ops.sdpa import sdpa_backward, sdpa_forward
-from ._input import attend_mask, chapter_mask, check_attention_args, prepare_input
+from ._impl import attention_backward, attention_forward, check_attn_impl
+from ._input import chapter_mask, check_attention_args, prepare_input
 from .base import Module
 from .linear import Linear
 
@@ -60,28 +61,28 @@ class SelfAttention_v1(Module):
 class _QKV(Module):
     """Shared body of SelfAttention_v2 and CausalAttention: three Linear layers + SDPA."""
 
-    def _init_qkv(self, d_in, d_out, qkv_bias, rng):
+    def _init_qkv(self, d_in, d_out, qkv_bias, rng, attn_impl="naive"):
         self.rng = make_rng(rng)
+        self.attn_impl = check_attn_impl(attn_impl)  # npattn/modules/_impl.py
         self.W_query = Linear(d_in, d_out, bias=qkv_bias, rng=self.rng)
         self.W_key = Linear(d_in, d_out, bias=qkv_bias, rng=self.rng)
         self.W_value = Linear(d_in, d_out, bias=qkv_bias, rng=self.rng)
         self.attn_weights = None
 
-    def _attend(self, x, attn_mask=None, dropout_p=0.0):
+    def _attend(self, x, mask_buffer=None, dropout_p=0.0):
         # 1. queries, keys, values = W_query(x), W_key(x), W_value(x)   (..., T, d_out)
         queries = self.W_query(x)
         keys = self.W_key(x)
         values = self.W_value(x)
         # 2-5. scores, mask, softmax(/ sqrt(d_k)), dropout, @ values     (..., T, d_out)
-        context_vec, self._cache = sdpa_forward(
-            queries, keys, values, attn_mask, dropout_p, rng=self.rng
-        )
-        self.attn_weights = self._cache.attn_weights  # (..., T, T), before dropout
+        context_vec, self._cache, self.attn_weights = attention_forward(
+            self.attn_impl, queries, keys, values, mask_buffer, dropout_p, self.rng
+        )  # attn_weights: (..., T, T) before dropout, or None from the tiled path
         return context_vec
 
     def backward(self, dcontext_vec):
         # 2-5.
-        dqueries, dkeys, dvalues = sdpa_backward(dcontext_vec, self._require_cache())
+        dqueries, dkeys, dvalues = attention_backward(dcontext_vec, self._require_cache())
         # 1. x feeds all three projections, so dx sums three terms
         dx = self.W_query.backward(dqueries)
         dx += self.W_key.backward(dkeys)
@@ -109,6 +110,7 @@ class CausalAttention(_QKV):
 
     Shapes: x (B, T, d_in), T <= context_length -> context_vec (B, T, d_out).
     The `mask` buffer is the chapter's triu(ones, 1) (1 = masked), truncated to T.
+    attn_impl: "naive", "tiled" or "auto" (npattn/modules/_impl.py); tiled sets attn_weights None.
     """
 
     def __init__(
@@ -120,15 +122,15 @@ class CausalAttention(_QKV):
         qkv_bias: bool = False,
         *,
         rng=None,
+        attn_impl: str = "naive",
     ):
         super().__init__()
         self.d_in, self.d_out, self.context_length, self.dropout, _ = check_attention_args(
             d_in, d_out, context_length, dropout
         )
-        self._init_qkv(d_in, d_out, qkv_bias, rng)
+        self._init_qkv(d_in, d_out, qkv_bias, rng, attn_impl)
         self.register_buffer("mask", chapter_mask(self.context_length))
 
     def forward(self, x):
         x = prepare_input(x, self.d_in, self.dtype, self.context_length)
-        mask = attend_mask(self.mask, x.shape[-2])  # (T, T), True = attend
-        return self._attend(x, mask, self.dropout if self.training else 0.0)
+        return self._attend(x, self.mask, self.dropout if self.training else 0.0)

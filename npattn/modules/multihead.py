@@ -10,7 +10,6 @@ from __future__ import annotations
 import numpy as np
 
 from .._checks import check_positive_int, make_rng
-from ..ops.causal import CausalCache, causal_sdpa_backward, causal_sdpa_forward
 from ..ops.fused_linear import fused_linear_backward, fused_linear_forward
 from ..ops.heads import (
     merge_heads_backward,
@@ -18,8 +17,8 @@ from ..ops.heads import (
     split_qkv_heads_backward,
     split_qkv_heads_forward,
 )
-from ..ops.sdpa import sdpa_backward, sdpa_forward
-from ._input import attend_mask, chapter_mask, check_attention_args, is_causal_mask, prepare_input
+from ._impl import attention_backward, attention_forward, check_attn_impl
+from ._input import chapter_mask, check_attention_args, prepare_input
 from .attention import CausalAttention
 from .base import Module, ModuleList
 from .linear import Linear
@@ -87,8 +86,7 @@ class MultiHeadAttention(Module):
         3. causal SDPA with dropout on the weights     (B, H, T, E)
         4. merge heads                                 (B, H, T, E) -> (B, T, d_out)
         5. context_vec = out_proj(context)             (B, T, d_out)
-    Step 3 skips the blocks above the diagonal (ops/causal.py) while the `mask` buffer is the
-    chapter's causal one; a buffer loaded with other values is applied as a general mask.
+    attn_impl: "naive", "tiled" or "auto" (npattn/modules/_impl.py); tiled sets attn_weights None.
     """
 
     def __init__(
@@ -101,8 +99,10 @@ class MultiHeadAttention(Module):
         qkv_bias: bool = False,
         *,
         rng=None,
+        attn_impl: str = "naive",
     ):
         super().__init__()
+        self.attn_impl = check_attn_impl(attn_impl)
         self.d_in, self.d_out, self.context_length, self.dropout, self.num_heads = (
             check_attention_args(d_in, d_out, context_length, dropout, num_heads)
         )
@@ -117,7 +117,6 @@ class MultiHeadAttention(Module):
 
     def forward(self, x):
         x = prepare_input(x, self.d_in, self.dtype, self.context_length)
-        T = x.shape[-2]
         # 1. projections, one GEMM                       (B, T, d_in) -> (B, T, 3 * d_out)
         qkv_layers = (self.W_query, self.W_key, self.W_value)
         biases = None if self.W_query.bias is None else [m.bias for m in qkv_layers]
@@ -126,18 +125,13 @@ class MultiHeadAttention(Module):
         (queries, keys, values), split_cache = split_qkv_heads_forward(qkv, self.num_heads)
         # 3. causal attention per head                   (B, H, T, E)
         dropout_p = self.dropout if self.training else 0.0
-        mask = attend_mask(self.mask, T)  # (T, T), True = attend
-        if is_causal_mask(mask):
-            context, sdpa_cache = causal_sdpa_forward(
-                queries, keys, values, dropout_p, rng=self.rng
-            )
-        else:
-            context, sdpa_cache = sdpa_forward(queries, keys, values, mask, dropout_p, rng=self.rng)
+        context, sdpa_cache, self.attn_weights = attention_forward(
+            self.attn_impl, queries, keys, values, self.mask, dropout_p, self.rng
+        )  # attn_weights: (B, H, T, T) before dropout, or None from the tiled path
         # 4. merge heads                                 (B, H, T, E) -> (B, T, d_out)
         context, merge_cache = merge_heads_forward(context)
         # 5. output projection                           (B, T, d_out) -> (B, T, d_out)
         context_vec = self.out_proj(context)
-        self.attn_weights = sdpa_cache.attn_weights  # (B, H, T, T), before dropout
         self._cache = (qkv_cache, split_cache, sdpa_cache, merge_cache)
         return context_vec
 
@@ -148,9 +142,6 @@ class MultiHeadAttention(Module):
         # 4.
         dcontext = merge_heads_backward(dcontext, merge_cache)  # (B, H, T, E)
         # 3.
-        attention_backward = (
-            causal_sdpa_backward if isinstance(sdpa_cache, CausalCache) else sdpa_backward
-        )
         dqueries, dkeys, dvalues = attention_backward(dcontext, sdpa_cache)  # (B, H, T, E) each
         # 2.
         dqkv = split_qkv_heads_backward(dqueries, dkeys, dvalues, split_cache)  # (B, T, 3 d_out)

@@ -100,30 +100,48 @@ def _check_inputs(q, k, v, enable_gqa):
     return q, k, v, groups
 
 
-def _mask_scores(scores, attn_mask, is_causal):
-    """Step 2: apply a boolean (True = attend) or float (added) mask, or the causal mask."""
-    L, S = scores.shape[-2:]
-    if is_causal:
-        if attn_mask is not None:
-            raise ValueError("is_causal=True cannot be combined with attn_mask; pass one of them")
-        return np.where(causal_mask(L, S), scores, -np.inf).astype(scores.dtype, copy=False)
+def check_attn_mask(attn_mask, is_causal: bool, scores_shape: tuple):
+    """Step 2's argument checks: the mask as an array broadcastable to scores_shape, or None.
+
+    Shapes: attn_mask broadcastable to scores_shape (..., L, S), boolean or floating.
+    """
+    if is_causal and attn_mask is not None:
+        raise ValueError("is_causal=True cannot be combined with attn_mask; pass one of them")
     if attn_mask is None:
-        return scores
+        return None
     attn_mask = np.asarray(attn_mask)
     try:
-        shape = np.broadcast_shapes(attn_mask.shape, scores.shape)
+        shape = np.broadcast_shapes(attn_mask.shape, scores_shape)
     except ValueError:
         shape = None
-    if shape != scores.shape:
+    if shape != tuple(scores_shape):
         raise ValueError(
             f"attn_mask of shape {tuple(attn_mask.shape)} must broadcast to the attention "
-            f"scores' shape {tuple(scores.shape)} (..., L, S)"
+            f"scores' shape {tuple(scores_shape)} (..., L, S)"
         )
+    if attn_mask.dtype != np.bool_ and not np.issubdtype(attn_mask.dtype, np.floating):
+        raise TypeError(f"attn_mask must be boolean or floating, got dtype {attn_mask.dtype}")
+    return attn_mask
+
+
+def apply_attn_mask(scores, attn_mask):
+    """Step 2: -inf where a boolean mask (True = attend) is False, or add a float mask.
+
+    Shapes: scores (..., L, S), attn_mask (checked) broadcastable to it, or None.
+    """
+    if attn_mask is None:
+        return scores
     if attn_mask.dtype == np.bool_:
         return np.where(attn_mask, scores, -np.inf).astype(scores.dtype, copy=False)
-    if not np.issubdtype(attn_mask.dtype, np.floating):
-        raise TypeError(f"attn_mask must be boolean or floating, got dtype {attn_mask.dtype}")
     return scores + attn_mask.astype(scores.dtype, copy=False)
+
+
+def _mask_scores(scores, attn_mask, is_causal):
+    """Step 2: apply a boolean (True = attend) or float (added) mask, or the causal mask."""
+    attn_mask = check_attn_mask(attn_mask, is_causal, scores.shape)
+    if is_causal:
+        attn_mask = causal_mask(*scores.shape[-2:])  # (L, S), top-left aligned
+    return apply_attn_mask(scores, attn_mask)
 
 
 def sdpa_forward(
