@@ -7,6 +7,10 @@ import os
 
 from hypothesis import HealthCheck, settings
 
+# The tests use tiny arrays: one BLAS/OpenMP thread per pytest worker is ~10x faster on a
+# shared 2-core machine than threads spinning against each other. Set before torch is imported.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 _common = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile("ci", derandomize=True, max_examples=25, print_blob=True, **_common)
 settings.register_profile("dev", max_examples=25, **_common)

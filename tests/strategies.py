@@ -65,3 +65,24 @@ def float_masks(draw, shape, dtype=np.float64):
     mshape = draw(broadcastable_shape(shape))
     elements = st.one_of(floats(dtype, 3.0), st.just(-np.inf))
     return draw(hnp.arrays(dtype, mshape, elements=elements))
+
+
+@st.composite
+def attention_configs(draw, square: bool = False, max_heads: int = 3):
+    """Arguments of a chapter attention module and an input size: d_in, d_out (a multiple of
+    num_heads), num_heads, context_length, T <= context_length, B, qkv_bias, seed.
+    square=True makes d_in == d_out (nn.MultiheadAttention needs it)."""
+    num_heads = draw(st.integers(1, max_heads))
+    d_out = num_heads * draw(st.integers(1, 4))
+    d_in = d_out if square else draw(dims)
+    context_length = draw(st.integers(1, 6))
+    return dict(
+        d_in=d_in,
+        d_out=d_out,
+        num_heads=num_heads,
+        context_length=context_length,
+        T=draw(st.integers(1, context_length)),
+        B=draw(st.integers(1, 3)),
+        qkv_bias=draw(st.booleans()),
+        seed=draw(st.integers(0, 2**16)),
+    )
