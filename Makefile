@@ -5,8 +5,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
-.PHONY: setup demo test test-thorough lint gradcheck docs bench clean
+.PHONY: setup demo test test-thorough lint gradcheck docs bench bench-cuda clean
 
 setup: $(STAMP)
 
@@ -26,6 +27,14 @@ test: $(STAMP)
 
 test-thorough: $(STAMP)
 	HYPOTHESIS_PROFILE=thorough $(PY) -m pytest -n 2 $(PYTEST_ARGS)
+
+# Benchmarks write docs/benchmarks/. OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE are unset for this
+# command only: on some machines they pin an older, slower OpenBLAS kernel (the tests keep them).
+bench: $(STAMP)
+	env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(PY) benchmarks/bench.py $(BENCH_ARGS)
+
+bench-cuda: $(STAMP)
+	$(PY) benchmarks/bench.py --device cuda --quick $(BENCH_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
