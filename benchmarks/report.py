@@ -32,6 +32,7 @@ def main_table(paths: list[Path], ref: str, size, gemm_peak: float | None, diffs
         "path",
         "forward (ms)",
         "fwd+bwd (ms)",
+        f"forward / {ref}",
         f"fwd+bwd / {ref}",
         "fwd+bwd GFLOP/s",
         "share of GEMM peak",
@@ -41,9 +42,10 @@ def main_table(paths: list[Path], ref: str, size, gemm_peak: float | None, diffs
     rows = []
     for p in paths:
         f, fb = p.median_ms("fwd"), p.median_ms("fwd_bwd")
-        ratio = "n/a"
-        if ref_p is not None and fb is not None and ref_p.median_ms("fwd_bwd"):
-            ratio = f"{fb / ref_p.median_ms('fwd_bwd'):.2f}x"
+        ratios = []
+        for kind, t in (("fwd", f), ("fwd_bwd", fb)):
+            r = ref_p.median_ms(kind) if ref_p is not None else None
+            ratios.append(f"{t / r:.2f}x" if t is not None and r else "n/a")
         gflops = share = "n/a"
         kind = "fwd_bwd" if fb is not None else "fwd"
         t = fb if fb is not None else f
@@ -59,7 +61,7 @@ def main_table(paths: list[Path], ref: str, size, gemm_peak: float | None, diffs
                 name,
                 _ms(f, p.spread_ms("fwd")),
                 _ms(fb, p.spread_ms("fwd_bwd")),
-                ratio,
+                *ratios,
                 gflops,
                 share,
                 _mib(mem),

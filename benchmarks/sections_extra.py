@@ -13,6 +13,7 @@ from timing import peak_rss_bytes, return_freed_memory, run_interleaved
 LOOP_TS = (6, 32, 128, 512)  # 6: the chapter's "Your journey starts with one step"
 LOOP_D = 3  # the chapter's embedding width
 SCALING_TS = (256, 512, 1024, 2048, 4096, 8192)
+SCALING_REPEATS = {256: 7, 512: 7, 1024: 5, 2048: 3, 4096: 2, 8192: 1}
 SCALING_PATHS = (P.CH03, P.SDPA, P.NPATTN_NAIVE, P.NPATTN_TILED)
 # resident (B, H, T, T) float32 arrays each path holds at its peak, for skipping runs that
 # would not fit: torch's chapter class keeps scores, masked scores, weights and gradients
@@ -77,6 +78,7 @@ def scaling(args, size, log) -> tuple[str, dict]:
     max_T = args.max_T or (2048 if args.quick else SCALING_TS[-1])
     Ts = [T for T in SCALING_TS if T <= max_T]
     results = {name: {} for name in SCALING_PATHS}
+    used = {}  # repeats per T
     return_freed_memory()
     for T in Ts:
         s = P.Size(1, T, size.d, size.H)
@@ -90,9 +92,10 @@ def scaling(args, size, log) -> tuple[str, dict]:
         paths = P.torch_paths(s, names=names, log=log) + P.npattn_paths(s, names=names, log=log)
         for p in paths:
             p.fwd = None  # forward+backward only
-        repeats = 5 if T <= 1024 else 3 if T <= 2048 else 1
+        repeats = SCALING_REPEATS.get(T, 1)
         repeats = min(repeats, args.repeats or repeats, 3 if args.quick else repeats)
         warmup = 1 if T <= 4096 else 0
+        used[T] = repeats
         log(f"scaling: T={T}, {repeats} repeats, skipped {skipped or 'none'}")
         run_interleaved(paths, repeats, warmup, log=lambda _: None)
         for p in paths:
@@ -111,10 +114,12 @@ def scaling(args, size, log) -> tuple[str, dict]:
     md = [
         f"## Scaling in T: batch 1, d={size.d}, {size.H} heads",
         "",
-        "Forward+backward time (median of up to 5 interleaved repeats: 1 from T = 4096, with no "
-        "warm-up at 8192) and the peak resident memory it added. The naive paths hold "
-        f"(B, H, T, T) arrays, so memory grows with T^2; SDPA and npattn's tiled path grow with "
-        f"T. Runs estimated above {args.max_mem_gb:g} GiB are skipped (--max-mem-gb).",
+        "Forward+backward time, median of interleaved repeats ("
+        + ", ".join(f"{n} at T={T}" for T, n in used.items())
+        + "; one warm-up run first, none at 8192), and the peak resident memory it added. "
+        "The naive paths hold (B, H, T, T) arrays, so memory grows with T^2; SDPA and npattn's "
+        f"tiled path grow with T. Runs estimated above {args.max_mem_gb:g} GiB are skipped "
+        "(--max-mem-gb).",
         "",
         report.table(rows, ["T", *SCALING_PATHS]),
     ]
