@@ -22,8 +22,6 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 OPENBLAS_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
-CPU_SIZE = "4,512,768,12"  # the targets: B, T, d_in = d_out, heads
-CUDA_SIZE = "8,1024,768,12"  # the bonus notebook's A100 table
 
 
 def parse_args(argv=None):
@@ -33,7 +31,7 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="CPU threads (all)")
     p.add_argument("--repeats", type=int, help="timed rounds (default 15, quick 5)")
     p.add_argument("--warmup", type=int, default=2, help="untimed runs of each path first")
-    p.add_argument("--size", help=f"B,T,d,H (CPU {CPU_SIZE}, CUDA {CUDA_SIZE})")
+    p.add_argument("--size", help="B,T,d,H (CPU 4,512,768,12; CUDA 8,1024,768,12)")
     p.add_argument("--sections", default="main,profile,loops,scaling", help="CPU sections")
     p.add_argument("--only", help="comma-separated path names to run (main section)")
     p.add_argument("--max-T", type=int, help="largest T of the scaling table (8192, quick 2048)")

@@ -74,13 +74,13 @@ def torch_paths(size: Size, device="cpu", dtype=None, names=None, log=print) -> 
 
     The input x and upstream gradient g are numpy_inputs(size), as for npattn's paths.
     """
-    import torch
-
     try:
+        import torch
+
         import torch_port
         import torch_port.variants as variants
     except ImportError as e:
-        log(f"  skipped every torch_port path: {e}")
+        log(f"  skipped every torch path: {e}")
         return []
     dtype = dtype or torch.float32
     x, g = (torch.from_numpy(a).to(device, dtype) for a in numpy_inputs(size))

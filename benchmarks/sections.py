@@ -13,7 +13,10 @@ import time
 import numpy as np
 import paths as P
 import report
+import sections_extra
 from timing import Path, machine_note, peak_rss_bytes, return_freed_memory, run_interleaved
+
+CPU_SIZE = "4,512,768,12"  # the issue's targets: B, T, d_in = d_out, heads
 
 
 def log(msg: str) -> None:
@@ -35,21 +38,31 @@ def blas_info() -> str:
 
 def gemm_peak(repeats: int = 5, n: int = 2048) -> dict:
     """Measured float32 GEMM throughput of numpy and torch on (n, n) @ (n, n), GFLOP/s."""
-    import torch
-
     a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
-    ta = torch.from_numpy(a)
+    gemms = [("numpy", lambda: a @ a)]
+    torch = optional_torch()
+    if torch is not None:
+        ta = torch.from_numpy(a)
+        gemms.append(("torch", lambda: ta @ ta))
     out = {}
-    for name, fn in (("numpy", lambda: a @ a), ("torch", lambda: ta @ ta)):
+    for name, fn in gemms:
         p = Path(name, name, None, fn)
         run_interleaved([p], repeats, 1, log=lambda _: None)
         out[name] = 2 * n**3 / (p.median_ms("fwd_bwd") / 1e3) / 1e9
     return out
 
 
-def header(args, openblas_env, command, size, peak) -> str:
-    import torch
+def optional_torch():
+    """torch, or None (then only npattn's paths run)."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch
 
+
+def header(args, openblas_env, command, size, peak) -> str:
+    torch = optional_torch()
     m = machine_note()
     blas_env = ", ".join(f"{k}={v if v is not None else 'unset'}" for k, v in openblas_env.items())
     lines = [
@@ -61,9 +74,11 @@ def header(args, openblas_env, command, size, peak) -> str:
         f"BLAS: {blas_info()}.",
         f"- {blas_env} when the benchmark ran (`make bench` unsets both: on some machines they "
         "select an older, slower OpenBLAS kernel; the tests keep them).",
-        f"- numpy {np.__version__}, torch {torch.__version__}, Python {platform.python_version()}.",
-        f"- float32 GEMM peak measured here, (2048, 2048) @ (2048, 2048): numpy "
-        f"{peak['numpy']:.0f} GFLOP/s, torch {peak['torch']:.0f} GFLOP/s.",
+        f"- numpy {np.__version__}, torch {torch.__version__ if torch else 'not installed'}, "
+        f"Python {platform.python_version()}.",
+        "- float32 GEMM peak measured here, (2048, 2048) @ (2048, 2048): "
+        + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peak.items())
+        + ".",
         f"- Main size: B={size.B}, T={size.T}, d_in=d_out={size.d}, {size.H} heads, dropout 0, "
         "eval mode; forward with autograd recording (npattn keeps its cache), forward+backward "
         "computes dL/dx and every parameter gradient for a random upstream gradient.",
@@ -112,7 +127,7 @@ def agreement(paths, ref) -> dict:
     """Max |output - Ch03 output| of every path that has the Ch03 weights (not the wrapper)."""
     if ref is None:
         return {}
-    import torch
+    import torch  # ref is a torch path, so torch is there
 
     with torch.no_grad():
         want = ref.fwd().detach().numpy()
@@ -145,6 +160,14 @@ def targets(paths) -> str:
     return "\n".join(lines)
 
 
+def chart(draw, *args) -> None:
+    """A PNG, or a printed reason where matplotlib is missing."""
+    try:
+        draw(*args)
+    except ImportError as e:
+        log(f"  skipped chart {args[-1]}: {e}")
+
+
 def run(args, openblas_env, command) -> None:
     if args.device == "cuda":
         import cuda
@@ -152,12 +175,14 @@ def run(args, openblas_env, command) -> None:
         return cuda.run(args, command, log)
     import warnings
 
-    import torch
-
-    torch.set_num_threads(args.threads)
+    torch = optional_torch()
+    if torch is None:
+        log("torch is not installed: only npattn's paths run")
+    else:
+        torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", message=".*flex_attention called without torch.compile")
     os.makedirs(args.out, exist_ok=True)
-    size = parse_size(args.size or CPU_SIZE_DEFAULT)
+    size = parse_size(args.size or CPU_SIZE)
     started = time.time()
     peak = gemm_peak()
     parts = ["# CPU benchmarks", "", header(args, openblas_env, command, size, peak)]
@@ -165,25 +190,21 @@ def run(args, openblas_env, command) -> None:
     if "main" in sections:
         md, paths = section_main(args, size, max(peak.values()))
         parts += ["", md]
-        report.bar_chart(
+        chart(
+            report.bar_chart,
             paths,
             f"B={size.B}, T={size.T}, d={size.d}, {size.H} heads, float32, {args.threads} threads",
             os.path.join(args.out, "cpu.png"),
         )
     if "profile" in sections:
-        import sections_extra
-
         parts += ["", sections_extra.profile(args, size, log)]
     if "loops" in sections:
-        import sections_extra
-
         parts += ["", sections_extra.loops(args, log)]
     if "scaling" in sections:
-        import sections_extra
-
         md, results = sections_extra.scaling(args, size, log)
         parts += ["", md]
-        report.scaling_chart(
+        chart(
+            report.scaling_chart,
             results,
             f"batch 1, d={size.d}, {size.H} heads, float32",
             os.path.join(args.out, "scaling.png"),
@@ -197,6 +218,3 @@ def run(args, openblas_env, command) -> None:
     with open(out, "w") as f:
         f.write("\n".join(parts) + "\n")
     log(f"wrote {out}")
-
-
-CPU_SIZE_DEFAULT = "4,512,768,12"

@@ -1,13 +1,16 @@
 """Causal scaled dot-product attention that skips the blocks above the diagonal.
 
 The same function as sdpa_forward(q, k, v, is_causal=True): query i attends keys j <= i
-(top-left aligned, as torch's is_causal), with dropout on the weights. Two things make it fast:
+(top-left aligned, as torch's is_causal), with dropout on the weights. Three things make it fast:
 - one head at a time, so each head's (L, S) weights stay in the CPU cache while softmax and
   the backward's elementwise steps run over them;
+- heads side by side, one per BLAS thread (ops/_parallel.py), rather than every small product
+  split over the threads;
 - row blocks of `block_size` queries: block [r0, r1) needs only the keys [0, r0 + block_size),
   so the matrix products skip the upper triangle (about half the work for long sequences).
 The full (..., L, S) weights are still stored (zeros above the diagonal) for the backward
-and for inspection; docs/backward/sdpa.md derives every step.
+and for inspection. The steps are sdpa_forward's; the backward is sdpa_backward's, except that
+the softmax backward's row sums come from FlashAttention's identity (see causal_sdpa_backward).
 
 Shape legend: L query tokens, S key tokens, E head dim of q and k, Ev head dim of v, and the
 leading dims (...) that q, k and v share, e.g. (B, H).
@@ -28,6 +31,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .._checks import as_float_array, check_min_ndim, check_probability, check_same_shape
+from ._parallel import map_heads
 from .dropout import dropout_keep_mask
 from .softmax import softmax_inplace
 
@@ -121,7 +125,8 @@ def causal_sdpa_forward(
     above = ~np.tri(block_size, block_size, dtype=bool)  # key j > query i inside a block
     attn_weights = np.zeros((*lead, L, S), dtype=dtype)  # blocks above the diagonal stay 0
     out = np.empty((*lead, L, v.shape[-1]), dtype=dtype)
-    for h in np.ndindex(*lead):  # one head: (L, S) fits the cache
+
+    def one_head(h):  # one head's (L, S) weights fit the CPU cache
         for r0, r1, c1 in _blocks(L, S, block_size):
             w = attn_weights[h][r0:r1, :c1]  # (rows, c1), a view: written in place
             # 1. attn_scores = q @ k^T * scale     (rows, E) @ (E, c1) -> (rows, c1)
@@ -136,6 +141,8 @@ def causal_sdpa_forward(
                 w = w * keep[h][r0:r1, :c1] * dtype.type(dropout_scale)
             # 5. out = dropped @ v      (rows, c1) @ (c1, Ev) -> (rows, Ev)
             np.matmul(w, v[h][:c1], out=out[h][r0:r1])
+
+    map_heads(one_head, tuple(lead))  # heads side by side on BLAS's threads (ops/_parallel.py)
     # out is cached as a copy: the caller owns the returned array and may change it
     cache = CausalCache(q, k, v, out.copy(), attn_weights, keep, dropout_scale, scale, block_size)
     return out, cache
@@ -155,11 +162,12 @@ def causal_sdpa_backward(dout, cache: CausalCache):
     #    rowsum(dout * out), since out = dropped @ v (FlashAttention's identity): (..., L, 1)
     D = np.sum(dout * out, axis=-1, keepdims=True)
     dq, dk, dv = np.empty_like(q), np.zeros_like(k), np.zeros_like(v)  # keys no query sees: 0
-    dattn_scores = np.empty((L, S), dtype=dtype)  # one head's buffer, reused: only the blocks
-    # on or below the diagonal are written, and only those are read
-    for h in np.ndindex(*lead):
-        rows = list(_blocks(L, S, block_size))
-        for r0, r1, c1 in rows:
+
+    def one_head(h):
+        # the head's (L, S) gradient: only blocks on or below the diagonal are written, and
+        # only those are read
+        dattn_scores = np.empty((L, S), dtype=dtype)
+        for r0, r1, c1 in _blocks(L, S, block_size):
             ds = dattn_scores[r0:r1, :c1]  # (rows, c1)
             # 5. out = dropped @ v: ddropped = dout @ v^T    (rows, Ev) @ (Ev, c1) -> (rows, c1)
             np.matmul(dout[h][r0:r1], v[h][:c1].T, out=ds)
@@ -176,11 +184,13 @@ def causal_sdpa_backward(dout, cache: CausalCache):
         # 1. and 5., by key block [c0, c1): only queries i >= c0 saw these keys
         for c0, c1, _ in _blocks(min(L, S), S, block_size):
             ds = dattn_scores[c0:, c0:c1]  # (L - c0, keys)
-            dk[h][c0:c1] = ds.T @ q[h][c0:]  # (keys, L - c0) @ (L - c0, E) -> (keys, E)
+            np.matmul(ds.T, q[h][c0:], out=dk[h][c0:c1])  # (keys, L - c0) @ (L - c0, E)
             dropped = attn_weights[h][c0:, c0:c1]  # (L - c0, keys)
             if keep is not None:
                 dropped = dropped * keep[h][c0:, c0:c1] * dtype.type(dropout_scale)
-            dv[h][c0:c1] = dropped.T @ dout[h][c0:]  # (keys, L - c0) @ (L - c0, Ev)
+            np.matmul(dropped.T, dout[h][c0:], out=dv[h][c0:c1])  # -> (keys, Ev)
+
+    map_heads(one_head, tuple(lead))
     dq *= dtype.type(scale)
     dk *= dtype.type(scale)
     return dq, dk, dv
