@@ -93,8 +93,8 @@ def bar_chart(paths: list[Path], title: str, filename: str) -> None:
                 fontsize=8,
             )
         ax.set_xlabel(f"{label} (ms, median)")
-        ax.invert_yaxis()
         ax.margins(x=0.15)
+    axes[0].invert_yaxis()  # the first path on top (the y axis is shared: invert it once)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(filename, dpi=110)
