@@ -5,8 +5,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
-.PHONY: setup demo test test-thorough lint gradcheck docs serve-docs bench gpu-check \
+.PHONY: setup demo test test-thorough lint gradcheck docs serve-docs bench bench-cuda gpu-check \
 	agreement-errors clean
 
 setup: $(STAMP)
@@ -34,6 +35,14 @@ docs: $(STAMP)
 
 serve-docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs serve
+
+# Benchmarks write docs/benchmarks/. OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE are unset for this
+# command only: on some machines they pin an older, slower OpenBLAS kernel (the tests keep them).
+bench: $(STAMP)
+	env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(PY) benchmarks/bench.py $(BENCH_ARGS)
+
+bench-cuda: $(STAMP)
+	$(PY) benchmarks/bench.py --device cuda --quick $(BENCH_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

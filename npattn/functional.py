@@ -4,12 +4,16 @@ Every op is a pure pair, `*_forward(...) -> (out, cache)` and `*_backward(dout, 
 softmax, whose output is its own cache: `y = F.softmax(x)`, `dx = F.softmax_backward(dy, y)`.
 """
 
+from .ops.causal import CausalCache, causal_sdpa_backward, causal_sdpa_forward
 from .ops.dropout import dropout_backward, dropout_forward, dropout_keep_mask
+from .ops.fused_linear import fused_linear_backward, fused_linear_forward
 from .ops.heads import (
     merge_heads_backward,
     merge_heads_forward,
     split_heads_backward,
     split_heads_forward,
+    split_qkv_heads_backward,
+    split_qkv_heads_forward,
 )
 from .ops.linear import linear_backward, linear_forward
 from .ops.masks import (
@@ -29,7 +33,7 @@ from .ops.simple import (
     simple_attention_forward,
     simple_self_attention,
 )
-from .ops.softmax import softmax, softmax_backward, softmax_naive
+from .ops.softmax import softmax, softmax_backward, softmax_inplace, softmax_naive
 from .ops.tiled import (
     FlashCache,
     flash_attention_backward,
@@ -38,11 +42,14 @@ from .ops.tiled import (
 )
 
 __all__ = [
+    "CausalCache",
     "FlashCache",
     "SDPACache",
     "attn_scores_for_query",
     "attn_scores_loops",
     "causal_mask",
+    "causal_sdpa_backward",
+    "causal_sdpa_forward",
     "context_vector_for_query",
     "context_vectors_loops",
     "dropout_backward",
@@ -51,6 +58,8 @@ __all__ = [
     "flash_attention_backward",
     "flash_attention_forward",
     "flash_dropout_mask",
+    "fused_linear_backward",
+    "fused_linear_forward",
     "linear_backward",
     "linear_forward",
     "mask_renormalize_backward",
@@ -67,7 +76,10 @@ __all__ = [
     "simple_self_attention",
     "softmax",
     "softmax_backward",
+    "softmax_inplace",
     "softmax_naive",
     "split_heads_backward",
     "split_heads_forward",
+    "split_qkv_heads_backward",
+    "split_qkv_heads_forward",
 ]

@@ -91,3 +91,15 @@ def attention_configs(draw, square: bool = False, max_heads: int = 3):
 def block_sizes():
     """Tiled attention's block_size: an int or a (Br, Bc) pair, often not dividing L or S."""
     return st.one_of(st.integers(1, 7), st.tuples(st.integers(1, 7), st.integers(1, 7)))
+
+
+@st.composite
+def causal_inputs(draw, dtype=np.float64, max_side: int = 7):
+    """(q, k, v) sharing their leading dims: (..., L, E), (..., S, E), (..., S, Ev), L != S too."""
+    L, S = draw(st.integers(1, max_side)), draw(st.integers(1, max_side))
+    E, Ev = draw(small_dims), draw(small_dims)
+    lead = draw(batch_shapes(0, 2))
+    q = draw(arrays(lead + (L, E), dtype))
+    k = draw(arrays(lead + (S, E), dtype))
+    v = draw(arrays(lead + (S, Ev), dtype))
+    return q, k, v

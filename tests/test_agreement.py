@@ -104,9 +104,7 @@ def inject_keep_masks(ref, port):
 
 def keep_mask(ref_head) -> np.ndarray:
     """The keep-mask of an npattn CausalAttention / MultiHeadAttention's last forward."""
-    cache = ref_head._cache  # SDPACache, or (x shape, SDPACache, merge cache) for MHA
-    sdpa_cache = cache[1] if isinstance(ref_head, npattn.MultiHeadAttention) else cache
-    return sdpa_cache.dropout_cache[0]  # (B, [H,] T, T), True = kept
+    return ref_head.dropout_mask  # (B, [H,] T, T), True = kept
 
 
 @pytest.mark.parametrize("name", CAUSAL)

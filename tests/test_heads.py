@@ -51,3 +51,40 @@ def test_split_needs_divisible_width():
         F.split_heads_forward(np.zeros((1, 2, 6)), 4)
     with pytest.raises(ValueError, match=r"x must have shape \(B, T, d_out\)"):
         F.split_heads_forward(np.zeros((2, 6)), 2)
+
+
+@given(bthe(), seeds)
+def test_split_qkv_gives_views_equal_to_splitting_each_third(shape, seed):
+    B, H, T, E = shape
+    qkv = np.random.default_rng(seed).standard_normal((B, T, 3 * H * E))
+    heads, cache = F.split_qkv_heads_forward(qkv, H)
+    for i, h in enumerate(heads):
+        third = qkv[..., i * H * E : (i + 1) * H * E]
+        np.testing.assert_array_equal(h, F.split_heads_forward(third, H)[0])
+        assert np.shares_memory(h, qkv)  # a view: no copy in the forward
+    np.testing.assert_array_equal(F.split_qkv_heads_backward(*heads, cache), qkv)
+
+
+@given(bthe(), seeds)
+def test_split_qkv_backward_matches_finite_differences(shape, seed):
+    B, H, T, E = shape
+    qkv = np.random.default_rng(seed).standard_normal((B, T, 3 * H * E))
+
+    def forward(qkv):
+        (q, k, v), cache = F.split_qkv_heads_forward(qkv, H)
+        return np.stack([q, k, v]), cache  # (3, B, H, T, E)
+
+    def backward(dout, cache):
+        return F.split_qkv_heads_backward(*dout, cache)
+
+    r = check_op(forward, backward, {"qkv": qkv}, seed=seed % 1000, **FD)
+    assert r.passed, r
+
+
+def test_split_qkv_checks_shapes():
+    with pytest.raises(ValueError, match=r"divisible by 3 \* num_heads \(2\)"):
+        F.split_qkv_heads_forward(np.zeros((1, 2, 8)), 2)
+    _, cache = F.split_qkv_heads_forward(np.zeros((1, 2, 12)), 2)
+    good = np.zeros((1, 2, 2, 2))
+    with pytest.raises(ValueError, match="dkeys"):
+        F.split_qkv_heads_backward(good, np.zeros((1, 2, 3, 2)), good, cache)

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -85,3 +86,22 @@ def test_backward_matches_torch():
     y = F.softmax(x)
     np.testing.assert_allclose(y, n(torch.softmax(tx, -1)), **F64)
     np.testing.assert_allclose(F.softmax_backward(g, y), n(tx.grad), **F64)
+
+
+@given(arrays(shapes), st.sampled_from([np.float32, np.float64]))
+def test_inplace_equals_softmax_and_writes_into_its_argument(x, dtype):
+    x = x.astype(dtype)
+    x[..., 0] = -np.inf  # a fully masked row where the last axis has one entry
+    want = F.softmax(x)
+    buf = x.copy()
+    y = F.softmax_inplace(buf)
+    assert y is buf and y.dtype == dtype
+    np.testing.assert_array_equal(y, want)
+    assert np.isfinite(y).all()
+
+
+def test_inplace_refuses_non_float_arrays():
+    with pytest.raises(TypeError, match="floating numpy array"):
+        F.softmax_inplace(np.arange(3))
+    with pytest.raises(TypeError, match="floating numpy array"):
+        F.softmax_inplace([1.0, 2.0])

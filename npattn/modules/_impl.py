@@ -1,7 +1,9 @@
 """Which attention a chapter class runs: the naive SDPA or the tiled (FlashAttention-style) one.
 
-    attn_impl="naive"  F.sdpa_forward: forms the (B, H, T, T) weights and keeps them in
-                       m.attn_weights, as in the chapter.
+    attn_impl="naive"  forms the (B, H, T, T) weights and keeps them in m.attn_weights, as in
+                       the chapter: F.causal_sdpa_forward (head by head, blocks above the
+                       diagonal skipped) for the chapter's causal buffer, F.sdpa_forward with
+                       the buffer as a boolean mask otherwise (and without a buffer).
     attn_impl="tiled"  F.flash_attention_forward: memory linear in T; m.attn_weights is None,
                        because the tiled path never forms the weights (that is its point).
     attn_impl="auto"   tiled when T >= AUTO_TILED_MIN_TOKENS, naive below.
@@ -15,8 +17,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..ops.causal import CausalCache, causal_sdpa_backward, causal_sdpa_forward
 from ..ops.sdpa import SDPACache, sdpa_backward, sdpa_forward
-from ..ops.tiled import flash_attention_backward, flash_attention_forward
+from ..ops.tiled import flash_attention_backward, flash_attention_forward, flash_dropout_mask
 from ._input import attend_mask
 
 ATTN_IMPLS = ("naive", "tiled", "auto")
@@ -50,13 +53,16 @@ def attention_forward(attn_impl, queries, keys, values, mask_buffer, dropout_p, 
     1 = masked, or None -> (context (..., T, E), cache, attn_weights (..., T, T) or None).
     """
     T = queries.shape[-2]
-    if attn_impl == "naive" or (attn_impl == "auto" and T < AUTO_TILED_MIN_TOKENS):
-        mask = None if mask_buffer is None else attend_mask(mask_buffer, T)  # (T, T)
-        context, cache = sdpa_forward(queries, keys, values, mask, dropout_p, rng=rng)
-        return context, cache, cache.attn_weights  # (..., T, T), before dropout
-    # the causal buffer becomes is_causal=True, so no (T, T) mask is made and tiles above the
+    # the causal buffer becomes is_causal, so no (T, T) mask is made and blocks above the
     # diagonal are skipped; any other buffer is passed as the boolean mask it stands for
     is_causal = mask_buffer is not None and _is_causal_buffer(mask_buffer, T)
+    if attn_impl == "naive" or (attn_impl == "auto" and T < AUTO_TILED_MIN_TOKENS):
+        if is_causal:
+            context, cache = causal_sdpa_forward(queries, keys, values, dropout_p, rng=rng)
+        else:
+            mask = None if mask_buffer is None else attend_mask(mask_buffer, T)  # (T, T)
+            context, cache = sdpa_forward(queries, keys, values, mask, dropout_p, rng=rng)
+        return context, cache, cache.attn_weights  # (..., T, T), before dropout
     mask = None if is_causal or mask_buffer is None else attend_mask(mask_buffer, T)
     context, cache = flash_attention_forward(
         queries, keys, values, mask, is_causal, dropout_p=dropout_p, rng=rng
@@ -64,8 +70,22 @@ def attention_forward(attn_impl, queries, keys, values, mask_buffer, dropout_p, 
     return context, cache, None
 
 
+def keep_mask(cache):
+    """The boolean keep-mask (True = kept) the forward that made `cache` drew, or None.
+
+    Shapes: -> (..., T, T). The tiled path stores only a key; its mask is assembled here.
+    """
+    if isinstance(cache, CausalCache):
+        return cache.keep
+    if isinstance(cache, SDPACache):
+        return cache.dropout_cache[0]
+    return flash_dropout_mask(cache)
+
+
 def attention_backward(dcontext, cache):
     """The backward of whichever implementation made the cache: (dqueries, dkeys, dvalues)."""
+    if isinstance(cache, CausalCache):
+        return causal_sdpa_backward(dcontext, cache)
     if isinstance(cache, SDPACache):
         return sdpa_backward(dcontext, cache)
     return flash_attention_backward(dcontext, cache)

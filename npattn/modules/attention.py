@@ -11,7 +11,7 @@ import numpy as np
 from .._checks import make_rng
 from ..ops.linear import linear_backward, linear_forward
 from ..ops.sdpa import sdpa_backward, sdpa_forward
-from ._impl import attention_backward, attention_forward, check_attn_impl
+from ._impl import attention_backward, attention_forward, check_attn_impl, keep_mask
 from ._input import chapter_mask, check_attention_args, prepare_input
 from .base import Module
 from .linear import Linear
@@ -79,6 +79,12 @@ class _QKV(Module):
             self.attn_impl, queries, keys, values, mask_buffer, dropout_p, self.rng
         )  # attn_weights: (..., T, T) before dropout, or None from the tiled path
         return context_vec
+
+    @property
+    def dropout_mask(self):
+        """The keep-mask (True = kept) of the last forward: (..., T, T), or None without
+        dropout. Pass it to torch's math SDPA (tests/test_agreement.py) to reproduce a step."""
+        return None if self._cache is None else keep_mask(self._cache)
 
     def backward(self, dcontext_vec):
         # 2-5.

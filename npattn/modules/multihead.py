@@ -10,13 +10,14 @@ from __future__ import annotations
 import numpy as np
 
 from .._checks import as_grad, check_positive_int, make_rng
+from ..ops.fused_linear import fused_linear_backward, fused_linear_forward
 from ..ops.heads import (
     merge_heads_backward,
     merge_heads_forward,
-    split_heads_backward,
-    split_heads_forward,
+    split_qkv_heads_backward,
+    split_qkv_heads_forward,
 )
-from ._impl import attention_backward, attention_forward, check_attn_impl
+from ._impl import attention_backward, attention_forward, check_attn_impl, keep_mask
 from ._input import chapter_mask, check_attention_args, prepare_input
 from .attention import CausalAttention
 from .base import Module, ModuleList
@@ -81,8 +82,9 @@ class MultiHeadAttention(Module):
     Shapes: x (B, T, d_in), T <= context_length -> context_vec (B, T, d_out).
 
     Forward (walked backwards in `backward`):
-        1. queries, keys, values = W_query(x), W_key(x), W_value(x)   (B, T, d_out)
-        2. split heads                                 (B, T, d_out) -> (B, H, T, E)
+        1. queries, keys, values = W_query(x), W_key(x), W_value(x), as one matrix product
+                                                       (B, T, d_in) -> (B, T, 3 * d_out)
+        2. split heads                                 (B, T, 3 * d_out) -> 3 x (B, H, T, E)
         3. causal SDPA with dropout on the weights     (B, H, T, E)
         4. merge heads                                 (B, H, T, E) -> (B, T, d_out)
         5. context_vec = out_proj(context)             (B, T, d_out)
@@ -117,12 +119,12 @@ class MultiHeadAttention(Module):
 
     def forward(self, x):
         x = prepare_input(x, self.d_in, self.dtype, self.context_length)
-        # 1. projections                                 (B, T, d_in) -> (B, T, d_out)
-        queries, keys, values = self.W_query(x), self.W_key(x), self.W_value(x)
-        # 2. split heads                                 (B, T, d_out) -> (B, H, T, E)
-        (queries, _), (keys, _), (values, _) = (
-            split_heads_forward(a, self.num_heads) for a in (queries, keys, values)
-        )
+        # 1. projections, one GEMM                       (B, T, d_in) -> (B, T, 3 * d_out)
+        qkv_layers = (self.W_query, self.W_key, self.W_value)
+        biases = None if self.W_query.bias is None else [m.bias for m in qkv_layers]
+        qkv, qkv_cache = fused_linear_forward(x, [m.weight for m in qkv_layers], biases)
+        # 2. split heads (views)                         (B, T, 3 * d_out) -> 3 x (B, H, T, E)
+        (queries, keys, values), split_cache = split_qkv_heads_forward(qkv, self.num_heads)
         # 3. causal attention per head                   (B, H, T, E)
         dropout_p = self.dropout if self.training else 0.0
         context, sdpa_cache, self.attn_weights = attention_forward(
@@ -132,26 +134,30 @@ class MultiHeadAttention(Module):
         context, merge_cache = merge_heads_forward(context)
         # 5. output projection                           (B, T, d_out) -> (B, T, d_out)
         context_vec = self.out_proj(context)
-        self._cache = (x.shape, sdpa_cache, merge_cache)
+        self._cache = (qkv_cache, split_cache, sdpa_cache, merge_cache)
         return context_vec
 
+    @property
+    def dropout_mask(self):
+        """The keep-mask (True = kept) of the last forward: (B, H, T, T), or None."""
+        return None if self._cache is None else keep_mask(self._cache[2])
+
     def backward(self, dcontext_vec):
-        x_shape, sdpa_cache, merge_cache = self._require_cache()
+        qkv_cache, split_cache, sdpa_cache, merge_cache = self._require_cache()
         # 5.
         dcontext = self.out_proj.backward(dcontext_vec)  # (B, T, d_out)
         # 4.
         dcontext = merge_heads_backward(dcontext, merge_cache)  # (B, H, T, E)
         # 3.
         dqueries, dkeys, dvalues = attention_backward(dcontext, sdpa_cache)  # (B, H, T, E) each
-        # 2. split cache: the (B, T, d_out) shape, which x_shape determines
-        split_cache = (x_shape[:-1] + (self.d_out,),)
-        dqueries, dkeys, dvalues = (
-            split_heads_backward(d, split_cache) for d in (dqueries, dkeys, dvalues)
-        )
-        # 1. x feeds all three projections, so dx sums three terms
-        dx = self.W_query.backward(dqueries)
-        dx += self.W_key.backward(dkeys)
-        dx += self.W_value.backward(dvalues)
+        # 2.
+        dqkv = split_qkv_heads_backward(dqueries, dkeys, dvalues, split_cache)  # (B, T, 3 d_out)
+        # 1. x feeds all three projections: the one GEMM sums their three terms of dx
+        dx, dweights, dbiases = fused_linear_backward(dqkv, qkv_cache)
+        for i, layer in enumerate((self.W_query, self.W_key, self.W_value)):
+            layer._grads = {"weight": dweights[i]}
+            if dbiases is not None:
+                layer._grads["bias"] = dbiases[i]
         return dx
 
     def extra_repr(self) -> str:

@@ -56,3 +56,37 @@ def merge_heads_backward(dout, cache):
     b, h, t, e = shape
     dout = as_grad(dout, (b, t, h * e), as_float_array(dout, "dout").dtype)
     return dout.reshape(b, t, h, e).transpose(0, 2, 1, 3)  # -> (B, H, T, E)
+
+
+def split_qkv_heads_forward(qkv, num_heads: int):
+    """(B, T, 3 * d_out) -> queries, keys, values, each (B, H, T, E): views, no copy.
+
+    qkv is W_query, W_key and W_value's outputs side by side (fused_linear_forward).
+    Returns ((queries, keys, values), cache) with cache = (qkv.shape,).
+    """
+    qkv = np.asarray(qkv)
+    check_ndim(qkv, "qkv", 3, "(B, T, 3 * d_out)")
+    num_heads = check_positive_int(num_heads, "num_heads")
+    b, t, width = qkv.shape
+    if width % (3 * num_heads):
+        raise ValueError(f"qkv width ({width}) must be divisible by 3 * num_heads ({num_heads})")
+    out = qkv.reshape(b, t, 3, num_heads, width // (3 * num_heads))  # -> (B, T, 3, H, E)
+    out = out.transpose(2, 0, 3, 1, 4)  # (B, T, 3, H, E) -> (3, B, H, T, E)
+    return (out[0], out[1], out[2]), (qkv.shape,)
+
+
+def split_qkv_heads_backward(dqueries, dkeys, dvalues, cache):
+    """Three (B, H, T, E) gradients -> one (B, T, 3 * d_out), written in a single copy."""
+    (shape,) = cache
+    b, t, width = shape
+    dqueries = as_float_array(dqueries, "dqueries")
+    check_ndim(dqueries, "dqueries", 4, "(B, H, T, E)")
+    h = max(dqueries.shape[1], 1)
+    douts = [
+        as_grad(d, (b, h, t, width // (3 * h)), dqueries.dtype, name)
+        for name, d in zip(("dqueries", "dkeys", "dvalues"), (dqueries, dkeys, dvalues))
+    ]
+    dqkv = np.empty((b, t, 3, h, width // (3 * h)), dtype=dqueries.dtype)
+    for i, d in enumerate(douts):
+        dqkv[:, :, i] = d.transpose(0, 2, 1, 3)  # (B, H, T, E) -> (B, T, H, E)
+    return dqkv.reshape(shape)  # (B, T, 3, H, E) -> (B, T, 3 * d_out)

@@ -22,7 +22,7 @@ import numpy as np
 from .._checks import as_float_array, as_grad, check_min_ndim, check_probability
 from .dropout import check_keep_mask, dropout_backward, dropout_forward
 from .masks import causal_mask
-from .softmax import softmax, softmax_backward
+from .softmax import softmax_backward, softmax_inplace
 
 
 class SDPACache(NamedTuple):
@@ -175,11 +175,12 @@ def sdpa_forward(
     k, v = _repeat_kv(k, groups), _repeat_kv(v, groups)  # (..., Hkv, S, E) -> (..., Hq, S, E)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     # 1. attn_scores = q @ k^T * scale             (..., L, E) @ (..., E, S) -> (..., L, S)
-    attn_scores = (q @ np.swapaxes(k, -1, -2)) * q.dtype.type(scale)
+    attn_scores = q @ np.swapaxes(k, -1, -2)
+    attn_scores *= q.dtype.type(scale)  # in place: attn_scores is a new array
     # 2. masking
     attn_scores = _mask_scores(attn_scores, attn_mask, is_causal)
     # 3. attn_weights = softmax(attn_scores)        (..., L, S)
-    attn_weights = softmax(attn_scores, axis=-1)
+    attn_weights = softmax_inplace(attn_scores, axis=-1)  # masking made a new array or none
     # 4. dropout on the weights                     (..., L, S)
     if dropout_mask is not None:
         dropout_mask = check_keep_mask(

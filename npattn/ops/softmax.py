@@ -27,11 +27,27 @@ def softmax(x, axis: int = -1) -> np.ndarray:
     Shapes: x (...) -> y (...), same dtype. y is also the whole cache for softmax_backward.
     """
     x = as_float_array(x, "x")
-    m = np.max(x, axis=axis, keepdims=True)  # the shift needs no gradient: softmax(x - c) = y
-    m = np.where(np.isneginf(m), 0.0, m).astype(x.dtype, copy=False)  # fully masked row
-    e = np.exp(x - m)
-    s = e.sum(axis=axis, keepdims=True)
-    return e / np.where(s == 0, 1, s).astype(x.dtype, copy=False)  # 0 / 1 = 0 on masked rows
+    return softmax_inplace(x.copy(), axis)  # one new array; x itself is left untouched
+
+
+def softmax_inplace(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    """`softmax`, computed in x's own memory: for scores the caller has just made.
+
+    Shapes: x (...) float -> x (...), overwritten with the softmax and returned.
+    """
+    if not isinstance(x, np.ndarray) or not np.issubdtype(x.dtype, np.floating):
+        raise TypeError(f"x must be a floating numpy array, got {type(x).__name__}")
+    # 1. m = rowmax(x); the shift needs no gradient: softmax(x - c) = softmax(x)
+    m = np.max(x, axis=axis, keepdims=True)  # (..., 1, ...)
+    m[np.isneginf(m)] = 0  # a fully masked row: keep its -inf - 0 = -inf, not NaN
+    # 2. e = exp(x - m)
+    x -= m
+    np.exp(x, out=x)
+    # 3. y = e / rowsum(e)
+    s = np.sum(x, axis=axis, keepdims=True)  # (..., 1, ...)
+    s[s == 0] = 1  # 0 / 1 = 0 on fully masked rows
+    x /= s
+    return x
 
 
 def softmax_backward(dy, y, axis: int = -1) -> np.ndarray:
@@ -44,4 +60,6 @@ def softmax_backward(dy, y, axis: int = -1) -> np.ndarray:
     dy = np.asarray(dy)
     if dy.shape != y.shape:
         raise ValueError(f"dy must have the shape of y {tuple(y.shape)}, got {tuple(dy.shape)}")
-    return y * (dy - np.sum(dy * y, axis=axis, keepdims=True))
+    dx = dy - np.sum(dy * y, axis=axis, keepdims=True)  # (...): the one new array kept
+    dx *= y
+    return dx

@@ -1,0 +1,62 @@
+"""Benchmarks: the chapter's MultiHeadAttention, the bonus notebook's variants and npattn.
+
+    python benchmarks/bench.py                   # CPU: every section, docs/benchmarks/cpu.md
+    python benchmarks/bench.py --quick           # the same, smaller and fewer repeats
+    python benchmarks/bench.py --device cuda     # torch variants on a GPU: gpu.md
+
+Sections (CPU): `main` times forward and forward+backward of every path, interleaved in one
+process; `profile` shows where npattn's time goes; `loops` the chapter's Python loops against
+matrix products; `scaling` time and memory against T at batch 1. Threads are pinned
+(--threads) for numpy's BLAS and torch before either is imported. `make bench` runs it with
+OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE unset (they select an older, slower OpenBLAS kernel on
+some machines; the output header says what was set).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+OPENBLAS_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--quick", action="store_true", help="smaller sizes, fewer repeats")
+    p.add_argument("--threads", type=int, default=os.cpu_count(), help="CPU threads (all)")
+    p.add_argument("--repeats", type=int, help="timed rounds (default 15, quick 5)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed runs of each path first")
+    p.add_argument("--size", help="B,T,d,H (CPU 4,512,768,12; CUDA 8,1024,768,12)")
+    p.add_argument("--sections", default="main,profile,loops,scaling", help="CPU sections")
+    p.add_argument("--only", help="comma-separated path names to run (main section)")
+    p.add_argument("--max-T", type=int, help="largest T of the scaling table (8192, quick 2048)")
+    p.add_argument("--max-mem-gb", type=float, default=6.0, help="skip runs estimated above it")
+    p.add_argument("--budget-s", type=float, help="CUDA: start no compile past it (300, quick 90)")
+    p.add_argument("--no-compile", action="store_true", help="CUDA: eager only")
+    p.add_argument("--out", default=os.path.join(ROOT, "docs", "benchmarks"))
+    return p.parse_args(argv)
+
+
+def pin_threads(n: int) -> None:
+    """Set the thread counts before numpy or torch load their thread pools."""
+    for var in THREAD_VARS:
+        os.environ[var] = str(n)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    openblas_env = {v: os.environ.get(v) for v in OPENBLAS_VARS}
+    pin_threads(args.threads)
+    sys.path[:0] = [HERE, ROOT]  # the sibling modules, then this checkout's npattn/torch_port
+    import sections  # imports numpy: after the thread variables are set
+
+    sections.run(args, openblas_env, " ".join(["python", "benchmarks/bench.py", *sys.argv[1:]]))
+
+
+if __name__ == "__main__":
+    main()

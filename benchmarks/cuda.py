@@ -1,0 +1,160 @@
+"""The GPU section: every torch variant in float32 and bfloat16, eager and torch.compile'd.
+
+Sized to fit a few minutes: eager runs are quick; compiling costs tens of seconds a module,
+so compiled runs go in priority order and stop once --budget-s has passed.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import paths as P
+import report
+from timing import run_interleaved
+
+# the bonus notebook's A100 table (shared/REFERENCE.md): B=8, T=1024, d=768, 12 heads, fp32
+A100 = {
+    "Wrapper": (4.79, 12.07),
+    P.CH03: (3.15, 9.0),
+    "Combined QKV": (3.88, 9.73),
+    "Einsum": (4.24, 10.13),
+    P.SDPA: (1.15, 3.85),
+    "SDPA without Flash": (1.82, 6.02),
+    "nn.MultiheadAttention": (3.19, 8.08),
+    "nn.MultiheadAttention, need_weights=False": (2.26, 7.5),
+    "FlexAttention": (14.02, 23.73),
+}
+CUDA_SIZE = "8,1024,768,12"  # B, T, d, H: the bonus notebook's A100 table
+COMPILE_ORDER = (P.CH03, P.SDPA, "FlexAttention", "Combined QKV", "Einsum", "SDPA without Flash")
+
+
+def _peak_mib(path, device) -> float | None:
+    import torch
+
+    if not str(device).startswith("cuda") or path.fwd_bwd is None:
+        return None
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    path.fwd_bwd()
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - base) / 2**20
+
+
+def measure(size, device, dtype, compiled, repeats, warmup, names=None, log=print):
+    """Paths timed interleaved; with `compiled`, each module is torch.compile'd first."""
+    import torch
+
+    paths = P.torch_paths(size, device=device, dtype=dtype, names=names, log=log)
+    compile_s = {}
+    if compiled:
+        for p in paths:
+            t0 = time.time()
+            try:
+                p.state["module"] = torch.compile(p.state["module"])
+                p.fwd_bwd() if p.fwd_bwd is not None else p.fwd()  # compiles here
+                p.sync()
+            except Exception as e:  # noqa: BLE001 - report any compiler failure, go on
+                log(f"  compile failed for {p.name}: {type(e).__name__}: {str(e)[:200]}")
+                p.fwd = p.fwd_bwd = None
+            compile_s[p.name] = time.time() - t0
+    run_interleaved([p for p in paths if p.fwd or p.fwd_bwd], repeats, warmup, log=log)
+    mem = {p.name: _peak_mib(p, device) for p in paths}
+    return paths, compile_s, mem
+
+
+def run(args, command, log, device="cuda") -> None:
+    import torch
+
+    if device == "cuda" and not torch.cuda.is_available():
+        log("no CUDA device: the GPU section needs one (torch.cuda.is_available() is False)")
+        raise SystemExit(2)
+    started = time.time()
+    B, T, d, H = (int(v) for v in (args.size or CUDA_SIZE).split(","))
+    size = P.Size(B, T, d, H)
+    repeats = args.repeats or (10 if args.quick else 30)
+    budget_s = args.budget_s or (90.0 if args.quick else 300.0)
+    dtypes = (("float32", torch.float32), ("bfloat16", torch.bfloat16))
+    rows_eager, rows_comp, fp32_paths = [], [], []
+    results = {}
+    for dname, dtype in dtypes:
+        log(f"eager {dname}")
+        paths, _, mem = measure(size, device, dtype, False, repeats, args.warmup, log=log)
+        results[("eager", dname)] = (paths, {}, mem)
+        fp32_paths = paths if dname == "float32" else fp32_paths
+    if not args.no_compile:
+        for name in COMPILE_ORDER:
+            for dname, dtype in dtypes:
+                if time.time() - started > budget_s:
+                    log(f"  budget reached: {name} {dname} not compiled")
+                    continue
+                log(f"compiled {name} {dname}")
+                paths, cs, mem = measure(
+                    size, device, dtype, True, repeats, args.warmup, names={name}, log=log
+                )
+                prev = results.setdefault(("compiled", dname), ([], {}, {}))
+                prev[0].extend(paths)
+                prev[1].update(cs)
+                prev[2].update(mem)
+    for (mode, dname), (paths, cs, mem) in results.items():
+        target = rows_eager if mode == "eager" else rows_comp
+        ref = next((p for p in paths if p.name == P.CH03), None)
+        for p in paths:
+            f, fb = p.median_ms("fwd"), p.median_ms("fwd_bwd")
+            ratio = "n/a"
+            if ref is not None and fb and ref.median_ms("fwd_bwd"):
+                ratio = f"{fb / ref.median_ms('fwd_bwd'):.2f}x"
+            row = [p.name, dname, _fmt(f), _fmt(fb), ratio, _fmt(mem.get(p.name), 0)]
+            if mode == "eager":
+                a = A100.get(p.name) if dname == "float32" else None
+                row.append("n/a" if a is None else f"{a[0]} / {a[1]}")
+            else:
+                row.append(f"{cs.get(p.name, 0):.0f}")
+            target.append(row)
+    write(args, command, size, repeats, rows_eager, rows_comp, fp32_paths, device, started)
+
+
+def _fmt(v, digits=2) -> str:
+    return "n/a" if v is None else f"{v:.{digits}f}"
+
+
+def write(args, command, size, repeats, rows_eager, rows_comp, fp32_paths, device, started):
+    import torch
+
+    name = torch.cuda.get_device_name() if device == "cuda" else device
+    os.makedirs(args.out, exist_ok=True)
+    head = ["variant", "dtype", "forward (ms)", "fwd+bwd (ms)", "fwd+bwd / Ch03 MHA"]
+    md = [
+        "# GPU benchmarks",
+        "",
+        f"Command: `{command}`. Device: {name}; torch {torch.__version__}, CUDA "
+        f"{torch.version.cuda}. B={size.B}, T={size.T}, d={size.d}, {size.H} heads, dropout 0, "
+        f"eval mode, TF32 {'on' if torch.backends.cuda.matmul.allow_tf32 else 'off'}. Medians "
+        f"of {repeats} interleaved repeats after {args.warmup} warm-up runs; peak memory is "
+        "torch.cuda.max_memory_allocated above the memory in use before one forward+backward.",
+        "",
+        "## Eager",
+        "",
+        report.table(rows_eager, head + ["peak mem (MiB)", "A100 fp32 (ms), bonus notebook"]),
+        "",
+        "## torch.compile (default mode)",
+        "",
+        "Compiled in priority order until the time budget ran out; compile time is the first "
+        "forward+backward.",
+        "",
+        report.table(rows_comp, head + ["peak mem (MiB)", "compile (s)"])
+        if rows_comp
+        else "Not run (--no-compile or no time left).",
+        "",
+        f"Total time {time.time() - started:.0f} s.",
+    ]
+    out = os.path.join(args.out, "gpu.md")
+    with open(out, "w") as f:
+        f.write("\n".join(md) + "\n")
+    report.bar_chart(
+        fp32_paths,
+        f"{name}, float32 eager, B={size.B}, T={size.T}",
+        os.path.join(args.out, "gpu.png"),
+    )
+    print(f"wrote {out}", flush=True)

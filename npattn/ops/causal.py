@@ -1,0 +1,195 @@
+"""Causal scaled dot-product attention that skips the blocks above the diagonal.
+
+The same function as sdpa_forward(q, k, v, is_causal=True): query i attends keys j <= i
+(top-left aligned, as torch's is_causal), with dropout on the weights. Three things make it fast:
+- one head at a time, so each head's (L, S) weights stay in the CPU cache while softmax and
+  the backward's elementwise steps run over them;
+- heads side by side, one per BLAS thread (ops/_parallel.py), rather than every small product
+  split over the threads;
+- row blocks of `block_size` queries: block [r0, r1) needs only the keys [0, r0 + block_size),
+  so the matrix products skip the upper triangle (about half the work for long sequences).
+The full (..., L, S) weights are still stored (zeros above the diagonal) for the backward
+and for inspection. The steps are sdpa_forward's; the backward is sdpa_backward's, except that
+the softmax backward's row sums come from FlashAttention's identity (see causal_sdpa_backward).
+
+Shape legend: L query tokens, S key tokens, E head dim of q and k, Ev head dim of v, and the
+leading dims (...) that q, k and v share, e.g. (B, H).
+
+Forward, per head and per row block [r0, r1) with keys [0, c1), c1 = min(r0 + block, S):
+    1. attn_scores  = q[r0:r1] @ k[:c1]^T * scale                  (rows, c1)
+    2. attn_scores  = -inf where key j > query i (the diagonal block only)
+    3. attn_weights = softmax(attn_scores)                          (rows, c1)
+    4. dropped      = attn_weights * keep / (1 - p)                 (rows, c1)
+    5. out[r0:r1]   = dropped @ v[:c1]                              (rows, Ev)
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import numpy as np
+
+from .._checks import as_float_array, as_grad, check_min_ndim, check_probability
+from ._parallel import map_heads
+from .dropout import dropout_keep_mask
+from .softmax import softmax_inplace
+
+BLOCK_SIZE = 128  # rows per block: small enough to skip most of the triangle, large for BLAS
+
+
+class CausalCache(NamedTuple):
+    q: np.ndarray  # (..., L, E)
+    k: np.ndarray  # (..., S, E)
+    v: np.ndarray  # (..., S, Ev)
+    out: np.ndarray  # (..., L, Ev), for D = rowsum(dout * out) in the backward
+    attn_weights: np.ndarray  # (..., L, S), softmax output before dropout, 0 above the diagonal
+    keep: np.ndarray | None  # (..., L, S) boolean keep-mask, or None without dropout
+    dropout_scale: float  # 1 / (1 - p)
+    scale: float
+    block_size: int
+
+
+def _blocks(n_rows: int, n_keys: int, block_size: int):
+    """(r0, r1, c1) per row block: rows [r0, r1) see at most the keys [0, c1)."""
+    for r0 in range(0, n_rows, block_size):
+        yield r0, min(r0 + block_size, n_rows), min(r0 + block_size, n_keys)
+
+
+def _check_inputs(q, k, v, block_size):
+    q = as_float_array(q, "query")
+    dtype = q.dtype
+    k = as_float_array(k, "key").astype(dtype, copy=False)
+    v = as_float_array(v, "value").astype(dtype, copy=False)
+    check_min_ndim(q, "query", 2, "(..., L, E)")
+    lead = q.shape[:-2]
+    if k.shape[:-2] != lead or k.ndim != q.ndim or k.shape[-1] != q.shape[-1]:
+        raise ValueError(
+            f"key must have shape (..., S, E) = {lead + ('S', q.shape[-1])} like query "
+            f"{tuple(q.shape)}, got {tuple(k.shape)}"
+        )
+    if v.shape[:-1] != k.shape[:-1]:
+        raise ValueError(f"value must have shape {k.shape[:-1] + ('Ev',)}, got {tuple(v.shape)}")
+    if q.shape[-2] < 1 or k.shape[-2] < 1:
+        raise ValueError(f"query and key need at least one token, got {q.shape} and {k.shape}")
+    if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)):
+        raise TypeError(f"block_size must be an int, got {type(block_size).__name__}")
+    if block_size < 1:
+        raise ValueError(f"block_size must be >= 1, got {block_size}")
+    return q, k, v, int(block_size)
+
+
+def _keep_mask(dropout_p, dropout_mask, shape, rng):
+    """Step 4's boolean keep-mask: the given one, one drawn like sdpa_forward's, or None."""
+    if dropout_mask is None:
+        return dropout_keep_mask(shape, dropout_p, rng) if dropout_p > 0.0 else None
+    if dropout_p == 0.0:
+        raise ValueError("dropout_mask needs dropout_p > 0 (it is scaled by 1 / (1 - dropout_p))")
+    dropout_mask = np.asarray(dropout_mask)
+    if dropout_mask.dtype != np.bool_:
+        raise TypeError(f"dropout_mask must be a boolean keep-mask, got {dropout_mask.dtype}")
+    try:
+        return np.broadcast_to(dropout_mask, shape)
+    except ValueError:
+        raise ValueError(
+            f"dropout_mask of shape {dropout_mask.shape} does not broadcast to the attention "
+            f"weights' shape {shape} (..., L, S)"
+        ) from None
+
+
+def causal_sdpa_forward(
+    q,
+    k,
+    v,
+    dropout_p: float = 0.0,
+    scale: float | None = None,
+    *,
+    rng=None,
+    dropout_mask=None,
+    block_size: int = BLOCK_SIZE,
+):
+    """sdpa_forward(q, k, v, is_causal=True, ...) computed head by head on row blocks.
+
+    Shapes: q (..., L, E), k (..., S, E), v (..., S, Ev); dropout_mask boolean keep-mask
+    broadcastable to (..., L, S) -> out (..., L, Ev). Returns (out, CausalCache).
+    The keep-mask is drawn from `rng` exactly as sdpa_forward draws it.
+    """
+    q, k, v, block_size = _check_inputs(q, k, v, block_size)
+    dtype = q.dtype
+    *lead, L, _ = q.shape
+    S = k.shape[-2]
+    dropout_p = check_probability(dropout_p, "dropout_p")
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    keep = _keep_mask(dropout_p, dropout_mask, (*lead, L, S), rng)
+    dropout_scale = 1.0 / (1.0 - dropout_p)
+    above = ~np.tri(block_size, block_size, dtype=bool)  # key j > query i inside a block
+    attn_weights = np.zeros((*lead, L, S), dtype=dtype)  # blocks above the diagonal stay 0
+    out = np.empty((*lead, L, v.shape[-1]), dtype=dtype)
+
+    def one_head(h):  # one head's (L, S) weights fit the CPU cache
+        for r0, r1, c1 in _blocks(L, S, block_size):
+            w = attn_weights[h][r0:r1, :c1]  # (rows, c1), a view: written in place
+            # 1. attn_scores = q @ k^T * scale     (rows, E) @ (E, c1) -> (rows, c1)
+            np.matmul(q[h][r0:r1], k[h][:c1].T, out=w)
+            w *= dtype.type(scale)
+            # 2. causal mask on the diagonal block: keys r0.. are hidden from earlier rows
+            np.copyto(w[:, r0:], -np.inf, where=above[: r1 - r0, : max(c1 - r0, 0)])
+            # 3. attn_weights = softmax(attn_scores), in place
+            softmax_inplace(w, axis=-1)
+            # 4. dropout (a new array: the weights before dropout are kept)
+            if keep is not None:
+                w = w * keep[h][r0:r1, :c1] * dtype.type(dropout_scale)
+            # 5. out = dropped @ v      (rows, c1) @ (c1, Ev) -> (rows, Ev)
+            np.matmul(w, v[h][:c1], out=out[h][r0:r1])
+
+    map_heads(one_head, tuple(lead))  # heads side by side on BLAS's threads (ops/_parallel.py)
+    # out is cached as a copy: the caller owns the returned array and may change it
+    cache = CausalCache(q, k, v, out.copy(), attn_weights, keep, dropout_scale, scale, block_size)
+    return out, cache
+
+
+def causal_sdpa_backward(dout, cache: CausalCache):
+    """Gradients of causal_sdpa_forward w.r.t. q, k and v, steps 5 -> 1, head by head.
+
+    Shapes: dout (..., L, Ev) -> dq (..., L, E), dk (..., S, E), dv (..., S, Ev).
+    """
+    q, k, v, out, attn_weights, keep, dropout_scale, scale, block_size = cache
+    dtype = q.dtype
+    dout = as_grad(dout, out.shape, dtype)
+    *lead, L, S = attn_weights.shape
+    # 3. the softmax backward needs D = rowsum(dattn_weights * attn_weights); it equals
+    #    rowsum(dout * out), since out = dropped @ v (FlashAttention's identity): (..., L, 1)
+    D = np.sum(dout * out, axis=-1, keepdims=True)
+    dq, dk, dv = np.empty_like(q), np.zeros_like(k), np.zeros_like(v)  # keys no query sees: 0
+
+    def one_head(h):
+        # the head's (L, S) gradient: only blocks on or below the diagonal are written, and
+        # only those are read
+        dattn_scores = np.empty((L, S), dtype=dtype)
+        for r0, r1, c1 in _blocks(L, S, block_size):
+            ds = dattn_scores[r0:r1, :c1]  # (rows, c1)
+            # 5. out = dropped @ v: ddropped = dout @ v^T    (rows, Ev) @ (Ev, c1) -> (rows, c1)
+            np.matmul(dout[h][r0:r1], v[h][:c1].T, out=ds)
+            # 4. dropped = attn_weights * keep / (1 - p)
+            if keep is not None:
+                ds *= keep[h][r0:r1, :c1]
+                ds *= dtype.type(dropout_scale)
+            # 3. attn_weights = softmax(attn_scores): dattn_scores = w * (dw - D)
+            ds -= D[h][r0:r1]
+            ds *= attn_weights[h][r0:r1, :c1]
+            # 2. masked entries have weight 0, so their gradient is already 0
+            # 1. attn_scores = q @ k^T * scale: dq = dattn_scores @ k * scale  (rows, E)
+            np.matmul(ds, k[h][:c1], out=dq[h][r0:r1])
+        # 1. and 5., by key block [c0, c1): only queries i >= c0 saw these keys
+        for c0, c1, _ in _blocks(min(L, S), S, block_size):
+            ds = dattn_scores[c0:, c0:c1]  # (L - c0, keys)
+            np.matmul(ds.T, q[h][c0:], out=dk[h][c0:c1])  # (keys, L - c0) @ (L - c0, E)
+            dropped = attn_weights[h][c0:, c0:c1]  # (L - c0, keys)
+            if keep is not None:
+                dropped = dropped * keep[h][c0:, c0:c1] * dtype.type(dropout_scale)
+            np.matmul(dropped.T, dout[h][c0:], out=dv[h][c0:c1])  # -> (keys, Ev)
+
+    map_heads(one_head, tuple(lead))
+    dq *= dtype.type(scale)
+    dk *= dtype.type(scale)
+    return dq, dk, dv
