@@ -5,7 +5,7 @@ leading batch dims (...), e.g. (B, H). With enable_gqa, k and v have Hkv heads o
 are repeated to the Hq heads of q.
 
 Forward (the step numbers are walked backwards in sdpa_backward and in docs/backward/sdpa.md):
-    1. attn_scores  = q @ k^T * scale                      (..., L, S)
+    1. attn_scores  = (q * scale) @ k^T                    (..., L, S)
     2. attn_scores  = masked: -inf where a boolean mask is False, + a float mask
     3. attn_weights = softmax(attn_scores)                 (..., L, S)
     4. dropped      = attn_weights * keep / (1 - p)        (..., L, S)
@@ -174,9 +174,11 @@ def sdpa_forward(
         raise ValueError("dropout_mask needs dropout_p > 0 (it is scaled by 1 / (1 - dropout_p))")
     k, v = _repeat_kv(k, groups), _repeat_kv(v, groups)  # (..., Hkv, S, E) -> (..., Hq, S, E)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
-    # 1. attn_scores = q @ k^T * scale             (..., L, E) @ (..., E, S) -> (..., L, S)
-    attn_scores = q @ np.swapaxes(k, -1, -2)
-    attn_scores *= q.dtype.type(scale)  # in place: attn_scores is a new array
+    # 1. attn_scores = (q * scale) @ k^T           (..., L, E) @ (..., E, S) -> (..., L, S)
+    #    q is scaled first: the same scores as (q @ k^T) * scale, but the unscaled sum of E
+    #    products never forms, so float16 does not overflow where the scaled score fits
+    #    (docs/numerics.md); it is also L * E multiplications instead of L * S
+    attn_scores = (q * q.dtype.type(scale)) @ np.swapaxes(k, -1, -2)
     # 2. masking
     attn_scores = _mask_scores(attn_scores, attn_mask, is_causal)
     # 3. attn_weights = softmax(attn_scores)        (..., L, S)
@@ -216,10 +218,10 @@ def sdpa_backward(dout, cache: SDPACache):
     # 3. attn_weights = softmax(attn_scores); masked entries have weight 0, so 0 gradient
     dattn_scores = softmax_backward(dattn_weights, attn_weights, axis=-1)
     # 2. masking: -inf entries get dattn_scores = 0 from step 3; a float mask passes it through
-    # 1. attn_scores = q @ k^T * scale
-    dattn_scores *= q.dtype.type(scale)
+    # 1. attn_scores = (q * scale) @ k^T; q * scale is recomputed (L * E), not stored
     dq = dattn_scores @ k  # (..., L, S) @ (..., S, E) -> (..., L, E)
-    dk = np.swapaxes(dattn_scores, -1, -2) @ q  # (..., S, L) @ (..., L, E) -> (..., S, E)
+    dq *= q.dtype.type(scale)
+    dk = np.swapaxes(dattn_scores, -1, -2) @ (q * q.dtype.type(scale))  # (..., S, L) @ (.., L, E)
     # undo broadcasting of batch dims, then sum the GQA groups: (..., Hq, S, E) -> (..., Hkv, S, E)
     dq = sum_to_shape(dq, q.shape)
     dk = _unrepeat_kv(sum_to_shape(dk, k.shape), groups)
