@@ -154,6 +154,28 @@ def op_stages(seed: int = 0):
             {"attn_mask": r((T, S)), "enable_gqa": True, "scale": 0.7},
             None,
         ),
+        (
+            "tiled (flash) causal, L != S, blocks 2 x 3",
+            F.flash_attention_forward,
+            F.flash_attention_backward,
+            {"q": r((B, H, T, E)), "k": r((B, H, S, E)), "v": r((B, H, S, 2))},
+            {"is_causal": True, "block_size": (2, 3)},
+            None,
+        ),
+        (
+            "tiled (flash) bool mask + dropout, GQA",
+            F.flash_attention_forward,
+            F.flash_attention_backward,
+            {"q": r((B, 4, T, E)), "k": r((B, 2, S, E)), "v": r((B, 2, S, 2))},
+            {
+                "attn_mask": bool_mask,
+                "enable_gqa": True,
+                "block_size": 3,
+                "dropout_p": 0.3,
+                "rng": seed,  # one key, so every evaluation redraws the same tile masks
+            },
+            None,
+        ),
     ]
 
 
@@ -166,4 +188,9 @@ def module_stages(seed: int = 0):
         ("CausalAttention", CausalAttention(5, 3, 6, 0.25, qkv_bias=True, rng=seed), x),
         ("MultiHeadAttentionWrapper", MultiHeadAttentionWrapper(5, 2, 6, 0.25, 2, rng=seed), x),
         ("MultiHeadAttention", MultiHeadAttention(5, 4, 6, 0.25, 2, qkv_bias=True, rng=seed), x),
+        (
+            "MultiHeadAttention, attn_impl='tiled'",
+            MultiHeadAttention(5, 4, 6, 0.25, 2, qkv_bias=True, rng=seed, attn_impl="tiled"),
+            x,
+        ),
     ]

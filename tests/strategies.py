@@ -98,3 +98,8 @@ def causal_inputs(draw, dtype=np.float64, max_side: int = 7):
     k = draw(arrays(lead + (S, E), dtype))
     v = draw(arrays(lead + (S, Ev), dtype))
     return q, k, v
+
+
+def block_sizes():
+    """Tiled attention's block_size: an int or a (Br, Bc) pair, often not dividing L or S."""
+    return st.one_of(st.integers(1, 7), st.tuples(st.integers(1, 7), st.integers(1, 7)))

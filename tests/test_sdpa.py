@@ -12,7 +12,7 @@ from npattn import functional as F
 from npattn.gradcheck import check_op
 
 torch = pytest.importorskip("torch")
-from helpers import n, t, upstream  # noqa: E402
+from helpers import assert_close_at_large_logits, n, t, upstream  # noqa: E402
 from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
 
 
@@ -91,7 +91,11 @@ def test_explicit_dropout_mask(data, qkv, p, seed):
 @given(sdpa_inputs(), seeds)
 def test_extreme_logits_stay_finite(qkv, seed):
     q, k, v = qkv
-    check_against_torch(q * 300, k * 300, v, seed % 1000)
+    q300, k300 = q * 300, k * 300  # logits up to ~1e6: s - max rounds to a few ulps of |s|
+    out, cache = F.sdpa_forward(q300, k300, v)
+    g = upstream(out.shape, seed % 1000)
+    got = (out,) + F.sdpa_backward(g, cache)
+    assert_close_at_large_logits(got, torch_sdpa(q300, k300, v, g), q300, k300, v, g)
     out, _ = F.sdpa_forward(q * 1e4, k * 1e4, v)
     assert np.isfinite(out).all()
 

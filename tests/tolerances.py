@@ -16,3 +16,17 @@ i.e. ~1e-10, so we use torch.autograd.gradcheck's atol 1e-5 and rtol 1e-3.
 F64 = dict(rtol=1e-10, atol=1e-12)  # npattn vs torch, float64
 F32 = dict(rtol=1e-4, atol=1e-5)  # npattn vs torch, float32, whole modules
 FD = dict(rtol=1e-3, atol=1e-5)  # analytic vs central differences, float64
+
+
+def large_logits_f64(max_abs_score: float) -> dict:
+    """Normwise relative tolerance for attention in float64 at large logits |s|.
+
+    A score is rounded to a few ulps of |s| (and any change in how it is computed, such as
+    the tiled op scaling q before q @ k^T, moves it by as much); the tiled backward's
+    P = exp(s - lse) adds a few more. So weights, outputs and gradients carry relative errors
+    ~ eps * |s|, above F64's 1e-10 once |s| nears 1e6 (docs/backward/tiled.md).
+    """
+    return dict(rtol=F64["rtol"] + 64 * EPS64 * max_abs_score)
+
+
+EPS64 = 2.220446049250313e-16  # np.finfo(np.float64).eps

@@ -30,6 +30,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .._checks import check_positive_int, check_probability, check_same_shape, make_rng
+from .dropout import dropout_backward, dropout_forward
 from .sdpa import (
     _check_inputs,
     _repeat_kv,
@@ -68,10 +69,10 @@ def _block_sizes(block_size, batch: tuple) -> tuple:
         while b > MIN_BLOCK and math.prod(batch) * b * b > TILE_ELEMENTS:
             b //= 2
         return b, b
-    if isinstance(block_size, (tuple, list)) and len(block_size) == 2:
-        return tuple(check_positive_int(b, "block_size") for b in block_size)
-    b = check_positive_int(block_size, "block_size (an int or a pair (Br, Bc))")
-    return b, b
+    pair = tuple(block_size) if isinstance(block_size, (tuple, list)) else (block_size,) * 2
+    if len(pair) != 2:
+        raise ValueError(f"block_size must be an int or a pair (Br, Bc), got {block_size!r}")
+    return tuple(check_positive_int(b, "block_size") for b in pair)
 
 
 def _tile_keep(key: int, i: int, j: int, shape: tuple, p: float) -> np.ndarray:
@@ -163,7 +164,7 @@ def flash_attention_forward(
             # 4. dropout on the (unnormalised) weights; l keeps the undropped sum
             if key is not None:
                 keep = _tile_keep(key, i, j, p.shape, dropout_p)  # (..., Br, Bc)
-                p = np.where(keep, p * dtype.type(1 / (1 - dropout_p)), 0).astype(dtype)
+                p, _ = dropout_forward(p, dropout_p, keep=keep)
             # 5. acc = alpha * acc + p @ v_j       (..., Br, Bc) @ (..., Bc, Ev) -> (..., Br, Ev)
             acc *= alpha
             acc += p @ v[..., c, :]
@@ -205,17 +206,16 @@ def flash_attention_backward(dout, cache: FlashCache):
             s -= lse[..., r, :]
             P = np.exp(s, out=s)  # (..., Br, Bc)
             # 4. dropped = P * keep / (1 - p), the same keep-mask, redrawn from (key, i, j)
-            dropped = P
+            drop_cache = (None, 1.0, P.shape)  # dropout_backward's cache: (keep, scale, shape)
             if key is not None:
                 keep = _tile_keep(key, i, j, P.shape, p_drop)  # (..., Br, Bc)
-                dropped = np.where(keep, P * dtype.type(1 / (1 - p_drop)), 0).astype(dtype)
+                drop_cache = (keep, 1 / (1 - p_drop), P.shape)
+            dropped = dropout_backward(P, drop_cache)  # linear: its backward is the forward
             # 5. out_i = sum_j dropped_ij @ v_j
             dv[..., c, :] += np.swapaxes(dropped, -1, -2) @ dout_i  # (..., Bc, Br) @ (.., Br, Ev)
             ddropped = dout_i @ np.swapaxes(v[..., c, :], -1, -2)  # (..., Br, Ev) @ (.., Ev, Bc)
             # 4. dP = ddropped * keep / (1 - p)
-            dP = ddropped
-            if key is not None:
-                dP = np.where(keep, ddropped * dtype.type(1 / (1 - p_drop)), 0).astype(dtype)
+            dP = dropout_backward(ddropped, drop_cache)
             # 3. softmax backward with D: dS = P * (dP - D); masked entries have P = 0
             dP -= D[..., r, :]
             dS = np.multiply(dP, P, out=dP)  # (..., Br, Bc)
