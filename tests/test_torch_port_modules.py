@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from strategies import attention_configs
 
-torch = pytest.importorskip("torch")
+torch = pytest.importorskip("torch", reason="torch is not installed (pip install '.[torch]')")
 import chapter_ch03 as ch  # noqa: E402
 
 import torch_port as tp  # noqa: E402
@@ -138,3 +138,10 @@ def test_bad_input_names_the_shape():
         tp.MultiHeadAttention(3, 2, 5, 0.0, 1)(torch.randn(6, 3))
     with pytest.raises(ValueError, match="divisible"):
         tp.MultiHeadAttention(3, 5, 5, 0.0, 2)
+
+
+def test_attn_weights_can_be_left_out():
+    mha = tp.MultiHeadAttention(3, 4, 5, 0.0, 2)
+    mha.keep_attn_weights = False
+    mha(torch.randn(1, 4, 3))
+    assert mha.attn_weights is None and tp.MultiHeadAttention.keep_attn_weights

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from strategies import attention_configs
 
-torch = pytest.importorskip("torch")
+torch = pytest.importorskip("torch", reason="torch is not installed (pip install '.[torch]')")
 import torch_port as tp  # noqa: E402
 from torch_port.variants import BACKENDS  # noqa: E402
 
@@ -148,3 +148,11 @@ def test_sdpa_dropout_only_in_training():
     variant.train()
     torch.manual_seed(0)
     assert not torch.allclose(variant(x), variant.eval()(x))
+
+
+def test_flex_attention_says_which_torch_it_needs(monkeypatch):
+    import torch_port.variants as variants
+
+    monkeypatch.setattr(variants, "flex_attention", None)  # as on torch < 2.5
+    with pytest.raises(RuntimeError, match=r"needs torch >= 2.5 .*installed torch is"):
+        tp.MHAPyTorchFlexAttention(4, 4, 2, 5)

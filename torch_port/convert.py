@@ -61,13 +61,20 @@ def _dropout_of(module) -> float:
     return float(getattr(p, "p", p))  # nn.Dropout in torch, a float in npattn
 
 
+def _to_numpy(v: torch.Tensor) -> np.ndarray:
+    """A numpy copy; bfloat16, which numpy lacks, becomes float32 (exactly)."""
+    v = v.detach().cpu()
+    return (v.float() if v.dtype == torch.bfloat16 else v).numpy().copy()
+
+
 def to_npattn(module: torch.nn.Module, *, rng=None) -> npattn.Module:
     """An npattn module of the same class with the same weights, dtypes and train/eval mode.
 
     Shapes: every array as in module.state_dict() (torch layout). `rng` seeds npattn's dropout.
+    bfloat16 weights become float32 (numpy has no bfloat16); the values are unchanged.
     """
     name = _class_name(module)
-    sd = {k: v.detach().cpu().numpy().copy() for k, v in module.state_dict().items()}
+    sd = {k: _to_numpy(v) for k, v in module.state_dict().items()}
     num_heads = getattr(module, "num_heads", None)
     new = getattr(npattn, name)(*_args(name, sd, _dropout_of(module), num_heads), rng=rng)
     new.load_state_dict(sd)  # npattn keeps each array's dtype

@@ -5,7 +5,9 @@ Names, constructor arguments, initialisation order and state_dict keys are the c
 Differences from the book, none of which changes a number:
 - v1/v2 use `keys.transpose(-2, -1)` instead of `keys.T`, so (B, T, d_in) works as well;
 - more tokens than context_length raise a ValueError naming the shape;
-- each module keeps `attn_weights` (detached, before dropout) from its last forward, like npattn.
+- each module keeps `attn_weights` (detached, before dropout) from its last forward, like npattn;
+  that holds a (B, [H,] T, T) tensor between calls, so set `keep_attn_weights = False` (on a
+  module or its class) where memory matters, e.g. in benchmarks.
 
 Shape legend: B batch, T tokens, H = num_heads, E = head_dim, d_in / d_out as in the chapter.
 """
@@ -16,6 +18,13 @@ import torch
 import torch.nn as nn
 
 
+class _KeepWeights(nn.Module):
+    keep_attn_weights = True  # see the module docstring
+
+    def _keep(self, attn_weights: torch.Tensor) -> None:
+        self.attn_weights = attn_weights.detach() if self.keep_attn_weights else None
+
+
 def _check_tokens(x: torch.Tensor, context_length: int) -> None:
     if x.dim() != 3 or x.shape[1] > context_length:
         raise ValueError(
@@ -24,7 +33,7 @@ def _check_tokens(x: torch.Tensor, context_length: int) -> None:
         )
 
 
-class SelfAttention_v1(nn.Module):
+class SelfAttention_v1(_KeepWeights):
     """Self-attention with raw weight matrices, x @ W (chapter 3.4.2).
 
     Shapes: x (..., T, d_in) -> context_vec (..., T, d_out); W_* (d_in, d_out).
@@ -44,12 +53,12 @@ class SelfAttention_v1(nn.Module):
         values = x @ self.W_value  # (..., T, d_out)
         attn_scores = queries @ keys.transpose(-2, -1)  # (..., T, d_out) @ (..., d_out, T)
         attn_weights = torch.softmax(attn_scores / keys.shape[-1] ** 0.5, dim=-1)  # (..., T, T)
-        self.attn_weights = attn_weights.detach()
+        self._keep(attn_weights)
         context_vec = attn_weights @ values  # (..., T, T) @ (..., T, d_out) -> (..., T, d_out)
         return context_vec
 
 
-class SelfAttention_v2(nn.Module):
+class SelfAttention_v2(_KeepWeights):
     """Self-attention with nn.Linear projections (chapter 3.4.2).
 
     Shapes: x (..., T, d_in) -> context_vec (..., T, d_out); W_*.weight (d_out, d_in).
@@ -69,12 +78,12 @@ class SelfAttention_v2(nn.Module):
         values = self.W_value(x)  # (..., T, d_out)
         attn_scores = queries @ keys.transpose(-2, -1)  # (..., T, d_out) @ (..., d_out, T)
         attn_weights = torch.softmax(attn_scores / keys.shape[-1] ** 0.5, dim=-1)  # (..., T, T)
-        self.attn_weights = attn_weights.detach()
+        self._keep(attn_weights)
         context_vec = attn_weights @ values  # (..., T, T) @ (..., T, d_out) -> (..., T, d_out)
         return context_vec
 
 
-class CausalAttention(nn.Module):
+class CausalAttention(_KeepWeights):
     """Causal self-attention with dropout on the weights (chapter 3.5.3).
 
     Shapes: x (B, T, d_in), T <= context_length -> context_vec (B, T, d_out).
@@ -103,7 +112,7 @@ class CausalAttention(nn.Module):
         masked = self.mask.bool()[:num_tokens, :num_tokens]  # (T, T), True = masked
         attn_scores = attn_scores.masked_fill(masked, -torch.inf)
         attn_weights = torch.softmax(attn_scores / keys.shape[-1] ** 0.5, dim=-1)  # (B, T, T)
-        self.attn_weights = attn_weights.detach()
+        self._keep(attn_weights)
         attn_weights = self.dropout(attn_weights)
         context_vec = attn_weights @ values  # (B, T, T) @ (B, T, d_out) -> (B, T, d_out)
         return context_vec
@@ -137,7 +146,7 @@ class MultiHeadAttentionWrapper(nn.Module):
         )  # H x (B, T, d_out) -> (B, T, H * d_out)
 
 
-class MultiHeadAttention(nn.Module):
+class MultiHeadAttention(_KeepWeights):
     """Multi-head attention with split weights and out_proj (chapter 3.6.2).
 
     Shapes: x (B, T, d_in), T <= context_length -> context_vec (B, T, d_out), E = d_out // H.
@@ -178,7 +187,7 @@ class MultiHeadAttention(nn.Module):
         mask_bool = self.mask.bool()[:num_tokens, :num_tokens]  # (T, T), True = masked
         attn_scores = attn_scores.masked_fill(mask_bool, -torch.inf)
         attn_weights = torch.softmax(attn_scores / keys.shape[-1] ** 0.5, dim=-1)  # (B, H, T, T)
-        self.attn_weights = attn_weights.detach()
+        self._keep(attn_weights)
         attn_weights = self.dropout(attn_weights)
         context_vec = (attn_weights @ values).transpose(1, 2)  # (B, H, T, E) -> (B, T, H, E)
         context_vec = context_vec.contiguous().view(b, num_tokens, self.d_out)  # -> (B, T, d_out)
