@@ -104,9 +104,10 @@ def inject_keep_masks(ref, port):
 
 def keep_mask(ref_head) -> np.ndarray:
     """The keep-mask of an npattn CausalAttention / MultiHeadAttention's last forward."""
-    cache = ref_head._cache  # SDPACache, or (x shape, SDPACache, merge cache) for MHA
-    sdpa_cache = cache[1] if isinstance(ref_head, npattn.MultiHeadAttention) else cache
-    return sdpa_cache.dropout_cache[0]  # (B, [H,] T, T), True = kept
+    cache = ref_head._cache  # the attention op's cache, or a tuple holding it (MHA)
+    if not hasattr(cache, "attn_weights"):
+        cache = next(c for c in cache if hasattr(c, "attn_weights"))
+    return cache.dropout_cache[0]  # (B, [H,] T, T), True = kept
 
 
 @pytest.mark.parametrize("name", CAUSAL)

@@ -49,6 +49,11 @@ class CausalCache(NamedTuple):
     scale: float
     block_size: int
 
+    @property
+    def dropout_cache(self) -> tuple:
+        """(keep, 1 / (1 - p), shape), as in SDPACache: code can read either cache's mask."""
+        return self.keep, self.dropout_scale, self.attn_weights.shape
+
 
 def _blocks(n_rows: int, n_keys: int, block_size: int):
     """(r0, r1, c1) per row block: rows [r0, r1) see at most the keys [0, c1)."""
