@@ -136,8 +136,11 @@ def profile(args, size, log, runs: int = 3) -> str:
     import pstats
 
     import npattn
+    from npattn.ops import _parallel
 
     log("profile: npattn MultiHeadAttention")
+    # cProfile sees only the calling thread: run the heads there, one after another
+    blas_controller, _parallel._blas_controller = _parallel._blas_controller, lambda: None
     m = npattn.MultiHeadAttention(size.d, size.d, size.T, 0.0, size.H, rng=0).eval()
     x, g = P.numpy_inputs(size)
     m(x)
@@ -148,6 +151,7 @@ def profile(args, size, log, runs: int = 3) -> str:
         m(x)
         m.backward(g)
     prof.disable()
+    _parallel._blas_controller = blas_controller
     stats = pstats.Stats(prof).stats
     total = sum(v[2] for v in stats.values())
     rows = []
@@ -163,7 +167,9 @@ def profile(args, size, log, runs: int = 3) -> str:
             "",
             f"cProfile over {runs} forward+backward runs of npattn's default MultiHeadAttention "
             "(one warm-up first), each op's own time per run (its matrix products and "
-            "elementwise passes; numpy calls are not listed on their own).",
+            "elementwise passes; numpy calls are not listed on their own). cProfile sees one "
+            "thread only, so here the heads run one after another, with BLAS on all threads, "
+            "instead of side by side: the attention rows are slower than in the table above.",
             "",
             report.table(share, ["op", "calls per run", "ms per run", "share"]),
         ]

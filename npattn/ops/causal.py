@@ -49,6 +49,11 @@ class CausalCache(NamedTuple):
     scale: float
     block_size: int
 
+    @property
+    def dropout_cache(self) -> tuple:
+        """(keep, 1 / (1 - p), shape), as in SDPACache: code can read either cache's mask."""
+        return self.keep, self.dropout_scale, self.attn_weights.shape
+
 
 def _blocks(n_rows: int, n_keys: int, block_size: int):
     """(r0, r1, c1) per row block: rows [r0, r1) see at most the keys [0, c1)."""
@@ -126,7 +131,7 @@ def causal_sdpa_forward(
     attn_weights = np.zeros((*lead, L, S), dtype=dtype)  # blocks above the diagonal stay 0
     out = np.empty((*lead, L, v.shape[-1]), dtype=dtype)
 
-    def one_head(h):  # one head's (L, S) weights fit the CPU cache
+    def forward_head(h):  # one head's (L, S) weights fit the CPU cache
         for r0, r1, c1 in _blocks(L, S, block_size):
             w = attn_weights[h][r0:r1, :c1]  # (rows, c1), a view: written in place
             # 1. attn_scores = q @ k^T * scale     (rows, E) @ (E, c1) -> (rows, c1)
@@ -142,7 +147,7 @@ def causal_sdpa_forward(
             # 5. out = dropped @ v      (rows, c1) @ (c1, Ev) -> (rows, Ev)
             np.matmul(w, v[h][:c1], out=out[h][r0:r1])
 
-    map_heads(one_head, tuple(lead))  # heads side by side on BLAS's threads (ops/_parallel.py)
+    map_heads(forward_head, tuple(lead))  # heads side by side on BLAS's threads (ops/_parallel.py)
     # out is cached as a copy: the caller owns the returned array and may change it
     cache = CausalCache(q, k, v, out.copy(), attn_weights, keep, dropout_scale, scale, block_size)
     return out, cache
@@ -162,7 +167,7 @@ def causal_sdpa_backward(dout, cache: CausalCache):
     D = np.sum(dout * out, axis=-1, keepdims=True)
     dq, dk, dv = np.empty_like(q), np.zeros_like(k), np.zeros_like(v)  # keys no query sees: 0
 
-    def one_head(h):
+    def backward_head(h):
         # the head's (L, S) gradient: only blocks on or below the diagonal are written, and
         # only those are read
         dattn_scores = np.empty((L, S), dtype=dtype)
@@ -189,7 +194,7 @@ def causal_sdpa_backward(dout, cache: CausalCache):
                 dropped = dropped * keep[h][c0:, c0:c1] * dtype.type(dropout_scale)
             np.matmul(dropped.T, dout[h][c0:], out=dv[h][c0:c1])  # -> (keys, Ev)
 
-    map_heads(one_head, tuple(lead))
+    map_heads(backward_head, tuple(lead))
     dq *= dtype.type(scale)
     dk *= dtype.type(scale)
     return dq, dk, dv
