@@ -14,7 +14,7 @@ setup: $(STAMP)
 
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -c constraints.txt -e '.[test,docs,dev]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[test,docs,bench,dev]'
 	touch $@
 
 demo: $(STAMP)
