@@ -286,3 +286,12 @@ def test_float32_inputs_with_a_float64_mask_stay_float32():
     assert out.dtype == np.float32
     g = upstream(out.shape, dtype=np.float32)
     assert all(d.dtype == np.float32 for d in F.sdpa_backward(g, cache))
+
+
+@pytest.mark.parametrize("op", ["sdpa_forward", "causal_sdpa_forward", "flash_attention_forward"])
+def test_float16_scores_scaled_before_the_product_do_not_overflow(op):
+    """q @ k^T = 65536 overflows float16 (max 65504); (q / 8) @ k^T = 8192 does not."""
+    q = np.full((1, 2, 64), 32.0, dtype=np.float16)
+    v = np.random.default_rng(0).standard_normal((1, 2, 4)).astype(np.float16)
+    out, _ = getattr(F, op)(q, q, v)
+    assert out.dtype == np.float16 and np.isfinite(out).all()

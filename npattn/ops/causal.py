@@ -16,7 +16,7 @@ Shape legend: L query tokens, S key tokens, E head dim of q and k, Ev head dim o
 leading dims (...) that q, k and v share, e.g. (B, H).
 
 Forward, per head and per row block [r0, r1) with keys [0, c1), c1 = min(r0 + block, S):
-    1. attn_scores  = q[r0:r1] @ k[:c1]^T * scale                  (rows, c1)
+    1. attn_scores  = (q[r0:r1] * scale) @ k[:c1]^T                (rows, c1)
     2. attn_scores  = -inf where key j > query i (the diagonal block only)
     3. attn_weights = softmax(attn_scores)                          (rows, c1)
     4. dropped      = attn_weights * keep / (1 - p)                 (rows, c1)
@@ -130,13 +130,15 @@ def causal_sdpa_forward(
     above = ~np.tri(block_size, block_size, dtype=bool)  # key j > query i inside a block
     attn_weights = np.zeros((*lead, L, S), dtype=dtype)  # blocks above the diagonal stay 0
     out = np.empty((*lead, L, v.shape[-1]), dtype=dtype)
+    # q is scaled before the product, as in sdpa_forward: no unscaled score forms, so float16
+    # overflows only where the scaled score would (docs/numerics.md)
+    q_scaled = q * dtype.type(scale)  # (..., L, E)
 
     def forward_head(h):  # one head's (L, S) weights fit the CPU cache
         for r0, r1, c1 in _blocks(L, S, block_size):
             w = attn_weights[h][r0:r1, :c1]  # (rows, c1), a view: written in place
-            # 1. attn_scores = q @ k^T * scale     (rows, E) @ (E, c1) -> (rows, c1)
-            np.matmul(q[h][r0:r1], k[h][:c1].T, out=w)
-            w *= dtype.type(scale)
+            # 1. attn_scores = (q * scale) @ k^T   (rows, E) @ (E, c1) -> (rows, c1)
+            np.matmul(q_scaled[h][r0:r1], k[h][:c1].T, out=w)
             # 2. causal mask on the diagonal block: keys r0.. are hidden from earlier rows
             np.copyto(w[:, r0:], -np.inf, where=above[: r1 - r0, : max(c1 - r0, 0)])
             # 3. attn_weights = softmax(attn_scores), in place
@@ -183,7 +185,7 @@ def causal_sdpa_backward(dout, cache: CausalCache):
             ds -= D[h][r0:r1]
             ds *= attn_weights[h][r0:r1, :c1]
             # 2. masked entries have weight 0, so their gradient is already 0
-            # 1. attn_scores = q @ k^T * scale: dq = dattn_scores @ k * scale  (rows, E)
+            # 1. attn_scores = (q * scale) @ k^T: dq = dattn_scores @ k * scale  (rows, E)
             np.matmul(ds, k[h][:c1], out=dq[h][r0:r1])
         # 1. and 5., by key block [c0, c1): only queries i >= c0 saw these keys
         for c0, c1, _ in _blocks(min(L, S), S, block_size):
@@ -196,5 +198,5 @@ def causal_sdpa_backward(dout, cache: CausalCache):
 
     map_heads(backward_head, tuple(lead))
     dq *= dtype.type(scale)
-    dk *= dtype.type(scale)
+    dk *= dtype.type(scale)  # dattn_scores^T @ (q * scale), the scale applied once at the end
     return dq, dk, dv
