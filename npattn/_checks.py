@@ -82,3 +82,25 @@ def make_rng(rng) -> np.random.Generator:
     if rng is None or isinstance(rng, (int, np.integer)):
         return np.random.default_rng(rng)
     raise TypeError(f"rng must be a numpy.random.Generator, an int seed or None, got {rng!r}")
+
+
+def check_axis(axis, x: np.ndarray, name: str = "axis") -> int:
+    """An int axis of x, else a ValueError naming it and x's shape."""
+    if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {axis!r}")
+    if not -x.ndim <= axis < x.ndim:
+        raise ValueError(f"{name}={axis} is out of range for an array of shape {x.shape}")
+    return int(axis)
+
+
+def check_scale(scale, head_dim: int) -> float:
+    """The attention scale: 1 / sqrt(E) by default, else a finite float."""
+    if scale is None:
+        return 1.0 / float(np.sqrt(head_dim))
+    try:
+        scale = float(scale)
+    except (TypeError, ValueError):
+        raise TypeError(f"scale must be a float or None, got {scale!r}") from None
+    if not np.isfinite(scale):
+        raise ValueError(f"scale must be finite, got {scale}")
+    return scale

@@ -7,6 +7,7 @@ numbers are the book's; without it npattn's own seeded init is used and they dif
 
 from __future__ import annotations
 
+import importlib.util
 import textwrap
 
 import numpy as np
@@ -242,6 +243,9 @@ def main(plot_dir=None, weights: str = "auto") -> int:
     weights: "auto" (the chapter's torch-seeded weights if torch is installed), "torch" or
     "npattn" (npattn's own seeded init).
     """
+    if plot_dir is not None and importlib.util.find_spec("matplotlib") is None:
+        print("--plot needs matplotlib: pip install matplotlib (or npattn[docs])")
+        return 2
     inputs, batch = chapter_inputs(), chapter_batch()
     s = W.simple_attention(inputs)
     t = W.trainable_weights(inputs, weights)

@@ -2,6 +2,10 @@
 
 Every op is a pure pair, `*_forward(...) -> (out, cache)` and `*_backward(dout, cache)`, except
 softmax, whose output is its own cache: `y = F.softmax(x)`, `dx = F.softmax_backward(dy, y)`.
+
+A cache holds references to the forward's inputs, not copies (torch's autograd does the same,
+but raises if they change): change an input in place between a forward and its backward and
+the gradients change with it. Inputs themselves are never modified by npattn.
 """
 
 from .ops.causal import CausalCache, causal_sdpa_backward, causal_sdpa_forward

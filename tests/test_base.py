@@ -194,3 +194,25 @@ def test_v1_v2_batch_equals_each_sequence_alone(name):
         total = {k: total[k] + v for k, v in m.grads.items()}
     for k in grads:
         np.testing.assert_allclose(total[k], grads[k], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "make, exc, match",
+    [
+        (
+            lambda: npattn.MultiHeadAttention(3, 4, 6, 0.0, None),
+            TypeError,
+            "num_heads must be an int",
+        ),
+        (
+            lambda: npattn.CausalAttention(3, 4, None, 0.0),
+            TypeError,
+            "context_length must be an int",
+        ),
+        (lambda: npattn.CausalAttention(3, 4, 6, None), TypeError, "dropout must be a float"),
+        (lambda: mha().load_state_dict(5), TypeError, "state_dict must be a mapping"),
+    ],
+)
+def test_none_and_non_mappings_are_named(make, exc, match):
+    with pytest.raises(exc, match=match):
+        make()

@@ -105,3 +105,15 @@ def test_inplace_refuses_non_float_arrays():
         F.softmax_inplace(np.arange(3))
     with pytest.raises(TypeError, match="floating numpy array"):
         F.softmax_inplace([1.0, 2.0])
+
+
+def test_bad_axis_and_scale_are_named():
+    import pytest
+
+    with pytest.raises(ValueError, match=r"axis=5 is out of range for an array of shape \(2, 3\)"):
+        F.softmax(np.zeros((2, 3)), axis=5)
+    q = np.zeros((2, 3))
+    with pytest.raises(TypeError, match="scale must be a float or None, got 'a'"):
+        F.sdpa_forward(q, q, q, scale="a")
+    with pytest.raises(ValueError, match="scale must be finite"):
+        F.causal_sdpa_forward(q, q, q, scale=np.inf)

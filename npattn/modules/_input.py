@@ -31,15 +31,20 @@ def prepare_input(x, d_in: int, dtype, context_length: int | None = None) -> np.
     return x.astype(dtype, copy=False)
 
 
-def check_attention_args(d_in, d_out, context_length=None, dropout=None, num_heads=None):
-    """Validate the chapter's constructor arguments; returns them normalised."""
+_UNUSED = object()  # an argument the class does not take (None is a bad value, not "unused")
+
+
+def check_attention_args(d_in, d_out, context_length=_UNUSED, dropout=_UNUSED, num_heads=_UNUSED):
+    """Validate the chapter's constructor arguments; returns them normalised (None if unused)."""
     d_in = check_positive_int(d_in, "d_in")
     d_out = check_positive_int(d_out, "d_out")
-    if context_length is not None:
-        context_length = check_positive_int(context_length, "context_length")
-    if dropout is not None:
-        dropout = check_probability(dropout, "dropout")
-    if num_heads is not None:
+    context_length = (
+        None if context_length is _UNUSED else check_positive_int(context_length, "context_length")
+    )
+    dropout = None if dropout is _UNUSED else check_probability(dropout, "dropout")
+    if num_heads is _UNUSED:
+        num_heads = None
+    else:
         num_heads = check_positive_int(num_heads, "num_heads")
         if d_out % num_heads:
             raise ValueError(f"d_out ({d_out}) must be divisible by num_heads ({num_heads})")

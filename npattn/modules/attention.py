@@ -74,7 +74,7 @@ class _QKV(Module):
         queries = self.W_query(x)
         keys = self.W_key(x)
         values = self.W_value(x)
-        # 2-5. scores, mask, softmax(/ sqrt(d_k)), dropout, @ values     (..., T, d_out)
+        # 2-5. scores (scaled by 1/sqrt(d_k)), mask, softmax, dropout, @ values  (..., T, d_out)
         context_vec, self._cache, self.attn_weights = attention_forward(
             self.attn_impl, queries, keys, values, mask_buffer, dropout_p, self.rng
         )  # attn_weights: (..., T, T) before dropout, or None from the tiled path

@@ -7,6 +7,8 @@ child with a "name." prefix), so keys and order match the chapter's torch classe
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 
 
@@ -61,6 +63,10 @@ class Module:
         Each floating array keeps its own dtype, so a float64 state dict makes a float64
         module; integer arrays are converted to the dtype the entry had.
         """
+        if not isinstance(state_dict, Mapping):
+            raise TypeError(
+                f"state_dict must be a mapping of names to arrays, got {type(state_dict).__name__}"
+            )
         own = self.state_dict()
         missing = [k for k in own if k not in state_dict]
         extra = [k for k in state_dict if k not in own]

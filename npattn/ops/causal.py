@@ -25,12 +25,11 @@ Forward, per head and per row block [r0, r1) with keys [0, c1), c1 = min(r0 + bl
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import numpy as np
 
-from .._checks import as_float_array, as_grad, check_min_ndim, check_probability
+from .._checks import as_float_array, as_grad, check_min_ndim, check_probability, check_scale
 from ._parallel import map_heads
 from .dropout import dropout_keep_mask
 from .softmax import softmax_inplace
@@ -124,7 +123,7 @@ def causal_sdpa_forward(
     *lead, L, _ = q.shape
     S = k.shape[-2]
     dropout_p = check_probability(dropout_p, "dropout_p")
-    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    scale = check_scale(scale, q.shape[-1])
     keep = _keep_mask(dropout_p, dropout_mask, (*lead, L, S), rng)
     dropout_scale = 1.0 / (1.0 - dropout_p)
     above = ~np.tri(block_size, block_size, dtype=bool)  # key j > query i inside a block

@@ -14,12 +14,11 @@ Forward (the step numbers are walked backwards in sdpa_backward and in docs/back
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import numpy as np
 
-from .._checks import as_float_array, as_grad, check_min_ndim, check_probability
+from .._checks import as_float_array, as_grad, check_min_ndim, check_probability, check_scale
 from .dropout import check_keep_mask, dropout_backward, dropout_forward
 from .masks import causal_mask
 from .softmax import softmax_backward, softmax_inplace
@@ -173,7 +172,7 @@ def sdpa_forward(
     if dropout_mask is not None and dropout_p == 0.0:
         raise ValueError("dropout_mask needs dropout_p > 0 (it is scaled by 1 / (1 - dropout_p))")
     k, v = _repeat_kv(k, groups), _repeat_kv(v, groups)  # (..., Hkv, S, E) -> (..., Hq, S, E)
-    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    scale = check_scale(scale, q.shape[-1])
     # 1. attn_scores = (q * scale) @ k^T           (..., L, E) @ (..., E, S) -> (..., L, S)
     #    q is scaled first: the same scores as (q @ k^T) * scale, but the unscaled sum of E
     #    products never forms, so float16 does not overflow where the scaled score fits

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._checks import as_float_array
+from .._checks import as_float_array, check_axis
 
 
 def softmax_naive(x, axis: int = -1) -> np.ndarray:
@@ -17,6 +17,7 @@ def softmax_naive(x, axis: int = -1) -> np.ndarray:
     gives NaN, which is why `softmax` subtracts the row max first.
     """
     x = as_float_array(x, "x")
+    check_axis(axis, x)
     e = np.exp(x)
     return e / e.sum(axis=axis, keepdims=True)
 
@@ -37,6 +38,7 @@ def softmax_inplace(x: np.ndarray, axis: int = -1) -> np.ndarray:
     """
     if not isinstance(x, np.ndarray) or not np.issubdtype(x.dtype, np.floating):
         raise TypeError(f"x must be a floating numpy array, got {type(x).__name__}")
+    check_axis(axis, x)
     # 1. m = rowmax(x); the shift needs no gradient: softmax(x - c) = softmax(x)
     m = np.max(x, axis=axis, keepdims=True)  # (..., 1, ...)
     m[np.isneginf(m)] = 0  # a fully masked row: keep its -inf - 0 = -inf, not NaN
@@ -57,6 +59,7 @@ def softmax_backward(dy, y, axis: int = -1) -> np.ndarray:
     Rows where y = 0 (masked or underflowed entries) get dx = 0.
     """
     y = as_float_array(y, "y")
+    check_axis(axis, y)
     dy = np.asarray(dy)
     if dy.shape != y.shape:
         raise ValueError(f"dy must have the shape of y {tuple(y.shape)}, got {tuple(dy.shape)}")

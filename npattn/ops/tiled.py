@@ -8,7 +8,7 @@ Shape legend: L query tokens, S key tokens, E head dim of q and k, Ev head dim o
 batch dims (...), e.g. (B, H); Br x Bc is the tile, query block i = rows r, key block j = cols c.
 
 Forward, for each query block i, scanning key/value blocks j (m, l, acc start at -inf, 0, 0):
-    1. s     = q_i @ k_j^T * scale                                  (..., Br, Bc)
+    1. s     = (q_i * scale) @ k_j^T                                (..., Br, Bc)
     2. s     = masked: causal / boolean -> -inf, float mask added
     3. m_new = max(m, rowmax(s)); p = exp(s - m_new); alpha = exp(m - m_new)
        l     = alpha * l + rowsum(p)                                (..., Br, 1)
@@ -29,7 +29,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .._checks import as_grad, check_positive_int, check_probability, make_rng
+from .._checks import as_grad, check_positive_int, check_probability, check_scale, make_rng
 from .dropout import dropout_backward, dropout_forward
 from .sdpa import (
     _check_inputs,
@@ -137,7 +137,7 @@ def flash_attention_forward(
     attn_mask = check_attn_mask(attn_mask, is_causal, batch + (L, S))
     if attn_mask is not None and attn_mask.ndim < 2:  # (S,) or () -> (1, S) or (1, 1), a view
         attn_mask = attn_mask.reshape((1,) * (2 - attn_mask.ndim) + attn_mask.shape)
-    scale = 1.0 / math.sqrt(E) if scale is None else float(scale)
+    scale = check_scale(scale, E)
     Br, Bc = _block_sizes(block_size, batch)
     key = int(make_rng(rng).integers(2**64, dtype=np.uint64)) if dropout_p > 0 else None
     # step 1's scale applied once to q, (..., L, E), rather than to every (..., Br, Bc) tile
@@ -150,7 +150,7 @@ def flash_attention_forward(
         l = np.zeros(batch + (r.stop - r0, 1), dtype)  # running row sum of exp  (..., Br, 1)
         acc = np.zeros(batch + (r.stop - r0, Ev), dtype)  # running out * l  (..., Br, Ev)
         for j, c in _key_blocks(is_causal, r, S, Bc):
-            # 1-2. s = masked (q_i @ k_j^T * scale)                       (..., Br, Bc)
+            # 1-2. s = masked ((q_i * scale) @ k_j^T)                     (..., Br, Bc)
             s = _scores(q_scaled, k, attn_mask, is_causal, r, c)
             # 3. online softmax: rescale what came before by alpha = exp(m - m_new)
             m_new = np.maximum(m, s.max(axis=-1, keepdims=True))  # (..., Br, 1)
