@@ -103,3 +103,20 @@ def causal_inputs(draw, dtype=np.float64, max_side: int = 7):
     k = draw(arrays(lead + (S, E), dtype))
     v = draw(arrays(lead + (S, Ev), dtype))
     return q, k, v
+
+
+def constructor_args(name: str, cfg: dict, dropout: float = 0.0) -> tuple:
+    """The chapter constructor's positional arguments for class `name` from attention_configs.
+
+    The wrapper's d_out is per head, so it gets d_out // num_heads (same total width).
+    """
+    d_in, d_out, cl, h, bias = (
+        cfg[k] for k in ("d_in", "d_out", "context_length", "num_heads", "qkv_bias")
+    )
+    return {
+        "SelfAttention_v1": (d_in, d_out),
+        "SelfAttention_v2": (d_in, d_out, bias),
+        "CausalAttention": (d_in, d_out, cl, dropout, bias),
+        "MultiHeadAttentionWrapper": (d_in, d_out // h, cl, dropout, h, bias),
+        "MultiHeadAttention": (d_in, d_out, cl, dropout, h, bias),
+    }[name]

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from strategies import attention_configs
+from strategies import attention_configs, constructor_args
 from tolerances import F32, F64
 
 torch = pytest.importorskip("torch", reason="torch is not installed (pip install '.[torch]')")
@@ -24,16 +24,7 @@ DROPOUT_PS = st.sampled_from([0.1, 0.5, 0.9])
 
 def build(name, cfg, dropout=0.0, dtype=np.float64):
     """An npattn module (seeded) and a torch_port module loaded with its exact arrays."""
-    d_in, d_out, cl, h, bias = (
-        cfg[k] for k in ("d_in", "d_out", "context_length", "num_heads", "qkv_bias")
-    )
-    args = {
-        "SelfAttention_v1": (d_in, d_out),
-        "SelfAttention_v2": (d_in, d_out, bias),
-        "CausalAttention": (d_in, d_out, cl, dropout, bias),
-        "MultiHeadAttentionWrapper": (d_in, d_out // h, cl, dropout, h, bias),
-        "MultiHeadAttention": (d_in, d_out, cl, dropout, h, bias),
-    }[name]
+    args = constructor_args(name, cfg, dropout)
     ref = getattr(npattn, name)(*args, rng=cfg["seed"]).astype(dtype)
     port = getattr(tp, name)(*args)
     port.load_state_dict({k: t(v) for k, v in ref.state_dict().items()}, assign=True)

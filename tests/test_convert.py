@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from strategies import attention_configs
+from strategies import attention_configs, constructor_args
 from tolerances import F64
 
 torch = pytest.importorskip("torch", reason="torch is not installed (pip install '.[torch]')")
@@ -25,16 +25,7 @@ NAMES = tp.convert.CHAPTER_CLASSES
 
 
 def npattn_module(name, cfg, dropout=0.0, dtype=np.float64):
-    d_in, d_out, cl, h, bias = (
-        cfg[k] for k in ("d_in", "d_out", "context_length", "num_heads", "qkv_bias")
-    )
-    args = {
-        "SelfAttention_v1": (d_in, d_out),
-        "SelfAttention_v2": (d_in, d_out, bias),
-        "CausalAttention": (d_in, d_out, cl, dropout, bias),
-        "MultiHeadAttentionWrapper": (d_in, d_out // h, cl, dropout, h, bias),
-        "MultiHeadAttention": (d_in, d_out, cl, dropout, h, bias),
-    }[name]
+    args = constructor_args(name, cfg, dropout)
     return getattr(npattn, name)(*args, rng=cfg["seed"]).astype(dtype)
 
 
