@@ -4,7 +4,7 @@ Shapes: x (B, T, d_in), or (T, d_in) for the v1/v2 classes."""
 
 import pytest
 from hypothesis import given
-from strategies import attention_configs
+from strategies import attention_configs, constructor_args
 
 torch = pytest.importorskip("torch", reason="torch is not installed (pip install '.[torch]')")
 import chapter_ch03 as ch  # noqa: E402
@@ -21,19 +21,6 @@ NAMES = [
     "MultiHeadAttentionWrapper",
     "MultiHeadAttention",
 ]
-
-
-def args_for(name, cfg, dropout=0.0):
-    d_in, d_out, cl, h, bias = (
-        cfg[k] for k in ("d_in", "d_out", "context_length", "num_heads", "qkv_bias")
-    )
-    return {
-        "SelfAttention_v1": (d_in, d_out),
-        "SelfAttention_v2": (d_in, d_out, bias),
-        "CausalAttention": (d_in, d_out, cl, dropout, bias),
-        "MultiHeadAttentionWrapper": (d_in, d_out // h, cl, dropout, h, bias),
-        "MultiHeadAttention": (d_in, d_out, cl, dropout, h, bias),
-    }[name]
 
 
 def pair(name, args, seed):
@@ -57,7 +44,7 @@ def run(module, x, g, seed):
 @pytest.mark.parametrize("name", NAMES)
 @given(cfg=attention_configs())
 def test_same_seed_same_state_dict_keys_shapes_order_and_values(name, cfg):
-    book, port = pair(name, args_for(name, cfg), cfg["seed"])
+    book, port = pair(name, constructor_args(name, cfg), cfg["seed"])
     book_sd, port_sd = book.state_dict(), port.state_dict()
     assert list(port_sd) == list(book_sd)
     for key in book_sd:
@@ -69,7 +56,7 @@ def test_same_seed_same_state_dict_keys_shapes_order_and_values(name, cfg):
 @given(cfg=attention_configs())
 def test_matches_the_book_in_float64_forward_and_backward(name, cfg):
     dropout = 0.0 if cfg["seed"] % 2 else 0.4  # half the examples train with dropout
-    book, port = pair(name, args_for(name, cfg, dropout), cfg["seed"])
+    book, port = pair(name, constructor_args(name, cfg, dropout), cfg["seed"])
     book, port = book.double(), port.double()
     gen = torch.Generator().manual_seed(cfg["seed"])
     # the book's v1/v2 use keys.T, which transposes the last two dims only for 2-D x
@@ -89,7 +76,7 @@ def test_matches_the_book_in_float64_forward_and_backward(name, cfg):
 @pytest.mark.parametrize("name", NAMES[:2])
 def test_v1_v2_also_take_a_batch(name):
     cfg = dict(d_in=3, d_out=4, context_length=5, num_heads=1, qkv_bias=True)
-    book, port = pair(name, args_for(name, cfg), 7)
+    book, port = pair(name, constructor_args(name, cfg), 7)
     x = torch.randn(2, 5, 3)
     torch.testing.assert_close(port(x), torch.stack([book(x[0]), book(x[1])]))
 
