@@ -13,10 +13,15 @@ plain NumPy, every stage with a hand-written backward pass.
 from . import functional, gradcheck
 from .modules import (
     CausalAttention,
+    GroupedQueryAttention,
     Linear,
     Module,
     MultiHeadAttention,
+    MultiHeadAttentionWithSWA,
     MultiHeadAttentionWrapper,
+    MultiHeadLatentAttention,
+    Qwen3Attention,
+    RMSNorm,
     SelfAttention_v1,
     SelfAttention_v2,
 )
@@ -26,10 +31,15 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CausalAttention",
+    "GroupedQueryAttention",
     "Linear",
     "Module",
     "MultiHeadAttention",
+    "MultiHeadAttentionWithSWA",
     "MultiHeadAttentionWrapper",
+    "MultiHeadLatentAttention",
+    "Qwen3Attention",
+    "RMSNorm",
     "SelfAttention_v1",
     "SelfAttention_v2",
     "functional",

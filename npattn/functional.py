@@ -22,10 +22,21 @@ from .ops.heads import (
 from .ops.linear import linear_backward, linear_forward
 from .ops.masks import (
     causal_mask,
+    key_padding_mask,
     mask_renormalize_backward,
     mask_renormalize_forward,
     mask_scores_backward,
     mask_scores_forward,
+    position_mask,
+    sliding_window_mask,
+)
+from .ops.rmsnorm import rmsnorm_backward, rmsnorm_forward
+from .ops.rope import (
+    compute_rope_params,
+    rope_backward,
+    rope_forward,
+    rotate_half,
+    rotate_pairs,
 )
 from .ops.sdpa import SDPACache, scaled_dot_product_attention, sdpa_backward, sdpa_forward
 from .ops.simple import (
@@ -37,6 +48,8 @@ from .ops.simple import (
     simple_attention_forward,
     simple_self_attention,
 )
+from .ops.sinks import softmax_with_sink_backward, softmax_with_sink_forward
+from .ops.softcap import softcap_backward, softcap_forward
 from .ops.softmax import softmax, softmax_backward, softmax_inplace, softmax_naive
 from .ops.tiled import (
     FlashCache,
@@ -54,6 +67,7 @@ __all__ = [
     "causal_mask",
     "causal_sdpa_backward",
     "causal_sdpa_forward",
+    "compute_rope_params",
     "context_vector_for_query",
     "context_vectors_loops",
     "dropout_backward",
@@ -64,6 +78,7 @@ __all__ = [
     "flash_dropout_mask",
     "fused_linear_backward",
     "fused_linear_forward",
+    "key_padding_mask",
     "linear_backward",
     "linear_forward",
     "mask_renormalize_backward",
@@ -72,16 +87,28 @@ __all__ = [
     "mask_scores_forward",
     "merge_heads_backward",
     "merge_heads_forward",
+    "position_mask",
+    "rmsnorm_backward",
+    "rmsnorm_forward",
+    "rope_backward",
+    "rope_forward",
+    "rotate_half",
+    "rotate_pairs",
     "scaled_dot_product_attention",
     "sdpa_backward",
     "sdpa_forward",
     "simple_attention_backward",
     "simple_attention_forward",
     "simple_self_attention",
+    "sliding_window_mask",
+    "softcap_backward",
+    "softcap_forward",
     "softmax",
     "softmax_backward",
     "softmax_inplace",
     "softmax_naive",
+    "softmax_with_sink_backward",
+    "softmax_with_sink_forward",
     "split_heads_backward",
     "split_heads_forward",
     "split_qkv_heads_backward",

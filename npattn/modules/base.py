@@ -28,8 +28,8 @@ class Module:
             self._children[name] = value
         object.__setattr__(self, name, value)
 
-    def __call__(self, x):
-        return self.forward(x)
+    def __call__(self, *args, **kwargs):
+        return self.forward(*args, **kwargs)
 
     def register_parameter(self, name: str, value: np.ndarray) -> None:
         self._param_names.append(name)

@@ -1,4 +1,5 @@
-"""Causal masks and the chapter's two ways of applying them.
+"""Causal masks (plain, sliding-window, from positions), key-padding masks, and the chapter's
+two ways of applying them.
 
 Masks are boolean with True meaning "attend", as in torch SDPA.
 Shapes: scores / attn_weights (..., T, S); mask broadcastable to (..., T, S).
@@ -23,6 +24,52 @@ def causal_mask(L: int, S: int | None = None) -> np.ndarray:
     L = check_positive_int(L, "L")
     S = L if S is None else check_positive_int(S, "S")
     return np.tri(L, S, dtype=bool)
+
+
+def sliding_window_mask(L: int, S: int | None = None, *, window: int) -> np.ndarray:
+    """Boolean causal sliding-window mask, True = attend, top-left aligned like causal_mask.
+
+    Shapes: -> (L, S). Query i attends key j when 0 <= i - j < window: itself and the
+    window - 1 keys before it. A window >= S is the plain causal mask.
+    """
+    L = check_positive_int(L, "L")
+    S = L if S is None else check_positive_int(S, "S")
+    return position_mask(np.arange(L), np.arange(S), window=window)
+
+
+def position_mask(q_positions, k_positions, *, window: int | None = None) -> np.ndarray:
+    """Causal (and sliding-window) mask from absolute positions, True = attend.
+
+    Shapes: q_positions (L,), k_positions (S,) integers -> (L, S). Query at position p attends
+    the key at position r when 0 <= p - r (< window, if a window is given). Cached decoding
+    uses it with queries at ptr_current_pos .. ptr_current_pos + L - 1.
+    """
+    if window is not None:
+        window = check_positive_int(window, "window")
+    diff = np.asarray(q_positions)[:, None] - np.asarray(k_positions)[None, :]  # (L, S)
+    mask = diff >= 0
+    if window is not None:
+        mask &= diff < window
+    return mask
+
+
+def key_padding_mask(lengths, S: int) -> np.ndarray:
+    """Boolean key-padding mask from per-sequence lengths, True = a real key (attend).
+
+    Shapes: lengths (B,) integers in [0, S] -> (B, S); key j of sequence b is real when
+    j < lengths[b]. Combine with a (L, S) mask as mask & kpm[:, None, None, :] -> (B, 1, L, S);
+    a query row left with no key gives 0 in sdpa_forward.
+    """
+    S = check_positive_int(S, "S")
+    lengths = np.asarray(lengths)
+    if lengths.ndim != 1 or not np.issubdtype(lengths.dtype, np.integer):
+        raise ValueError(
+            f"lengths must be integers of shape (B,), got dtype {lengths.dtype}, "
+            f"shape {lengths.shape}"
+        )
+    if lengths.size and (lengths.min() < 0 or lengths.max() > S):
+        raise ValueError(f"lengths must lie in [0, S={S}], got {lengths.tolist()}")
+    return np.arange(S)[None, :] < lengths[:, None]  # (1, S) < (B, 1) -> (B, S)
 
 
 def _check_mask(mask, x: np.ndarray, x_name: str) -> np.ndarray:

@@ -6,8 +6,10 @@ are repeated to the Hq heads of q.
 
 Forward (the step numbers are walked backwards in sdpa_backward and in docs/backward/sdpa.md):
     1. attn_scores  = (q * scale) @ k^T                    (..., L, S)
+    1b. attn_scores = softcap * tanh(attn_scores / softcap), when softcap is given
     2. attn_scores  = masked: -inf where a boolean mask is False, + a float mask
-    3. attn_weights = softmax(attn_scores)                 (..., L, S)
+    3. attn_weights = softmax(attn_scores), with each head's sink logit in the denominator
+                      when sinks are given (ops/sinks.py)   (..., L, S)
     4. dropped      = attn_weights * keep / (1 - p)        (..., L, S)
     5. out          = dropped @ v                          (..., L, Ev)
 """
@@ -21,6 +23,8 @@ import numpy as np
 from .._checks import as_float_array, as_grad, check_min_ndim, check_probability, check_scale
 from .dropout import check_keep_mask, dropout_backward, dropout_forward
 from .masks import causal_mask
+from .sinks import softmax_with_sink_backward, softmax_with_sink_forward
+from .softcap import check_softcap, softcap_backward, softcap_forward
 from .softmax import softmax_backward, softmax_inplace
 
 
@@ -32,6 +36,8 @@ class SDPACache(NamedTuple):
     dropout_cache: tuple  # (keep (..., L, S) or None, 1 / (1 - p), shape)
     scale: float
     gqa_groups: int  # Hq // Hkv; 1 without GQA
+    softcap_cache: tuple | None = None  # (tanh(scores / softcap) (..., L, S),) or None
+    sink_cache: tuple | None = None  # softmax_with_sink_forward's cache, or None
 
 
 def sum_to_shape(g: np.ndarray, shape: tuple) -> np.ndarray:
@@ -159,6 +165,8 @@ def sdpa_forward(
     *,
     rng=None,
     dropout_mask=None,
+    softcap: float | None = None,
+    sinks=None,
 ):
     """torch.nn.functional.scaled_dot_product_attention, returning (out, cache).
 
@@ -166,8 +174,12 @@ def sdpa_forward(
     (..., L, S), boolean (True = attend) or float (added); dropout_mask boolean keep-mask
     broadcastable to (..., L, S) -> out (..., L, Ev). A fully masked row gives 0.
     Dropout is applied whenever dropout_p > 0, as in torch: pass 0.0 in eval mode.
+    Beyond torch: softcap c > 0 caps the scores to c * tanh(scores / c) before the mask
+    (Gemma 2); sinks (H,) or broadcastable to (..., L, 1) adds one logit per head to each
+    row's softmax denominator (gpt-oss), and sdpa_backward then also returns dsinks.
     """
     q, k, v, groups = _check_inputs(q, k, v, enable_gqa)
+    softcap = check_softcap(softcap)
     dropout_p = check_probability(dropout_p, "dropout_p")
     if dropout_mask is not None and dropout_p == 0.0:
         raise ValueError("dropout_mask needs dropout_p > 0 (it is scaled by 1 / (1 - dropout_p))")
@@ -178,10 +190,18 @@ def sdpa_forward(
     #    products never forms, so float16 does not overflow where the scaled score fits
     #    (docs/numerics.md); it is also L * E multiplications instead of L * S
     attn_scores = (q * q.dtype.type(scale)) @ np.swapaxes(k, -1, -2)
+    # 1b. soft-capping, before the mask (ops/softcap.py)
+    softcap_cache = None
+    if softcap is not None:
+        attn_scores, softcap_cache = softcap_forward(attn_scores, softcap)
     # 2. masking
     attn_scores = _mask_scores(attn_scores, attn_mask, is_causal)
     # 3. attn_weights = softmax(attn_scores)        (..., L, S)
-    attn_weights = softmax_inplace(attn_scores, axis=-1)  # masking made a new array or none
+    sink_cache = None
+    if sinks is not None:  # the sink joins each row's denominator (ops/sinks.py)
+        attn_weights, sink_cache = softmax_with_sink_forward(attn_scores, sinks)
+    else:
+        attn_weights = softmax_inplace(attn_scores, axis=-1)  # masking made a new array or none
     # 4. dropout on the weights                     (..., L, S)
     if dropout_mask is not None:
         dropout_mask = check_keep_mask(
@@ -190,17 +210,21 @@ def sdpa_forward(
     dropped, dropout_cache = dropout_forward(attn_weights, dropout_p, rng=rng, keep=dropout_mask)
     # 5. out = dropped @ v                          (..., L, S) @ (..., S, Ev) -> (..., L, Ev)
     out = dropped @ v
-    cache = SDPACache(q, k, v, attn_weights, dropout_cache, scale, groups)
+    cache = SDPACache(
+        q, k, v, attn_weights, dropout_cache, scale, groups, softcap_cache, sink_cache
+    )
     return out, cache
 
 
 def sdpa_backward(dout, cache: SDPACache):
-    """Gradients of sdpa_forward w.r.t. q, k and v, steps 5 -> 1.
+    """Gradients of sdpa_forward w.r.t. q, k and v (and the sinks, when given), steps 5 -> 1.
 
     Shapes: dout (..., L, Ev) -> dq (..., L, E), dk (..., S, E), dv (..., S, Ev), in the
     shapes q, k and v were given (GQA heads and broadcast batch dims summed back).
+    Returns (dq, dk, dv), or (dq, dk, dv, dsinks) when the forward was given sinks
+    (dsinks in the sinks' shape).
     """
-    q, k, v, attn_weights, dropout_cache, scale, groups = cache
+    q, k, v, attn_weights, dropout_cache, scale, groups, softcap_cache, sink_cache = cache
     out_shape = np.broadcast_shapes(attn_weights.shape[:-2], v.shape[:-2]) + (
         attn_weights.shape[-2],
         v.shape[-1],
@@ -215,8 +239,14 @@ def sdpa_backward(dout, cache: SDPACache):
     # 4. dropped = attn_weights * keep / (1 - p)
     dattn_weights = dropout_backward(ddropped, dropout_cache)
     # 3. attn_weights = softmax(attn_scores); masked entries have weight 0, so 0 gradient
-    dattn_scores = softmax_backward(dattn_weights, attn_weights, axis=-1)
+    if sink_cache is not None:
+        dattn_scores, dsinks = softmax_with_sink_backward(dattn_weights, sink_cache)
+    else:
+        dattn_scores = softmax_backward(dattn_weights, attn_weights, axis=-1)
     # 2. masking: -inf entries get dattn_scores = 0 from step 3; a float mask passes it through
+    # 1b. soft-capping
+    if softcap_cache is not None:
+        dattn_scores = softcap_backward(dattn_scores, softcap_cache)
     # 1. attn_scores = (q * scale) @ k^T; q * scale is recomputed (L * E), not stored
     dq = dattn_scores @ k  # (..., L, S) @ (..., S, E) -> (..., L, E)
     dq *= q.dtype.type(scale)
@@ -225,7 +255,7 @@ def sdpa_backward(dout, cache: SDPACache):
     dq = sum_to_shape(dq, q.shape)
     dk = _unrepeat_kv(sum_to_shape(dk, k.shape), groups)
     dv = _unrepeat_kv(sum_to_shape(dv, v.shape), groups)
-    return dq, dk, dv
+    return (dq, dk, dv) if sink_cache is None else (dq, dk, dv, dsinks)
 
 
 def scaled_dot_product_attention(
@@ -240,6 +270,8 @@ def scaled_dot_product_attention(
     *,
     rng=None,
     dropout_mask=None,
+    softcap: float | None = None,
+    sinks=None,
 ):
     """Forward only; the same arguments as sdpa_forward.
 
@@ -256,5 +288,7 @@ def scaled_dot_product_attention(
         enable_gqa,
         rng=rng,
         dropout_mask=dropout_mask,
+        softcap=softcap,
+        sinks=sinks,
     )
     return out

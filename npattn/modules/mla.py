@@ -1,0 +1,142 @@
+"""Multi-head latent attention (MLA, DeepSeek-V2), the chapter 4 bonus class: keys and values
+are up-projected from one small latent per token, and only the latent is cached.
+
+Shape legend: B batch, T query tokens, S key tokens, H = num_heads, E = head_dim = d_out // H,
+C = latent_dim, d_in / d_out as in the chapter.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .._checks import check_positive_int, make_rng
+from ..ops.heads import (
+    merge_heads_backward,
+    merge_heads_forward,
+    split_heads_backward,
+    split_heads_forward,
+)
+from ..ops.sdpa import sdpa_backward, sdpa_forward
+from ._input import check_attention_args
+from ._kv import KVCacheMixin, attention_mask, check_key_padding_mask, check_tokens
+from .base import Module
+from .linear import Linear
+
+
+class MultiHeadLatentAttention(KVCacheMixin, Module):
+    """Causal attention whose keys and values come from a latent c_kv = W_DKV(x).
+
+    Shapes: x (B, T, d_in) -> context_vec (B, T, d_out).
+
+    Forward (walked backwards in `backward`):
+        1. queries = W_query(x)                            (B, T, d_in) -> (B, T, d_out)
+        2. c_kv = W_DKV(x)                                 (B, T, d_in) -> (B, T, C)
+        3. cache: earlier chunks' latents in front (use_cache only)       (B, S, C)
+        4. keys, values = W_UK(c_kv), W_UV(c_kv)           (B, S, C) -> (B, S, d_out) each
+        5. split heads                                     -> (B, H, T | S, E)
+        6. mask: causal at absolute positions, & key padding  (T, S) or (B, 1, T, S)
+        7. SDPA with dropout on the weights                (B, H, T, E)
+        8. merge heads                                     (B, H, T, E) -> (B, T, d_out)
+        9. context_vec = out_proj(context)                 (B, T, d_out)
+    """
+
+    _kv_names = ("cache_c_kv",)
+
+    def __init__(
+        self,
+        d_in: int,
+        d_out: int,
+        dropout: float,
+        num_heads: int,
+        qkv_bias: bool = False,
+        latent_dim: int | None = None,
+        *,
+        rng=None,
+    ):
+        super().__init__()
+        self.d_in, self.d_out, _, self.dropout, self.num_heads = check_attention_args(
+            d_in, d_out, dropout=dropout, num_heads=num_heads
+        )
+        self.latent_dim = (
+            max(16, self.d_out // 8)
+            if latent_dim is None
+            else check_positive_int(latent_dim, "latent_dim")
+        )
+        self.head_dim = self.d_out // self.num_heads
+        self.rng = make_rng(rng)
+        C = self.latent_dim
+        self.W_query = Linear(d_in, d_out, bias=qkv_bias, rng=self.rng)
+        self.W_DKV = Linear(d_in, C, bias=qkv_bias, rng=self.rng)  # down to the latent
+        self.W_UK = Linear(C, d_out, bias=qkv_bias, rng=self.rng)  # latent -> keys
+        self.W_UV = Linear(C, d_out, bias=qkv_bias, rng=self.rng)  # latent -> values
+        self.out_proj = Linear(d_out, d_out, rng=self.rng)
+        self.attn_weights = None
+        self.dropout_mask = None
+        self.reset_cache()
+
+    def forward(self, x, use_cache: bool = False, *, key_padding_mask=None):
+        x = check_tokens(x, self.d_in, self.dtype)
+        B, T = x.shape[:2]
+        use_cache = self._check_call(B, use_cache, key_padding_mask)
+        # 1. queries                       (B, T, d_in) -> (B, T, d_out)
+        queries = self.W_query(x)
+        # 2. the latent                    (B, T, d_in) -> (B, T, C)
+        c_kv = self.W_DKV(x)
+        # 3. the cache: (B, S_cached, C) + (B, T, C) -> (B, S, C)
+        q_start = self.ptr_current_pos if use_cache else 0
+        if use_cache and self.cache_c_kv is not None:
+            c_kv = np.concatenate([self.cache_c_kv, c_kv], axis=1)
+        S = c_kv.shape[1]
+        # 4. up-projections                (B, S, C) -> (B, S, d_out) each
+        keys = self.W_UK(c_kv)
+        values = self.W_UV(c_kv)
+        # 5. split heads                   (B, T | S, d_out) -> (B, H, T | S, E)
+        queries, q_split = split_heads_forward(queries, self.num_heads)
+        keys, k_split = split_heads_forward(keys, self.num_heads)
+        values, v_split = split_heads_forward(values, self.num_heads)
+        # 6. mask                          (T, S), or (B, 1, T, S) with key padding
+        kpm = None if key_padding_mask is None else check_key_padding_mask(key_padding_mask, B, S)
+        mask = attention_mask(q_start, T, 0, S, kpm=kpm)
+        # 7. SDPA                          (B, H, T, E)
+        dropout_p = self.dropout if self.training else 0.0
+        context, sdpa_cache = sdpa_forward(queries, keys, values, mask, dropout_p, rng=self.rng)
+        # 8. merge heads                   (B, H, T, E) -> (B, T, d_out)
+        context, merge_cache = merge_heads_forward(context)
+        # 9. output projection             (B, T, d_out) -> (B, T, d_out)
+        context_vec = self.out_proj(context)
+        self.attn_weights = sdpa_cache.attn_weights  # (B, H, T, S), before dropout
+        self.dropout_mask = sdpa_cache.dropout_cache[0]  # keep-mask, or None
+        if use_cache:  # everything succeeded: commit the latent
+            self.cache_c_kv = c_kv
+            self.ptr_current_pos += T
+            self._cache = None  # inference only: no backward
+        else:
+            self.reset_cache()
+            self._cache = (q_split, k_split, v_split, sdpa_cache, merge_cache)
+        return context_vec
+
+    def backward(self, dcontext_vec):
+        q_split, k_split, v_split, sdpa_cache, merge_cache = self._require_full_forward()
+        # 9.
+        dcontext = self.out_proj.backward(dcontext_vec)  # (B, T, d_out)
+        # 8.
+        dcontext = merge_heads_backward(dcontext, merge_cache)  # (B, H, T, E)
+        # 7.
+        dqueries, dkeys, dvalues = sdpa_backward(dcontext, sdpa_cache)  # (B, H, T, E) each
+        # 5.
+        dqueries = split_heads_backward(dqueries, q_split)  # (B, T, d_out)
+        dkeys = split_heads_backward(dkeys, k_split)  # (B, S, d_out)
+        dvalues = split_heads_backward(dvalues, v_split)  # (B, S, d_out)
+        # 4. the latent feeds both up-projections: their terms are summed
+        dc_kv = self.W_UK.backward(dkeys)  # (B, S, C)
+        dc_kv += self.W_UV.backward(dvalues)
+        # 2. and 1. x feeds the latent and the queries
+        dx = self.W_DKV.backward(dc_kv)  # (B, T, d_in)
+        dx += self.W_query.backward(dqueries)
+        return dx
+
+    def extra_repr(self) -> str:
+        return (
+            f"d_in={self.d_in}, d_out={self.d_out}, dropout={self.dropout}, "
+            f"num_heads={self.num_heads}, latent_dim={self.latent_dim}"
+        )

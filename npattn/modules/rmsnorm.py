@@ -1,0 +1,35 @@
+"""RMSNorm, the module around ops/rmsnorm.py: parameter `scale` (ones at init), as the book's."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .._checks import as_float_array, check_positive_int
+from ..ops.rmsnorm import DEFAULT_EPS, rmsnorm_backward, rmsnorm_forward
+from .base import Module
+
+
+class RMSNorm(Module):
+    """out = x * scale / sqrt(mean(x**2) + eps) over the last axis.
+
+    Shapes: x (..., emb_dim) -> (..., emb_dim); scale (emb_dim,).
+    """
+
+    def __init__(self, emb_dim: int, eps: float = DEFAULT_EPS, *, dtype=np.float32):
+        super().__init__()
+        self.emb_dim = check_positive_int(emb_dim, "emb_dim")
+        self.eps = float(eps)
+        self.register_parameter("scale", np.ones(self.emb_dim, dtype=dtype))
+
+    def forward(self, x):
+        x = as_float_array(x, "x", dtype=self.scale.dtype)  # compute in the parameter's dtype
+        out, self._cache = rmsnorm_forward(x, self.scale, self.eps)
+        return out
+
+    def backward(self, dout):
+        dx, dscale = rmsnorm_backward(dout, self._require_cache())
+        self._grads = {"scale": dscale}
+        return dx
+
+    def extra_repr(self) -> str:
+        return f"emb_dim={self.emb_dim}, eps={self.eps}"

@@ -1,0 +1,189 @@
+"""Rotary position embedding (RoPE): each pair of dims of q or k is rotated by an angle that
+grows with the token's position, so q_i . k_j depends on positions only through i - j.
+
+Shape legend: T tokens, E = head_dim (even), C = context_length, and any leading dims (...).
+
+Two layouts pair the dims differently; they are the same rotation up to a permutation of the
+dims (tests/test_rope.py):
+    split halves (Llama, Qwen, Hugging Face): dim i is paired with dim i + E/2
+    interleaved (GPT-J, RoFormer):            dim 2i is paired with dim 2i + 1
+compute_rope_params gives cos and sin in the split-halves layout; rope_forward(interleaved=True)
+reads the same table, pair i taking the angle of column i.
+
+Forward (walked backwards in rope_backward):
+    1. cos_t, sin_t = cos[positions], sin[positions]            (T, E)
+    2. out = x * cos_t + rotate_half(x) * sin_t                  (..., T, E)
+rotate_half is a rotation by +90 degrees in each plane, so its transpose is -rotate_half and
+the backward is the rotation by -theta.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .._checks import as_float_array, as_grad, check_min_ndim, check_positive_int
+
+FREQ_CONFIG_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_context_length")
+
+
+def _check_head_dim(head_dim, name: str = "head_dim") -> int:
+    head_dim = check_positive_int(head_dim, name)
+    if head_dim % 2:
+        raise ValueError(f"RoPE rotates pairs of dims: {name} must be even, got {head_dim}")
+    return head_dim
+
+
+def _llama3_scaled(inv_freq: np.ndarray, freq_config) -> np.ndarray:
+    """Llama 3.1's frequency scaling: slow frequencies divided by `factor`, fast ones kept,
+    a smooth blend in between (wavelengths between the two cut-offs).
+
+    Shapes: inv_freq (E/2,) -> (E/2,).
+    """
+    if not hasattr(freq_config, "keys") or set(freq_config) != set(FREQ_CONFIG_KEYS):
+        raise ValueError(f"freq_config must be None or a dict with keys {FREQ_CONFIG_KEYS}")
+    factor = float(freq_config["factor"])
+    low, high = float(freq_config["low_freq_factor"]), float(freq_config["high_freq_factor"])
+    original = float(freq_config["original_context_length"])
+    if not (factor > 0 and 0 < low < high and original > 0):
+        raise ValueError(
+            "freq_config needs factor > 0, 0 < low_freq_factor < high_freq_factor and "
+            f"original_context_length > 0, got {dict(freq_config)}"
+        )
+    wavelen = 2 * np.pi / inv_freq  # (E/2,)
+    low_freq_wavelen, high_freq_wavelen = original / low, original / high
+    scaled = np.where(wavelen > low_freq_wavelen, inv_freq / factor, inv_freq)
+    smooth = (original / wavelen - low) / (high - low)  # 0 at the low cut-off, 1 at the high
+    smoothed = (1 - smooth) * inv_freq / factor + smooth * inv_freq
+    medium = (wavelen <= low_freq_wavelen) & (wavelen >= high_freq_wavelen)
+    return np.where(medium, smoothed, scaled)
+
+
+def compute_rope_params(
+    head_dim: int, theta_base: float = 10_000, context_length: int = 4096, freq_config=None
+):
+    """cos and sin of the rotation angles position * inv_freq, in the split-halves layout.
+
+    Shapes: -> cos (context_length, head_dim), sin (context_length, head_dim), float64.
+    inv_freq[i] = theta_base ** (-2i / head_dim) for i < head_dim / 2; the angles are
+    repeated for the second half. freq_config (a dict with keys factor, low_freq_factor,
+    high_freq_factor, original_context_length) applies Llama 3.1's frequency scaling.
+    rope_forward casts the rows it uses to the dtype of x.
+    """
+    head_dim = _check_head_dim(head_dim)
+    context_length = check_positive_int(context_length, "context_length")
+    theta_base = float(theta_base)
+    if not theta_base > 0:
+        raise ValueError(f"theta_base must be > 0, got {theta_base}")
+    inv_freq = 1.0 / theta_base ** (np.arange(0, head_dim, 2) / head_dim)  # (E/2,)
+    if freq_config is not None:
+        inv_freq = _llama3_scaled(inv_freq, freq_config)
+    positions = np.arange(context_length, dtype=np.float64)  # (C,)
+    angles = positions[:, None] * inv_freq[None, :]  # (C, 1) * (1, E/2) -> (C, E/2)
+    angles = np.concatenate([angles, angles], axis=1)  # (C, E): both halves share an angle
+    return np.cos(angles), np.sin(angles)
+
+
+def rotate_half(x: np.ndarray) -> np.ndarray:
+    """Split halves: (x1, x2) -> (-x2, x1), a +90 degree turn of each pair (i, i + E/2).
+
+    Shapes: x (..., E) -> (..., E).
+    """
+    half = x.shape[-1] // 2
+    return np.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+
+
+def rotate_pairs(x: np.ndarray) -> np.ndarray:
+    """Interleaved: (x0, x1, x2, x3, ...) -> (-x1, x0, -x3, x2, ...), a +90 degree turn of
+    each pair (2i, 2i + 1).
+
+    Shapes: x (..., E) -> (..., E).
+    """
+    out = np.empty_like(x)
+    out[..., 0::2] = -x[..., 1::2]
+    out[..., 1::2] = x[..., 0::2]
+    return out
+
+
+def _check_table(a, name: str, head_dim: int) -> np.ndarray:
+    a = as_float_array(a, name)
+    if a.ndim != 2 or a.shape[1] != head_dim:
+        raise ValueError(
+            f"{name} must have shape (context_length, head_dim={head_dim}), got {tuple(a.shape)}"
+        )
+    return a
+
+
+def _positions(offset, positions, T: int, context_length: int) -> np.ndarray:
+    """Integer positions (T,) or (..., T), each checked to lie in [0, context_length)."""
+    if positions is None:
+        if isinstance(offset, bool) or not isinstance(offset, (int, np.integer)):
+            raise TypeError(f"offset must be an int, got {type(offset).__name__}")
+        if offset < 0:
+            raise ValueError(f"offset must be >= 0, got {offset}")
+        positions = np.arange(offset, offset + T)
+    else:
+        if offset != 0:
+            raise ValueError("pass either offset or positions, not both")
+        positions = np.asarray(positions)
+        if not np.issubdtype(positions.dtype, np.integer):
+            raise TypeError(f"positions must be integers, got dtype {positions.dtype}")
+        if positions.ndim < 1 or positions.shape[-1] != T:
+            raise ValueError(
+                f"positions must have shape (T={T},) or (..., T={T}), got {positions.shape}"
+            )
+    if positions.size and (positions.min() < 0 or positions.max() >= context_length):
+        raise ValueError(
+            f"RoPE positions must lie in [0, context_length={context_length}): got positions "
+            f"{int(positions.min())}..{int(positions.max())}"
+        )
+    return positions
+
+
+def rope_forward(x, cos, sin, offset: int = 0, *, positions=None, interleaved: bool = False):
+    """Rotate each pair of dims of x by its position's angle.
+
+    Shapes: x (..., T, E); cos, sin (context_length, E) from compute_rope_params; positions
+    None (then offset, offset + 1, ..., offset + T - 1: an offset for cached decoding) or
+    integers (T,), or broadcastable to x.shape[:-1] (e.g. (B, 1, T) for x (B, H, T, E))
+    -> out (..., T, E), in the dtype of x.
+    Returns (out, cache) with cache = (cos_t, sin_t, interleaved, x.shape).
+    """
+    x = as_float_array(x, "x")
+    check_min_ndim(x, "x", 2, "(..., T, E)")
+    E = _check_head_dim(x.shape[-1], "the head dim of x (x.shape[-1])")
+    cos, sin = _check_table(cos, "cos", E), _check_table(sin, "sin", E)
+    if cos.shape != sin.shape:
+        raise ValueError(f"cos {tuple(cos.shape)} and sin {tuple(sin.shape)} must match")
+    pos = _positions(offset, positions, x.shape[-2], cos.shape[0])
+    try:
+        fits = np.broadcast_shapes(pos.shape, x.shape[:-1]) == x.shape[:-1]
+    except ValueError:
+        fits = False
+    if not fits:
+        raise ValueError(
+            f"positions of shape {pos.shape} must broadcast to x's (..., T) = {x.shape[:-1]}"
+        )
+    # 1. the rows of this chunk's positions, in the dtype of x          (..., T, E)
+    cos_t, sin_t = cos[pos].astype(x.dtype, copy=False), sin[pos].astype(x.dtype, copy=False)
+    if interleaved:  # pair i = dims (2i, 2i + 1) takes the angle of column i
+        cos_t = np.repeat(cos_t[..., : E // 2], 2, axis=-1)
+        sin_t = np.repeat(sin_t[..., : E // 2], 2, axis=-1)
+    rotate = rotate_pairs if interleaved else rotate_half
+    # 2. out = x * cos + rotate(x) * sin                                 (..., T, E)
+    out = x * cos_t + rotate(x) * sin_t
+    return out, (cos_t, sin_t, interleaved, x.shape)  # cos_t, sin_t: (..., T, E)
+
+
+def rope_backward(dout, cache):
+    """The rotation by -theta: dx = dout * cos - rotate(dout * sin).
+
+    Shapes: dout (..., T, E) -> dx (..., T, E).
+    """
+    cos_t, sin_t, interleaved, shape = cache
+    dout = as_grad(dout, shape, cos_t.dtype)
+    rotate = rotate_pairs if interleaved else rotate_half
+    # 2. out = x * cos + rotate(x) * sin, and rotate^T = -rotate:
+    #    dx = dout * cos - rotate(dout * sin); both dims of a pair share one angle, so this is
+    #    dout * cos - rotate(dout) * sin, the same turn by -theta
+    #    (1. the table is a constant: no gradient)
+    return dout * cos_t - rotate(dout * sin_t)
