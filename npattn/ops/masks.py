@@ -26,11 +26,11 @@ def causal_mask(L: int, S: int | None = None) -> np.ndarray:
     return np.tri(L, S, dtype=bool)
 
 
-def sliding_window_mask(L: int, S: int | None = None, *, window: int) -> np.ndarray:
+def sliding_window_mask(L: int, S: int | None = None, *, window: int | None) -> np.ndarray:
     """Boolean causal sliding-window mask, True = attend, top-left aligned like causal_mask.
 
     Shapes: -> (L, S). Query i attends key j when 0 <= i - j < window: itself and the
-    window - 1 keys before it. A window >= S is the plain causal mask.
+    window - 1 keys before it. A window >= L (or None) is the plain causal mask.
     """
     L = check_positive_int(L, "L")
     S = L if S is None else check_positive_int(S, "S")
@@ -46,7 +46,13 @@ def position_mask(q_positions, k_positions, *, window: int | None = None) -> np.
     """
     if window is not None:
         window = check_positive_int(window, "window")
-    diff = np.asarray(q_positions)[:, None] - np.asarray(k_positions)[None, :]  # (L, S)
+    q_positions, k_positions = np.asarray(q_positions), np.asarray(k_positions)
+    if q_positions.ndim != 1 or k_positions.ndim != 1:
+        raise ValueError(
+            f"q_positions and k_positions must have shapes (L,) and (S,), got "
+            f"{q_positions.shape} and {k_positions.shape}"
+        )
+    diff = q_positions[:, None] - k_positions[None, :]  # (L, 1) - (1, S) -> (L, S)
     mask = diff >= 0
     if window is not None:
         mask &= diff < window
