@@ -116,3 +116,20 @@ def qwen3(P, x, num_heads, num_kv_groups, mask, cos, sin):
     g = num_heads // num_kv_groups
     k, v = k.repeat_interleave(g, dim=1), v.repeat_interleave(g, dim=1)
     return linear(merge(attention(q, k, v, mask)), P, "out_proj")
+
+
+def rope_params(head_dim, base, T):
+    """cos, sin (T, head_dim) in float64, split halves: angle = p * base ** (-2i / head_dim)."""
+    inv_freq = 1.0 / base ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
+    angles = torch.arange(T, dtype=torch.float64)[:, None] * inv_freq[None, :]
+    angles = torch.cat([angles, angles], dim=-1)
+    return torch.cos(angles), torch.sin(angles)
+
+
+def causal_window_mask(T, S, window=None, lengths=None):
+    """Boolean (T, S) or (B, 1, T, S): 0 <= i - j (< window), & j < lengths[b]."""
+    diff = np.arange(T)[:, None] - np.arange(S)[None, :]
+    mask = (diff >= 0) & (diff < (window if window is not None else S + T))
+    if lengths is not None:
+        mask = mask & (np.arange(S)[None, :] < np.asarray(lengths)[:, None])[:, None, None, :]
+    return mask
