@@ -1,0 +1,136 @@
+"""The modern stages as small float64 examples for `python -m npattn gradcheck`: RoPE, RMSNorm,
+soft-capping, sinks, and the GQA / MLA / SWA / Qwen3 classes.
+
+The tuples have the formats of stages.op_stages and stages.module_stages:
+(name, forward, backward, inputs, kwargs, wrt) for gradcheck.check_op, (name, module, x) for
+gradcheck.check_module. Sizes are tiny: each check is O(n) forwards.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import functional as F
+from .modules import (
+    GroupedQueryAttention,
+    MultiHeadAttentionWithSWA,
+    MultiHeadLatentAttention,
+    Qwen3Attention,
+    RMSNorm,
+)
+
+
+def modern_op_cases(seed: int = 0):
+    """(name, forward, backward, inputs, kwargs, wrt) for every modern op."""
+    rng = np.random.default_rng(seed)
+    r = rng.standard_normal
+    B, H, T, S, E = 2, 2, 4, 5, 4
+    cos, sin = F.compute_rope_params(E, context_length=8)
+    keep = rng.random((B, H, T, S)) >= 0.3
+    bool_mask = rng.random((T, S)) > 0.3
+    bool_mask[0] = False  # one fully masked row
+    qkv = {"q": r((B, H, T, E)), "k": r((B, H, S, E)), "v": r((B, H, S, 2))}
+    return [
+        (
+            "rope, split halves, offset 3",
+            F.rope_forward,
+            F.rope_backward,
+            {"x": r((B, H, T, E))},
+            {"cos": cos, "sin": sin, "offset": 3},
+            None,
+        ),
+        (
+            "rope, interleaved",
+            F.rope_forward,
+            F.rope_backward,
+            {"x": r((B, T, E))},
+            {"cos": cos, "sin": sin, "interleaved": True},
+            None,
+        ),
+        (
+            "rmsnorm",
+            F.rmsnorm_forward,
+            F.rmsnorm_backward,
+            {"x": r((B, T, E)), "scale": r(E)},
+            {},
+            None,
+        ),
+        (
+            "softcap",
+            F.softcap_forward,
+            F.softcap_backward,
+            {"scores": 3 * r((T, S))},
+            {"cap": 2.0},
+            None,
+        ),
+        (
+            "softmax with a sink",
+            F.softmax_with_sink_forward,
+            F.softmax_with_sink_backward,
+            {"attn_scores": r((H, T, S)), "sinks": r(H)},
+            {},
+            None,
+        ),
+        (
+            "sdpa softcap, causal, L != S",
+            F.sdpa_forward,
+            F.sdpa_backward,
+            dict(qkv),
+            {"is_causal": True, "softcap": 1.5},
+            None,
+        ),
+        (
+            "sdpa sinks, bool mask (a fully masked row), GQA",
+            F.sdpa_forward,
+            F.sdpa_backward,
+            {"q": r((B, 4, T, E)), "k": r((B, 2, S, E)), "v": r((B, 2, S, 2)), "sinks": r(4)},
+            {"attn_mask": bool_mask, "enable_gqa": True},
+            None,
+        ),
+        (
+            "sdpa sinks (B, H, L, 1) + softcap + dropout",
+            F.sdpa_forward,
+            F.sdpa_backward,
+            dict(qkv, sinks=r((B, H, T, 1))),
+            {"softcap": 2.0, "dropout_p": 0.3, "dropout_mask": keep},
+            None,
+        ),
+    ]
+
+
+def modern_module_cases(seed: int = 0):
+    """(name, module, x) for every modern class, small, with dropout where it exists."""
+    x = np.random.default_rng(seed).standard_normal((2, 4, 6))
+    qwen3 = Qwen3Attention(6, 2, 1, 4, context_length=8, rng=seed)
+    norm_rng = np.random.default_rng(seed + 1)
+    norm_scales = norm_rng.standard_normal((2, 4)).astype(np.float32)  # not all ones
+    qwen3.load_state_dict(
+        dict(qwen3.state_dict(), **{"q_norm.scale": norm_scales[0], "k_norm.scale": norm_scales[1]})
+    )
+    rms = RMSNorm(6)
+    rms.load_state_dict({"scale": norm_scales[0].repeat(2)[:6]})
+    return [
+        ("RMSNorm", rms, x),
+        (
+            "GroupedQueryAttention, 4 heads, 2 groups",
+            GroupedQueryAttention(6, 8, 0.25, 4, 2, True, rng=seed),
+            x,
+        ),
+        ("GroupedQueryAttention, MQA", GroupedQueryAttention(6, 6, 0.25, 3, 1, rng=seed), x),
+        (
+            "MultiHeadLatentAttention",
+            MultiHeadLatentAttention(6, 4, 0.25, 2, True, 3, rng=seed),
+            x,
+        ),
+        (
+            "MultiHeadAttentionWithSWA, window 2",
+            MultiHeadAttentionWithSWA(6, 4, 0.25, 2, True, 2, rng=seed),
+            x,
+        ),
+        ("Qwen3Attention", qwen3, x),
+        (
+            "Qwen3Attention, Llama 3 (no qk_norm)",
+            Qwen3Attention(6, 3, 3, 2, False, rope_base=500_000.0, context_length=4, rng=seed),
+            x,
+        ),
+    ]
