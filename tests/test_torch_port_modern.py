@@ -10,6 +10,7 @@ Shapes: x (B, T, d_in); H heads, G key/value heads, E head_dim, C latent_dim, W 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from strategies import modern_configs, modern_constructor_args
 from tolerances import F64
 
 torch = pytest.importorskip("torch", reason="torch is not installed (pip install '.[torch]')")
@@ -22,57 +23,19 @@ CHUNKED_F64 = dict(rtol=1e-12, atol=1e-12)  # cached decoding vs the full forwar
 MODERN = ["GroupedQueryAttention", "MultiHeadLatentAttention", "MultiHeadAttentionWithSWA"]
 MODERN += ["Qwen3Attention"]
 CACHED = MODERN + ["MultiHeadAttention"]
-CONTEXT = 8  # context_length of the classes that have one
-
-
-@st.composite
-def modern_configs(draw):
-    """Sizes and options for every class: H = G * group size; Qwen3 uses head_dim 2E."""
-    G = draw(st.integers(1, 3))
-    return dict(
-        B=draw(st.integers(1, 2)),
-        T=draw(st.integers(1, 6)),
-        d_in=draw(st.integers(1, 5)),
-        G=G,
-        H=G * draw(st.integers(1, 2)),
-        E=draw(st.integers(1, 3)),
-        C=draw(st.integers(1, 4)),
-        W=draw(st.one_of(st.none(), st.integers(1, 7))),
-        bias=draw(st.booleans()),
-        rope_base=draw(st.sampled_from([10.0, 10_000.0, 1_000_000.0])),
-        seed=draw(st.integers(0, 2**16)),
-    )
+CONTEXT = 8  # context_length of the classes that have one (modern_configs)
+FIXED = dict(B=2, T=3, d_in=3, G=1, H=2, E=2, C=2, W=2, bias=True, rope_base=1e4, seed=0)
+FIXED["context_length"] = CONTEXT
 
 
 def make(name, cfg):
-    """A float64 module in eval mode, seeded; Qwen3's norm scales made random."""
+    """A float64 torch_port module in eval mode, seeded; Qwen3's norm scales made random."""
     torch.manual_seed(cfg["seed"])
-    B, d_in, G, H, E = (cfg[k] for k in ("B", "d_in", "G", "H", "E"))
-    f64 = dict(dtype=torch.float64)
-    m = {
-        "GroupedQueryAttention": lambda: tp.GroupedQueryAttention(
-            d_in, H * E, 0.0, H, G, cfg["bias"], **f64
-        ),
-        "MultiHeadLatentAttention": lambda: tp.MultiHeadLatentAttention(
-            d_in, H * E, 0.0, H, cfg["bias"], cfg["C"], **f64
-        ),
-        "MultiHeadAttentionWithSWA": lambda: tp.MultiHeadAttentionWithSWA(
-            d_in, H * E, 0.0, H, cfg["bias"], cfg["W"], **f64
-        ),
-        "Qwen3Attention": lambda: tp.Qwen3Attention(
-            d_in,
-            H,
-            G,
-            2 * E,
-            cfg["bias"],
-            rope_base=cfg["rope_base"],
-            context_length=CONTEXT,
-            **f64,
-        ),
-        "MultiHeadAttention": lambda: tp.MultiHeadAttention(
-            d_in, H * E, CONTEXT, 0.0, H, cfg["bias"]
-        ).double(),
-    }[name]()
+    args, kwargs = modern_constructor_args(name, cfg)
+    if name == "MultiHeadAttention":
+        m = tp.MultiHeadAttention(*args).double()
+    else:
+        m = getattr(tp, name)(*args, **kwargs, dtype=torch.float64)
     if name == "Qwen3Attention" and m.q_norm is not None:
         with torch.no_grad():
             m.q_norm.scale.normal_()
@@ -337,7 +300,7 @@ def assert_unchanged(m, before):
 
 @pytest.mark.parametrize("name", CACHED)
 def test_batch_mismatch_raises_and_leaves_the_cache(name):
-    cfg = dict(B=2, T=3, d_in=3, G=1, H=2, E=2, C=2, W=2, bias=True, rope_base=1e4, seed=0)
+    cfg = FIXED
     m, x = make(name, cfg), inputs(cfg)
     m(x, use_cache=True)
     before = snapshot(m)
@@ -355,7 +318,7 @@ def test_batch_mismatch_raises_and_leaves_the_cache(name):
 
 @pytest.mark.parametrize("name", ["Qwen3Attention", "MultiHeadAttention"])
 def test_running_past_context_length_raises_and_leaves_the_cache(name):
-    cfg = dict(B=1, T=CONTEXT, d_in=3, G=1, H=2, E=2, C=2, W=2, bias=True, rope_base=1e4, seed=0)
+    cfg = dict(FIXED, B=1, T=CONTEXT)
     m, x = make(name, cfg), inputs(cfg)
     m(x[:, :5], use_cache=True)
     before = snapshot(m)
@@ -366,7 +329,7 @@ def test_running_past_context_length_raises_and_leaves_the_cache(name):
 
 
 def test_gqa_cross_attention_refuses_the_cache():
-    cfg = dict(B=1, T=2, d_in=3, G=1, H=2, E=2, C=2, W=2, bias=True, rope_base=1e4, seed=0)
+    cfg = FIXED
     m, x = make("GroupedQueryAttention", cfg), inputs(cfg)
     with pytest.raises(ValueError, match="x_kv"):
         m(x, use_cache=True, x_kv=x)
