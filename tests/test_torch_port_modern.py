@@ -409,3 +409,22 @@ def test_llama31_frequency_scaling_divides_only_the_long_wavelengths(base, facto
         rope_freq_config={**cfg, "factor": 1.0},
     )  # fmt: skip
     torch.testing.assert_close(same.cos, plain.cos, **F64)
+
+
+@pytest.mark.parametrize(
+    "path", ["modules", "modern", "gqa", "mla", "swa", "qwen3", "rope", "kv_cache"]
+)
+def test_the_classes_do_not_import_npattn(path):
+    """Only torch_port.convert and the testing kit may import npattn: the classes stand alone."""
+    import ast
+    import pathlib
+
+    source = pathlib.Path(tp.__file__).with_name(f"{path}.py").read_text()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            names = [node.module or ""]
+        else:
+            continue
+        assert not any(n.split(".")[0] == "npattn" for n in names), (path, names)
