@@ -120,3 +120,41 @@ def constructor_args(name: str, cfg: dict, dropout: float = 0.0) -> tuple:
         "MultiHeadAttentionWrapper": (d_in, d_out // h, cl, dropout, h, bias),
         "MultiHeadAttention": (d_in, d_out, cl, dropout, h, bias),
     }[name]
+
+
+@st.composite
+def modern_configs(draw):
+    """Sizes and options of the modern classes and the cached MultiHeadAttention: G key/value
+    heads, H = G * group size query heads, head dim E (Qwen3 uses 2E: RoPE needs it even),
+    latent C, window W (None = causal), qkv_bias (Qwen3: qk_norm), RoPE base, seed."""
+    G = draw(st.integers(1, 3))
+    return dict(
+        B=draw(st.integers(1, 2)),
+        T=draw(st.integers(1, 6)),
+        d_in=draw(st.integers(1, 5)),
+        G=G,
+        H=G * draw(st.integers(1, 2)),
+        E=draw(st.integers(1, 3)),
+        C=draw(st.integers(1, 4)),
+        W=draw(st.one_of(st.none(), st.integers(1, 7))),
+        bias=draw(st.booleans()),
+        rope_base=draw(st.sampled_from([10.0, 10_000.0, 1_000_000.0])),
+        context_length=8,
+        seed=draw(st.integers(0, 2**16)),
+    )
+
+
+def modern_constructor_args(name: str, cfg: dict, dropout: float = 0.0) -> tuple:
+    """(args, kwargs) of class `name` from modern_configs, the same for npattn and torch_port
+    (add rng= or dtype=)."""
+    d_in, G, H, E, bias = (cfg[k] for k in ("d_in", "G", "H", "E", "bias"))
+    if name == "Qwen3Attention":
+        kwargs = dict(rope_base=cfg["rope_base"], context_length=cfg["context_length"])
+        kwargs["rope_freq_config"] = None
+        return (d_in, H, G, 2 * E, bias), kwargs
+    return {
+        "GroupedQueryAttention": (d_in, H * E, dropout, H, G, bias),
+        "MultiHeadLatentAttention": (d_in, H * E, dropout, H, bias, cfg["C"]),
+        "MultiHeadAttentionWithSWA": (d_in, H * E, dropout, H, bias, cfg["W"]),
+        "MultiHeadAttention": (d_in, H * E, cfg["context_length"], dropout, H, bias),
+    }[name], {}

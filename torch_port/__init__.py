@@ -1,5 +1,6 @@
-"""torch_port: the chapter's attention classes and the bonus notebook's variants as torch
-nn.Modules, weight exchange with npattn, and a kit for testing your own attention.
+"""torch_port: the chapter's attention classes, the bonus notebook's variants and the
+attention of today's open models (GQA, MLA, sliding window, Qwen3/Llama 3) as torch
+nn.Modules with a KV cache, weight exchange with npattn, and a kit for testing your own attention.
 
     import torch_port
     mha = torch_port.MultiHeadAttention(d_in=3, d_out=4, context_length=6, dropout=0.0,
@@ -13,6 +14,13 @@ numpy and npattn; the kit also needs hypothesis.
 """
 
 from .convert import from_npattn, load_safetensors, save_safetensors, to_npattn
+from .modern import (
+    GroupedQueryAttention,
+    MultiHeadAttentionWithSWA,
+    MultiHeadLatentAttention,
+    Qwen3Attention,
+    RMSNorm,
+)
 from .modules import (
     CausalAttention,
     MultiHeadAttention,
@@ -44,6 +52,7 @@ def __getattr__(name: str):
 
 __all__ = [
     "CausalAttention",
+    "GroupedQueryAttention",
     "MHAEinsum",
     "MHAPyTorchClass",
     "MHAPyTorchFlexAttention",
@@ -51,7 +60,11 @@ __all__ = [
     "MHAPyTorchScaledDotProduct",
     "MultiHeadAttention",
     "MultiHeadAttentionCombinedQKV",
+    "MultiHeadAttentionWithSWA",
     "MultiHeadAttentionWrapper",
+    "MultiHeadLatentAttention",
+    "Qwen3Attention",
+    "RMSNorm",
     "SelfAttention_v1",
     "ReferenceMismatchError",
     "SelfAttention_v2",

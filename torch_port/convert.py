@@ -1,4 +1,4 @@
-"""Moving the chapter's modules between npattn and torch: same class, same weights, same dtype.
+"""Moving attention modules between npattn and torch: same class, same weights, same dtype.
 
     ref = torch_port.to_npattn(torch_module)    # npattn module, arrays copied to the CPU
     mod = torch_port.from_npattn(npattn_module)  # torch_port module, tensors copied
@@ -6,8 +6,15 @@
     npattn.io.load_safetensors(ref, "w.safetensors")   # and the other way round
 
 Conversion goes by class name and state_dict, so to_npattn also takes the book's own classes.
-The constructor arguments are read from the state_dict's shapes (and dropout from the
-nn.Dropout modules), never guessed.
+Constructor arguments are read from the state_dict's shapes (and dropout from the nn.Dropout
+modules), never guessed. What no shape shows is read from the module's attributes, named as
+the constructor arguments: num_heads (head_dim = width / num_heads, and from it
+num_kv_groups), sliding_window_size, and Qwen3Attention's rope_base, context_length and
+rope_freq_config (a setting kept by no attribute takes the constructor's default, and the
+new module's cos/sin tables are then checked against the source's, so nothing is lost
+silently). The book's Qwen3 and Llama 3 attention is also called GroupedQueryAttention but
+has no dropout; it converts to Qwen3Attention, and as it keeps no RoPE settings, pass them:
+to_npattn(att, rope_base=..., context_length=..., rope_freq_config=...).
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ import torch
 
 import npattn
 
-from . import modules
+from . import modern, modules
 
 CHAPTER_CLASSES = (
     "SelfAttention_v1",
@@ -26,13 +33,18 @@ CHAPTER_CLASSES = (
     "MultiHeadAttentionWrapper",
     "MultiHeadAttention",
 )
+MODERN_CLASSES = modern.MODERN_CLASSES
+ROPE_SETTINGS = ("rope_base", "context_length", "rope_freq_config")
 
 
 def _class_name(module) -> str:
     name = type(module).__name__
-    if name not in CHAPTER_CLASSES:
+    if name == "GroupedQueryAttention" and not hasattr(module, "dropout"):
+        return "Qwen3Attention"  # the book's qwen3.py / llama3.py attention
+    if name not in CHAPTER_CLASSES + MODERN_CLASSES:
         raise TypeError(
-            f"module must be one of the chapter's classes {CHAPTER_CLASSES}, got {name}"
+            f"module must be one of the chapter's classes {CHAPTER_CLASSES} or the modern "
+            f"ones {MODERN_CLASSES}, got {name}"
         )
     return name
 
@@ -54,6 +66,65 @@ def _args(name: str, sd: dict, dropout: float, num_heads: int | None) -> tuple:
     return d_in, d_out, context_length, dropout, num_heads, qkv_bias
 
 
+def modern_args(name: str, sd: dict, module, settings: dict | None = None) -> tuple:
+    """(args, kwargs) of a modern class's constructor, from shapes and the module's attributes.
+
+    Shapes (torch layout): W_query.weight (H * E, d_in); W_key.weight (G * E, d_in);
+    W_DKV.weight (C, d_in). `settings` overrides Qwen3Attention's RoPE attributes.
+    """
+    d_out, d_in = sd["W_query.weight"].shape  # (H * E, d_in)
+    num_heads = _attribute(module, "num_heads")
+    head_dim = d_out // num_heads
+    qkv_bias = "W_query.bias" in sd
+    if name == "MultiHeadLatentAttention":
+        latent_dim = sd["W_DKV.weight"].shape[0]  # (C, d_in)
+        return (d_in, d_out, _dropout_of(module), num_heads, qkv_bias, latent_dim), {}
+    if name == "MultiHeadAttentionWithSWA":
+        window = _attribute(module, "sliding_window_size")
+        return (d_in, d_out, _dropout_of(module), num_heads, qkv_bias, window), {}
+    num_kv_groups = sd["W_key.weight"].shape[0] // head_dim  # (G * E, d_in)
+    if getattr(module, "num_kv_groups", num_kv_groups) != num_kv_groups:
+        raise ValueError(
+            f"num_kv_groups={module.num_kv_groups} disagrees with W_key.weight's "
+            f"{sd['W_key.weight'].shape[0]} rows at head_dim {head_dim}"
+        )
+    if name == "GroupedQueryAttention":
+        return (d_in, d_out, _dropout_of(module), num_heads, num_kv_groups, qkv_bias), {}
+    rope = {k: getattr(module, k) for k in ROPE_SETTINGS if hasattr(module, k)}
+    rope.update(settings or {})
+    if "rope_base" not in rope:
+        raise TypeError(
+            f"{type(module).__name__} keeps no rope_base: pass rope_base= (and "
+            "context_length=, rope_freq_config= where they differ from the defaults)"
+        )
+    qk_norm = "q_norm.scale" in sd
+    return (d_in, num_heads, num_kv_groups, head_dim, qk_norm), rope
+
+
+def _check_rope_tables(source, new) -> None:
+    """The converted module's cos/sin tables must be the source's (where it keeps them):
+    a setting read from no attribute (e.g. rope_freq_config) would show here."""
+    if not hasattr(source, "cos"):
+        return  # the book's class keeps its tables in the model
+    for table in ("cos", "sin"):
+        a, b = _as_numpy(getattr(source, table)), _as_numpy(getattr(new, table))
+        if a.shape != b.shape or not np.allclose(a, b, rtol=1e-12, atol=1e-12):
+            raise ValueError(
+                f"the converted module's RoPE {table} table differs from the source's: pass "
+                f"the source's {ROPE_SETTINGS} as keyword arguments"
+            )
+
+
+def _as_numpy(a) -> np.ndarray:
+    return _to_numpy(a) if torch.is_tensor(a) else np.asarray(a)
+
+
+def _attribute(module, name: str):
+    if not hasattr(module, name):
+        raise TypeError(f"{type(module).__name__} has no attribute {name!r} to convert with")
+    return getattr(module, name)
+
+
 def _dropout_of(module) -> float:
     """The dropout probability of a torch or npattn chapter module (0.0 for v1/v2)."""
     head = module.heads[0] if type(module).__name__ == "MultiHeadAttentionWrapper" else module
@@ -67,29 +138,60 @@ def _to_numpy(v: torch.Tensor) -> np.ndarray:
     return (v.float() if v.dtype == torch.bfloat16 else v).numpy().copy()
 
 
-def to_npattn(module: torch.nn.Module, *, rng=None) -> npattn.Module:
+def _npattn_class(name: str):
+    cls = getattr(npattn, name, None)
+    if cls is None:
+        raise RuntimeError(f"this version of npattn has no {name} class to convert to")
+    return cls
+
+
+def _check_settings(name: str, settings: dict) -> None:
+    if settings and name != "Qwen3Attention":
+        raise TypeError(f"keyword arguments {sorted(settings)} apply to Qwen3Attention only")
+    unknown = set(settings) - set(ROPE_SETTINGS)
+    if unknown:
+        raise TypeError(f"unknown keyword arguments {sorted(unknown)}; known: {ROPE_SETTINGS}")
+
+
+def to_npattn(module: torch.nn.Module, *, rng=None, **settings) -> npattn.Module:
     """An npattn module of the same class with the same weights, dtypes and train/eval mode.
 
     Shapes: every array as in module.state_dict() (torch layout). `rng` seeds npattn's dropout.
     bfloat16 weights become float32 (numpy has no bfloat16); the values are unchanged.
+    settings: rope_base, context_length, rope_freq_config of a Qwen3Attention where the module
+    keeps none (the book's class).
     """
     name = _class_name(module)
+    _check_settings(name, settings)
     sd = {k: _to_numpy(v) for k, v in module.state_dict().items()}
-    num_heads = getattr(module, "num_heads", None)
-    new = getattr(npattn, name)(*_args(name, sd, _dropout_of(module), num_heads), rng=rng)
+    if name in MODERN_CLASSES:
+        args, kwargs = modern_args(name, sd, module, settings)
+    else:
+        args, kwargs = _args(name, sd, _dropout_of(module), getattr(module, "num_heads", None)), {}
+    new = _npattn_class(name)(*args, rng=rng, **kwargs)
+    if name == "Qwen3Attention":
+        _check_rope_tables(module, new)
     new.load_state_dict(sd)  # npattn keeps each array's dtype
     return new.train(module.training)
 
 
-def from_npattn(module: npattn.Module, *, device=None) -> torch.nn.Module:
+def from_npattn(module: npattn.Module, *, device=None, **settings) -> torch.nn.Module:
     """A torch_port module of the same class with the same weights, dtypes and mode.
 
     Shapes: every tensor as in module.state_dict(). `device` defaults to the CPU.
+    settings: Qwen3Attention's RoPE settings where the module keeps none as attributes.
     """
     name = _class_name(module)
+    _check_settings(name, settings)
     sd = {k: torch.from_numpy(np.array(v, copy=True)) for k, v in module.state_dict().items()}
-    num_heads = getattr(module, "num_heads", None)
-    new = getattr(modules, name)(*_args(name, sd, _dropout_of(module), num_heads))
+    if name in MODERN_CLASSES:
+        args, kwargs = modern_args(name, sd, module, settings)
+        new = getattr(modern, name)(*args, **kwargs)
+        if name == "Qwen3Attention":
+            _check_rope_tables(module, new)
+    else:
+        num_heads = getattr(module, "num_heads", None)
+        new = getattr(modules, name)(*_args(name, sd, _dropout_of(module), num_heads))
     new.load_state_dict(sd, assign=True)  # assign keeps each tensor's dtype
     return new.to(device).train(module.training)
 

@@ -7,7 +7,10 @@ Differences from the book, none of which changes a number:
 - more tokens than context_length raise a ValueError naming the shape;
 - each module keeps `attn_weights` (detached, before dropout) from its last forward, like npattn;
   that holds a (B, [H,] T, T) tensor between calls, so set `keep_attn_weights = False` (on a
-  module or its class) where memory matters, e.g. in benchmarks.
+  module or its class) where memory matters, e.g. in benchmarks;
+- MultiHeadAttention also decodes with the KV cache of the book's ch. 4 bonus
+  (`forward(x, use_cache=True)`, `reset_cache()`, torch_port.kv_cache), positions checked
+  against context_length; without use_cache it is the chapter's forward.
 
 Shape legend: B batch, T tokens, H = num_heads, E = head_dim, d_in / d_out as in the chapter.
 """
@@ -16,6 +19,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+
+from .kv_cache import KVCacheMixin, append
 
 
 class _KeepWeights(nn.Module):
@@ -146,10 +151,12 @@ class MultiHeadAttentionWrapper(nn.Module):
         )  # H x (B, T, d_out) -> (B, T, H * d_out)
 
 
-class MultiHeadAttention(_KeepWeights):
-    """Multi-head attention with split weights and out_proj (chapter 3.6.2).
+class MultiHeadAttention(KVCacheMixin, _KeepWeights):
+    """Multi-head attention with split weights and out_proj (chapter 3.6.2), with the KV cache
+    of the book's ch. 4 bonus: forward(x, use_cache=True) appends, reset_cache() empties.
 
     Shapes: x (B, T, d_in), T <= context_length -> context_vec (B, T, d_out), E = d_out // H.
+    Cache: cache_k, cache_v (B, H, S_cached, E), ptr_current_pos + T <= context_length.
     """
 
     def __init__(self, d_in, d_out, context_length, dropout, num_heads, qkv_bias=False):
@@ -169,10 +176,18 @@ class MultiHeadAttention(_KeepWeights):
             "mask", torch.triu(torch.ones(context_length, context_length), diagonal=1)
         )
         self.attn_weights = None
+        self._init_cache()
 
-    def forward(self, x):
+    def forward(self, x, use_cache=False):
         _check_tokens(x, self.context_length)
+        self._check_call(x, use_cache, None)
         b, num_tokens, d_in = x.shape
+        start = self.ptr_current_pos if use_cache else 0
+        if start + num_tokens > self.context_length:
+            raise ValueError(
+                f"positions {start}..{start + num_tokens - 1} run past "
+                f"context_length={self.context_length}"
+            )
         H, E = self.num_heads, self.head_dim
         keys = self.W_key(x)  # (B, T, d_in) -> (B, T, d_out)
         queries = self.W_query(x)  # (B, T, d_out)
@@ -183,13 +198,18 @@ class MultiHeadAttention(_KeepWeights):
         keys = keys.transpose(1, 2)  # (B, T, H, E) -> (B, H, T, E)
         queries = queries.transpose(1, 2)  # (B, H, T, E)
         values = values.transpose(1, 2)  # (B, H, T, E)
-        attn_scores = queries @ keys.transpose(2, 3)  # (B, H, T, E) @ (B, H, E, T) -> (B, H, T, T)
-        mask_bool = self.mask.bool()[:num_tokens, :num_tokens]  # (T, T), True = masked
+        if use_cache:  # this chunk's keys and values join the cached ones: S = start + T
+            keys = append(self.cache_k, keys, dim=2)  # (B, H, S, E)
+            values = append(self.cache_v, values, dim=2)  # (B, H, S, E)
+        attn_scores = queries @ keys.transpose(2, 3)  # (B, H, T, E) @ (B, H, E, S) -> (B, H, T, S)
+        end = start + num_tokens
+        mask_bool = self.mask.bool()[start:end, :end]  # (T, S), True = masked
         attn_scores = attn_scores.masked_fill(mask_bool, -torch.inf)
-        attn_weights = torch.softmax(attn_scores / keys.shape[-1] ** 0.5, dim=-1)  # (B, H, T, T)
+        attn_weights = torch.softmax(attn_scores / keys.shape[-1] ** 0.5, dim=-1)  # (B, H, T, S)
         self._keep(attn_weights)
         attn_weights = self.dropout(attn_weights)
         context_vec = (attn_weights @ values).transpose(1, 2)  # (B, H, T, E) -> (B, T, H, E)
         context_vec = context_vec.contiguous().view(b, num_tokens, self.d_out)  # -> (B, T, d_out)
         context_vec = self.out_proj(context_vec)  # (B, T, d_out)
+        self._commit(use_cache, num_tokens, cache_k=keys, cache_v=values)
         return context_vec
