@@ -83,6 +83,7 @@ class Qwen3Attention(KVCacheMixin, Module):
             self.head_dim, rope_base, self.context_length, rope_freq_config
         )
         self.rope_base = float(rope_base)
+        self.rope_freq_config = None if rope_freq_config is None else dict(rope_freq_config)
         self.rng = make_rng(rng)
         kv_width = self.num_kv_groups * self.head_dim
         self.W_query = Linear(d_in, self.d_out, bias=False, rng=self.rng)
