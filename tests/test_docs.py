@@ -7,8 +7,10 @@ maths rendered to MathML and the figures drawn.
 """
 
 import importlib.util
+import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -158,3 +160,50 @@ def test_api_reference_is_generated(site):
     html = (site / "api.html").read_text()
     for name in ("sdpa_forward", "MultiHeadAttention", "check_module", "chapter_module"):
         assert name in html, name
+
+
+# -- search from file:// (mkdocs-material's offline plugin and a vendored Worker shim) -------
+
+CHROMIUM = next(
+    (shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)),
+    None,
+)
+
+
+def test_search_index_is_inlined_as_a_script(site):
+    """From file:// the theme loads search/search_index.js (a script), not the JSON."""
+    data = json.loads((site / "search" / "search_index.json").read_text())
+    script = (site / "search" / "search_index.js").read_text()
+    prefix = "var __index = "
+    assert script.startswith(prefix), script[:40]
+    assert json.loads(script[len(prefix) :]) == data
+    titles = {doc["title"] for doc in data["docs"]}
+    assert "Scaled dot-product attention backward" in titles
+
+
+def test_every_page_loads_the_worker_shim_from_the_site(site):
+    """A Web Worker cannot start from file://: the shim must be local and load first."""
+    shim = site / "js" / "iframe-worker-shim.js"
+    assert "window.Worker=" in shim.read_text()
+    for page in site.rglob("*.html"):
+        if page.name == "404.html":  # served by a web server only, with absolute paths
+            continue
+        html = page.read_text()
+        srcs = re.findall(r'<script[^>]+src="([^"]+)"', html)
+        assert not [s for s in srcs if re.match(r"(?:https?:)?//", s)], page
+        for src in srcs:
+            assert (page.parent / src.split("?")[0]).resolve().is_file(), (page, src)
+        bundle = next(i for i, s in enumerate(srcs) if "/bundle." in "/" + s)
+        assert any(s.endswith("iframe-worker-shim.js") for s in srcs[:bundle]), page
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no chromium to open the site from disk")
+def test_search_finds_pages_when_the_site_is_opened_from_disk(site):
+    """Headless Chromium opens site/index.html?q=... from file:// and lists the hits."""
+    result = subprocess.run(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=8000",
+         "--dump-dom", (site / "index.html").as_uri() + "?q=softmax"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    found = re.search(r'md-search-result__meta">(\d+) matching document', result.stdout)
+    assert found and int(found.group(1)) > 0, result.stdout[-2000:]
