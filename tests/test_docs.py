@@ -71,7 +71,7 @@ def test_fenced_blocks_are_found_with_their_lines():
 def test_blocks_share_a_namespace_and_outputs_follow_them():
     text = "a\n```python\nx = 6\n```\n\n```python\nprint(x * 7)\n```\nb\n"
     rendered = pycode.render(text, "page.md")
-    assert rendered.count('```text title="Output"') == 1
+    assert rendered.count('```{.text .output title="Output"}') == 1
     assert rendered.index("print(x * 7)") < rendered.index("42") < rendered.index("\nb")
 
 
