@@ -13,6 +13,7 @@ import re
 import shutil
 import subprocess
 import sys
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
@@ -207,3 +208,86 @@ def test_search_finds_pages_when_the_site_is_opened_from_disk(site):
     )  # fmt: skip
     found = re.search(r'md-search-result__meta">(\d+) matching document', result.stdout)
     assert found and int(found.group(1)) > 0, result.stdout[-2000:]
+
+
+# -- nothing cut off at a 1280 px window ----------------------------------------------------
+
+# The content column at 1280 px is 938 px wide (the page's table of contents sits in the left
+# sidebar, mkdocs.yml toc.integrate): 110 columns of code at 8.2 px, and about 85 characters
+# of display maths at 17.6 px. The limits leave a margin; printed output wraps (extra.css).
+MAX_CODE_COLUMNS = 105
+MAX_DISPLAY_MATH_CHARS = 60  # visible characters of one display formula
+spec = importlib.util.spec_from_file_location("docs_latex_math", DOCS / "hooks" / "latex_math.py")
+latex_math = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(latex_math)
+spec = importlib.util.spec_from_file_location("docs_overflow", ROOT / "tools" / "docs_overflow.py")
+docs_overflow = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(docs_overflow)
+
+
+@pytest.mark.parametrize("page", PAGES, ids=page_id)
+def test_code_lines_fit_the_column(page):
+    text = page.read_text()
+    too_long = [
+        line for b in pycode.fenced_blocks(text) for line in b.code.split("\n")
+        if len(line) > MAX_CODE_COLUMNS
+    ]  # fmt: skip
+    for m in re.finditer(r"<!--\s*source:\s*([\w.]+)\s*-->", text):
+        too_long += [ln for ln in pycode.source_block(m.group(1)).split("\n")
+                     if len(ln) > MAX_CODE_COLUMNS]  # fmt: skip
+    assert not too_long, too_long
+
+
+@pytest.mark.parametrize("page", PAGES, ids=page_id)
+def test_display_maths_fits_the_column(page):
+    """Each $$...$$ formula, as rendered, is short enough: long ones are split into lines."""
+    prose = "\n".join(
+        line for i, line in enumerate(page.read_text().split("\n"))
+        if not any(b.start <= i <= b.end for b in pycode.fenced_blocks(page.read_text()))
+    )  # fmt: skip
+    for m in re.finditer(r"\$\$(.+?)\$\$", prose, re.S):
+        shown = "".join(ET.fromstring(latex_math.to_mathml(m.group(1), True)).itertext())
+        assert len(shown) <= MAX_DISPLAY_MATH_CHARS, (len(shown), m.group(1).strip()[:80])
+
+
+def test_the_column_limits_catch_a_long_formula():
+    long = "a_1 + a_2 + " * 12
+    shown = "".join(ET.fromstring(latex_math.to_mathml(long, True)).itertext())
+    assert len(shown) > MAX_DISPLAY_MATH_CHARS
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no chromium to measure the pages")
+def test_nothing_overflows_at_1280_px(site):
+    """Measured in the browser: formulas, code and tables of the key pages fit the column."""
+    pages = ["index.html", "backward/sdpa.html", "backward/tiled.html", "benchmarks.html"]
+    assert docs_overflow.overflowing(site, 1280, pages) == {}
+
+
+def test_site_diagrams_are_drawn_and_used(site):
+    from npattn.diagrams import DIAGRAMS
+
+    for name in DIAGRAMS:
+        assert (site / "figures" / f"{name}.svg").read_bytes().lstrip().startswith(b"<?xml")
+    assert 'src="figures/attention_graph.svg"' in (site / "index.html").read_text()
+    assert 'src="../figures/attention_graph.svg"' in (site / "backward/sdpa.html").read_text()
+    assert 'src="../figures/tiling_grid.svg"' in (site / "backward/tiled.html").read_text()
+
+
+@pytest.mark.parametrize("page", ["index.md", "backward/sdpa.md"])
+def test_the_backward_card_is_on_the_home_and_sdpa_pages(page):
+    text = (DOCS / page).read_text()
+    card = text[text.index('!!! abstract "The attention backward on one card"') :]
+    for line in ("dV = ", "dP = dO\\, V^{\\top}", "dS = P \\odot \\left(dP - \\mathrm{rowsum}(dO",
+                 "dQ = s\\, dS\\, K", "dK = s\\, dS^{\\top} Q"):  # fmt: skip
+        assert line in card[:800], line
+
+
+def test_sdpa_page_walks_the_backward_with_computed_numbers(site):
+    from npattn.backward_walkthrough import backward_walkthrough
+
+    html = (site / "backward" / "sdpa.html").read_text()
+    walk = backward_walkthrough()
+    for step in walk.steps:
+        assert f"{step.name} = {step.formula}" in html, step.name
+    first = f"{walk.steps[-1].analytic[1, 0]:.4f}"  # dk of "journey", printed in the build
+    assert first in html

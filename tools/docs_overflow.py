@@ -29,8 +29,10 @@ window.addEventListener("load", () => setTimeout(() => {
   const sel = ".md-typeset .math-display, .md-typeset pre > code, .md-typeset table:not([class])";
   const bad = [];
   for (const el of document.querySelectorAll(sel)) {
-    const over = Math.max(el.scrollWidth - el.clientWidth, el.getBoundingClientRect().right - right);
-    if (over > 1) bad.push({tag: el.tagName, px: Math.round(over), text: el.textContent.slice(0, 70)});
+    const box = el.getBoundingClientRect();
+    const over = Math.max(el.scrollWidth - el.clientWidth, box.right - right);
+    const text = el.textContent.slice(0, 70);
+    if (over > 1) bad.push({tag: el.tagName, px: Math.round(over), text});
   }
   const pre = document.createElement("pre");
   pre.id = "overflow-report";
@@ -45,8 +47,11 @@ def browser() -> str | None:
     return next((shutil.which(b) for b in BROWSERS if shutil.which(b)), None)
 
 
-def overflowing(site: Path, width: int = 1280) -> dict[str, list[dict]]:
-    """{page: [{tag, px, text}, ...]} for every page of the built site with something too wide."""
+def overflowing(site: Path, width: int = 1280, pages=None) -> dict[str, list[dict]]:
+    """{page: [{tag, px, text}, ...]} for each page with something too wide.
+
+    pages: paths relative to the site ("backward/sdpa.html"); default every page.
+    """
     exe = browser()
     if exe is None:
         raise RuntimeError("no chromium on PATH")
@@ -55,18 +60,19 @@ def overflowing(site: Path, width: int = 1280) -> dict[str, list[dict]]:
         copy = Path(tmp) / "site"
         shutil.copytree(site, copy)
         for page in sorted(copy.rglob("*.html")):
-            if page.name == "404.html":
+            name = str(page.relative_to(copy))
+            if page.name == "404.html" or (pages is not None and name not in pages):
                 continue
-            page.write_text(page.read_text().replace("</body>", f"<script>{MEASURE}</script></body>"))
+            script = f"<script>{MEASURE}</script></body>"
+            page.write_text(page.read_text().replace("</body>", script))
             out = subprocess.run(
                 [exe, "--headless", "--no-sandbox", "--disable-gpu", f"--window-size={width},1600",
                  "--virtual-time-budget=3000", "--dump-dom", page.as_uri()],
                 capture_output=True, text=True, timeout=120,
             ).stdout  # fmt: skip
             m = re.search(r'<pre id="overflow-report">(.*?)</pre>', out, re.S)
-            name = str(page.relative_to(copy))
-            bad = json.loads(html.unescape(m.group(1))) if m else [{"tag": "page", "px": -1,
-                                                                    "text": "no report"}]  # fmt: skip
+            no_report = [{"tag": "page", "px": -1, "text": "the page did not report"}]
+            bad = json.loads(html.unescape(m.group(1))) if m else no_report
             if bad:
                 found[name] = bad
     return found
