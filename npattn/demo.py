@@ -237,6 +237,18 @@ def demo_backward(mha) -> None:
     _say("Run `python -m npattn gradcheck` for the full report, stage by stage.")
 
 
+def demo_backward_walkthrough(weights: str) -> None:
+    from .backward_walkthrough import backward_walkthrough, format_walkthrough
+
+    _section("Beyond the chapter: the attention backward, number by number")
+    _say(
+        "One causal head (CausalAttention's weights above) on the six tokens, in float64. The",
+        "upstream gradient dout is random; each gradient is followed back one step at a time",
+        "(docs/backward/sdpa.md) and printed beside its central-difference value.",
+    )
+    print("\n" + format_walkthrough(backward_walkthrough(weights)))
+
+
 def main(plot_dir=None, weights: str = "auto") -> int:
     """Print the walk-through; with plot_dir, also write the heatmaps there. Returns 0.
 
@@ -262,6 +274,7 @@ def main(plot_dir=None, weights: str = "auto") -> int:
     demo_causal_attention(ca, batch)
     demo_multihead(m, W.gpt2_parameter_count())
     demo_backward(m["mha"])
+    demo_backward_walkthrough(weights)
     if plot_dir is not None:
         from .plots import write_chapter_figures
 

@@ -7,10 +7,13 @@ maths rendered to MathML and the figures drawn.
 """
 
 import importlib.util
+import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
@@ -69,7 +72,7 @@ def test_fenced_blocks_are_found_with_their_lines():
 def test_blocks_share_a_namespace_and_outputs_follow_them():
     text = "a\n```python\nx = 6\n```\n\n```python\nprint(x * 7)\n```\nb\n"
     rendered = pycode.render(text, "page.md")
-    assert rendered.count('```text title="Output"') == 1
+    assert rendered.count('```{.text .output title="Output"}') == 1
     assert rendered.index("print(x * 7)") < rendered.index("42") < rendered.index("\nb")
 
 
@@ -158,3 +161,133 @@ def test_api_reference_is_generated(site):
     html = (site / "api.html").read_text()
     for name in ("sdpa_forward", "MultiHeadAttention", "check_module", "chapter_module"):
         assert name in html, name
+
+
+# -- search from file:// (mkdocs-material's offline plugin and a vendored Worker shim) -------
+
+CHROMIUM = next(
+    (shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)),
+    None,
+)
+
+
+def test_search_index_is_inlined_as_a_script(site):
+    """From file:// the theme loads search/search_index.js (a script), not the JSON."""
+    data = json.loads((site / "search" / "search_index.json").read_text())
+    script = (site / "search" / "search_index.js").read_text()
+    prefix = "var __index = "
+    assert script.startswith(prefix), script[:40]
+    assert json.loads(script[len(prefix) :]) == data
+    titles = {doc["title"] for doc in data["docs"]}
+    assert "Scaled dot-product attention backward" in titles
+
+
+def test_every_page_loads_the_worker_shim_from_the_site(site):
+    """A Web Worker cannot start from file://: the shim must be local and load first."""
+    shim = site / "js" / "iframe-worker-shim.js"
+    assert "window.Worker=" in shim.read_text()
+    for page in site.rglob("*.html"):
+        if page.name == "404.html":  # served by a web server only, with absolute paths
+            continue
+        html = page.read_text()
+        srcs = re.findall(r'<script[^>]+src="([^"]+)"', html)
+        assert not [s for s in srcs if re.match(r"(?:https?:)?//", s)], page
+        for src in srcs:
+            assert (page.parent / src.split("?")[0]).resolve().is_file(), (page, src)
+        bundle = next(i for i, s in enumerate(srcs) if "/bundle." in "/" + s)
+        assert any(s.endswith("iframe-worker-shim.js") for s in srcs[:bundle]), page
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no chromium to open the site from disk")
+def test_search_finds_pages_when_the_site_is_opened_from_disk(site):
+    """Headless Chromium opens site/index.html?q=... from file:// and lists the hits."""
+    result = subprocess.run(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=8000",
+         "--dump-dom", (site / "index.html").as_uri() + "?q=softmax"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    found = re.search(r'md-search-result__meta">(\d+) matching document', result.stdout)
+    assert found and int(found.group(1)) > 0, result.stdout[-2000:]
+
+
+# -- nothing cut off at a 1280 px window ----------------------------------------------------
+
+# The content column at 1280 px is 938 px wide (the page's table of contents sits in the left
+# sidebar, mkdocs.yml toc.integrate): 110 columns of code at 8.2 px, and about 85 characters
+# of display maths at 17.6 px. The limits leave a margin; printed output wraps (extra.css).
+MAX_CODE_COLUMNS = 105
+MAX_DISPLAY_MATH_CHARS = 60  # visible characters of one display formula
+spec = importlib.util.spec_from_file_location("docs_latex_math", DOCS / "hooks" / "latex_math.py")
+latex_math = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(latex_math)
+spec = importlib.util.spec_from_file_location("docs_overflow", ROOT / "tools" / "docs_overflow.py")
+docs_overflow = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(docs_overflow)
+
+
+@pytest.mark.parametrize("page", PAGES, ids=page_id)
+def test_code_lines_fit_the_column(page):
+    text = page.read_text()
+    too_long = [
+        line for b in pycode.fenced_blocks(text) for line in b.code.split("\n")
+        if len(line) > MAX_CODE_COLUMNS
+    ]  # fmt: skip
+    for m in re.finditer(r"<!--\s*source:\s*([\w.]+)\s*-->", text):
+        too_long += [ln for ln in pycode.source_block(m.group(1)).split("\n")
+                     if len(ln) > MAX_CODE_COLUMNS]  # fmt: skip
+    assert not too_long, too_long
+
+
+@pytest.mark.parametrize("page", PAGES, ids=page_id)
+def test_display_maths_fits_the_column(page):
+    """Each $$...$$ formula, as rendered, is short enough: long ones are split into lines."""
+    prose = "\n".join(
+        line for i, line in enumerate(page.read_text().split("\n"))
+        if not any(b.start <= i <= b.end for b in pycode.fenced_blocks(page.read_text()))
+    )  # fmt: skip
+    for m in re.finditer(r"\$\$(.+?)\$\$", prose, re.S):
+        shown = "".join(ET.fromstring(latex_math.to_mathml(m.group(1), True)).itertext())
+        assert len(shown) <= MAX_DISPLAY_MATH_CHARS, (len(shown), m.group(1).strip()[:80])
+
+
+def test_the_column_limits_catch_a_long_formula():
+    long = "a_1 + a_2 + " * 12
+    shown = "".join(ET.fromstring(latex_math.to_mathml(long, True)).itertext())
+    assert len(shown) > MAX_DISPLAY_MATH_CHARS
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no chromium to measure the pages")
+def test_nothing_overflows_at_1280_px(site):
+    """Measured in the browser: formulas, code and tables of the key pages fit the column."""
+    pages = ["index.html", "backward/sdpa.html", "backward/tiled.html", "benchmarks.html"]
+    assert docs_overflow.overflowing(site, 1280, pages) == {}
+
+
+def test_site_diagrams_are_drawn_and_used(site):
+    from npattn.diagrams import DIAGRAMS
+
+    for name in DIAGRAMS:
+        assert (site / "figures" / f"{name}.svg").read_bytes().lstrip().startswith(b"<?xml")
+    assert 'src="figures/attention_graph.svg"' in (site / "index.html").read_text()
+    assert 'src="../figures/attention_graph.svg"' in (site / "backward/sdpa.html").read_text()
+    assert 'src="../figures/tiling_grid.svg"' in (site / "backward/tiled.html").read_text()
+
+
+@pytest.mark.parametrize("page", ["index.md", "backward/sdpa.md"])
+def test_the_backward_card_is_on_the_home_and_sdpa_pages(page):
+    text = (DOCS / page).read_text()
+    card = text[text.index('!!! abstract "The attention backward on one card"') :]
+    for line in ("dV = ", "dP = dO\\, V^{\\top}", "dS = P \\odot \\left(dP - \\mathrm{rowsum}(dO",
+                 "dQ = s\\, dS\\, K", "dK = s\\, dS^{\\top} Q"):  # fmt: skip
+        assert line in card[:800], line
+
+
+def test_sdpa_page_walks_the_backward_with_computed_numbers(site):
+    from npattn.backward_walkthrough import backward_walkthrough
+
+    html = (site / "backward" / "sdpa.html").read_text()
+    walk = backward_walkthrough()
+    for step in walk.steps:
+        assert f"{step.name} = {step.formula}" in html, step.name
+    first = f"{walk.steps[-1].analytic[1, 0]:.4f}"  # dk of "journey", printed in the build
+    assert first in html

@@ -123,3 +123,34 @@ def test_every_formula_of_the_docs_renders(page, caplog):
         html = render(text)
     assert not caplog.records, [r.getMessage() for r in caplog.records]
     assert "math-error" not in html
+
+
+def direct(el: ET.Element) -> list[tuple[str, str]]:
+    """(tag, text) of every element, in document order."""
+    return [(e.tag.split("}")[-1], (e.text or "").strip()) for e in el.iter()]
+
+
+def test_a_prime_follows_its_symbol_instead_of_a_superscript():
+    m = ET.fromstring(latex_math.to_mathml("m' = \\ell'"))
+    assert "msup" not in tags(m)
+    assert direct(m).count(("mo", "\u2032")) == 2
+
+
+def test_minus_infinity_is_a_prefix_minus_on_a_symbol():
+    m = ET.fromstring(latex_math.to_mathml("m = -\\infty"))
+    assert ("mo", "\u221e") not in direct(m)
+    row = next(e for e in m.iter() if [c.tag.split("}")[-1] for c in e] == ["mo", "mi"])
+    assert [(c.text or "").strip() for c in row] == ["\u2212", "\u221e"]
+
+
+@pytest.mark.parametrize("tex", ["a += b", "a \\mathrel{+}= b"])
+def test_plus_equals_is_one_operator(tex):
+    m = ET.fromstring(latex_math.to_mathml(tex))
+    assert [t for t in direct(m) if t[0] == "mo"] == [("mo", "+=")]
+
+
+def test_log_is_followed_by_a_thin_space_unless_a_parenthesis_follows():
+    spaced = ET.fromstring(latex_math.to_mathml("m + \\log \\ell"))
+    names = tags(spaced)
+    assert names[names.index("mi", names.index("mo")) + 1] == "mspace"
+    assert "mspace" not in tags(ET.fromstring(latex_math.to_mathml("\\log(x)")))

@@ -1,7 +1,8 @@
-"""mkdocs hook: the attention heatmaps are drawn by npattn.plots during the build.
+"""mkdocs hook: the figures are drawn during the build, by npattn.plots and npattn.diagrams.
 
 They are added to the site as generated files, figures/<name>.svg (names in
-npattn.plots.FIGURES), so no image is committed and every figure is the current code's.
+npattn.plots.FIGURES: the attention heatmaps; npattn.diagrams.DIAGRAMS: the backward graph
+and the tiling grid), so no image is committed and every figure is the current code's.
 With torch installed the trainable stages use the chapter's torch-seeded weights.
 """
 
@@ -13,8 +14,12 @@ FIGURES_DIR = "figures"
 def on_files(files, config):
     from mkdocs.structure.files import File
 
+    from npattn import diagrams
     from npattn.plots import chapter_figures, figure_bytes
 
     for name, fig in chapter_figures(weights="auto").items():
         files.append(File.generated(config, f"{FIGURES_DIR}/{name}.svg", content=figure_bytes(fig)))
+    for name, fig in diagrams.diagram_figures().items():
+        svg = diagrams.figure_bytes(fig)
+        files.append(File.generated(config, f"{FIGURES_DIR}/{name}.svg", content=svg))
     return files

@@ -8,6 +8,9 @@ with no network. Syntax, as in pandoc:
 - `$$...$$` display: a paragraph of its own (it may span lines), or inline in a sentence.
 - Code spans and fenced code are left alone (they are handled before the maths).
 
+latex2mathml's output is then touched up where browsers draw it wrongly (`_fix_mathml`):
+primes, $-\\infty$, `+=` and the space after `\\log`.
+
 latex2mathml accepts unknown commands and unbalanced braces silently, so every formula is
 checked (braces, no leftover `\\command`, valid XML, the right number of children in
 fractions and scripts); a bad formula is a warning, which `mkdocs build --strict` turns into
@@ -72,6 +75,74 @@ def _check_mathml(mathml: str, tex: str) -> None:
             raise LatexError(f"<{tag}> needs {ARITY[tag]} arguments, got {len(el)} in {tex!r}")
 
 
+PRIMES = {"\u2032", "\u2033"}  # ′ ″
+FUNCTIONS = {"log", "exp", "ln"}  # \log x: TeX puts a thin space before an ordinary symbol
+THIN_SPACE = "0.1667em"
+
+
+def _mo_text(el) -> str | None:
+    """The text of an <mo>, also for latex2mathml's <mo><mrow><mo>+</mo></mrow></mo>."""
+    if el.tag != MATHML_NS + "mo":
+        return None
+    if len(el) == 1 and el[0].tag == MATHML_NS + "mrow" and len(el[0]) == 1:
+        return _mo_text(el[0][0])
+    return (el.text or "").strip() if len(el) == 0 else None
+
+
+def _fix_children(parent) -> None:
+    """Rewrite the children of one element; see _fix_mathml."""
+    kids, out, i = list(parent), [], 0
+    while i < len(kids):
+        el, nxt = kids[i], kids[i + 1] if i + 1 < len(kids) else None
+        tag = el.tag.removeprefix(MATHML_NS)
+        if tag == "msup" and len(el) == 2 and (el[1].text or "").strip() in PRIMES:
+            # x' -> x then the prime itself: the glyph is already raised, msup raises it twice
+            out += [el[0], ET.Element(MATHML_NS + "mo", lspace="0", rspace="0")]
+            out[-1].text = el[1].text.strip()
+        elif tag == "mo" and (el.text or "").strip() == "\u221e":
+            out.append(ET.Element(MATHML_NS + "mi"))  # ∞ is a symbol, not an operator
+            out[-1].text = "\u221e"
+        elif _mo_text(el) == "\u2212" and nxt is not None and (nxt.text or "").strip() == "\u221e":
+            # -∞: a prefix minus, kept next to its ∞ (an infix one would be spaced)
+            row = ET.Element(MATHML_NS + "mrow")
+            row.append(el)
+            row.append(ET.Element(MATHML_NS + "mi"))
+            row[-1].text = "\u221e"
+            out.append(row)
+            i += 1
+        elif _mo_text(el) == "+" and nxt is not None and _mo_text(nxt) == "=":
+            out.append(ET.Element(MATHML_NS + "mo"))  # += as one operator, not "+ ="
+            out[-1].text = "+="
+            i += 1
+        elif tag == "mi" and (el.text or "").strip() in FUNCTIONS:
+            out.append(el)
+            if nxt is not None and _mo_text(nxt) != "(":
+                out.append(ET.Element(MATHML_NS + "mspace", width=THIN_SPACE))
+        else:
+            out.append(el)
+        i += 1
+    if out != kids:
+        for el in kids:
+            parent.remove(el)
+        parent.extend(out)
+
+
+def _fix_mathml(mathml: str) -> str:
+    """Touch up latex2mathml's output where browsers draw it wrongly.
+
+    x' is <msup> with a prime (drawn tiny and too high): it becomes x followed by the prime.
+    In -∞, ∞ is an <mo> (spaced like an operator): it becomes an <mi>, and the minus is
+    grouped with it. `+=` (also written \\mathrel{+}=) becomes one <mo>. \\log x gets the thin
+    space TeX puts there.
+    """
+    root = ET.fromstring(mathml)
+    for el in list(root.iter()):
+        if len(el):
+            _fix_children(el)
+    ET.register_namespace("", MATHML_NS.strip("{}"))
+    return ET.tostring(root, encoding="unicode")
+
+
 def to_mathml(tex: str, display: bool = False) -> str:
     """LaTeX -> a <math> element (display="block" or "inline"); LatexError if it is bad."""
     from latex2mathml.converter import convert
@@ -85,7 +156,7 @@ def to_mathml(tex: str, display: bool = False) -> str:
     except Exception as e:  # latex2mathml raises its own exception types
         raise LatexError(f"latex2mathml: {type(e).__name__} {e} in {tex!r}") from None
     _check_mathml(mathml, tex)
-    return mathml
+    return _fix_mathml(mathml)
 
 
 def _render(md, tex: str, display: bool) -> str:

@@ -3,8 +3,8 @@
 On every page:
 
 - each ```python block runs, in order, in one namespace per page; what it prints is shown
-  right after it in a ```text block titled "Output" (the printed numbers are computed, never
-  typed in). A block that raises fails the build, naming the page and line.
+  right after it in a ```text block titled "Output", class "output" (the printed numbers are
+  computed, never typed in). A block that raises fails the build, naming the page and line.
 - a line `<!-- source: npattn.ops.softmax.softmax_backward -->` is replaced by that object's
   current source code, so "the code that implements it" is always the code.
 
@@ -134,7 +134,7 @@ def render(markdown: str, filename: str) -> str:
         result.append(source_block(m["name"], m["indent"]) if m else line)
         if i in after:
             indent, out = after[i]
-            text = ['```text title="Output"', *out.rstrip("\n").split("\n"), "```"]
+            text = ['```{.text .output title="Output"}', *out.rstrip("\n").split("\n"), "```"]
             result.extend(["", *(indent + t if t else t for t in text)])
     return "\n".join(result)
 
