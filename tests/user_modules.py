@@ -311,3 +311,46 @@ class CachedAttention(nn.Module):
             scores = scores.masked_fill(self.mask.bool()[start : start + T, :S], -torch.inf)
             context = scores.softmax(dim=-1) @ v  # (b, H, T, E)
         return self.out_proj(context.transpose(1, 2).reshape(b, T, self.d_out))
+
+
+def my_sdpa(
+    q,
+    k,
+    v,
+    attn_mask=None,
+    dropout_p=0.0,
+    is_causal=False,
+    scale=None,
+    enable_gqa=False,
+    dropout_mask=None,
+    bug=None,
+):
+    """An SDPA written by hand, as for a custom kernel; `bug` plants one classic mistake.
+
+    Shapes: q (B, H, L, E), k, v (B, Hkv, S, E) -> (B, H, L, E).
+    """
+    if enable_gqa:
+        n_rep = q.size(-3) // k.size(-3)
+        if bug == "repeat, not repeat_interleave":  # heads [K1, K2, K1, K2]
+            k, v = k.repeat(1, n_rep, 1, 1), v.repeat(1, n_rep, 1, 1)
+        else:
+            k, v = k.repeat_interleave(n_rep, dim=-3), v.repeat_interleave(n_rep, dim=-3)
+    if scale is None or bug == "ignores scale":
+        scale = 1 / math.sqrt(q.size(-1))
+    att = (q @ k.transpose(-2, -1)) * scale  # (B, H, L, S)
+    L, S = att.shape[-2:]
+    if is_causal:
+        attn_mask = torch.ones(L, S, dtype=torch.bool, device=q.device).tril()
+    if attn_mask is not None and attn_mask.dtype == torch.bool:
+        blocked = attn_mask if bug == "mask polarity" else ~attn_mask
+        att = att.masked_fill(blocked, float("-inf"))
+    elif attn_mask is not None:
+        att = att + attn_mask
+    if bug == "NaN on fully masked rows":
+        att = att.softmax(dim=-1)
+    else:
+        empty = torch.isneginf(att).all(dim=-1, keepdim=True)
+        att = att.masked_fill(empty, 0.0).softmax(dim=-1).masked_fill(empty, 0.0)
+    if dropout_mask is not None:
+        att = att * dropout_mask / (1.0 - dropout_p)
+    return att @ v

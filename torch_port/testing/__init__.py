@@ -22,7 +22,7 @@ that replays it. The search is deterministic (`seed=`).
 Also: assert_decode_matches (KV-cache decoding) and assert_sdpa_matches (an SDPA kernel).
 """
 
-from . import maps
+from . import maps, weights
 from .check import (
     Report,
     assert_matches_reference,
@@ -30,6 +30,7 @@ from .check import (
     find_mismatch,
     measure,
 )
+from .decode import DecodeExample, assert_decode_matches, compare_decode
 from .errors import (
     ConfigurationMismatchError,
     Example,
@@ -38,22 +39,31 @@ from .errors import (
     ReferenceMismatchError,
     UnmappedParameterWarning,
 )
+from .oracle import SDPAExample, assert_sdpa_matches, compare_sdpa, plain_sdpa
 from .precision import FACTOR, FLOOR, Judgement
 
 __all__ = [
     "FACTOR",
     "FLOOR",
     "ConfigurationMismatchError",
+    "DecodeExample",
     "Example",
     "Judgement",
     "KitSetupError",
     "Mismatch",
     "ReferenceMismatchError",
     "Report",
+    "SDPAExample",
     "UnmappedParameterWarning",
+    "assert_decode_matches",
     "assert_matches_reference",
+    "assert_sdpa_matches",
     "compare",
+    "compare_decode",
+    "compare_sdpa",
     "find_mismatch",
     "maps",
     "measure",
+    "plain_sdpa",
+    "weights",
 ]

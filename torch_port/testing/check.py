@@ -227,25 +227,22 @@ def find_mismatch(module, reference, weight_map=None, **kwargs) -> Mismatch | No
     return search(module, reference, weight_map, **kwargs)[0]
 
 
-def replay_line(example, call: str, weight_map, forward, kwargs: dict) -> str:
-    """A line of Python that replays the case, given the names the caller used."""
-    dtype = str(kwargs.get("dtype", torch.float64))
-    args = [
-        f"weight_map={'None' if weight_map is None else 'weight_map'}",
-        f"forward={'None' if forward is None else 'forward'}",
-        f"dtype={dtype}",
-        f"check_backward={kwargs.get('check_backward', True)}",
-    ]
-    args += [
-        f"{k}={kwargs[k]!r}"
-        for k in ("rtol", "atol", "factor", "floor")
-        if kwargs.get(k) is not None
-    ]
+def replay_line(example, call: str, named: dict, kwargs: dict) -> str:
+    """A line of Python that replays the case. named: {argument: what the caller passed},
+    printed as the argument's own name (the caller's variable) or None."""
+    args = [f"{k}={'None' if v is None else k}" for k, v in named.items()]
+    args.append(f"dtype={kwargs.get('dtype', torch.float64)}")
+    if "check_backward" in kwargs:
+        args.append(f"check_backward={kwargs['check_backward']}")
+    args += [f"{k}={kwargs[k]!r}" for k in OVERRIDES if kwargs.get(k) is not None]
     ex = ", ".join(f"{k}={v!r}" for k, v in vars(example).items())
     return (
         f"import torch, torch_port.testing; torch_port.testing.{call}(module, reference, "
         f"torch_port.testing.{type(example).__name__}({ex}), {', '.join(args)})"
     )
+
+
+OVERRIDES = ("rtol", "atol", "factor", "floor")
 
 
 def assert_matches_reference(
@@ -262,9 +259,11 @@ def assert_matches_reference(
     if mismatch is None:
         return report
     dtype = str(kwargs.get("dtype", torch.float64)).replace("torch.", "")
+    named = {"weight_map": weight_map, "forward": forward}
+    options = {"check_backward": True, **kwargs}
     message = (
         f"{type(module).__name__} does not match npattn.{type(reference).__name__} "
         f"({dtype}): {mismatch}\n"
-        f"replay: {replay_line(mismatch.example, 'compare', weight_map, forward, kwargs)}"
+        f"replay: {replay_line(mismatch.example, 'compare', named, options)}"
     )
     raise ReferenceMismatchError(message, mismatch)
