@@ -36,7 +36,7 @@ class Example:
     seed: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Mismatch:
     """The first disagreement: what differed, on which input, and by how much.
 
@@ -54,6 +54,15 @@ class Mismatch:
 
     def __str__(self) -> str:
         return f"{self.quantity} disagrees on {describe(self.example)}: {self.detail}"
+
+    def _key(self) -> tuple:  # NaN errors compare equal, so a replayed NaN case matches
+        return tuple("NaN" if v != v else v for v in vars(self).values())
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Mismatch) and self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
 
 
 def describe(example) -> str:

@@ -73,6 +73,8 @@ class MappedWeights:
         with torch.enable_grad():
             mapped = _apply(weight_map, self.leaves, type(module).__name__)
         ref_sd = reference.state_dict()
+        if weight_map is None:  # same names: the reference's keys, the rest stays unread
+            mapped = {k: v for k, v in mapped.items() if k in ref_sd}
         ref_params = set(reference.parameters())
         missing = [k for k in ref_params if k not in mapped]
         if missing:
