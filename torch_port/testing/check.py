@@ -144,22 +144,24 @@ def compare(
     return run_example(setup, example, check_backward)[1]
 
 
-def measure(module, reference, example: Example, weight_map=None, **kwargs) -> list[Judgement]:
-    """Every judgement on one example, passing or not (same keywords as compare)."""
-    rule = _rule(
-        kwargs.get("dtype", torch.float64),
-        *(kwargs.pop(k, None) for k in ("factor", "floor", "rtol", "atol")),
-    )
-    check_backward = kwargs.get("check_backward", True)
-    setup = build(
-        module,
-        reference,
-        weight_map,
-        kwargs.get("forward"),
-        kwargs.get("dtype", torch.float64),
-        rule,
-        check_backward,
-    )
+def measure(
+    module,
+    reference,
+    example: Example,
+    weight_map=None,
+    *,
+    forward=None,
+    dtype=torch.float64,
+    check_backward: bool = True,
+    rtol=None,
+    atol=None,
+    factor=None,
+    floor=None,
+) -> list[Judgement]:
+    """Every judgement on one example, up to the first failure (same keywords as compare):
+    the errors, plain torch's errors and the bounds, e.g. to see the margins."""
+    rule = _rule(dtype, factor, floor, rtol, atol)
+    setup = build(module, reference, weight_map, forward, dtype, rule, check_backward)
     return run_example(setup, example, check_backward)[0]
 
 

@@ -29,8 +29,8 @@ FACTOR = 4.0  # the module may be this many times less accurate than plain torch
 FLOOR = {  # normwise error always allowed, whatever plain torch achieved
     torch.float64: 1e-10,  # rounding is ~1e-15 here; a bug is ~1e-2 or more
     torch.float32: 8 * torch.finfo(torch.float32).eps,  # 9.5e-7
-    torch.bfloat16: 8 * torch.finfo(torch.bfloat16).eps,  # 6.3e-2
-    torch.float16: 8 * torch.finfo(torch.float16).eps,  # 7.8e-3
+    torch.bfloat16: 2 * torch.finfo(torch.bfloat16).eps,  # 1.6e-2
+    torch.float16: 2 * torch.finfo(torch.float16).eps,  # 2.0e-3
 }
 
 
