@@ -12,7 +12,7 @@ import torch_port as tp  # noqa: E402
 from torch_port import testing as tt  # noqa: E402
 
 D, H, CL = 4, 2, 5  # d_in = d_out = 4 (head dim 2 > 1, so a missing 1/sqrt(d_k) shows), 2 heads
-FEW = dict(max_examples=15)
+FEW = dict(max_examples=10)
 
 
 def reference(qkv_bias=False):
@@ -190,3 +190,56 @@ def test_a_wrong_or_incomplete_weight_map_is_reported():
 def test_the_kit_is_reachable_from_torch_port():
     assert tp.assert_matches_reference is tt.assert_matches_reference
     assert tp.testing is tt and tp.ReferenceMismatchError is tt.ReferenceMismatchError
+
+
+def test_setup_errors_are_named_and_say_what_to_fix():
+    module, ref = ChapterMHA(), reference()
+    with pytest.raises(tt.KitSetupError, match=r"forward must take two arguments \(module, x\)"):
+        tt.assert_matches_reference(module, ref, forward=lambda x: module(x))
+    with pytest.raises(tt.KitSetupError, match=r"forward=lambda m, x: m\(x\)\[0\]"):
+        tt.assert_matches_reference(module, ref, forward=lambda m, x: (m(x), None))
+    with pytest.raises(tt.KitSetupError, match="no value for the reference's parameters"):
+        tt.assert_matches_reference(module, ref, {"W_query.weight": "W_query.weight"})
+    with pytest.raises(tt.KitSetupError, match="which ChapterMHA does not have"):
+        tt.assert_matches_reference(module, ref, {"W_query.weight": "c_attn.weight"})
+    with pytest.raises(tt.KitSetupError, match="KeyError 'c_attn.weight'"):
+        tt.assert_matches_reference(module, ref, tt.maps.fused_c_attn())
+    with pytest.raises(tt.KitSetupError, match="has no parameters"):
+        tt.assert_matches_reference(nn.Softmax(dim=-1), ref)
+    with pytest.raises(tt.KitSetupError, match="must be a torch.nn.Module.*assert_sdpa_matches"):
+        tt.assert_matches_reference(torch.nn.functional.scaled_dot_product_attention, ref)
+    with pytest.raises(tt.KitSetupError, match=r"shape \(4, 2\), the reference's is \(4, 4\)"):
+        tt.assert_matches_reference(
+            module, ref, lambda p: {**p, "W_key.weight": p["W_key.weight"][:, :2]}
+        )
+    with pytest.raises(tt.ConfigurationMismatchError, match="head_dim=2.*head_dim=3"):
+        tt.assert_matches_reference(module, npattn.MultiHeadAttention(D, 6, CL, 0.0, H, rng=0))
+    for error in (tt.KitSetupError, tt.ConfigurationMismatchError):
+        assert not issubclass(error, tt.ReferenceMismatchError)
+
+
+def test_a_head_count_mismatch_is_named_as_such():
+    module = tp.MultiHeadAttention(D, D, CL, 0.0, 1)  # one head; the reference has two
+    with pytest.raises(tt.ConfigurationMismatchError, match="num_heads=1.*num_heads=2"):
+        tt.assert_matches_reference(module, reference())
+
+
+def test_parameters_the_map_never_reads_are_reported():
+    module = ChapterMHA()
+    module.gate = nn.Parameter(torch.ones(D))  # a parameter the reference has no place for
+    with pytest.warns(tt.UnmappedParameterWarning, match=r"\['gate'\]"):
+        report = tt.assert_matches_reference(module, reference(), **FEW)
+    assert report.unread == ("gate",)
+
+
+def test_forward_only_never_sets_requires_grad():
+    """FlexAttention has no backward on CPU and refuses to run when anything requires grad."""
+    module = tp.MHAPyTorchFlexAttention(D, D, H, CL, qkv_bias=True)
+    ref = reference(True)
+    found = tt.compare(module, ref, tt.Example(1, 2, 0), module.to_mha_layout)
+    assert found.quantity == "exception" and "no backward on CPU" in found.detail
+    report = tt.assert_matches_reference(
+        module, ref, module.to_mha_layout, check_backward=False, max_examples=2, max_tokens=2
+    )
+    assert set(report.worst) == {"output"}
+    assert all(p.requires_grad for p in module.parameters())  # the user's module untouched

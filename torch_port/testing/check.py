@@ -1,0 +1,271 @@
+"""assert_matches_reference and its parts: one example compared, and the search for one.
+
+Shapes: x (B, T, d_in) -> output (B, T, d_out) on both sides; dx like x; each parameter
+gradient in the module's own layout (the reference's pulled back through the weight map).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from hypothesis import HealthCheck, Phase, find, settings
+from hypothesis import strategies as st
+from hypothesis.errors import NoSuchExample
+
+from .errors import Example, KitSetupError, Mismatch, ReferenceMismatchError
+from .precision import Judgement, judge, rule_for
+from .setup import MAX_TOKENS, Setup, as_tensor_output, build
+
+
+@dataclass
+class Report:
+    """What a passing check did: examples run, parameters never compared, and per quantity
+    the judgement closest to its bound (error / allowed largest)."""
+
+    examples: int = 0
+    unread: tuple = ()
+    worst: dict = field(default_factory=dict)
+
+    def note(self, judgements) -> None:
+        for j in judgements:
+            old = self.worst.get(j.quantity)
+            if old is None or _closeness(j) > _closeness(old):
+                self.worst[j.quantity] = j
+
+
+def _closeness(j: Judgement) -> float:
+    return j.error / j.allowed if j.allowed else 0.0
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    return t.detach().to("cpu", torch.float64).numpy()
+
+
+def draw_input(setup: Setup, example: Example):
+    """x and the upstream gradient g, rounded to the module's dtype, as float64 arrays."""
+    rng = np.random.default_rng(example.seed)
+    x = rng.standard_normal((example.batch, example.tokens, setup.d_in))
+    return _round(x, setup.dtype), rng
+
+
+def _round(a: np.ndarray, dtype) -> np.ndarray:
+    return torch.from_numpy(a).to(dtype).to(torch.float64).numpy()
+
+
+def run_example(setup: Setup, example: Example, check_backward: bool):
+    """Every judgement on one example (stopping at the first failure), and that failure."""
+    x64, rng = draw_input(setup, example)
+    y_ref = setup.ref(x64)
+    g64 = _round(rng.standard_normal(y_ref.shape), setup.dtype)  # random upstream gradient
+    x = torch.tensor(x64, dtype=setup.dtype, device=setup.device)
+    setup.user.zero_grad(set_to_none=True)
+    try:
+        if check_backward:
+            x.requires_grad_(True)
+            y = as_tensor_output(setup.forward(setup.user, x))
+        else:
+            with torch.no_grad():
+                y = as_tensor_output(setup.forward(setup.user, x))
+    except KitSetupError:
+        raise
+    except Exception as e:  # the module raising is a disagreement too
+        return [], Mismatch("exception", example, (), float("inf"), f"{type(e).__name__}: {e}")
+    plain = setup.plain.run(x64, g64, check_backward) if setup.plain else (None, None, None)
+    judgements = []
+
+    def check(quantity, got, truth, plain_value, scale=None):
+        j, found = judge(quantity, got, truth, plain_value, setup.rule, example, scale)
+        judgements.append(j)
+        return found
+
+    found = check("output", _np(y), y_ref, plain[0])
+    if found or not check_backward:
+        return judgements, found
+    dx_ref = setup.ref.backward(g64)
+    if not y.requires_grad:
+        detail = "the output does not require grad: no gradient reaches x (a detach?)"
+        return judgements, Mismatch("dx", example, tuple(dx_ref.shape), float("inf"), detail)
+    try:
+        y.backward(torch.tensor(g64, dtype=y.dtype, device=y.device))
+    except Exception as e:
+        return judgements, Mismatch(
+            "exception", example, (), float("inf"), f"{type(e).__name__}: {e}"
+        )
+    dx = _np(x.grad) if x.grad is not None else np.zeros_like(x64)
+    found = check("dx", dx, dx_ref, plain[1])
+    if found:
+        return judgements, found
+    expected = setup.weights.pull_back(setup.ref.grads)
+    plain_grads = setup.weights.pull_back(plain[2]) if plain[2] is not None else {}
+    params = dict(setup.user.named_parameters())
+    compared = [k for k in setup.weights.names if k in expected and k in setup.weights.trainable]
+    total = np.sqrt(sum(float(np.sum(expected[k] ** 2)) for k in compared))
+    size = sum(expected[k].size for k in compared)
+    for k in compared:
+        got = params[k].grad
+        got = _np(got) if got is not None else np.zeros_like(expected[k])
+        # a gradient that is zero in exact arithmetic (a key bias) is judged against the
+        # typical size of its neighbours', not against its own rounding noise
+        scale = max(float(np.linalg.norm(expected[k])), total * np.sqrt(expected[k].size / size))
+        found = check(f"grad[{k}]", got, expected[k], plain_grads.get(k), scale)
+        if found:
+            return judgements, found
+    return judgements, None
+
+
+def _rule(dtype, factor, floor, rtol, atol):
+    return rule_for(dtype, factor=factor, floor=floor, rtol=rtol, atol=atol)
+
+
+def compare(
+    module,
+    reference,
+    example: Example,
+    weight_map=None,
+    *,
+    forward=None,
+    dtype=torch.float64,
+    check_backward: bool = True,
+    rtol=None,
+    atol=None,
+    factor=None,
+    floor=None,
+) -> Mismatch | None:
+    """Run one example through module and reference; the first disagreement, or None.
+
+    Shapes: x (batch, tokens, reference.d_in). Checked in order: output, dx, then each
+    parameter gradient the weight map reads, in the module's order.
+    """
+    rule = _rule(dtype, factor, floor, rtol, atol)
+    setup = build(module, reference, weight_map, forward, dtype, rule, check_backward)
+    return run_example(setup, example, check_backward)[1]
+
+
+def measure(
+    module,
+    reference,
+    example: Example,
+    weight_map=None,
+    *,
+    forward=None,
+    dtype=torch.float64,
+    check_backward: bool = True,
+    rtol=None,
+    atol=None,
+    factor=None,
+    floor=None,
+) -> list[Judgement]:
+    """Every judgement on one example, up to the first failure (same keywords as compare):
+    the errors, plain torch's errors and the bounds, e.g. to see the margins."""
+    rule = _rule(dtype, factor, floor, rtol, atol)
+    setup = build(module, reference, weight_map, forward, dtype, rule, check_backward)
+    return run_example(setup, example, check_backward)[0]
+
+
+def search(
+    module,
+    reference,
+    weight_map=None,
+    *,
+    forward=None,
+    max_examples: int = 50,
+    seed: int = 0,
+    dtype=torch.float64,
+    rtol=None,
+    atol=None,
+    factor=None,
+    floor=None,
+    max_batch: int = 3,
+    max_tokens: int | None = None,
+    check_backward: bool = True,
+) -> tuple[Mismatch | None, Report]:
+    """find_mismatch, also returning the Report of the examples that passed."""
+    rule = _rule(dtype, factor, floor, rtol, atol)
+    setup = build(module, reference, weight_map, forward, dtype, rule, check_backward)
+    report = Report(unread=tuple(setup.weights.warn_unread()))
+    if max_tokens is None:
+        max_tokens = min(setup.context_length or MAX_TOKENS, MAX_TOKENS)
+    examples = st.builds(
+        Example,
+        batch=st.integers(1, max_batch),
+        tokens=st.integers(1, max_tokens),
+        seed=st.integers(0, 2**32 - 1),
+    )
+
+    def disagrees(example: Example) -> bool:
+        judgements, found = run_example(setup, example, check_backward)
+        report.examples += 1
+        if found is None:
+            report.note(judgements)
+        return found is not None
+
+    disagrees(Example(1, 1, seed))  # a setup error surfaces here, before any search
+    options = settings(
+        max_examples=max_examples,
+        derandomize=False,  # random=Random(seed) below makes it deterministic, whatever profile
+        database=None,
+        deadline=None,
+        suppress_health_check=list(HealthCheck),
+        phases=(Phase.generate, Phase.shrink),  # no database, no explain phase
+    )
+    try:
+        example = find(examples, disagrees, settings=options, random=random.Random(seed))
+    except NoSuchExample:
+        return None, report
+    return run_example(setup, example, check_backward)[1], report
+
+
+def find_mismatch(module, reference, weight_map=None, **kwargs) -> Mismatch | None:
+    """Search for the smallest Example on which module and reference disagree; None if
+    `max_examples` examples agree. Deterministic for a given `seed`.
+
+    Token counts run from 1 to max_tokens (default: the reference's context_length, at
+    most 16). Keywords: forward, max_examples, seed, dtype, rtol, atol, factor, floor,
+    max_batch, max_tokens, check_backward.
+    """
+    return search(module, reference, weight_map, **kwargs)[0]
+
+
+def replay_line(example, call: str, named: dict, kwargs: dict) -> str:
+    """A line of Python that replays the case. named: {argument: what the caller passed},
+    printed as the argument's own name (the caller's variable) or None."""
+    args = [f"{k}={'None' if v is None else k}" for k, v in named.items()]
+    args.append(f"dtype={kwargs.get('dtype', torch.float64)}")
+    if "check_backward" in kwargs:
+        args.append(f"check_backward={kwargs['check_backward']}")
+    args += [f"{k}={kwargs[k]!r}" for k in OVERRIDES if kwargs.get(k) is not None]
+    ex = ", ".join(f"{k}={v!r}" for k, v in vars(example).items())
+    return (
+        f"import torch, torch_port.testing; torch_port.testing.{call}(module, reference, "
+        f"torch_port.testing.{type(example).__name__}({ex}), {', '.join(args)})"
+    )
+
+
+OVERRIDES = ("rtol", "atol", "factor", "floor")
+
+
+def assert_matches_reference(
+    module, reference, weight_map=None, *, forward=None, **kwargs
+) -> Report:
+    """Raise ReferenceMismatchError if module and the npattn reference disagree anywhere.
+
+    Shapes: forward(module, x) maps (B, T, d_in) -> (B, T, d_out) like reference(x).
+    kwargs: as for find_mismatch. The message names the quantity, shapes, seed and error,
+    and gives a `replay:` line. Setup problems raise KitSetupError instead. Returns a
+    Report of what was checked.
+    """
+    mismatch, report = search(module, reference, weight_map, forward=forward, **kwargs)
+    if mismatch is None:
+        return report
+    dtype = str(kwargs.get("dtype", torch.float64)).replace("torch.", "")
+    named = {"weight_map": weight_map, "forward": forward}
+    options = {"check_backward": True, **kwargs}
+    message = (
+        f"{type(module).__name__} does not match npattn.{type(reference).__name__} "
+        f"({dtype}): {mismatch}\n"
+        f"replay: {replay_line(mismatch.example, 'compare', named, options)}"
+    )
+    raise ReferenceMismatchError(message, mismatch)

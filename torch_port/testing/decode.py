@@ -1,0 +1,231 @@
+"""assert_decode_matches: drive module and reference through chunked KV-cache decoding.
+
+Both start from an empty cache and take the same input in the same chunks (their sizes drawn
+by Hypothesis: a prefill, then single tokens or more); every chunk's output is compared.
+This catches what a full forward cannot: a cache pointer that never advances, a causal mask
+without the chunk's offset, keys appended twice, a cache never reset.
+
+Shapes: x (B, T_total, d_in) cut on the token axis into chunks (B, n_i, d_in), sum n_i =
+T_total; each chunk's output (B, n_i, d_out).
+"""
+
+from __future__ import annotations
+
+import inspect
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from hypothesis import HealthCheck, Phase, find, settings
+from hypothesis import strategies as st
+from hypothesis.errors import NoSuchExample
+
+from .check import Report, replay_line
+from .errors import KitSetupError, ReferenceMismatchError
+from .precision import judge, rule_for
+from .setup import MAX_TOKENS, NumpyAtDtype, TorchTwin, as_tensor_output, build, numpy_dtype
+
+
+@dataclass(frozen=True)
+class DecodeExample:
+    """x = default_rng(seed).standard_normal((batch, sum(chunks), d_in)), fed in chunks."""
+
+    batch: int
+    chunks: tuple
+    seed: int
+
+    def __str__(self) -> str:
+        return (
+            f"x of shape (B={self.batch}, T={sum(self.chunks)}, d_in) from seed {self.seed}, "
+            f"fed in chunks of {list(self.chunks)} tokens"
+        )
+
+
+def default_step(module, x):
+    return module(x, use_cache=True)
+
+
+def default_reset(module):
+    if not hasattr(module, "reset_cache"):
+        raise KitSetupError(
+            f"{type(module).__name__} has no reset_cache(): pass reset=<callable(module)> "
+            f"that empties its cache"
+        )
+    module.reset_cache()
+
+
+class _PlainDecoder:
+    """The yardstick with a cache: torch_port's twin if it decodes, else npattn at the dtype."""
+
+    def __init__(self, ref64, dtype, device):
+        self.twin = None
+        try:
+            twin = TorchTwin(ref64, dtype, device)
+            if "use_cache" in inspect.signature(twin.model.forward).parameters:
+                self.twin = twin
+        except (TypeError, KeyError, ValueError, AttributeError):
+            pass
+        if self.twin is None:
+            np_dtype = numpy_dtype(dtype)
+            if np_dtype is None:
+                raise KitSetupError(f"decoding in {dtype} needs a torch_port twin that decodes")
+            self.numpy = NumpyAtDtype(ref64, np_dtype)
+
+    def reset(self):
+        (self.twin.model if self.twin else self.numpy.model).reset_cache()
+
+    def step(self, x64):
+        if self.twin:
+            x = torch.tensor(x64, dtype=self.twin.dtype, device=self.twin.device)
+            with torch.no_grad():
+                return self.twin.model(x, use_cache=True).to("cpu", torch.float64).numpy()
+        m = self.numpy
+        return m.model.forward(x64.astype(m.np_dtype), use_cache=True).astype(np.float64)
+
+
+def _setup(module, reference, weight_map, dtype, rule):
+    if not hasattr(reference, "reset_cache"):
+        raise KitSetupError(
+            f"npattn.{type(reference).__name__} has no KV cache (reset_cache, use_cache): "
+            f"decode against a reference that has one, e.g. npattn.GroupedQueryAttention"
+        )
+    setup = build(module, reference, weight_map, None, dtype, rule, check_backward=False)
+    setup.plain = _PlainDecoder(setup.ref, dtype, setup.device) if rule.needs_plain else None
+    return setup
+
+
+def run_decode(setup, example: DecodeExample, step, reset):
+    """Judgements for every chunk, stopping at the first failure, and that failure."""
+    rng = np.random.default_rng(example.seed)
+    x64 = rng.standard_normal((example.batch, sum(example.chunks), setup.d_in))
+    x64 = torch.from_numpy(x64).to(setup.dtype).to(torch.float64).numpy()
+    setup.ref.reset_cache()
+    reset(setup.user)
+    if setup.plain:
+        setup.plain.reset()
+    judgements, start = [], 0
+    for i, n in enumerate(example.chunks):
+        chunk = x64[:, start : start + n]  # (B, n, d_in)
+        y_ref = setup.ref.forward(chunk, use_cache=True)
+        x = torch.tensor(chunk, dtype=setup.dtype, device=setup.device)
+        with torch.no_grad():
+            try:
+                y = as_tensor_output(step(setup.user, x), "step(module, x)")
+            except KitSetupError:
+                raise
+            except Exception as e:
+                from .errors import Mismatch
+
+                detail = f"{type(e).__name__}: {e}"
+                return judgements, Mismatch(f"step {i}", example, (), float("inf"), detail)
+        plain = setup.plain.step(chunk) if setup.plain else None
+        quantity = f"step {i} output (tokens {start}..{start + n - 1})"
+        y = y.to("cpu", torch.float64).numpy()
+        j, found = judge(quantity, y, y_ref, plain, setup.rule, example)
+        judgements.append(j)
+        if found:
+            return judgements, found
+        start += n
+    return judgements, None
+
+
+def compare_decode(
+    module,
+    reference,
+    example: DecodeExample,
+    weight_map=None,
+    *,
+    step=None,
+    reset=None,
+    dtype=torch.float64,
+    rtol=None,
+    atol=None,
+    factor=None,
+    floor=None,
+):
+    """One decoding example: the first chunk whose output disagrees (a Mismatch), or None."""
+    rule = rule_for(dtype, factor=factor, floor=floor, rtol=rtol, atol=atol)
+    setup = _setup(module, reference, weight_map, dtype, rule)
+    return run_decode(setup, example, step or default_step, reset or default_reset)[1]
+
+
+def assert_decode_matches(
+    module,
+    reference,
+    weight_map=None,
+    *,
+    step=None,
+    reset=None,
+    dtype=torch.float64,
+    max_examples: int = 25,
+    seed: int = 0,
+    max_batch: int = 2,
+    max_tokens: int | None = None,
+    max_chunk: int = 4,
+    rtol=None,
+    atol=None,
+    factor=None,
+    floor=None,
+) -> Report:
+    """Raise ReferenceMismatchError unless every chunk of a cached decode matches.
+
+    step(module, x_chunk) -> Tensor runs one cached call (default module(x, use_cache=True));
+    reset(module) empties the cache (default module.reset_cache()). The reference decodes
+    with reference(x, use_cache=True). Chunk sizes run from 1 to max_chunk, in total at most
+    max_tokens (default: the reference's context_length, at most 16). Returns a Report.
+    """
+    rule = rule_for(dtype, factor=factor, floor=floor, rtol=rtol, atol=atol)
+    setup = _setup(module, reference, weight_map, dtype, rule)
+    step_arg, reset_arg = step, reset
+    step, reset = step or default_step, reset or default_reset
+    if max_tokens is None:
+        max_tokens = min(setup.context_length or MAX_TOKENS, MAX_TOKENS)
+    report = Report(unread=tuple(setup.weights.warn_unread()))
+
+    def fit(sizes: list) -> tuple:
+        kept, total = [], 0
+        for n in sizes:
+            n = min(n, max_tokens - total)
+            if n < 1:
+                break
+            kept.append(n)
+            total += n
+        return tuple(kept)
+
+    examples = st.builds(
+        DecodeExample,
+        batch=st.integers(1, max_batch),
+        chunks=st.lists(st.integers(1, max_chunk), min_size=1, max_size=max_tokens).map(fit),
+        seed=st.integers(0, 2**32 - 1),
+    )
+
+    def disagrees(example) -> bool:
+        judgements, found = run_decode(setup, example, step, reset)
+        report.examples += 1
+        if found is None:
+            report.note(judgements)
+        return found is not None
+
+    disagrees(DecodeExample(1, (1,), seed))  # setup errors surface before the search
+    options = settings(
+        max_examples=max_examples,
+        derandomize=False,
+        database=None,
+        deadline=None,
+        suppress_health_check=list(HealthCheck),
+        phases=(Phase.generate, Phase.shrink),
+    )
+    try:
+        example = find(examples, disagrees, settings=options, random=random.Random(seed))
+    except NoSuchExample:
+        return report
+    mismatch = run_decode(setup, example, step, reset)[1]
+    named = {"weight_map": weight_map, "step": step_arg, "reset": reset_arg}
+    kwargs = dict(dtype=dtype, rtol=rtol, atol=atol, factor=factor, floor=floor)
+    line = replay_line(example, "compare_decode", named, kwargs)
+    message = (
+        f"{type(module).__name__} does not decode like npattn.{type(reference).__name__} "
+        f"({str(dtype).replace('torch.', '')}): {mismatch}\nreplay: {line}"
+    )
+    raise ReferenceMismatchError(message, mismatch)

@@ -1,0 +1,186 @@
+"""Setting a check up: validate the arguments, copy the modules, build the plain yardstick.
+
+Nothing here touches the caller's objects: the module is deep-copied (then cast and put in
+eval mode), the reference is deep-copied, made float64 and loaded with the mapped weights.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+import npattn
+
+from .errors import KitSetupError
+from .precision import Rule
+from .weights import MappedWeights, check_configuration
+
+MAX_TOKENS = 16  # the most tokens drawn, unless the reference's context_length is shorter
+
+
+def default_forward(module, x):
+    return module(x)
+
+
+def check_forward(forward):
+    """forward as a callable (module, x) -> Tensor; None means module(x)."""
+    if forward is None:
+        return default_forward
+    if not callable(forward):
+        raise KitSetupError(f"forward must be a callable (module, x) -> Tensor, got {forward!r}")
+    try:
+        inspect.signature(forward).bind(None, None)
+    except TypeError:
+        raise KitSetupError(
+            f"forward must take two arguments (module, x) and return the output tensor, "
+            f"e.g. forward=lambda m, x: m(x)[0]; got a callable with signature "
+            f"{inspect.signature(forward)}"
+        ) from None
+    except ValueError:  # no signature to inspect (a builtin): let it run
+        pass
+    return forward
+
+
+def check_modules(module, reference) -> None:
+    if not isinstance(reference, npattn.Module):
+        raise KitSetupError(
+            f"reference must be an npattn module (e.g. npattn.MultiHeadAttention(...)), got "
+            f"{type(reference).__name__}"
+        )
+    if not isinstance(module, torch.nn.Module):
+        raise KitSetupError(
+            f"module must be a torch.nn.Module, the one that owns the weights, got "
+            f"{type(module).__name__} {getattr(module, '__name__', '')!s}; "
+            f"for an SDPA-like function use torch_port.testing.assert_sdpa_matches"
+        )
+
+
+def as_tensor_output(y, what: str = "forward(module, x)") -> torch.Tensor:
+    """The output tensor, or a KitSetupError saying how to adapt the call."""
+    if torch.is_tensor(y):
+        return y
+    hint = "forward=lambda m, x: m(x)[0]" if isinstance(y, (tuple, list)) else "forward="
+    raise KitSetupError(
+        f"{what} must return a tensor, got {type(y).__name__}; pass {hint} to pick it out"
+    )
+
+
+def reference_float64(reference, weights: MappedWeights):
+    """A float64 copy of the reference, holding the module's weights, in eval mode."""
+    ref = copy.deepcopy(reference).eval()
+    if hasattr(ref, "astype"):
+        ref.astype(np.float64)  # buffers too (e.g. RoPE tables), so the truth is float64
+    try:
+        ref.load_state_dict(weights.state_dict(ref))
+    except (KeyError, ValueError, TypeError) as e:
+        raise KitSetupError(f"the mapped weights do not load into the reference: {e}") from e
+    return ref
+
+
+def numpy_dtype(dtype):
+    return {torch.float32: np.float32, torch.float16: np.float16}.get(dtype)
+
+
+class TorchTwin:
+    """torch_port's class of the reference's name, at the module's dtype: plain torch ops."""
+
+    def __init__(self, ref64, dtype, device):
+        import torch_port
+
+        self.model = torch_port.from_npattn(ref64).to(device=device, dtype=dtype).eval()
+        self.dtype, self.device = dtype, device
+
+    def run(self, x64, g64, backward: bool):
+        """(out, dx, grads) as float64 numpy; grads keyed like the reference's parameters."""
+        x = torch.tensor(x64, dtype=self.dtype, device=self.device)
+        self.model.zero_grad(set_to_none=True)
+        if not backward:
+            with torch.no_grad():
+                return _np(self.model(x)), None, None
+        x.requires_grad_(True)
+        y = self.model(x)
+        y.backward(torch.tensor(g64, dtype=self.dtype, device=self.device))
+        grads = {k: _np(p.grad) for k, p in self.model.named_parameters() if p.grad is not None}
+        return _np(y), _np(x.grad), grads
+
+
+class NumpyAtDtype:
+    """The npattn reference itself computed at the module's dtype (float32 or float16)."""
+
+    def __init__(self, ref64, np_dtype):
+        self.model = copy.deepcopy(ref64).astype(np_dtype)
+        self.np_dtype = np_dtype
+
+    def run(self, x64, g64, backward: bool):
+        y = self.model(x64.astype(self.np_dtype))
+        if not backward:
+            return y.astype(np.float64), None, None
+        dx = self.model.backward(g64.astype(self.np_dtype))
+        grads = {k: g.astype(np.float64) for k, g in self.model.grads.items()}
+        return y.astype(np.float64), dx.astype(np.float64), grads
+
+
+def plain_yardstick(ref64, dtype, device, rule: Rule):
+    """What the error model compares with: torch_port's twin of the reference when it has one,
+    else the reference computed at the dtype; None when the rule needs none (float64)."""
+    if not rule.needs_plain:
+        return None
+    try:
+        return TorchTwin(ref64, dtype, device)
+    except (TypeError, KeyError, ValueError, AttributeError):
+        pass  # no torch_port twin for this class
+    np_dtype = numpy_dtype(dtype)
+    if np_dtype is None:
+        raise KitSetupError(
+            f"{dtype} needs a plain torch twin of npattn.{type(ref64).__name__} as yardstick "
+            f"and torch_port has none; check in float32 or float16, or pass rtol and atol"
+        )
+    return NumpyAtDtype(ref64, np_dtype)
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    return t.detach().to("cpu", torch.float64).numpy()
+
+
+@dataclass
+class Setup:
+    """Everything one check needs, built once and reused for every example."""
+
+    user: torch.nn.Module
+    forward: object
+    weights: MappedWeights
+    ref: object
+    plain: object
+    rule: Rule
+    dtype: torch.dtype
+    device: torch.device
+    d_in: int
+    context_length: int | None
+    unread: list = field(default_factory=list)
+
+
+def build(module, reference, weight_map, forward, dtype, rule, check_backward) -> Setup:
+    """Validate and copy; raises KitSetupError (or ConfigurationMismatchError) on bad setup."""
+    check_modules(module, reference)
+    forward = check_forward(forward)
+    check_configuration(module, reference)
+    trainable = {k for k, p in module.named_parameters() if p.requires_grad}
+    user = copy.deepcopy(module).to(dtype).eval()
+    if not check_backward:
+        user.requires_grad_(False)  # no autograd anywhere: kernels without a backward run
+    weights = MappedWeights(user, reference, weight_map)
+    weights.trainable = trainable
+    ref = reference_float64(reference, weights)
+    d_in = getattr(ref, "d_in", None)
+    if not isinstance(d_in, int):
+        raise KitSetupError(f"npattn.{type(ref).__name__} has no d_in: the kit cannot draw x")
+    params = list(user.parameters())
+    device = params[0].device
+    lengths = [getattr(m, "context_length", None) for _, m in ref.named_modules()]
+    context_length = min((n for n in lengths if isinstance(n, int)), default=None)
+    plain = plain_yardstick(ref, dtype, device, rule)
+    return Setup(user, forward, weights, ref, plain, rule, dtype, device, d_in, context_length)
