@@ -136,7 +136,7 @@ def profile(args, size, log, runs: int = 3) -> str:
     import pstats
 
     import npattn
-    from npattn.ops import _parallel
+    from npattn.fast import _parallel
 
     log("profile: npattn MultiHeadAttention")
     # cProfile sees only the calling thread: run the heads there, one after another

@@ -9,7 +9,7 @@ import sys
 def gradcheck_report(seed: int = 0) -> bool:
     """Print the central-difference check of every op and module; True if all passed."""
     from .gradcheck import check_module, check_op
-    from .stages import module_stages, op_stages
+    from .gradcheck_cases import module_stages, op_stages
 
     ok = True
     for name, fwd, bwd, inputs, kwargs, wrt in op_stages(seed):
@@ -40,7 +40,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.command == "gradcheck":
         return 0 if gradcheck_report(args.seed) else 1
-    from .demo import main as demo_main
+    from .chapter.demo import main as demo_main
 
     return demo_main(plot_dir=args.plot, weights=args.weights)
 

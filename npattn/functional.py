@@ -8,9 +8,15 @@ but raises if they change): change an input in place between a forward and its b
 the gradients change with it. Inputs themselves are never modified by npattn.
 """
 
-from .ops.causal import CausalCache, causal_sdpa_backward, causal_sdpa_forward
+from .fast.blocked import CausalCache, causal_sdpa_backward, causal_sdpa_forward
+from .fast.fused_linear import fused_linear_backward, fused_linear_forward
+from .fast.tiled import (
+    FlashCache,
+    flash_attention_backward,
+    flash_attention_forward,
+    flash_dropout_mask,
+)
 from .ops.dropout import dropout_backward, dropout_forward, dropout_keep_mask
-from .ops.fused_linear import fused_linear_backward, fused_linear_forward
 from .ops.heads import (
     merge_heads_backward,
     merge_heads_forward,
@@ -38,12 +44,6 @@ from .ops.simple import (
     simple_self_attention,
 )
 from .ops.softmax import softmax, softmax_backward, softmax_inplace, softmax_naive
-from .ops.tiled import (
-    FlashCache,
-    flash_attention_backward,
-    flash_attention_forward,
-    flash_dropout_mask,
-)
 
 __all__ = [
     "CausalCache",

@@ -136,7 +136,7 @@ def test_site_shows_computed_outputs_and_included_source(site):
 
 
 def test_site_figures_are_drawn_and_used(site):
-    from npattn.plots import FIGURES
+    from npattn.chapter.plots import FIGURES
 
     for name in FIGURES:
         svg = site / "figures" / f"{name}.svg"

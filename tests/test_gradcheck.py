@@ -7,7 +7,7 @@ import pytest
 import npattn
 from npattn import functional as F
 from npattn.gradcheck import check_module, check_op, numerical_gradient
-from npattn.stages import module_stages, op_stages
+from npattn.gradcheck_cases import module_stages, op_stages
 
 
 @pytest.mark.parametrize("stage", op_stages(), ids=lambda s: s[0])

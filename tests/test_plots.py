@@ -3,8 +3,8 @@ import pytest
 
 pytest.importorskip("matplotlib")
 
-from npattn import plots  # noqa: E402
-from npattn.data import TOKENS  # noqa: E402
+from npattn.chapter import plots  # noqa: E402
+from npattn.chapter.data import TOKENS  # noqa: E402
 from npattn.ops.masks import causal_mask  # noqa: E402
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

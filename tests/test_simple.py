@@ -9,7 +9,7 @@ from tolerances import F64, FD
 import npattn
 from npattn import functional as F
 from npattn.gradcheck import check_op
-from npattn.stages import _simple_forward
+from npattn.gradcheck_cases import _simple_forward
 
 
 @given(batch_shapes(0, 1), dims, dims, seeds)

@@ -13,9 +13,9 @@ from tolerances import F64, FD
 
 import npattn
 from npattn import functional as F
+from npattn.fast import dispatch as _impl
+from npattn.fast import tiled
 from npattn.gradcheck import check_module, check_op
-from npattn.modules import _impl
-from npattn.ops import tiled
 
 torch = pytest.importorskip("torch")
 from helpers import assert_close_at_large_logits, torch_sdpa_math, upstream  # noqa: E402

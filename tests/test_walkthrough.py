@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from tolerances import F32
 
-from npattn import walkthrough as W
-from npattn.chapter_weights import torch_available
-from npattn.data import QUERY_INDEX, chapter_inputs
+from npattn.chapter import walkthrough as W
+from npattn.chapter.data import QUERY_INDEX, chapter_inputs
+from npattn.chapter.weights import torch_available
 
 WEIGHTS = [
     "npattn",

@@ -1,7 +1,7 @@
-"""mkdocs hook: the attention heatmaps are drawn by npattn.plots during the build.
+"""mkdocs hook: the attention heatmaps are drawn by npattn.chapter.plots during the build.
 
 They are added to the site as generated files, figures/<name>.svg (names in
-npattn.plots.FIGURES), so no image is committed and every figure is the current code's.
+npattn.chapter.plots.FIGURES), so no image is committed and every figure is the current code's.
 With torch installed the trainable stages use the chapter's torch-seeded weights.
 """
 
@@ -13,7 +13,7 @@ FIGURES_DIR = "figures"
 def on_files(files, config):
     from mkdocs.structure.files import File
 
-    from npattn.plots import chapter_figures, figure_bytes
+    from npattn.chapter.plots import chapter_figures, figure_bytes
 
     for name, fig in chapter_figures(weights="auto").items():
         files.append(File.generated(config, f"{FIGURES_DIR}/{name}.svg", content=figure_bytes(fig)))

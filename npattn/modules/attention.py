@@ -9,9 +9,9 @@ from __future__ import annotations
 import numpy as np
 
 from .._checks import make_rng
+from ..fast.dispatch import attention_backward, attention_forward, check_attn_impl, keep_mask
 from ..ops.linear import linear_backward, linear_forward
 from ..ops.sdpa import sdpa_backward, sdpa_forward
-from ._impl import attention_backward, attention_forward, check_attn_impl, keep_mask
 from ._input import chapter_mask, check_attention_args, prepare_input
 from .base import Module
 from .linear import Linear
@@ -63,7 +63,7 @@ class _QKV(Module):
 
     def _init_qkv(self, d_in, d_out, qkv_bias, rng, attn_impl="naive"):
         self.rng = make_rng(rng)
-        self.attn_impl = check_attn_impl(attn_impl)  # npattn/modules/_impl.py
+        self.attn_impl = check_attn_impl(attn_impl)  # npattn/fast/dispatch.py
         self.W_query = Linear(d_in, d_out, bias=qkv_bias, rng=self.rng)
         self.W_key = Linear(d_in, d_out, bias=qkv_bias, rng=self.rng)
         self.W_value = Linear(d_in, d_out, bias=qkv_bias, rng=self.rng)
@@ -116,7 +116,7 @@ class CausalAttention(_QKV):
 
     Shapes: x (B, T, d_in), T <= context_length -> context_vec (B, T, d_out).
     The `mask` buffer is the chapter's triu(ones, 1) (1 = masked), truncated to T.
-    attn_impl: "naive", "tiled" or "auto" (npattn/modules/_impl.py); tiled sets attn_weights None.
+    attn_impl: "naive", "tiled" or "auto" (npattn/fast/dispatch.py); tiled sets attn_weights None.
     """
 
     def __init__(

@@ -10,14 +10,14 @@ from __future__ import annotations
 import numpy as np
 
 from .._checks import as_grad, check_positive_int, make_rng
-from ..ops.fused_linear import fused_linear_backward, fused_linear_forward
+from ..fast.dispatch import attention_backward, attention_forward, check_attn_impl, keep_mask
+from ..fast.fused_linear import fused_linear_backward, fused_linear_forward
 from ..ops.heads import (
     merge_heads_backward,
     merge_heads_forward,
     split_qkv_heads_backward,
     split_qkv_heads_forward,
 )
-from ._impl import attention_backward, attention_forward, check_attn_impl, keep_mask
 from ._input import chapter_mask, check_attention_args, prepare_input
 from .attention import CausalAttention
 from .base import Module, ModuleList
@@ -88,7 +88,7 @@ class MultiHeadAttention(Module):
         3. causal SDPA with dropout on the weights     (B, H, T, E)
         4. merge heads                                 (B, H, T, E) -> (B, T, d_out)
         5. context_vec = out_proj(context)             (B, T, d_out)
-    attn_impl: "naive", "tiled" or "auto" (npattn/modules/_impl.py); tiled sets attn_weights None.
+    attn_impl: "naive", "tiled" or "auto" (npattn/fast/dispatch.py); tiled sets attn_weights None.
     """
 
     def __init__(

@@ -30,8 +30,8 @@ from typing import NamedTuple
 import numpy as np
 
 from .._checks import as_grad, check_positive_int, check_probability, check_scale, make_rng
-from .dropout import dropout_backward, dropout_forward
-from .sdpa import (
+from ..ops.dropout import dropout_backward, dropout_forward
+from ..ops.sdpa import (
     _check_inputs,
     _repeat_kv,
     _unrepeat_kv,

@@ -1,6 +1,6 @@
 """`python -m npattn demo`: chapter 3 on the command line, stage by stage, 4 decimals.
 
-Every number printed is computed here (npattn.walkthrough); nothing is typed in.
+Every number printed is computed here (npattn.chapter.walkthrough); nothing is typed in.
 With torch installed the trainable stages load the chapter's torch-seeded weights, so the
 numbers are the book's; without it npattn's own seeded init is used and they differ.
 """
@@ -62,11 +62,11 @@ def _weights_note(source: str) -> None:
     if source == "torch":
         _say(
             "Weights: the chapter's own, drawn by torch right after torch.manual_seed(123) (789",
-            "for SelfAttention_v2) as in the book (npattn.chapter_weights), so these are the",
+            "for SelfAttention_v2) as in the book (npattn.chapter.weights), so these are the",
             "book's numbers.",
         )
     else:
-        from .chapter_weights import torch_available
+        from .weights import torch_available
 
         _say(
             "Weights: npattn's own initialisation, seeded like the book (123, 789) but drawn",
@@ -222,7 +222,7 @@ def demo_multihead(m: dict, gpt2_params: int) -> None:
 
 
 def demo_backward(mha) -> None:
-    from .gradcheck import check_module
+    from ..gradcheck import check_module
 
     _section("Beyond the chapter: the backward pass")
     report = check_module(mha, chapter_batch(np.float64), seed=0)

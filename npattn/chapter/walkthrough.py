@@ -1,26 +1,26 @@
 """Chapter 3, stage by stage, on "Your journey starts with one step": the numbers only.
 
 Each function is one section of the chapter, uses the chapter's variable names and returns
-them in a dict; `python -m npattn demo` prints them and npattn.plots draws them.
+them in a dict; `python -m npattn demo` prints them and npattn.chapter.plots draws them.
 Shapes: inputs (T=6, d_in=3), batch (B=2, T, d_in); d_out = 2 throughout, as in the chapter.
 `weights` is "auto" (the chapter's torch-seeded weights when torch is installed), "torch" or
-"npattn" (npattn's own seeded init; see npattn.chapter_weights).
+"npattn" (npattn's own seeded init; see npattn.chapter.weights).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from . import functional as F
-from .chapter_weights import chapter_dropout_keep, chapter_module
-from .data import QUERY_INDEX, chapter_batch, chapter_inputs
-from .modules import (
+from .. import functional as F
+from ..modules import (
     CausalAttention,
     MultiHeadAttention,
     MultiHeadAttentionWrapper,
     SelfAttention_v1,
     SelfAttention_v2,
 )
+from .data import QUERY_INDEX, chapter_batch, chapter_inputs
+from .weights import chapter_dropout_keep, chapter_module
 
 D_OUT = 2  # the chapter's d_out
 DROPOUT_P = 0.5  # section 3.5.2's example rate

@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..ops.causal import CausalCache, causal_sdpa_backward, causal_sdpa_forward
+from ..modules._input import attend_mask
 from ..ops.sdpa import SDPACache, sdpa_backward, sdpa_forward
-from ..ops.tiled import flash_attention_backward, flash_attention_forward, flash_dropout_mask
-from ._input import attend_mask
+from .blocked import CausalCache, causal_sdpa_backward, causal_sdpa_forward
+from .tiled import flash_attention_backward, flash_attention_forward, flash_dropout_mask
 
 ATTN_IMPLS = ("naive", "tiled", "auto")
 # Measured (docs/benchmarks/tiled.md, causal forward+backward, E = 64, one BLAS thread): at

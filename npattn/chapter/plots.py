@@ -28,7 +28,7 @@ def _require_matplotlib() -> None:
         import matplotlib  # noqa: F401
     except ImportError as e:
         raise ImportError(
-            "npattn.plots draws with matplotlib: pip install matplotlib (or 'npattn[docs]')"
+            "npattn.chapter.plots draws with matplotlib: pip install matplotlib (or 'npattn[docs]')"
         ) from e
 
 
@@ -98,8 +98,8 @@ def _figure(panels, suptitle: str, mask=None):
 def chapter_figures(stages=None, weights: str = "auto") -> dict:
     """The chapter's heatmaps as matplotlib Figures, keyed by the names in FIGURES.
 
-    stages: the (simple, causal, dropout, multihead) dicts of npattn.walkthrough, computed
-    here when None (weights as in npattn.walkthrough).
+    stages: the (simple, causal, dropout, multihead) dicts of npattn.chapter.walkthrough, computed
+    here when None (weights as in npattn.chapter.walkthrough).
     """
     if stages is None:
         from . import walkthrough as W

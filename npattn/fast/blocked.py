@@ -4,7 +4,7 @@ The same function as sdpa_forward(q, k, v, is_causal=True): query i attends keys
 (top-left aligned, as torch's is_causal), with dropout on the weights. Three things make it fast:
 - one head at a time, so each head's (L, S) weights stay in the CPU cache while softmax and
   the backward's elementwise steps run over them;
-- heads side by side, one per BLAS thread (ops/_parallel.py), rather than every small product
+- heads side by side, one per BLAS thread (fast/_parallel.py), rather than every small product
   split over the threads;
 - row blocks of `block_size` queries: block [r0, r1) needs only the keys [0, r0 + block_size),
   so the matrix products skip the upper triangle (about half the work for long sequences).
@@ -30,9 +30,9 @@ from typing import NamedTuple
 import numpy as np
 
 from .._checks import as_float_array, as_grad, check_min_ndim, check_probability, check_scale
+from ..ops.dropout import dropout_keep_mask
+from ..ops.softmax import softmax_inplace
 from ._parallel import map_heads
-from .dropout import dropout_keep_mask
-from .softmax import softmax_inplace
 
 BLOCK_SIZE = 128  # rows per block: small enough to skip most of the triangle, large for BLAS
 
@@ -148,7 +148,7 @@ def causal_sdpa_forward(
             # 5. out = dropped @ v      (rows, c1) @ (c1, Ev) -> (rows, Ev)
             np.matmul(w, v[h][:c1], out=out[h][r0:r1])
 
-    map_heads(forward_head, tuple(lead))  # heads side by side on BLAS's threads (ops/_parallel.py)
+    map_heads(forward_head, tuple(lead))  # heads side by side on BLAS's threads (fast/_parallel.py)
     # out is cached as a copy: the caller owns the returned array and may change it
     cache = CausalCache(q, k, v, out.copy(), attn_weights, keep, dropout_scale, scale, block_size)
     return out, cache
