@@ -9,14 +9,14 @@ import sys
 def gradcheck_report(seed: int = 0) -> bool:
     """Print the central-difference check of every op and module; True if all passed."""
     from .gradcheck import check_module, check_op
-    from .gradcheck_cases import module_stages, op_stages
+    from .gradcheck_cases import module_cases, op_cases
 
     ok = True
-    for name, fwd, bwd, inputs, kwargs, wrt in op_stages(seed):
+    for name, fwd, bwd, inputs, kwargs, wrt in op_cases(seed):
         report = check_op(fwd, bwd, inputs, kwargs, wrt=wrt, seed=seed)
         print(f"== {name}\n{report}\n")
         ok &= report.passed
-    for name, module, x in module_stages(seed):
+    for name, module, x in module_cases(seed):
         report = check_module(module, x, seed=seed)
         print(f"== {name}\n{report}\n")
         ok &= report.passed
