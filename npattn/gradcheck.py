@@ -16,10 +16,12 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .modules.base import Module
+if TYPE_CHECKING:  # for the annotations only: the checker does not import npattn.modules
+    from .modules.base import Module
 
 EPS = 1e-6  # central-difference step for float64
 ATOL = 1e-5  # the tolerances of torch.autograd.gradcheck
@@ -130,6 +132,9 @@ def check_module(
     module: Module, x, *, seed: int = 0, eps: float = EPS, atol: float = ATOL, rtol: float = RTOL
 ) -> GradcheckReport:
     """Check dL/dx and every parameter gradient of a module, in float64.
+
+    Any object with npattn's Module interface will do: forward via __call__, backward(dout),
+    grads, parameters(), named_modules() and astype(dtype).
 
     A float64 copy of the module is checked (the module itself is left as it is); its
     dropout generator is re-seeded with `seed` before each forward, so every evaluation
