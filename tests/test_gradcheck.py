@@ -87,3 +87,28 @@ def test_command_line_report(capsys):
     assert "all gradients agree with central differences" in out
     for name, *_ in op_cases() + module_cases():
         assert f"== {name}" in out
+
+
+def test_a_zero_gradient_is_marked_and_explained():
+    """The key bias's true gradient is 0 (softmax ignores a shift shared by a whole row), so
+    its relative error is rounding noise over atol: the report marks it and says so."""
+    x = np.random.default_rng(0).standard_normal((2, 4, 5))
+    report = check_module(npattn.SelfAttention_v2(5, 3, qkv_bias=True, rng=0), x)
+    flagged = {r.name for r in report if r.zero_gradient}
+    assert flagged == {"W_key.bias"}
+    assert report.passed
+    text = str(report)
+    assert "yes *" in text and "zero gradient" in text
+
+
+def test_every_command_line_option_has_help():
+    import argparse
+
+    from npattn.__main__ import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name, subparser in sub.choices.items():
+        for action in subparser._actions:
+            assert action.help, f"{name} {action.option_strings or action.dest} has no help"
+    assert all(choice.help for choice in sub._choices_actions)
