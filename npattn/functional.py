@@ -1,7 +1,12 @@
 """The public face of the ops: `from npattn import functional as F`.
 
 Every op is a pure pair, `*_forward(...) -> (out, cache)` and `*_backward(dout, cache)`, except
-softmax, whose output is its own cache: `y = F.softmax(x)`, `dx = F.softmax_backward(dy, y)`.
+softmax, whose output is its own cache: `y = F.softmax(x)`, `dx = F.softmax_backward(dy, y)`,
+and GQA's head repetition: `F.repeat_kv(k, groups)`, `F.repeat_kv_backward(dk, groups)`.
+
+The reference ops live in npattn/ops/; the opt-in fast ones in npattn/fast/ (causal_sdpa_*
+by row blocks, fused_linear_*, flash_attention_* by tiles) are exported here too, so one
+`F` reaches them all and tests can hold each fast op against its reference.
 
 A cache holds references to the forward's inputs, not copies (torch's autograd does the same,
 but raises if they change): change an input in place between a forward and its backward and
@@ -20,6 +25,8 @@ from .ops.dropout import dropout_backward, dropout_forward, dropout_keep_mask
 from .ops.heads import (
     merge_heads_backward,
     merge_heads_forward,
+    repeat_kv,
+    repeat_kv_backward,
     split_heads_backward,
     split_heads_forward,
     split_qkv_heads_backward,
@@ -72,6 +79,8 @@ __all__ = [
     "mask_scores_forward",
     "merge_heads_backward",
     "merge_heads_forward",
+    "repeat_kv",
+    "repeat_kv_backward",
     "scaled_dot_product_attention",
     "sdpa_backward",
     "sdpa_forward",

@@ -12,7 +12,13 @@ from .._checks import make_rng
 from ..fast.dispatch import attention_backward, attention_forward, keep_mask, resolve_attn_impl
 from ..ops.linear import linear_backward, linear_forward
 from ..ops.sdpa import sdpa_backward, sdpa_forward
-from ._input import attn_impl_property, chapter_mask, check_attention_args, prepare_input
+from ._input import (
+    attend_mask,
+    attn_impl_property,
+    chapter_mask,
+    check_attention_args,
+    prepare_input,
+)
 from .base import Module
 from .linear import Linear
 
@@ -90,7 +96,7 @@ class _QKV(Module):
             self._cache = (impl, cache)
             return context_vec
         # 2-5. softmax(queries @ keys^T / sqrt(d_k), masked) with dropout, @ values
-        mask = None if mask_buffer is None else mask_buffer[:T, :T] == 0  # (T, T), True = attend
+        mask = None if mask_buffer is None else attend_mask(mask_buffer, T)  # (T, T), True = attend
         context_vec, cache = sdpa_forward(queries, keys, values, mask, dropout_p, rng=self.rng)
         self.attn_weights = cache.attn_weights  # (..., T, T), before dropout
         self._cache = (impl, cache)

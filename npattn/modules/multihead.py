@@ -23,7 +23,13 @@ from ..ops.heads import (
     split_heads_forward,
 )
 from ..ops.sdpa import sdpa_backward, sdpa_forward
-from ._input import attn_impl_property, chapter_mask, check_attention_args, prepare_input
+from ._input import (
+    attend_mask,
+    attn_impl_property,
+    chapter_mask,
+    check_attention_args,
+    prepare_input,
+)
 from .attention import CausalAttention
 from .base import Module, ModuleList
 from .linear import Linear
@@ -142,7 +148,7 @@ class MultiHeadAttention(Module):
         keys, _ = split_heads_forward(keys, H)
         values, _ = split_heads_forward(values, H)
         # 3. attention per head, the buffer as a mask    (B, H, T, E)
-        mask = self.mask[:T, :T] == 0  # (T, T), True = attend
+        mask = attend_mask(self.mask, T)  # (T, T), True = attend
         context, sdpa_cache = sdpa_forward(queries, keys, values, mask, dropout_p, rng=self.rng)
         self.attn_weights = sdpa_cache.attn_weights  # (B, H, T, T), before dropout
         # 4. merge heads                                 (B, H, T, E) -> (B, T, d_out)
