@@ -12,9 +12,16 @@ BENCH_ARGS ?=
 
 setup: $(STAMP)
 
+# pip prints each package as it collects and installs it: a fresh clone downloads torch (CPU),
+# so the first run takes a few minutes; later runs skip this step until setup.cfg changes.
 $(STAMP): setup.cfg pyproject.toml constraints.txt
+	@echo "==> [1/2] creating the virtualenv $(VENV) with $(PYTHON)"
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -c constraints.txt -e '.[test,docs,bench,dev]'
+	@echo "==> [2/2] installing npattn (editable) with its extras test, docs, bench, dev:"
+	@echo "    numpy, torch (CPU), safetensors, hypothesis, pytest, mkdocs-material,"
+	@echo "    matplotlib, threadpoolctl, ruff; pinned by constraints.txt (a few minutes)"
+	$(PY) -m pip install -c constraints.txt -e '.[test,docs,bench,dev]'
+	@echo "==> done: $(VENV) is ready"
 	touch $@
 
 demo: $(STAMP)

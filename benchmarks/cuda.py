@@ -13,7 +13,7 @@ import paths as P
 import report
 from timing import run_interleaved
 
-# the bonus notebook's A100 table (shared/REFERENCE.md): B=8, T=1024, d=768, 12 heads, fp32
+# the book's bonus notebook's A100 table: B=8, T=1024, d=768, 12 heads, fp32
 A100 = {
     "Wrapper": (4.79, 12.07),
     P.CH03: (3.15, 9.0),

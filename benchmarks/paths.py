@@ -31,9 +31,16 @@ TORCH_VARIANTS = (  # (name in the tables, torch_port class, from_mha keyword ar
 )
 CH03 = "Ch03 MHA"
 SDPA = "SDPA"
-NPATTN_NAIVE = "npattn MHA (naive)"
+NPATTN_REFERENCE = "npattn MHA (reference)"
+NPATTN_BLOCKED = "npattn MHA (blocked)"
 NPATTN_TILED = "npattn MHA (tiled)"
-NPATTN_UNFUSED = "npattn, before issue 6 (3 GEMMs + full sdpa op)"
+NPATTN_AUTO = "npattn MHA (auto)"
+NPATTN_IMPLS = (  # (name in the tables, attn_impl)
+    (NPATTN_REFERENCE, "reference"),
+    (NPATTN_BLOCKED, "blocked"),
+    (NPATTN_TILED, "tiled"),
+    (NPATTN_AUTO, "auto"),
+)
 
 
 def torch_mha(size: Size, device="cpu", dtype=None, seed: int = 123):
@@ -128,12 +135,12 @@ def _module_path(name, module, x, g, note="") -> Path:
 
 
 def npattn_paths(size: Size, state_dict=None, names=None, log=print) -> list[Path]:
-    """npattn's MultiHeadAttention, naive and tiled, and the pre-issue-6 op chain for scale."""
+    """npattn's MultiHeadAttention with each attn_impl: reference, blocked, tiled and auto."""
     import npattn
 
     x, g = numpy_inputs(size)
     paths = []
-    for name, impl in ((NPATTN_NAIVE, "naive"), (NPATTN_TILED, "tiled")):
+    for name, impl in NPATTN_IMPLS:
         if names is not None and name not in names:
             continue
         try:
@@ -143,48 +150,10 @@ def npattn_paths(size: Size, state_dict=None, names=None, log=print) -> list[Pat
             continue
         if state_dict is not None:
             m.load_state_dict(state_dict)
-        paths.append(_module_path(name, m.eval(), x, g))
-    if names is None or NPATTN_UNFUSED in names:
-        paths.append(_unfused_path(size, state_dict, x, g))
+        note = ""
+        if impl == "auto":
+            from npattn.fast.dispatch import choose_attn_impl
+
+            note = f"runs {choose_attn_impl(size.T, size.B * size.H)}"
+        paths.append(_module_path(name, m.eval(), x, g, note=note))
     return paths
-
-
-def _unfused_path(size: Size, state_dict, x, g) -> Path:
-    """The op chain MultiHeadAttention ran before issue 6: three Linear GEMMs and the general
-    sdpa op with a boolean (T, T) mask, kept here to show what the fast path gained."""
-    from npattn import functional as F
-
-    rng = np.random.default_rng(1)
-    if state_dict is None:
-        state_dict = {
-            k: rng.uniform(-0.03, 0.03, (size.d, size.d)).astype(np.float32)
-            for k in ("W_query.weight", "W_key.weight", "W_value.weight", "out_proj.weight")
-        }
-        state_dict["out_proj.bias"] = np.zeros(size.d, np.float32)
-    w = {k: np.asarray(v, dtype=np.float32) for k, v in state_dict.items()}
-    mask = F.causal_mask(size.T)  # (T, T), True = attend
-    names = ("W_query", "W_key", "W_value")
-
-    def forward():
-        caches = []
-        heads = []
-        for n in names:
-            y, c = F.linear_forward(x, w[f"{n}.weight"])  # (B, T, d)
-            caches.append(c)
-            heads.append(F.split_heads_forward(y, size.H)[0])  # (B, H, T, E)
-        ctx, sc = F.sdpa_forward(*heads, attn_mask=mask)
-        ctx, mc = F.merge_heads_forward(ctx)  # (B, T, d)
-        out, oc = F.linear_forward(ctx, w["out_proj.weight"], w["out_proj.bias"])
-        return out, (caches, sc, mc, oc)
-
-    def fwd_bwd():
-        _, (caches, sc, mc, oc) = forward()
-        dctx = F.linear_backward(g, oc)[0]
-        dheads = F.sdpa_backward(F.merge_heads_backward(dctx, mc), sc)
-        shape_cache = ((size.B, size.T, size.d),)
-        dx = 0
-        for dh, c in zip(dheads, caches):
-            dx = dx + F.linear_backward(F.split_heads_backward(dh, shape_cache), c)[0]
-        return dx
-
-    return Path(NPATTN_UNFUSED, "npattn", lambda: forward()[0], fwd_bwd, note="op chain")

@@ -14,10 +14,10 @@ LOOP_TS = (6, 32, 128, 512)  # 6: the chapter's "Your journey starts with one st
 LOOP_D = 3  # the chapter's embedding width
 SCALING_TS = (256, 512, 1024, 2048, 4096, 8192)
 SCALING_REPEATS = {256: 7, 512: 7, 1024: 5, 2048: 3, 4096: 2, 8192: 1}
-SCALING_PATHS = (P.CH03, P.SDPA, P.NPATTN_NAIVE, P.NPATTN_TILED)
+SCALING_PATHS = (P.CH03, P.SDPA, P.NPATTN_REFERENCE, P.NPATTN_BLOCKED, P.NPATTN_TILED)
 # resident (B, H, T, T) float32 arrays each path holds at its peak, for skipping runs that
 # would not fit: torch's chapter class keeps scores, masked scores, weights and gradients
-TT_ARRAYS = {P.CH03: 6, P.SDPA: 0, P.NPATTN_NAIVE: 2, P.NPATTN_TILED: 0}
+TT_ARRAYS = {P.CH03: 6, P.SDPA: 0, P.NPATTN_REFERENCE: 4, P.NPATTN_BLOCKED: 2, P.NPATTN_TILED: 0}
 
 
 def per_call_s(fn, min_s: float = 0.2, rounds: int = 3) -> float:
@@ -74,7 +74,7 @@ def loops(args, log) -> str:
 
 
 def scaling(args, size, log) -> tuple[str, dict]:
-    """Forward+backward time and peak memory of four paths from T = 256 up, at batch 1."""
+    """Forward+backward time and peak memory of five paths from T = 256 up, at batch 1."""
     max_T = args.max_T or (2048 if args.quick else SCALING_TS[-1])
     Ts = [T for T in SCALING_TS if T <= max_T]
     results = {name: {} for name in SCALING_PATHS}
@@ -117,7 +117,8 @@ def scaling(args, size, log) -> tuple[str, dict]:
         "Forward+backward time, median of interleaved repeats ("
         + ", ".join(f"{n} at T={T}" for T, n in used.items())
         + "; one warm-up run first, none at 8192), and the peak resident memory it added. "
-        "The naive paths hold (B, H, T, T) arrays, so memory grows with T^2; SDPA and npattn's "
+        "The chapter's class and npattn's reference and blocked paths hold (B, H, T, T) "
+        "arrays, so memory grows with T^2; SDPA and npattn's "
         f"tiled path grow with T. Runs estimated above {args.max_mem_gb:g} GiB are skipped "
         "(--max-mem-gb).",
         "",
@@ -127,7 +128,7 @@ def scaling(args, size, log) -> tuple[str, dict]:
 
 
 def profile(args, size, log, runs: int = 3) -> str:
-    """Where npattn's default MultiHeadAttention spends a forward+backward: cProfile by op.
+    """Where npattn's MultiHeadAttention(attn_impl="blocked") spends a fwd+bwd: cProfile by op.
 
     numpy's ufuncs and BLAS calls do not appear on their own, so each op's own time
     ("tottime") is the matrix products and elementwise passes it runs.
@@ -136,12 +137,13 @@ def profile(args, size, log, runs: int = 3) -> str:
     import pstats
 
     import npattn
-    from npattn.ops import _parallel
+    from npattn.fast import _parallel
 
     log("profile: npattn MultiHeadAttention")
     # cProfile sees only the calling thread: run the heads there, one after another
     blas_controller, _parallel._blas_controller = _parallel._blas_controller, lambda: None
-    m = npattn.MultiHeadAttention(size.d, size.d, size.T, 0.0, size.H, rng=0).eval()
+    m = npattn.MultiHeadAttention(size.d, size.d, size.T, 0.0, size.H, rng=0, attn_impl="blocked")
+    m = m.eval()
     x, g = P.numpy_inputs(size)
     m(x)
     m.backward(g)  # warm-up
@@ -165,8 +167,9 @@ def profile(args, size, log, runs: int = 3) -> str:
         [
             f"## Where npattn's time goes: B={size.B}, T={size.T}, d={size.d}, {size.H} heads",
             "",
-            f"cProfile over {runs} forward+backward runs of npattn's default MultiHeadAttention "
-            "(one warm-up first), each op's own time per run (its matrix products and "
+            f"cProfile over {runs} forward+backward runs of npattn's MultiHeadAttention "
+            '(attn_impl="blocked"; one warm-up first), each op\'s own time per run (its matrix '
+            "products and "
             "elementwise passes; numpy calls are not listed on their own). cProfile sees one "
             "thread only, so here the heads run one after another, with BLAS on all threads, "
             "instead of side by side: the attention rows are slower than in the table above.",

@@ -1,13 +1,13 @@
-"""Time and peak memory of naive vs tiled attention, forward + backward, as T grows.
+"""Time and peak memory of reference vs tiled attention, forward + backward, as T grows.
 
     python benchmarks/tiled_scaling.py [--out docs/benchmarks/tiled.md] [--blas-threads 1]
 
-Causal, float32, B = 1, H = 1 (--heads), E = 64. Time: the median of --repeats runs, naive
+Causal, float32, B = 1, H = 1 (--heads), E = 64. Time: the median of --repeats runs, reference
 and tiled interleaved in one process so that load from other processes hits both alike.
 Peak memory: tracemalloc (numpy reports its array allocations to it), one run each, after a
-warm-up. Naive is skipped above --naive-max-tokens (its (T, T) arrays need ~12 T^2 bytes:
-~3 GiB at T = 16384). Prints a Markdown table, then the issue's check at T = 8192: tiled peak
-<= 10% of naive's and tiled time <= 1.5x naive's.
+warm-up. Reference is skipped above --reference-max-tokens (its (T, T) arrays need ~12 T^2 bytes:
+~3 GiB at T = 16384). Prints a Markdown table, then a check at T = 8192: tiled peak
+<= 10% of reference's and tiled time <= 1.5x reference's.
 """
 
 from __future__ import annotations
@@ -25,12 +25,12 @@ MIB = 2**20
 PREAMBLE = """# Tiled attention: time and memory as T grows
 
 Written by `benchmarks/tiled_scaling.py` (the tables below say how each was run). Forward
-plus backward of causal attention, naive (`F.sdpa_forward/backward`, which holds the
+plus backward of causal attention, reference (`F.sdpa_forward/backward`, which holds the
 `(T, T)` weights) against tiled (`F.flash_attention_forward/backward`,
-[derivation](../backward/tiled.md)). Naive's peak memory grows as T^2, tiled's as T.
+[derivation](../backward/tiled.md)). Reference's peak memory grows as T^2, tiled's as T.
 
 The machine's 2 cores were shared with other jobs while these ran (the load average is
-given), so times are noisy; each is the median of several runs, naive and tiled
+given), so times are noisy; each is the median of several runs, reference and tiled
 interleaved. The tiled path makes many small matmuls, and OpenBLAS's default of one thread
 per core is erratic on busy cores: a call can wait for a descheduled thread. One BLAS
 thread per process (`--blas-threads 1`, i.e. `OPENBLAS_NUM_THREADS=1`) gives stable times.
@@ -42,7 +42,7 @@ def parse_args(argv=None):
     p.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
     p.add_argument("--heads", type=int, default=1, help="H, with B = 1")
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--naive-max-tokens", type=int, default=8192)
+    p.add_argument("--reference-max-tokens", type=int, default=8192)
     p.add_argument("--block-size", type=int, default=None, help="default: the op's own choice")
     p.add_argument("--blas-threads", type=int, default=None, help="set before numpy loads")
     p.add_argument("--out", help="also write the Markdown to this file")
@@ -60,7 +60,7 @@ def main(argv=None) -> None:
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     from npattn import functional as F
 
-    def naive(q, k, v, g):
+    def reference(q, k, v, g):
         out, cache = F.sdpa_forward(q, k, v, is_causal=True)
         F.sdpa_backward(g, cache)
 
@@ -90,8 +90,8 @@ def main(argv=None) -> None:
             rng.standard_normal((1, args.heads, T, 64)).astype(np.float32) for _ in range(4)
         )  # (B, H, T, E) each
         impls = {"tiled": tiled}
-        if T <= args.naive_max_tokens:
-            impls = {"naive": naive, **impls}
+        if T <= args.reference_max_tokens:
+            impls = {"reference": reference, **impls}
         times = {name: [] for name in impls}
         peaks = {name: peak_bytes(fn, q, k, v, g) for name, fn in impls.items()}  # + warm-up
         for _ in range(args.repeats):
@@ -114,22 +114,22 @@ def report(args, rows, np, loads, blocks) -> str:
     threads = os.environ.get("OPENBLAS_NUM_THREADS", "unset (OpenBLAS default: one per core)")
     cmd = "python " + " ".join(["benchmarks/tiled_scaling.py"] + sys.argv[1:])
     lines = [
-        f"## Naive vs tiled attention, forward + backward (BLAS threads: {threads})",
+        f"## Reference vs tiled attention, forward + backward (BLAS threads: {threads})",
         "",
         f"`{cmd}`",
         "",
         f"Causal, float32, B = 1, H = {args.heads}, E = 64, tiles (Br, Bc) "
         f"{', '.join(map(str, blocks))}; numpy {np.__version__}, {os.cpu_count()} cores, "
         f"load average {loads[0]:.1f} before and {loads[1]:.1f} after. Time: median of "
-        f"{args.repeats} runs, naive and tiled interleaved. Peak: tracemalloc.",
+        f"{args.repeats} runs, reference and tiled interleaved. Peak: tracemalloc.",
         "",
-        "| T | naive time (ms) | tiled time (ms) | tiled / naive time "
-        "| naive peak (MiB) | tiled peak (MiB) | tiled / naive peak |",
+        "| T | reference time (ms) | tiled time (ms) | tiled / reference time "
+        "| reference peak (MiB) | tiled peak (MiB) | tiled / reference peak |",
         "|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for T, med, peaks in rows:
-        if "naive" in med:
-            nt, tt, np_, tp = med["naive"], med["tiled"], peaks["naive"], peaks["tiled"]
+        if "reference" in med:
+            nt, tt, np_, tp = med["reference"], med["tiled"], peaks["reference"], peaks["tiled"]
             cells = (
                 f"{nt * 1e3:.1f}",
                 f"{tt * 1e3:.1f}",
@@ -142,22 +142,22 @@ def report(args, rows, np, loads, blocks) -> str:
             tt, tp = f"{med['tiled'] * 1e3:.1f}", f"{peaks['tiled'] / MIB:.1f}"
             cells = ("skipped", tt, "", "skipped", tp, "")
         lines.append(f"| {T} | " + " | ".join(cells) + " |")
-    if any("naive" not in med for _, med, _ in rows):
+    if any("reference" not in med for _, med, _ in rows):
         lines += [
             "",
-            f"Naive is skipped above T = {args.naive_max_tokens}: its (T, T) float32 arrays "
-            f"peak at about 12 T^2 bytes (3 GiB at T = 16384), at seconds per run.",
+            f"Reference is skipped above T = {args.reference_max_tokens}: its (T, T) float32 "
+            f"arrays peak at about 12 T^2 bytes (3 GiB at T = 16384), at seconds per run.",
         ]
-    check = {T: (med, peaks) for T, med, peaks in rows if T == CHECK_T and "naive" in med}
+    check = {T: (med, peaks) for T, med, peaks in rows if T == CHECK_T and "reference" in med}
     if check:
         med, peaks = check[CHECK_T]
-        peak_ratio = peaks["tiled"] / peaks["naive"]
-        time_ratio = med["tiled"] / med["naive"]
+        peak_ratio = peaks["tiled"] / peaks["reference"]
+        time_ratio = med["tiled"] / med["reference"]
         ok_peak, ok_time = peak_ratio <= CHECK_PEAK_RATIO, time_ratio <= CHECK_TIME_RATIO
         lines += [
             "",
-            f"Check at T = {CHECK_T}: tiled peak / naive peak = {peak_ratio:.3f} "
-            f"(<= {CHECK_PEAK_RATIO}: {'pass' if ok_peak else 'FAIL'}); tiled time / naive "
+            f"Check at T = {CHECK_T}: tiled peak / reference peak = {peak_ratio:.3f} "
+            f"(<= {CHECK_PEAK_RATIO}: {'pass' if ok_peak else 'FAIL'}); tiled time / reference "
             f"time = {time_ratio:.2f} (<= {CHECK_TIME_RATIO}: {'pass' if ok_time else 'FAIL'}).",
         ]
     return "\n".join(lines)

@@ -104,3 +104,117 @@ def check_scale(scale, head_dim: int) -> float:
     if not np.isfinite(scale):
         raise ValueError(f"scale must be finite, got {scale}")
     return scale
+
+
+def check_broadcasts(a: np.ndarray, shape: tuple, name: str, target: str) -> None:
+    """Raise ValueError unless a broadcasts to exactly `shape` (that of `target`)."""
+    try:
+        fits = np.broadcast_shapes(a.shape, tuple(shape)) == tuple(shape)
+    except ValueError:
+        fits = False
+    if not fits:
+        raise ValueError(
+            f"{name} of shape {tuple(a.shape)} does not broadcast to {target} of shape "
+            f"{tuple(shape)}"
+        )
+
+
+def check_bool_mask(
+    mask, shape: tuple, name: str = "mask", target: str = "x", meaning: str = "True = attend"
+) -> np.ndarray:
+    """A boolean mask that broadcasts to `shape`, else a TypeError/ValueError naming it.
+
+    Used for attention masks (True = attend) and dropout keep-masks (True = kept).
+    """
+    mask = np.asarray(mask)
+    if mask.dtype != np.bool_:
+        raise TypeError(f"{name} must be boolean ({meaning}), got dtype {mask.dtype}")
+    check_broadcasts(mask, shape, name, target)
+    return mask
+
+
+def check_attn_mask(attn_mask, is_causal: bool, scores_shape: tuple):
+    """SDPA's attn_mask: None, or boolean (True = attend) or float (added), broadcastable to
+    the scores. Shapes: attn_mask broadcastable to scores_shape (..., L, S)."""
+    if is_causal and attn_mask is not None:
+        raise ValueError("is_causal=True cannot be combined with attn_mask; pass one of them")
+    if attn_mask is None:
+        return None
+    attn_mask = np.asarray(attn_mask)
+    if attn_mask.dtype == np.bool_:
+        return check_bool_mask(attn_mask, scores_shape, "attn_mask", "the attention scores")
+    if not np.issubdtype(attn_mask.dtype, np.floating):
+        raise TypeError(f"attn_mask must be boolean or floating, got dtype {attn_mask.dtype}")
+    check_broadcasts(attn_mask, scores_shape, "attn_mask", "the attention scores")
+    return attn_mask
+
+
+def check_qkv(q, k, v):
+    """query, key and value as arrays of one floating dtype (numpy's promotion of the three).
+
+    Shapes: q (..., L, E), k (..., S, E), v (..., S, Ev), no empty dims.
+    """
+    q, k, v = as_float_array(q, "query"), as_float_array(k, "key"), as_float_array(v, "value")
+    check_min_ndim(q, "query", 2, "(..., L, E)")
+    check_min_ndim(k, "key", 2, "(..., S, E)")
+    check_min_ndim(v, "value", 2, "(..., S, Ev)")
+    if q.shape[-1] != k.shape[-1]:
+        raise ValueError(
+            f"query and key must share the head dim E: query (..., L, {q.shape[-1]}), "
+            f"key (..., S, {k.shape[-1]})"
+        )
+    if k.shape[-2] != v.shape[-2]:
+        raise ValueError(
+            f"key and value must have the same number of tokens S: key {tuple(k.shape)}, "
+            f"value {tuple(v.shape)}"
+        )
+    for name, a, dims in (("query", q, "L, E"), ("key", k, "S, E"), ("value", v, "S, Ev")):
+        if 0 in a.shape:
+            raise ValueError(f"{name} must have no empty dims: shape (..., {dims}), got {a.shape}")
+    dtype = np.result_type(q.dtype, k.dtype, v.dtype)
+    return tuple(a.astype(dtype, copy=False) for a in (q, k, v))
+
+
+def check_sdpa_inputs(q, k, v, enable_gqa: bool):
+    """check_qkv, plus GQA's head counts and broadcastable batch dims: (q, k, v, groups).
+
+    Shapes: q (..., Hq, L, E), k and v (..., Hkv, S, E|Ev) with enable_gqa; groups = Hq // Hkv.
+    """
+    q, k, v = check_qkv(q, k, v)
+    groups = 1
+    if enable_gqa:
+        if q.ndim < 3 or k.ndim < 3 or v.ndim < 3:
+            raise ValueError("enable_gqa needs heads on axis -3: shapes (..., H, L, E)")
+        hq, hk, hv = q.shape[-3], k.shape[-3], v.shape[-3]
+        if hk != hv or hq % hk:
+            raise ValueError(
+                f"enable_gqa needs key and value heads equal and dividing the query heads: "
+                f"query has {hq}, key {hk}, value {hv}"
+            )
+        groups = hq // hk
+    for name, a in (("key", k), ("value", v)):
+        batch = a.shape[:-2]  # (..., H) of k or v; GQA multiplies H by the group size
+        if groups > 1:
+            batch = batch[:-1] + (batch[-1] * groups,)
+        try:
+            np.broadcast_shapes(q.shape[:-2], batch)
+        except ValueError:
+            raise ValueError(
+                f"batch dims of query {tuple(q.shape[:-2])} and {name} {tuple(a.shape[:-2])} "
+                f"do not broadcast"
+            ) from None
+    return q, k, v, groups
+
+
+def check_dropout_mask(dropout_mask, dropout_p: float, shape: tuple):
+    """SDPA's dropout_mask: None, or a boolean keep-mask broadcastable to the weights' shape.
+
+    Shapes: dropout_mask broadcastable to shape (..., L, S).
+    """
+    if dropout_mask is None:
+        return None
+    if dropout_p == 0.0:
+        raise ValueError("dropout_mask needs dropout_p > 0 (it is scaled by 1 / (1 - dropout_p))")
+    return check_bool_mask(
+        dropout_mask, shape, "dropout_mask", "the attention weights", "a keep-mask, True = kept"
+    )

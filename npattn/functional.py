@@ -1,19 +1,32 @@
 """The public face of the ops: `from npattn import functional as F`.
 
 Every op is a pure pair, `*_forward(...) -> (out, cache)` and `*_backward(dout, cache)`, except
-softmax, whose output is its own cache: `y = F.softmax(x)`, `dx = F.softmax_backward(dy, y)`.
+softmax, whose output is its own cache: `y = F.softmax(x)`, `dx = F.softmax_backward(dy, y)`,
+and GQA's head repetition: `F.repeat_kv(k, groups)`, `F.repeat_kv_backward(dk, groups)`.
+
+The reference ops live in npattn/ops/; the opt-in fast ones in npattn/fast/ (causal_sdpa_*
+by row blocks, fused_linear_*, flash_attention_* by tiles) are exported here too, so one
+`F` reaches them all and tests can hold each fast op against its reference.
 
 A cache holds references to the forward's inputs, not copies (torch's autograd does the same,
 but raises if they change): change an input in place between a forward and its backward and
 the gradients change with it. Inputs themselves are never modified by npattn.
 """
 
-from .ops.causal import CausalCache, causal_sdpa_backward, causal_sdpa_forward
+from .fast.blocked import CausalCache, causal_sdpa_backward, causal_sdpa_forward
+from .fast.fused_linear import fused_linear_backward, fused_linear_forward
+from .fast.tiled import (
+    FlashCache,
+    flash_attention_backward,
+    flash_attention_forward,
+    flash_dropout_mask,
+)
 from .ops.dropout import dropout_backward, dropout_forward, dropout_keep_mask
-from .ops.fused_linear import fused_linear_backward, fused_linear_forward
 from .ops.heads import (
     merge_heads_backward,
     merge_heads_forward,
+    repeat_kv,
+    repeat_kv_backward,
     split_heads_backward,
     split_heads_forward,
     split_qkv_heads_backward,
@@ -51,12 +64,6 @@ from .ops.simple import (
 from .ops.sinks import softmax_with_sink_backward, softmax_with_sink_forward
 from .ops.softcap import softcap_backward, softcap_forward
 from .ops.softmax import softmax, softmax_backward, softmax_inplace, softmax_naive
-from .ops.tiled import (
-    FlashCache,
-    flash_attention_backward,
-    flash_attention_forward,
-    flash_dropout_mask,
-)
 
 __all__ = [
     "CausalCache",
@@ -94,6 +101,8 @@ __all__ = [
     "rope_forward",
     "rotate_half",
     "rotate_pairs",
+    "repeat_kv",
+    "repeat_kv_backward",
     "scaled_dot_product_attention",
     "sdpa_backward",
     "sdpa_forward",

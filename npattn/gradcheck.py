@@ -16,10 +16,12 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .modules.base import Module
+if TYPE_CHECKING:  # for the annotations only: the checker does not import npattn.modules
+    from .modules.base import Module
 
 EPS = 1e-6  # central-difference step for float64
 ATOL = 1e-5  # the tolerances of torch.autograd.gradcheck
@@ -35,6 +37,13 @@ class GradcheckResult:
     max_abs_err: float
     max_rel_err: float  # max |analytic - numeric| / max(max |numeric|, atol)
     passed: bool
+    zero_gradient: bool = False  # max |numeric| <= atol: the true gradient is 0 (see below)
+
+
+ZERO_GRADIENT_NOTE = (
+    "* zero gradient: max |numeric| <= atol, so the true gradient is 0 and the differences are\n"
+    "  rounding noise (~1e-10); max rel err is that noise over atol, not an error of the backward"
+)
 
 
 class GradcheckReport(list):
@@ -50,7 +59,10 @@ class GradcheckReport(list):
             rows.append(
                 f"{r.name:<28} {str(r.shape):<18} {r.max_abs_err:12.2e} "
                 f"{r.max_rel_err:12.2e}  {'yes' if r.passed else 'NO'}"
+                + (" *" if r.zero_gradient else "")
             )
+        if any(r.zero_gradient for r in self):
+            rows.append(ZERO_GRADIENT_NOTE)
         return "\n".join(rows)
 
 
@@ -85,9 +97,11 @@ def compare(name: str, analytic, numeric, atol: float = ATOL, rtol: float = RTOL
     max_abs = float(err.max(initial=0.0))
     # floored at atol: a gradient that is exactly 0 (a key bias, by softmax's shift
     # invariance) has numeric noise of ~1e-11 and must not read as a relative error of 1
-    max_rel = max_abs / max(float(np.abs(numeric).max(initial=0.0)), atol)
+    max_numeric = float(np.abs(numeric).max(initial=0.0))
+    max_rel = max_abs / max(max_numeric, atol)
     passed = bool(np.all(err <= atol + rtol * np.abs(numeric)))
-    return GradcheckResult(name, tuple(numeric.shape), max_abs, max_rel, passed)
+    zero = max_numeric <= atol
+    return GradcheckResult(name, tuple(numeric.shape), max_abs, max_rel, passed, zero)
 
 
 def check_op(
@@ -130,6 +144,9 @@ def check_module(
     module: Module, x, *, seed: int = 0, eps: float = EPS, atol: float = ATOL, rtol: float = RTOL
 ) -> GradcheckReport:
     """Check dL/dx and every parameter gradient of a module, in float64.
+
+    Any object with npattn's Module interface will do: forward via __call__, backward(dout),
+    grads, parameters(), named_modules() and astype(dtype).
 
     A float64 copy of the module is checked (the module itself is left as it is); its
     dropout generator is re-seeded with `seed` before each forward, so every evaluation

@@ -41,7 +41,7 @@ def torch_sdpa_math(q, k, v, g, attn_mask=None, dropout_mask=None, **kw):
     """Torch SDPA's output and (dq, dk, dv) under the math backend, for upstream gradient g.
 
     With a boolean keep-mask `dropout_mask`, torch's private testing hook is used:
-    out = (P * keep / (1 - dropout_p)) @ v (shared/REFERENCE.md).
+    out = (P * keep / (1 - dropout_p)) @ v, as sdpa_forward computes it.
     """
     from torch.nn.attention import SDPBackend, sdpa_kernel
 

@@ -1,4 +1,4 @@
-"""npattn.backward_walkthrough: the numeric backward walk on the chapter's six tokens.
+"""npattn.chapter.backward_walkthrough: the numeric backward walk on the chapter's six tokens.
 
 The walk's gradients agree with central differences and with npattn's sdpa_backward, its
 forward with the chapter's CausalAttention, and every printed number is one it computed.
@@ -11,16 +11,16 @@ import pytest
 from tolerances import F64, FD
 
 import npattn
-from npattn import demo
 from npattn import functional as F
-from npattn.backward_walkthrough import (
+from npattn.chapter import demo
+from npattn.chapter.backward_walkthrough import (
     BackwardWalkthrough,
     GradStep,
     backward_walkthrough,
     format_step,
     format_walkthrough,
 )
-from npattn.data import chapter_batch
+from npattn.chapter.data import chapter_batch
 
 NUMBER = re.compile(r"-?\d+\.\d{4}(?!\d)")
 PRINT_TOL = 0.5e-4 + 1e-12  # 4-decimal rounding
@@ -59,7 +59,7 @@ def test_the_walk_is_npattns_sdpa_and_the_chapters_causal_attention(walk):
         np.testing.assert_allclose(by_name[name], g, **F64, err_msg=name)
     np.testing.assert_allclose(walk.D[:, 0], np.sum(walk.steps[0].analytic * walk.attn_weights, -1))
 
-    from npattn.chapter_weights import chapter_module
+    from npattn.chapter.weights import chapter_module
 
     head, _ = chapter_module(npattn.CausalAttention, 3, 2, 6, 0.0, weights=walk.source)
     context_vecs = head.astype(np.float64)(chapter_batch(np.float64))  # (B, T, d_out)

@@ -20,7 +20,7 @@ import npattn  # noqa: E402
 import torch_port as tp  # noqa: E402
 from npattn import io as npio  # noqa: E402
 
-CONVERT_F64 = dict(rtol=1e-12, atol=1e-12)  # the bound for to/from round trips
+CONVERT_F64 = dict(rtol=1e-12, atol=1e-12)  # to/from round trips
 NAMES = tp.convert.CHAPTER_CLASSES
 
 

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from npattn import data
+from npattn.chapter import data
 
 
 def test_inputs_match_the_books_transcription():

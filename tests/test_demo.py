@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from npattn import demo
-from npattn.data import QUERY_INDEX, SEEDS, chapter_batch, chapter_inputs
+from npattn.chapter import demo
+from npattn.chapter.data import QUERY_INDEX, SEEDS, chapter_batch, chapter_inputs
 
 ROOT = Path(__file__).resolve().parents[1]
 NUMBER = re.compile(r"-?\d+\.\d{4}(?![\d])")
@@ -150,7 +150,7 @@ def mha_numpy(sd, x, num_heads):
 def test_demo_without_torch_says_numbers_differ_and_writes_figures(monkeypatch, capsys, tmp_path):
     pytest.importorskip("matplotlib")
     import npattn
-    from npattn.plots import FIGURES
+    from npattn.chapter.plots import FIGURES
 
     monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` raises ImportError
     assert demo.main(plot_dir=tmp_path) == 0

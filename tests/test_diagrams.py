@@ -1,4 +1,4 @@
-"""npattn.diagrams: the backward graph and the tiling grid, drawn by code for the docs."""
+"""npattn.chapter.diagrams: the backward graph and the tiling grid, drawn by code for the docs."""
 
 import subprocess
 import sys
@@ -8,8 +8,8 @@ import pytest
 
 pytest.importorskip("matplotlib")
 
-from npattn import diagrams  # noqa: E402
 from npattn import functional as F  # noqa: E402
+from npattn.chapter import diagrams  # noqa: E402
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -73,6 +73,6 @@ def test_grid_prints_the_running_values_it_computed():
 
 
 def test_npattn_does_not_import_matplotlib():
-    code = "import sys, npattn, npattn.diagrams; print('matplotlib' in sys.modules)"
+    code = "import sys, npattn, npattn.chapter.diagrams; print('matplotlib' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.stdout.strip() == "False", out.stderr

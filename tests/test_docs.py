@@ -139,7 +139,7 @@ def test_site_shows_computed_outputs_and_included_source(site):
 
 
 def test_site_figures_are_drawn_and_used(site):
-    from npattn.plots import FIGURES
+    from npattn.chapter.plots import FIGURES
 
     for name in FIGURES:
         svg = site / "figures" / f"{name}.svg"
@@ -264,7 +264,7 @@ def test_nothing_overflows_at_1280_px(site):
 
 
 def test_site_diagrams_are_drawn_and_used(site):
-    from npattn.diagrams import DIAGRAMS
+    from npattn.chapter.diagrams import DIAGRAMS
 
     for name in DIAGRAMS:
         assert (site / "figures" / f"{name}.svg").read_bytes().lstrip().startswith(b"<?xml")
@@ -283,7 +283,7 @@ def test_the_backward_card_is_on_the_home_and_sdpa_pages(page):
 
 
 def test_sdpa_page_walks_the_backward_with_computed_numbers(site):
-    from npattn.backward_walkthrough import backward_walkthrough
+    from npattn.chapter.backward_walkthrough import backward_walkthrough
 
     html = (site / "backward" / "sdpa.html").read_text()
     walk = backward_walkthrough()

@@ -26,10 +26,10 @@ def test_every_modern_module_case_passes(case):
 
 
 def test_the_command_runs_the_modern_cases(capsys, monkeypatch):
-    import npattn.stages as stages
+    import npattn.gradcheck_cases as cases
 
-    monkeypatch.setattr(stages, "op_stages", lambda seed: [])
-    monkeypatch.setattr(stages, "module_stages", lambda seed: [])
+    monkeypatch.setattr(cases, "op_cases", lambda seed: [])
+    monkeypatch.setattr(cases, "module_cases", lambda seed: [])
     assert gradcheck_report()
     out = capsys.readouterr().out
     for name, *_ in modern_op_cases() + modern_module_cases():

@@ -7,7 +7,12 @@ from tolerances import F64, FD
 
 from npattn import functional as F
 from npattn.gradcheck import check_op
-from npattn.stages import _method1_backward, _method1_forward, _method2_backward, _method2_forward
+from npattn.gradcheck_cases import (
+    _method1_backward,
+    _method1_forward,
+    _method2_backward,
+    _method2_forward,
+)
 
 
 @given(dims, st.one_of(st.none(), dims))

@@ -18,7 +18,7 @@ from helpers import n, t, upstream  # noqa: E402
 
 @st.composite
 def configs(draw):
-    """(class name, constructor args, input shape) covering the issue's grid."""
+    """(class name, constructor args, input shape) covering a grid of shapes."""
     name = draw(
         st.sampled_from(
             [

@@ -1,6 +1,7 @@
-"""npattn.MultiHeadAttention's fast path (one QKV GEMM, causal_sdpa) against the op chain the
-chapter spells out (three Linear layers, split heads, sdpa with the mask buffer), the book's
-torch class, finite differences and dtype invariants. Shapes: x (B, T, d_in)."""
+"""npattn.MultiHeadAttention, on the reference path and the blocked one (one QKV GEMM,
+causal_sdpa), against the op chain the chapter spells out (three Linear layers, split heads,
+sdpa with the mask buffer), the book's torch class, finite differences and dtype invariants.
+Shapes: x (B, T, d_in)."""
 
 import copy
 
@@ -15,6 +16,8 @@ import npattn
 from npattn import functional as F
 from npattn.gradcheck import check_module
 
+IMPLS = ("reference", "blocked")  # the same keep-mask from the generator; tiled: test_tiled.py
+
 
 @st.composite
 def mha_setups(draw):
@@ -22,8 +25,8 @@ def mha_setups(draw):
     H, E = draw(st.integers(1, 3)), draw(st.integers(1, 3))
     B, T, d_in = draw(st.integers(1, 2)), draw(st.integers(1, 6)), draw(st.integers(1, 4))
     dropout = draw(st.sampled_from([0.0, 0.4]))
-    bias, seed = draw(st.booleans()), draw(seeds)
-    m = npattn.MultiHeadAttention(d_in, H * E, T + 1, dropout, H, bias, rng=seed)
+    bias, seed, impl = draw(st.booleans()), draw(seeds), draw(st.sampled_from(IMPLS))
+    m = npattn.MultiHeadAttention(d_in, H * E, T + 1, dropout, H, bias, rng=seed, attn_impl=impl)
     x = np.random.default_rng(seed + 1).standard_normal((B, T, d_in))
     return m.astype(np.float64), x
 
@@ -66,7 +69,7 @@ def check_against_op_chain(m, x, seed):
 
 
 @given(mha_setups(), seeds)
-def test_fast_path_equals_the_op_chain(setup, seed):
+def test_equals_the_op_chain(setup, seed):
     check_against_op_chain(*setup, seed % 1000)
 
 

@@ -1,4 +1,4 @@
-"""npattn.ops._parallel.map_heads: every head exactly once, errors raised, and the same numbers
+"""npattn.fast._parallel.map_heads: every head exactly once, errors raised, and the same numbers
 whether heads run side by side on BLAS's threads or one after another."""
 
 import threading
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from npattn import functional as F
-from npattn.ops import _parallel
+from npattn.fast import _parallel
 
 
 @pytest.fixture(params=["threads", "sequential"])

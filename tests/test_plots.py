@@ -3,8 +3,8 @@ import pytest
 
 pytest.importorskip("matplotlib")
 
-from npattn import plots  # noqa: E402
-from npattn.data import TOKENS  # noqa: E402
+from npattn.chapter import plots  # noqa: E402
+from npattn.chapter.data import TOKENS  # noqa: E402
 from npattn.ops.masks import causal_mask  # noqa: E402
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -51,9 +51,8 @@ def test_heads_figure_has_one_panel_per_head():
 
 
 def test_svg_is_reproducible():
-    stages = None
-    a = plots.figure_bytes(plots.chapter_figures(stages, "npattn")["causal"], "svg")
-    b = plots.figure_bytes(plots.chapter_figures(stages, "npattn")["causal"], "svg")
+    a = plots.figure_bytes(plots.chapter_figures(None, "npattn")["causal"], "svg")
+    b = plots.figure_bytes(plots.chapter_figures(None, "npattn")["causal"], "svg")
     assert a == b and a.lstrip().startswith(b"<?xml")
     with pytest.raises(ValueError, match="fmt"):
         plots.figure_bytes(None, "jpg")

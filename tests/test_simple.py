@@ -9,7 +9,7 @@ from tolerances import F64, FD
 import npattn
 from npattn import functional as F
 from npattn.gradcheck import check_op
-from npattn.stages import _simple_forward
+from npattn.gradcheck_cases import _simple_forward
 
 
 @given(batch_shapes(0, 1), dims, dims, seeds)
@@ -47,3 +47,17 @@ def test_bad_input():
         npattn.simple_self_attention(np.zeros(3))
     with pytest.raises(ValueError, match=r"query must have shape \(d=3,\)"):
         F.attn_scores_for_query(np.zeros((4, 3)), np.zeros(2))
+
+
+@given(batch_shapes(0, 1), dims, dims, seeds)
+def test_is_sdpa_with_q_k_v_all_x_and_scale_1(batch, T, d, seed):
+    """The same function as sdpa_forward(x, x, x, scale=1), whose three input gradients sum
+    to the three terms of simple_attention_backward's dx."""
+    x = np.random.default_rng(seed).standard_normal(batch + (T, d))
+    context, weights, cache = F.simple_attention_forward(x)
+    ref, ref_cache = F.sdpa_forward(x, x, x, scale=1.0)
+    np.testing.assert_allclose(context, ref, **F64)
+    np.testing.assert_allclose(weights, ref_cache.attn_weights, **F64)
+    g = np.random.default_rng(seed + 1).standard_normal(context.shape)
+    dq, dk, dv = F.sdpa_backward(g, ref_cache)
+    np.testing.assert_allclose(F.simple_attention_backward(g, cache), dq + dk + dv, **F64)

@@ -8,7 +8,7 @@ from tolerances import F64, FD
 
 from npattn import functional as F
 from npattn.gradcheck import check_op
-from npattn.stages import _softmax_backward, _softmax_forward
+from npattn.gradcheck_cases import _softmax_backward, _softmax_forward
 
 shapes = hnp.array_shapes(min_dims=1, max_dims=3, min_side=1, max_side=6)
 

@@ -11,7 +11,7 @@ import chapter_ch03 as ch  # noqa: E402
 
 import torch_port as tp  # noqa: E402
 
-CHAPTER_F64 = dict(rtol=1e-12, atol=1e-12)  # the bound for the port vs the book
+CHAPTER_F64 = dict(rtol=1e-12, atol=1e-12)  # the port vs the book's code
 BOOK_PRINTS = dict(rtol=0.0, atol=5e-5)  # the book prints 4 decimals
 
 NAMES = [

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from tolerances import F32
 
-from npattn import walkthrough as W
-from npattn.chapter_weights import torch_available
-from npattn.data import QUERY_INDEX, chapter_inputs
+from npattn.chapter import walkthrough as W
+from npattn.chapter.data import QUERY_INDEX, chapter_inputs
+from npattn.chapter.weights import torch_available
 
 WEIGHTS = [
     "npattn",
@@ -75,3 +75,18 @@ def test_gpt2_parameter_count():
     d = 768
     expected = 3 * d * d + d * d + d  # W_query, W_key, W_value without bias; out_proj with
     assert W.gpt2_parameter_count() == expected == 2_360_064  # the book's exercise 3.3 answer
+
+
+def test_walk_returns_every_section_once_for_demo_and_plots():
+    w = W.walk("npattn")
+    assert isinstance(w, W.Walkthrough)
+    np.testing.assert_array_equal(w.inputs, chapter_inputs())
+    np.testing.assert_array_equal(w.batch[0], chapter_inputs())
+    # the sections are chained: causal masking reads SelfAttention_v2's weights, dropout the
+    # causal weights
+    np.testing.assert_allclose(w.causal["attn_weights"], w.trainable["sa_v2"].attn_weights, **F32)
+    kept = w.dropout["keep"]
+    np.testing.assert_allclose(
+        w.dropout["attn_weights"][kept], 2 * w.causal["attn_weights_causal"][kept], **F32
+    )
+    assert w.gpt2_parameters == W.gpt2_parameter_count()

@@ -1,4 +1,4 @@
-"""Measured max errors on the CPU, for the record (issue 3): every variant's from_mha against
+"""Measured max errors on the CPU, for the record: every variant's from_mha against
 MultiHeadAttention in float32, torch_port against the book's code and against npattn in
 float64, and npattn -> torch -> npattn round trips, over N random configurations.
 

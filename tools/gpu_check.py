@@ -1,4 +1,4 @@
-"""The prepared GPU check for issue 3: runs tests/test_cuda.py and prints, for every case,
+"""The GPU agreement check: runs tests/test_cuda.py and prints, for every case,
 backend and dtype, the max errors against npattn's float64 reference and the tolerance used.
 
     PYTHONPATH=. python tools/gpu_check.py [--out FILE] [pytest args]   # ~1 min on one GPU

@@ -9,11 +9,13 @@ nn.Modules with a KV cache, weight exchange with npattn, and a kit for testing y
     ref = torch_port.to_npattn(mha)                               # npattn, same weights
     torch_port.assert_matches_reference(my_module, ref)           # the kit (needs hypothesis)
 
-torch_port.testing (the kit) is imported on first use, so torch_port itself needs only torch,
-numpy and npattn; the kit also needs hypothesis.
+torch_port.convert and torch_port.testing (the kit) are imported on first use, so
+`import torch_port` (and torch_port.modules, torch_port.variants) needs torch alone; conversion
+also needs npattn, and the kit hypothesis too.
 """
 
-from .convert import from_npattn, load_safetensors, save_safetensors, to_npattn
+import importlib
+
 from .modern import (
     GroupedQueryAttention,
     MultiHeadAttentionWithSWA,
@@ -37,16 +39,28 @@ from .variants import (
     MultiHeadAttentionCombinedQKV,
 )
 
-_KIT = ("assert_matches_reference", "find_mismatch", "compare", "ReferenceMismatchError")
+_LAZY = {  # submodule: the names it exports here; imported on first use
+    "convert": ("from_npattn", "load_safetensors", "save_safetensors", "to_npattn"),
+    "testing": (
+        "assert_matches_reference",
+        "assert_decode_matches",
+        "assert_sdpa_matches",
+        "find_mismatch",
+        "compare",
+        "ReferenceMismatchError",
+        "KitSetupError",
+        "ConfigurationMismatchError",
+    ),
+}
 
 
 def __getattr__(name: str):
-    """Lazy access to torch_port.testing and its main functions (they import hypothesis)."""
-    if name == "testing" or name in _KIT:
-        import importlib
-
-        testing = importlib.import_module(".testing", __name__)
-        return testing if name == "testing" else getattr(testing, name)
+    """Lazy access to torch_port.convert and torch_port.testing (they import npattn, and the
+    kit hypothesis) and to their main functions."""
+    for submodule, names in _LAZY.items():
+        if name == submodule or name in names:
+            module = importlib.import_module(f".{submodule}", __name__)
+            return module if name == submodule else getattr(module, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -67,9 +81,14 @@ __all__ = [
     "RMSNorm",
     "SelfAttention_v1",
     "ReferenceMismatchError",
+    "KitSetupError",
+    "ConfigurationMismatchError",
+    "assert_decode_matches",
+    "assert_sdpa_matches",
     "SelfAttention_v2",
     "assert_matches_reference",
     "compare",
+    "convert",
     "find_mismatch",
     "from_npattn",
     "load_safetensors",

@@ -9,7 +9,8 @@ weights, dtype and device, so `variant(x)` equals `mha(x)` in eval mode.
 
 Where the notebook and the chapter differ, the port follows the chapter's function:
 - MHAPyTorchSDPAWithoutFlash builds its boolean mask with tril (True = attend); the notebook's
-  triu mask lets each token attend only to the *future* (see shared/REFERENCE.md).
+  triu mask lets each token attend only to the *future* (docs/torch_port.md shows the kit
+  catching it).
 - MHAPyTorchClass uses nn.MultiheadAttention's own polarity (True = not allowed), does not use
   add_bias_kv (which appends a learned key/value token), and starts its inner out_proj at the
   identity, so its outer `proj` plays the chapter's out_proj.

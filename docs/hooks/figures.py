@@ -1,8 +1,9 @@
-"""mkdocs hook: the figures are drawn during the build, by npattn.plots and npattn.diagrams.
+"""mkdocs hook: the figures are drawn during the build, by npattn.chapter.plots and
+npattn.chapter.diagrams.
 
 They are added to the site as generated files, figures/<name>.svg (names in
-npattn.plots.FIGURES: the attention heatmaps; npattn.diagrams.DIAGRAMS: the backward graph
-and the tiling grid), so no image is committed and every figure is the current code's.
+npattn.chapter.plots.FIGURES: the attention heatmaps; npattn.chapter.diagrams.DIAGRAMS: the backward
+graph and the tiling grid), so no image is committed and every figure is the current code's.
 With torch installed the trainable stages use the chapter's torch-seeded weights.
 """
 
@@ -14,8 +15,8 @@ FIGURES_DIR = "figures"
 def on_files(files, config):
     from mkdocs.structure.files import File
 
-    from npattn import diagrams
-    from npattn.plots import chapter_figures, figure_bytes
+    from npattn.chapter import diagrams
+    from npattn.chapter.plots import chapter_figures, figure_bytes
 
     for name, fig in chapter_figures(weights="auto").items():
         files.append(File.generated(config, f"{FIGURES_DIR}/{name}.svg", content=figure_bytes(fig)))

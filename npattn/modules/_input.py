@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._checks import as_float_array, check_ndim, check_positive_int, check_probability
+from ..fast.dispatch import check_attn_impl
 
 
 def prepare_input(x, d_in: int, dtype, context_length: int | None = None) -> np.ndarray:
@@ -59,3 +60,15 @@ def chapter_mask(context_length: int) -> np.ndarray:
 def attend_mask(mask_buffer: np.ndarray, T: int) -> np.ndarray:
     """The chapter's buffer, truncated to T tokens, as a boolean mask with True = attend."""
     return mask_buffer[:T, :T] == 0  # (context_length, context_length) -> (T, T)
+
+
+def attn_impl_property() -> property:
+    """`m.attn_impl`, checked whenever it is set: in the constructor or later."""
+
+    def fget(self) -> str:
+        return self._attn_impl
+
+    def fset(self, value) -> None:
+        self._attn_impl = check_attn_impl(value)
+
+    return property(fget, fset, doc='"reference" (default), "blocked", "tiled" or "auto"')

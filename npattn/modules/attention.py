@@ -9,10 +9,16 @@ from __future__ import annotations
 import numpy as np
 
 from .._checks import make_rng
+from ..fast.dispatch import attention_backward, attention_forward, keep_mask, resolve_attn_impl
 from ..ops.linear import linear_backward, linear_forward
 from ..ops.sdpa import sdpa_backward, sdpa_forward
-from ._impl import attention_backward, attention_forward, check_attn_impl, keep_mask
-from ._input import chapter_mask, check_attention_args, prepare_input
+from ._input import (
+    attend_mask,
+    attn_impl_property,
+    chapter_mask,
+    check_attention_args,
+    prepare_input,
+)
 from .base import Module
 from .linear import Linear
 
@@ -59,11 +65,18 @@ class SelfAttention_v1(Module):
 
 
 class _QKV(Module):
-    """Shared body of SelfAttention_v2 and CausalAttention: three Linear layers + SDPA."""
+    """Shared body of SelfAttention_v2 and CausalAttention: three Linear layers + SDPA.
 
-    def _init_qkv(self, d_in, d_out, qkv_bias, rng, attn_impl="naive"):
+    Forward (walked backwards in `backward`):
+        1. queries, keys, values = W_query(x), W_key(x), W_value(x)      (..., T, d_out)
+        2-5. sdpa: scores scaled by 1/sqrt(d_k), mask, softmax, dropout, @ values
+    """
+
+    attn_impl = attn_impl_property()  # npattn/fast/dispatch.py
+
+    def _init_qkv(self, d_in, d_out, qkv_bias, rng, attn_impl="reference"):
         self.rng = make_rng(rng)
-        self.attn_impl = check_attn_impl(attn_impl)  # npattn/modules/_impl.py
+        self.attn_impl = attn_impl
         self.W_query = Linear(d_in, d_out, bias=qkv_bias, rng=self.rng)
         self.W_key = Linear(d_in, d_out, bias=qkv_bias, rng=self.rng)
         self.W_value = Linear(d_in, d_out, bias=qkv_bias, rng=self.rng)
@@ -74,21 +87,34 @@ class _QKV(Module):
         queries = self.W_query(x)
         keys = self.W_key(x)
         values = self.W_value(x)
-        # 2-5. scores (scaled by 1/sqrt(d_k)), mask, softmax, dropout, @ values  (..., T, d_out)
-        context_vec, self._cache, self.attn_weights = attention_forward(
-            self.attn_impl, queries, keys, values, mask_buffer, dropout_p, self.rng
-        )  # attn_weights: (..., T, T) before dropout, or None from the tiled path
+        T, batch = x.shape[-2], x.shape[0] if x.ndim == 3 else 1
+        impl = resolve_attn_impl(self.attn_impl, T, batch)
+        if impl != "reference":  # opt-in speed: npattn/fast/dispatch.py
+            context_vec, cache, self.attn_weights = attention_forward(
+                impl, queries, keys, values, mask_buffer, dropout_p, self.rng
+            )
+            self._cache = (impl, cache)
+            return context_vec
+        # 2-5. softmax(queries @ keys^T / sqrt(d_k), masked) with dropout, @ values
+        mask = None if mask_buffer is None else attend_mask(mask_buffer, T)  # (T, T), True = attend
+        context_vec, cache = sdpa_forward(queries, keys, values, mask, dropout_p, rng=self.rng)
+        self.attn_weights = cache.attn_weights  # (..., T, T), before dropout
+        self._cache = (impl, cache)
         return context_vec
 
     @property
     def dropout_mask(self):
         """The keep-mask (True = kept) of the last forward: (..., T, T), or None without
         dropout. Pass it to torch's math SDPA (tests/test_agreement.py) to reproduce a step."""
-        return None if self._cache is None else keep_mask(self._cache)
+        return None if self._cache is None else keep_mask(self._cache[1])
 
     def backward(self, dcontext_vec):
+        impl, cache = self._require_cache()
         # 2-5.
-        dqueries, dkeys, dvalues = attention_backward(dcontext_vec, self._require_cache())
+        if impl == "reference":
+            dqueries, dkeys, dvalues = sdpa_backward(dcontext_vec, cache)
+        else:
+            dqueries, dkeys, dvalues = attention_backward(dcontext_vec, cache)
         # 1. x feeds all three projections, so dx sums three terms
         dx = self.W_query.backward(dqueries)
         dx += self.W_key.backward(dkeys)
@@ -116,7 +142,8 @@ class CausalAttention(_QKV):
 
     Shapes: x (B, T, d_in), T <= context_length -> context_vec (B, T, d_out).
     The `mask` buffer is the chapter's triu(ones, 1) (1 = masked), truncated to T.
-    attn_impl: "naive", "tiled" or "auto" (npattn/modules/_impl.py); tiled sets attn_weights None.
+    attn_impl: "reference" (the default: the chapter's steps), or the opt-in "blocked", "tiled"
+    or "auto" (npattn/fast/dispatch.py); "tiled" sets attn_weights to None.
     """
 
     def __init__(
@@ -128,7 +155,7 @@ class CausalAttention(_QKV):
         qkv_bias: bool = False,
         *,
         rng=None,
-        attn_impl: str = "naive",
+        attn_impl: str = "reference",
     ):
         super().__init__()
         self.d_in, self.d_out, self.context_length, self.dropout, _ = check_attention_args(

@@ -116,7 +116,7 @@ class GroupedQueryAttention(KVCacheMixin, Module):
         # 7. output projection             (B, T, d_out) -> (B, T, d_out)
         context_vec = self.out_proj(context)
         self.attn_weights = sdpa_cache.attn_weights  # (B, H, T, S), before dropout
-        self.dropout_mask = sdpa_cache.dropout_cache[0]  # keep-mask, or None
+        self.dropout_mask = sdpa_cache.keep  # keep-mask, or None
         if use_cache:  # everything succeeded: commit the new cache
             self.cache_k, self.cache_v = keys, values
             self.ptr_current_pos += T

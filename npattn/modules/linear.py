@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from .._checks import as_float_array, check_positive_int, make_rng
+from .._checks import as_float_array, as_grad, check_positive_int, make_rng
 from ..ops.linear import linear_backward, linear_forward
 from .base import Module
 
@@ -47,6 +47,21 @@ class Linear(Module):
         if dbias is not None:
             self._grads["bias"] = dbias
         return dx
+
+    def set_grads(self, weight, bias=None) -> None:
+        """Take this layer's gradients from a fused op instead of from its own backward.
+
+        attn_impl="blocked" or "tiled" computes W_query, W_key and W_value as one matrix
+        product (npattn/fast/fused_linear.py), so no layer runs its own forward or backward;
+        each is handed its rows of the fused gradient here, and `grads` reads as after backward.
+        Shapes: weight (out_features, in_features), bias (out_features,), given iff the layer
+        has a bias.
+        """
+        self._grads = {"weight": as_grad(weight, self.weight.shape, self.dtype, "weight")}
+        if (bias is None) != (self.bias is None):
+            raise ValueError(f"bias gradient must be given iff the layer has a bias ({self})")
+        if bias is not None:
+            self._grads["bias"] = as_grad(bias, self.bias.shape, self.dtype, "bias")
 
     def extra_repr(self) -> str:
         return (

@@ -105,7 +105,7 @@ class MultiHeadLatentAttention(KVCacheMixin, Module):
         # 9. output projection             (B, T, d_out) -> (B, T, d_out)
         context_vec = self.out_proj(context)
         self.attn_weights = sdpa_cache.attn_weights  # (B, H, T, S), before dropout
-        self.dropout_mask = sdpa_cache.dropout_cache[0]  # keep-mask, or None
+        self.dropout_mask = sdpa_cache.keep  # keep-mask, or None
         if use_cache:  # everything succeeded: commit the latent
             self.cache_c_kv = c_kv
             self.ptr_current_pos += T

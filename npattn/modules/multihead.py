@@ -10,15 +10,26 @@ from __future__ import annotations
 import numpy as np
 
 from .._checks import as_grad, check_positive_int, make_rng
-from ..ops.fused_linear import fused_linear_backward, fused_linear_forward
+from ..fast.dispatch import (
+    fused_attention_backward,
+    fused_attention_forward,
+    keep_mask,
+    resolve_attn_impl,
+)
 from ..ops.heads import (
     merge_heads_backward,
     merge_heads_forward,
-    split_qkv_heads_backward,
-    split_qkv_heads_forward,
+    split_heads_backward,
+    split_heads_forward,
 )
-from ._impl import attention_backward, attention_forward, check_attn_impl, keep_mask
-from ._input import chapter_mask, check_attention_args, prepare_input
+from ..ops.sdpa import sdpa_backward, sdpa_forward
+from ._input import (
+    attend_mask,
+    attn_impl_property,
+    chapter_mask,
+    check_attention_args,
+    prepare_input,
+)
 from .attention import CausalAttention
 from .base import Module, ModuleList
 from .linear import Linear
@@ -82,14 +93,18 @@ class MultiHeadAttention(Module):
     Shapes: x (B, T, d_in), T <= context_length -> context_vec (B, T, d_out).
 
     Forward (walked backwards in `backward`):
-        1. queries, keys, values = W_query(x), W_key(x), W_value(x), as one matrix product
-                                                       (B, T, d_in) -> (B, T, 3 * d_out)
-        2. split heads                                 (B, T, 3 * d_out) -> 3 x (B, H, T, E)
-        3. causal SDPA with dropout on the weights     (B, H, T, E)
+        1. queries, keys, values = W_query(x), W_key(x), W_value(x)   (B, T, d_out)
+        2. split heads                                 (B, T, d_out) -> (B, H, T, E)
+        3. sdpa with the causal mask buffer, dropout on the weights   (B, H, T, E)
         4. merge heads                                 (B, H, T, E) -> (B, T, d_out)
         5. context_vec = out_proj(context)             (B, T, d_out)
-    attn_impl: "naive", "tiled" or "auto" (npattn/modules/_impl.py); tiled sets attn_weights None.
+    attn_impl: "reference" (the default: the steps above), or the opt-in "blocked", "tiled" or
+    "auto", which run steps 1-4 as one GEMM and a faster attention (npattn/fast/dispatch.py);
+    "tiled" sets attn_weights to None. There W_query, W_key and W_value run no forward of their
+    own: their gradients are handed to them with Linear.set_grads.
     """
+
+    attn_impl = attn_impl_property()  # npattn/fast/dispatch.py
 
     def __init__(
         self,
@@ -101,10 +116,10 @@ class MultiHeadAttention(Module):
         qkv_bias: bool = False,
         *,
         rng=None,
-        attn_impl: str = "naive",
+        attn_impl: str = "reference",
     ):
         super().__init__()
-        self.attn_impl = check_attn_impl(attn_impl)
+        self.attn_impl = attn_impl
         self.d_in, self.d_out, self.context_length, self.dropout, self.num_heads = (
             check_attention_args(d_in, d_out, context_length, dropout, num_heads)
         )
@@ -119,46 +134,76 @@ class MultiHeadAttention(Module):
 
     def forward(self, x):
         x = prepare_input(x, self.d_in, self.dtype, self.context_length)
-        # 1. projections, one GEMM                       (B, T, d_in) -> (B, T, 3 * d_out)
-        qkv_layers = (self.W_query, self.W_key, self.W_value)
-        biases = None if self.W_query.bias is None else [m.bias for m in qkv_layers]
-        qkv, qkv_cache = fused_linear_forward(x, [m.weight for m in qkv_layers], biases)
-        # 2. split heads (views)                         (B, T, 3 * d_out) -> 3 x (B, H, T, E)
-        (queries, keys, values), split_cache = split_qkv_heads_forward(qkv, self.num_heads)
-        # 3. causal attention per head                   (B, H, T, E)
+        (B, T, _), H = x.shape, self.num_heads
         dropout_p = self.dropout if self.training else 0.0
-        context, sdpa_cache, self.attn_weights = attention_forward(
-            self.attn_impl, queries, keys, values, self.mask, dropout_p, self.rng
-        )  # attn_weights: (B, H, T, T) before dropout, or None from the tiled path
+        impl = resolve_attn_impl(self.attn_impl, T, B * H)
+        if impl != "reference":  # opt-in speed: npattn/fast/dispatch.py
+            return self._forward_fast(impl, x, dropout_p)
+        # 1. projections                                 (B, T, d_in) -> (B, T, d_out)
+        queries = self.W_query(x)
+        keys = self.W_key(x)
+        values = self.W_value(x)
+        # 2. split heads                                 (B, T, d_out) -> (B, H, T, E)
+        queries, split_cache = split_heads_forward(queries, H)
+        keys, _ = split_heads_forward(keys, H)
+        values, _ = split_heads_forward(values, H)
+        # 3. attention per head, the buffer as a mask    (B, H, T, E)
+        mask = attend_mask(self.mask, T)  # (T, T), True = attend
+        context, sdpa_cache = sdpa_forward(queries, keys, values, mask, dropout_p, rng=self.rng)
+        self.attn_weights = sdpa_cache.attn_weights  # (B, H, T, T), before dropout
         # 4. merge heads                                 (B, H, T, E) -> (B, T, d_out)
         context, merge_cache = merge_heads_forward(context)
         # 5. output projection                           (B, T, d_out) -> (B, T, d_out)
         context_vec = self.out_proj(context)
-        self._cache = (qkv_cache, split_cache, sdpa_cache, merge_cache)
+        self._cache = (impl, sdpa_cache, (split_cache, merge_cache))
         return context_vec
 
-    @property
-    def dropout_mask(self):
-        """The keep-mask (True = kept) of the last forward: (B, H, T, T), or None."""
-        return None if self._cache is None else keep_mask(self._cache[2])
-
     def backward(self, dcontext_vec):
-        qkv_cache, split_cache, sdpa_cache, merge_cache = self._require_cache()
+        impl, sdpa_cache, caches = self._require_cache()
+        if impl != "reference":
+            return self._backward_fast(dcontext_vec, caches)
+        split_cache, merge_cache = caches
         # 5.
         dcontext = self.out_proj.backward(dcontext_vec)  # (B, T, d_out)
         # 4.
         dcontext = merge_heads_backward(dcontext, merge_cache)  # (B, H, T, E)
         # 3.
-        dqueries, dkeys, dvalues = attention_backward(dcontext, sdpa_cache)  # (B, H, T, E) each
+        dqueries, dkeys, dvalues = sdpa_backward(dcontext, sdpa_cache)  # (B, H, T, E) each
         # 2.
-        dqkv = split_qkv_heads_backward(dqueries, dkeys, dvalues, split_cache)  # (B, T, 3 d_out)
-        # 1. x feeds all three projections: the one GEMM sums their three terms of dx
-        dx, dweights, dbiases = fused_linear_backward(dqkv, qkv_cache)
-        for i, layer in enumerate((self.W_query, self.W_key, self.W_value)):
-            layer._grads = {"weight": dweights[i]}
-            if dbiases is not None:
-                layer._grads["bias"] = dbiases[i]
+        dqueries = split_heads_backward(dqueries, split_cache)  # (B, T, d_out)
+        dkeys = split_heads_backward(dkeys, split_cache)
+        dvalues = split_heads_backward(dvalues, split_cache)
+        # 1. x feeds all three projections, so dx sums three terms
+        dx = self.W_query.backward(dqueries)
+        dx += self.W_key.backward(dkeys)
+        dx += self.W_value.backward(dvalues)
         return dx
+
+    def _forward_fast(self, impl, x, dropout_p):
+        """Steps 1-4 fused ("blocked" or "tiled": npattn/fast/dispatch.py), then step 5."""
+        qkv_layers = (self.W_query, self.W_key, self.W_value)
+        context, fast_cache, self.attn_weights = fused_attention_forward(
+            impl, x, qkv_layers, self.num_heads, self.mask, dropout_p, self.rng
+        )  # context (B, T, d_out); attn_weights (B, H, T, T) or None from the tiled path
+        context_vec = self.out_proj(context)
+        self._cache = (impl, fast_cache.attention, fast_cache)
+        return context_vec
+
+    def _backward_fast(self, dcontext_vec, fast_cache):
+        """Step 5, then steps 4 -> 1 fused; each projection is handed its own gradients."""
+        dcontext = self.out_proj.backward(dcontext_vec)  # (B, T, d_out)
+        dx, dweights, dbiases = fused_attention_backward(dcontext, fast_cache)
+        dbiases = dbiases if dbiases is not None else (None,) * 3
+        for layer, dweight, dbias in zip(
+            (self.W_query, self.W_key, self.W_value), dweights, dbiases
+        ):
+            layer.set_grads(dweight, dbias)
+        return dx
+
+    @property
+    def dropout_mask(self):
+        """The keep-mask (True = kept) of the last forward: (B, H, T, T), or None."""
+        return None if self._cache is None else keep_mask(self._cache[1])
 
     def extra_repr(self) -> str:
         return (

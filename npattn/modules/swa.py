@@ -107,7 +107,7 @@ class MultiHeadAttentionWithSWA(KVCacheMixin, Module):
         # 7. output projection             (B, T, d_out) -> (B, T, d_out)
         context_vec = self.out_proj(context)
         self.attn_weights = sdpa_cache.attn_weights  # (B, H, T, S), before dropout
-        self.dropout_mask = sdpa_cache.dropout_cache[0]  # keep-mask, or None
+        self.dropout_mask = sdpa_cache.keep  # keep-mask, or None
         if use_cache:  # everything succeeded: commit, keeping the last W positions
             n_keep = combined_k.shape[2] if W is None else min(combined_k.shape[2], W)
             # copies, so the kept slices do not pin the whole combined arrays in memory

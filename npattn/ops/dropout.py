@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._checks import as_float_array, as_grad, check_probability, make_rng
+from .._checks import as_float_array, as_grad, check_bool_mask, check_probability, make_rng
 
 
 def dropout_keep_mask(shape, p: float, rng=None) -> np.ndarray:
@@ -17,23 +17,6 @@ def dropout_keep_mask(shape, p: float, rng=None) -> np.ndarray:
     """
     p = check_probability(p, "p")
     return make_rng(rng).random(shape) >= p
-
-
-def check_keep_mask(keep, shape, name: str = "keep", target: str = "x") -> np.ndarray:
-    """A boolean keep-mask that broadcasts to `shape`, else a TypeError/ValueError naming it."""
-    keep = np.asarray(keep)
-    if keep.dtype != np.bool_:
-        raise TypeError(f"{name} must be a boolean keep-mask (True = kept), got dtype {keep.dtype}")
-    try:
-        fits = np.broadcast_shapes(keep.shape, shape) == tuple(shape)
-    except ValueError:
-        fits = False
-    if not fits:
-        raise ValueError(
-            f"{name} of shape {tuple(keep.shape)} does not broadcast to {target} of shape "
-            f"{tuple(shape)}"
-        )
-    return keep
 
 
 def dropout_forward(x, p: float, *, rng=None, keep=None):
@@ -50,7 +33,7 @@ def dropout_forward(x, p: float, *, rng=None, keep=None):
             return x, (None, 1.0, x.shape, x.dtype)  # identity: x itself, as torch does
         keep = dropout_keep_mask(x.shape, p, rng)
     else:
-        keep = check_keep_mask(keep, x.shape)
+        keep = check_bool_mask(keep, x.shape, "keep", "x", "a keep-mask, True = kept")
     scale = 1.0 / (1.0 - p)
     out = np.where(keep, x * x.dtype.type(scale), 0).astype(x.dtype, copy=False)
     return out, (keep, scale, x.shape, x.dtype)  # keep: bool, broadcasts to x.shape

@@ -90,3 +90,22 @@ def split_qkv_heads_backward(dqueries, dkeys, dvalues, cache):
     for i, d in enumerate(douts):
         dqkv[:, :, i] = d.transpose(0, 2, 1, 3)  # (B, H, T, E) -> (B, T, H, E)
     return dqkv.reshape(shape)  # (B, T, 3, H, E) -> (B, T, 3 * d_out)
+
+
+def repeat_kv(x, groups: int):
+    """GQA: each key/value head serves `groups` query heads, like torch.repeat_interleave.
+
+    Shapes: x (..., Hkv, S, E) -> (..., Hkv * groups, S, E); x itself when groups is 1.
+    """
+    return np.repeat(x, groups, axis=-3) if groups > 1 else x
+
+
+def repeat_kv_backward(dout, groups: int):
+    """The adjoint of repeating: each key/value head's gradient sums its group's.
+
+    Shapes: dout (..., Hkv * groups, S, E) -> (..., Hkv, S, E).
+    """
+    if groups == 1:
+        return dout
+    *lead, hq, s, e = dout.shape
+    return dout.reshape(*lead, hq // groups, groups, s, e).sum(axis=-3)  # sum over the group

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._checks import as_float_array, as_grad, check_min_ndim, check_positive_int
+from .._checks import as_float_array, as_grad, check_bool_mask, check_min_ndim, check_positive_int
 
 
 def causal_mask(L: int, S: int | None = None) -> np.ndarray:
@@ -78,22 +78,6 @@ def key_padding_mask(lengths, S: int) -> np.ndarray:
     return np.arange(S)[None, :] < lengths[:, None]  # (1, S) < (B, 1) -> (B, S)
 
 
-def _check_mask(mask, x: np.ndarray, x_name: str) -> np.ndarray:
-    mask = np.asarray(mask)
-    if mask.dtype != np.bool_:
-        raise TypeError(f"mask must be boolean (True = attend), got dtype {mask.dtype}")
-    try:
-        fits = np.broadcast_shapes(mask.shape, x.shape) == x.shape
-    except ValueError:
-        fits = False
-    if not fits:
-        raise ValueError(
-            f"mask of shape {tuple(mask.shape)} does not broadcast to {x_name} of shape "
-            f"{tuple(x.shape)} (..., T, S)"
-        )
-    return mask
-
-
 def mask_scores_forward(attn_scores, mask):
     """Method 2: masked positions become -inf, so the softmax after it gives them weight 0.
 
@@ -102,7 +86,7 @@ def mask_scores_forward(attn_scores, mask):
     """
     attn_scores = as_float_array(attn_scores, "attn_scores")
     check_min_ndim(attn_scores, "attn_scores", 2, "(..., T, S)")
-    mask = _check_mask(mask, attn_scores, "attn_scores")
+    mask = check_bool_mask(mask, attn_scores.shape, "mask", "attn_scores")
     out = np.where(mask, attn_scores, -np.inf).astype(attn_scores.dtype, copy=False)
     return out, (mask, attn_scores.shape, out.dtype)
 
@@ -125,7 +109,7 @@ def mask_renormalize_forward(attn_weights, mask):
     """
     attn_weights = as_float_array(attn_weights, "attn_weights")
     check_min_ndim(attn_weights, "attn_weights", 2, "(..., T, S)")
-    mask = _check_mask(mask, attn_weights, "attn_weights")
+    mask = check_bool_mask(mask, attn_weights.shape, "mask", "attn_weights")
     # 1. masked_simple = attn_weights * mask
     masked = np.where(mask, attn_weights, 0).astype(attn_weights.dtype, copy=False)
     # 2. row_sums = masked_simple.sum(-1)

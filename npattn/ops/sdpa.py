@@ -1,10 +1,11 @@
 """Scaled dot-product attention with torch's semantics, and its backward.
 
 Shape legend: L query tokens, S key tokens, E head dim of q and k, Ev head dim of v, and any
-leading batch dims (...), e.g. (B, H). With enable_gqa, k and v have Hkv heads on axis -3 and
-are repeated to the Hq heads of q.
+leading batch dims (...), e.g. (B, H). With enable_gqa (grouped-query attention), k and v have
+Hkv heads on axis -3, each serving Hq // Hkv query heads.
 
 Forward (the step numbers are walked backwards in sdpa_backward and in docs/backward/sdpa.md):
+    0. GQA: k, v    = each key/value head repeated for its group of query heads
     1. attn_scores  = (q * scale) @ k^T                    (..., L, S)
     1b. attn_scores = softcap * tanh(attn_scores / softcap), when softcap is given
     2. attn_scores  = masked: -inf where a boolean mask is False, + a float mask
@@ -12,6 +13,7 @@ Forward (the step numbers are walked backwards in sdpa_backward and in docs/back
                       when sinks are given (ops/sinks.py)   (..., L, S)
     4. dropped      = attn_weights * keep / (1 - p)        (..., L, S)
     5. out          = dropped @ v                          (..., L, Ev)
+Argument checks live in npattn/_checks.py, so what follows is the maths.
 """
 
 from __future__ import annotations
@@ -20,8 +22,16 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .._checks import as_float_array, as_grad, check_min_ndim, check_probability, check_scale
-from .dropout import check_keep_mask, dropout_backward, dropout_forward
+from .._checks import (
+    as_grad,
+    check_attn_mask,
+    check_dropout_mask,
+    check_probability,
+    check_scale,
+    check_sdpa_inputs,
+)
+from .dropout import dropout_keep_mask
+from .heads import repeat_kv, repeat_kv_backward
 from .masks import causal_mask
 from .sinks import softmax_with_sink_backward, softmax_with_sink_forward
 from .softcap import check_softcap, softcap_backward, softcap_forward
@@ -30,127 +40,27 @@ from .softmax import softmax_backward, softmax_inplace
 
 class SDPACache(NamedTuple):
     q: np.ndarray  # (..., L, E)
-    k: np.ndarray  # (..., S, E), after GQA repetition (a copy only when groups > 1)
-    v: np.ndarray  # (..., S, Ev), after GQA repetition
+    k: np.ndarray  # (..., S, E), after step 0 (a copy only with GQA groups > 1)
+    v: np.ndarray  # (..., S, Ev), after step 0
     attn_weights: np.ndarray  # (..., L, S), softmax output before dropout
-    dropout_cache: tuple  # (keep (..., L, S) or None, 1 / (1 - p), shape)
+    keep: np.ndarray | None  # boolean keep-mask broadcastable to (..., L, S), None without dropout
+    dropout_scale: float  # 1 / (1 - p)
     scale: float
     gqa_groups: int  # Hq // Hkv; 1 without GQA
     softcap_cache: tuple | None = None  # (tanh(scores / softcap) (..., L, S),) or None
     sink_cache: tuple | None = None  # softmax_with_sink_forward's cache, or None
 
 
-def sum_to_shape(g: np.ndarray, shape: tuple) -> np.ndarray:
-    """Sum a broadcast gradient back down to `shape` (the adjoint of broadcasting)."""
-    extra = g.ndim - len(shape)
-    if extra:
-        g = g.sum(axis=tuple(range(extra)))
-    axes = tuple(i for i, n in enumerate(shape) if n == 1 and g.shape[i] != 1)
-    return g.sum(axis=axes, keepdims=True) if axes else g
-
-
-def _repeat_kv(x: np.ndarray, groups: int) -> np.ndarray:
-    """GQA: (..., Hkv, S, E) -> (..., Hkv * groups, S, E), like torch.repeat_interleave(dim=-3)."""
-    return np.repeat(x, groups, axis=-3) if groups > 1 else x
-
-
-def _unrepeat_kv(g: np.ndarray, groups: int) -> np.ndarray:
-    """Adjoint of _repeat_kv: sum each group of heads. (..., Hq, S, E) -> (..., Hkv, S, E)."""
-    if groups == 1:
-        return g
-    *lead, hq, s, e = g.shape
-    return g.reshape(*lead, hq // groups, groups, s, e).sum(axis=-3)
-
-
-def _check_inputs(q, k, v, enable_gqa):
-    q = as_float_array(q, "query")
-    k = as_float_array(k, "key")
-    v = as_float_array(v, "value")
-    check_min_ndim(q, "query", 2, "(..., L, E)")
-    check_min_ndim(k, "key", 2, "(..., S, E)")
-    check_min_ndim(v, "value", 2, "(..., S, Ev)")
-    if q.shape[-1] != k.shape[-1]:
-        raise ValueError(
-            f"query and key must share the head dim E: query (..., L, {q.shape[-1]}), "
-            f"key (..., S, {k.shape[-1]})"
-        )
-    if k.shape[-2] != v.shape[-2]:
-        raise ValueError(
-            f"key and value must have the same number of tokens S: key {tuple(k.shape)}, "
-            f"value {tuple(v.shape)}"
-        )
-    for name, a, dims in (("query", q, "L, E"), ("key", k, "S, E"), ("value", v, "S, Ev")):
-        if 0 in a.shape:
-            raise ValueError(f"{name} must have no empty dims: shape (..., {dims}), got {a.shape}")
-    dtype = np.result_type(q.dtype, k.dtype, v.dtype)
-    q, k, v = (a.astype(dtype, copy=False) for a in (q, k, v))
-    groups = 1
-    if enable_gqa:
-        if q.ndim < 3 or k.ndim < 3 or v.ndim < 3:
-            raise ValueError("enable_gqa needs heads on axis -3: shapes (..., H, L, E)")
-        hq, hk, hv = q.shape[-3], k.shape[-3], v.shape[-3]
-        if hk != hv or hq % hk:
-            raise ValueError(
-                f"enable_gqa needs key and value heads equal and dividing the query heads: "
-                f"query has {hq}, key {hk}, value {hv}"
-            )
-        groups = hq // hk
-    for name, a in (("key", k), ("value", v)):
-        batch = a.shape[:-2]  # (..., H) of k or v; GQA multiplies H by the group size
-        if groups > 1:
-            batch = batch[:-1] + (batch[-1] * groups,)
-        try:
-            np.broadcast_shapes(q.shape[:-2], batch)
-        except ValueError:
-            raise ValueError(
-                f"batch dims of query {tuple(q.shape[:-2])} and {name} {tuple(a.shape[:-2])} "
-                f"do not broadcast"
-            ) from None
-    return q, k, v, groups
-
-
-def check_attn_mask(attn_mask, is_causal: bool, scores_shape: tuple):
-    """Step 2's argument checks: the mask as an array broadcastable to scores_shape, or None.
-
-    Shapes: attn_mask broadcastable to scores_shape (..., L, S), boolean or floating.
-    """
-    if is_causal and attn_mask is not None:
-        raise ValueError("is_causal=True cannot be combined with attn_mask; pass one of them")
-    if attn_mask is None:
-        return None
-    attn_mask = np.asarray(attn_mask)
-    try:
-        shape = np.broadcast_shapes(attn_mask.shape, scores_shape)
-    except ValueError:
-        shape = None
-    if shape != tuple(scores_shape):
-        raise ValueError(
-            f"attn_mask of shape {tuple(attn_mask.shape)} must broadcast to the attention "
-            f"scores' shape {tuple(scores_shape)} (..., L, S)"
-        )
-    if attn_mask.dtype != np.bool_ and not np.issubdtype(attn_mask.dtype, np.floating):
-        raise TypeError(f"attn_mask must be boolean or floating, got dtype {attn_mask.dtype}")
-    return attn_mask
-
-
-def apply_attn_mask(scores, attn_mask):
+def apply_attn_mask(attn_scores, attn_mask):
     """Step 2: -inf where a boolean mask (True = attend) is False, or add a float mask.
 
-    Shapes: scores (..., L, S), attn_mask (checked) broadcastable to it, or None.
+    Shapes: attn_scores (..., L, S), attn_mask (checked) broadcastable to it, or None.
     """
     if attn_mask is None:
-        return scores
+        return attn_scores
     if attn_mask.dtype == np.bool_:
-        return np.where(attn_mask, scores, -np.inf).astype(scores.dtype, copy=False)
-    return scores + attn_mask.astype(scores.dtype, copy=False)
-
-
-def _mask_scores(scores, attn_mask, is_causal):
-    """Step 2: apply a boolean (True = attend) or float (added) mask, or the causal mask."""
-    attn_mask = check_attn_mask(attn_mask, is_causal, scores.shape)
-    if is_causal:
-        attn_mask = causal_mask(*scores.shape[-2:])  # (L, S), top-left aligned
-    return apply_attn_mask(scores, attn_mask)
+        return np.where(attn_mask, attn_scores, -np.inf).astype(attn_scores.dtype, copy=False)
+    return attn_scores + attn_mask.astype(attn_scores.dtype, copy=False)
 
 
 def sdpa_forward(
@@ -178,66 +88,72 @@ def sdpa_forward(
     (Gemma 2); sinks (H,) or broadcastable to (..., L, 1) adds one logit per head to each
     row's softmax denominator (gpt-oss), and sdpa_backward then also returns dsinks.
     """
-    q, k, v, groups = _check_inputs(q, k, v, enable_gqa)
+    q, k, v, groups = check_sdpa_inputs(q, k, v, enable_gqa)
     softcap = check_softcap(softcap)
     dropout_p = check_probability(dropout_p, "dropout_p")
-    if dropout_mask is not None and dropout_p == 0.0:
-        raise ValueError("dropout_mask needs dropout_p > 0 (it is scaled by 1 / (1 - dropout_p))")
-    k, v = _repeat_kv(k, groups), _repeat_kv(v, groups)  # (..., Hkv, S, E) -> (..., Hq, S, E)
     scale = check_scale(scale, q.shape[-1])
+    dtype = q.dtype
+    # 0. GQA: repeat each key/value head for its group   (..., Hkv, S, E) -> (..., Hq, S, E)
+    k, v = repeat_kv(k, groups), repeat_kv(v, groups)
+    L, S = q.shape[-2], k.shape[-2]
+    scores_shape = np.broadcast_shapes(q.shape[:-2], k.shape[:-2]) + (L, S)
+    attn_mask = check_attn_mask(attn_mask, is_causal, scores_shape)
+    keep = check_dropout_mask(dropout_mask, dropout_p, scores_shape)
     # 1. attn_scores = (q * scale) @ k^T           (..., L, E) @ (..., E, S) -> (..., L, S)
     #    q is scaled first: the same scores as (q @ k^T) * scale, but the unscaled sum of E
     #    products never forms, so float16 does not overflow where the scaled score fits
     #    (docs/numerics.md); it is also L * E multiplications instead of L * S
-    attn_scores = (q * q.dtype.type(scale)) @ np.swapaxes(k, -1, -2)
+    attn_scores = (q * dtype.type(scale)) @ np.swapaxes(k, -1, -2)
     # 1b. soft-capping, before the mask (ops/softcap.py)
     softcap_cache = None
     if softcap is not None:
         attn_scores, softcap_cache = softcap_forward(attn_scores, softcap)
-    # 2. masking
-    attn_scores = _mask_scores(attn_scores, attn_mask, is_causal)
+    # 2. masking: the causal mask is top-left aligned, query i sees keys j <= i
+    if is_causal:
+        attn_mask = causal_mask(L, S)  # (L, S), True = attend
+    attn_scores = apply_attn_mask(attn_scores, attn_mask)
     # 3. attn_weights = softmax(attn_scores)        (..., L, S)
     sink_cache = None
     if sinks is not None:  # the sink joins each row's denominator (ops/sinks.py)
         attn_weights, sink_cache = softmax_with_sink_forward(attn_scores, sinks)
     else:
-        attn_weights = softmax_inplace(attn_scores, axis=-1)  # masking made a new array or none
-    # 4. dropout on the weights                     (..., L, S)
-    if dropout_mask is not None:
-        dropout_mask = check_keep_mask(
-            dropout_mask, attn_weights.shape, "dropout_mask", "the attention weights"
-        )
-    dropped, dropout_cache = dropout_forward(attn_weights, dropout_p, rng=rng, keep=dropout_mask)
+        attn_weights = softmax_inplace(attn_scores, axis=-1)  # step 1 or 2 made a new array
+    # 4. dropout on the weights (inverted: kept weights scaled by 1 / (1 - p))   (..., L, S)
+    dropout_scale = 1.0 / (1.0 - dropout_p)
+    if keep is None and dropout_p > 0.0:
+        keep = dropout_keep_mask(attn_weights.shape, dropout_p, rng)  # True = kept
+    dropped = attn_weights if keep is None else attn_weights * keep * dtype.type(dropout_scale)
     # 5. out = dropped @ v                          (..., L, S) @ (..., S, Ev) -> (..., L, Ev)
     out = dropped @ v
     cache = SDPACache(
-        q, k, v, attn_weights, dropout_cache, scale, groups, softcap_cache, sink_cache
+        q, k, v, attn_weights, keep, dropout_scale, scale, groups, softcap_cache, sink_cache
     )
     return out, cache
 
 
 def sdpa_backward(dout, cache: SDPACache):
-    """Gradients of sdpa_forward w.r.t. q, k and v (and the sinks, when given), steps 5 -> 1.
+    """Gradients of sdpa_forward w.r.t. q, k and v (and the sinks, when given), steps 5 -> 0.
 
     Shapes: dout (..., L, Ev) -> dq (..., L, E), dk (..., S, E), dv (..., S, Ev), in the
     shapes q, k and v were given (GQA heads and broadcast batch dims summed back).
     Returns (dq, dk, dv), or (dq, dk, dv, dsinks) when the forward was given sinks
     (dsinks in the sinks' shape).
     """
-    q, k, v, attn_weights, dropout_cache, scale, groups, softcap_cache, sink_cache = cache
+    q, k, v, attn_weights, keep, dropout_scale, scale, groups, softcap_cache, sink_cache = cache
+    dtype = q.dtype
     out_shape = np.broadcast_shapes(attn_weights.shape[:-2], v.shape[:-2]) + (
         attn_weights.shape[-2],
         v.shape[-1],
     )
-    dout = as_grad(dout, out_shape, q.dtype)
-    # 4. dropped = attn_weights * keep / (1 - p) is recomputed rather than stored: dropout is
-    #    linear and elementwise, so applying its backward to attn_weights gives the forward.
-    dropped = dropout_backward(attn_weights, dropout_cache)
+    dout = as_grad(dout, out_shape, dtype)
+    # 4. dropped is recomputed rather than stored (one (..., L, S) array less in the cache):
+    #    the same line as the forward's, so the same numbers
+    dropped = attn_weights if keep is None else attn_weights * keep * dtype.type(dropout_scale)
     # 5. out = dropped @ v
     ddropped = dout @ np.swapaxes(v, -1, -2)  # (..., L, Ev) @ (..., Ev, S) -> (..., L, S)
     dv = np.swapaxes(dropped, -1, -2) @ dout  # (..., S, L) @ (..., L, Ev) -> (..., S, Ev)
-    # 4. dropped = attn_weights * keep / (1 - p)
-    dattn_weights = dropout_backward(ddropped, dropout_cache)
+    # 4. dropped = attn_weights * keep / (1 - p): the same mask and scale
+    dattn_weights = ddropped if keep is None else ddropped * keep * dtype.type(dropout_scale)
     # 3. attn_weights = softmax(attn_scores); masked entries have weight 0, so 0 gradient
     if sink_cache is not None:
         dattn_scores, dsinks = softmax_with_sink_backward(dattn_weights, sink_cache)
@@ -249,13 +165,24 @@ def sdpa_backward(dout, cache: SDPACache):
         dattn_scores = softcap_backward(dattn_scores, softcap_cache)
     # 1. attn_scores = (q * scale) @ k^T; q * scale is recomputed (L * E), not stored
     dq = dattn_scores @ k  # (..., L, S) @ (..., S, E) -> (..., L, E)
-    dq *= q.dtype.type(scale)
-    dk = np.swapaxes(dattn_scores, -1, -2) @ (q * q.dtype.type(scale))  # (..., S, L) @ (.., L, E)
-    # undo broadcasting of batch dims, then sum the GQA groups: (..., Hq, S, E) -> (..., Hkv, S, E)
+    dq *= dtype.type(scale)
+    dk = np.swapaxes(dattn_scores, -1, -2) @ (q * dtype.type(scale))  # (.., S, L) @ (.., L, E)
+    # undo the broadcasting of batch dims: each input's gradient sums over what it was reused for
     dq = sum_to_shape(dq, q.shape)
-    dk = _unrepeat_kv(sum_to_shape(dk, k.shape), groups)
-    dv = _unrepeat_kv(sum_to_shape(dv, v.shape), groups)
+    dk = sum_to_shape(dk, k.shape)
+    dv = sum_to_shape(dv, v.shape)
+    # 0. GQA: the adjoint of repeating sums each group   (..., Hq, S, E) -> (..., Hkv, S, E)
+    dk, dv = repeat_kv_backward(dk, groups), repeat_kv_backward(dv, groups)
     return (dq, dk, dv) if sink_cache is None else (dq, dk, dv, dsinks)
+
+
+def sum_to_shape(g: np.ndarray, shape: tuple) -> np.ndarray:
+    """Sum a broadcast gradient back down to `shape` (the adjoint of broadcasting)."""
+    extra = g.ndim - len(shape)
+    if extra:
+        g = g.sum(axis=tuple(range(extra)))
+    axes = tuple(i for i, n in enumerate(shape) if n == 1 and g.shape[i] != 1)
+    return g.sum(axis=axes, keepdims=True) if axes else g
 
 
 def scaled_dot_product_attention(

@@ -2,17 +2,16 @@
 
 Shapes: inputs (T, d) or (B, T, d); query (d,).
 The loops are the chapter's first, explicit form; `simple_attention_forward` is the same
-computation as matrix products, and is also q = k = v = x in scaled dot-product attention
-with scale 1.
+computation as three matrix lines. (It is also q = k = v = x in scaled dot-product attention
+with scale 1, but it needs none of that machinery: tests/test_simple.py checks the equality.)
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from .._checks import as_float_array, check_ndim
-from .sdpa import sdpa_backward, sdpa_forward
-from .softmax import softmax
+from .._checks import as_float_array, as_grad, check_ndim
+from .softmax import softmax, softmax_backward
 
 
 def attn_scores_for_query(inputs, query) -> np.ndarray:
@@ -78,22 +77,34 @@ def simple_attention_forward(inputs):
     """Matrix form: attn_weights = softmax(x @ x^T), context_vecs = attn_weights @ x.
 
     Shapes: inputs (T, d) or (B, T, d) -> context_vecs (same), attn_weights (..., T, T).
-    Returns (context_vecs, attn_weights, cache).
+    Returns (context_vecs, attn_weights, cache) with cache = (x, attn_weights).
     """
-    inputs = as_float_array(inputs, "inputs")
-    check_ndim(inputs, "inputs", (2, 3), "(T, d) or (B, T, d)")
-    # x plays query, key and value at once; no 1/sqrt(d) scaling yet in this stage
-    context_vecs, cache = sdpa_forward(inputs, inputs, inputs, scale=1.0)
-    return context_vecs, cache.attn_weights, cache
+    x = as_float_array(inputs, "inputs")
+    check_ndim(x, "inputs", (2, 3), "(T, d) or (B, T, d)")
+    # x plays the queries, the keys and the values at once; no 1/sqrt(d) scaling yet
+    attn_scores = x @ np.swapaxes(x, -1, -2)  # 1. (..., T, d) @ (..., d, T) -> (..., T, T)
+    attn_weights = softmax(attn_scores, axis=-1)  # 2. each row sums to 1      (..., T, T)
+    context_vecs = attn_weights @ x  # 3. (..., T, T) @ (..., T, d) -> (..., T, d)
+    return context_vecs, attn_weights, (x, attn_weights)
 
 
 def simple_attention_backward(dcontext_vecs, cache):
-    """dL/dinputs: x fed q, k and v, so its gradient is the sum of the three.
+    """dL/dinputs, steps 3 -> 1. x is used three times (as values, queries and keys), so dx
+    has three terms.
 
     Shapes: dcontext_vecs (..., T, d) -> dinputs (..., T, d).
     """
-    dq, dk, dv = sdpa_backward(dcontext_vecs, cache)
-    return dq + dk + dv  # x was the queries, the keys and the values
+    x, attn_weights = cache
+    dcontext_vecs = as_grad(dcontext_vecs, x.shape, x.dtype, "dcontext_vecs")
+    # 3. context_vecs = attn_weights @ x
+    dattn_weights = dcontext_vecs @ np.swapaxes(x, -1, -2)  # (..., T, d) @ (..., d, T)
+    dx = np.swapaxes(attn_weights, -1, -2) @ dcontext_vecs  # term 1: x as the values
+    # 2. attn_weights = softmax(attn_scores)
+    dattn_scores = softmax_backward(dattn_weights, attn_weights, axis=-1)  # (..., T, T)
+    # 1. attn_scores = x @ x^T: row i of x is query i, and column j of x^T is key j
+    dx += dattn_scores @ x  # term 2: x as the queries   (..., T, T) @ (..., T, d)
+    dx += np.swapaxes(dattn_scores, -1, -2) @ x  # term 3: x as the keys
+    return dx
 
 
 def simple_self_attention(x):

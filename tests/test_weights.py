@@ -5,8 +5,8 @@ import pytest
 from tolerances import F32
 
 import npattn
-from npattn.chapter_weights import chapter_dropout_keep, chapter_module, torch_seeded_state_dict
-from npattn.data import SEEDS, chapter_batch, chapter_inputs
+from npattn.chapter.data import SEEDS, chapter_batch, chapter_inputs
+from npattn.chapter.weights import chapter_dropout_keep, chapter_module, torch_seeded_state_dict
 
 # (class name, constructor args after d_in=3, d_out=2)
 CLASSES = [

@@ -15,11 +15,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import functional as F
-from .chapter_weights import chapter_module
+from .. import functional as F
+from ..gradcheck import numerical_gradient
+from ..modules import CausalAttention
 from .data import TOKENS, chapter_inputs
-from .gradcheck import numerical_gradient
-from .modules import CausalAttention
+from .weights import chapter_module
 
 D_OUT = 2  # the chapter's d_out: one head of width 2
 DECIMALS = 4

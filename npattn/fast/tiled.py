@@ -29,16 +29,18 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .._checks import as_grad, check_positive_int, check_probability, check_scale, make_rng
-from .dropout import dropout_backward, dropout_forward
-from .sdpa import (
-    _check_inputs,
-    _repeat_kv,
-    _unrepeat_kv,
-    apply_attn_mask,
+from .._checks import (
+    as_grad,
     check_attn_mask,
-    sum_to_shape,
+    check_positive_int,
+    check_probability,
+    check_scale,
+    check_sdpa_inputs,
+    make_rng,
 )
+from ..ops.dropout import dropout_backward, dropout_forward
+from ..ops.heads import repeat_kv, repeat_kv_backward
+from ..ops.sdpa import apply_attn_mask, sum_to_shape
 
 # Default tile: the largest power-of-two block with batch * Br * Bc <= TILE_ELEMENTS (1 MiB in
 # float32, about an L2 cache), between MIN_BLOCK and MAX_BLOCK. Measured on 2 cores, E = 64:
@@ -129,9 +131,9 @@ def flash_attention_forward(
     row gives 0. block_size: an int, (Br, Bc), or None for a size from TILE_ELEMENTS.
     Dropout (applied whenever dropout_p > 0) draws one key from rng, a Generator or a seed.
     """
-    q, k, v, groups = _check_inputs(q, k, v, enable_gqa)
+    q, k, v, groups = check_sdpa_inputs(q, k, v, enable_gqa)
     dropout_p = check_probability(dropout_p, "dropout_p")
-    k, v = _repeat_kv(k, groups), _repeat_kv(v, groups)  # (..., Hkv, S, E) -> (..., Hq, S, E)
+    k, v = repeat_kv(k, groups), repeat_kv(v, groups)  # (..., Hkv, S, E) -> (..., Hq, S, E)
     (L, E), S, Ev, dtype = q.shape[-2:], k.shape[-2], v.shape[-1], q.dtype
     batch = np.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
     attn_mask = check_attn_mask(attn_mask, is_causal, batch + (L, S))
@@ -222,8 +224,8 @@ def flash_attention_backward(dout, cache: FlashCache):
     dq *= dtype.type(scale)
     # undo broadcasting of batch dims, then sum the GQA groups: (..., Hq, S, E) -> (..., Hkv, S, E)
     dq = sum_to_shape(dq, q.shape)
-    dk = _unrepeat_kv(sum_to_shape(dk, k.shape), groups)
-    dv = _unrepeat_kv(sum_to_shape(dv, v.shape), groups)
+    dk = repeat_kv_backward(sum_to_shape(dk, k.shape), groups)
+    dv = repeat_kv_backward(sum_to_shape(dv, v.shape), groups)
     return dq, dk, dv
 
 

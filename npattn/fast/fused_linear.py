@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._checks import as_float_array
-from .linear import linear_backward, linear_forward
+from ..ops.linear import linear_backward, linear_forward
 
 
 def fused_linear_forward(x, weights, biases=None):

@@ -1,6 +1,6 @@
 """`python -m npattn demo`: chapter 3 on the command line, stage by stage, 4 decimals.
 
-Every number printed is computed here (npattn.walkthrough); nothing is typed in.
+Every number printed is computed here (npattn.chapter.walkthrough); nothing is typed in.
 With torch installed the trainable stages load the chapter's torch-seeded weights, so the
 numbers are the book's; without it npattn's own seeded init is used and they differ.
 """
@@ -12,8 +12,8 @@ import textwrap
 
 import numpy as np
 
-from . import walkthrough as W
-from .data import TOKENS, chapter_batch, chapter_inputs
+from .data import TOKENS, chapter_batch
+from .walkthrough import walk
 
 DECIMALS = 4  # the book prints 4 decimals
 WIDTH = 92
@@ -62,11 +62,11 @@ def _weights_note(source: str) -> None:
     if source == "torch":
         _say(
             "Weights: the chapter's own, drawn by torch right after torch.manual_seed(123) (789",
-            "for SelfAttention_v2) as in the book (npattn.chapter_weights), so these are the",
+            "for SelfAttention_v2) as in the book (npattn.chapter.weights), so these are the",
             "book's numbers.",
         )
     else:
-        from .chapter_weights import torch_available
+        from .weights import torch_available
 
         _say(
             "Weights: npattn's own initialisation, seeded like the book (123, 789) but drawn",
@@ -222,7 +222,7 @@ def demo_multihead(m: dict, gpt2_params: int) -> None:
 
 
 def demo_backward(mha) -> None:
-    from .gradcheck import check_module
+    from ..gradcheck import check_module
 
     _section("Beyond the chapter: the backward pass")
     report = check_module(mha, chapter_batch(np.float64), seed=0)
@@ -258,27 +258,21 @@ def main(plot_dir=None, weights: str = "auto") -> int:
     if plot_dir is not None and importlib.util.find_spec("matplotlib") is None:
         print("--plot needs matplotlib: pip install matplotlib (or npattn[docs])")
         return 2
-    inputs, batch = chapter_inputs(), chapter_batch()
-    s = W.simple_attention(inputs)
-    t = W.trainable_weights(inputs, weights)
-    c = W.causal_masks(t["sa_v2"], inputs)
-    d = W.dropout(c["attn_weights_causal"], weights)
-    ca = W.causal_attention(batch, weights)
-    m = W.multihead(batch, weights)
+    w = walk(weights)
     print('npattn demo: chapter 3 of "Build a Large Language Model (From Scratch)", stage by')
     print("stage, in NumPy. Every number below is computed; the book prints 4 decimals too.")
-    demo_simple(s)
-    demo_trainable(t)
-    demo_causal(c)
-    demo_dropout(d)
-    demo_causal_attention(ca, batch)
-    demo_multihead(m, W.gpt2_parameter_count())
-    demo_backward(m["mha"])
+    demo_simple(w.simple)
+    demo_trainable(w.trainable)
+    demo_causal(w.causal)
+    demo_dropout(w.dropout)
+    demo_causal_attention(w.causal_attention, w.batch)
+    demo_multihead(w.multihead, w.gpt2_parameters)
+    demo_backward(w.multihead["mha"])
     demo_backward_walkthrough(weights)
     if plot_dir is not None:
         from .plots import write_chapter_figures
 
-        paths = write_chapter_figures(plot_dir, stages=(s, c, d, m))
+        paths = write_chapter_figures(plot_dir, w)
         _section("Figures")
         _say(f"Attention heatmaps written to {plot_dir}:")
         for p in paths:

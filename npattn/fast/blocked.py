@@ -1,10 +1,13 @@
 """Causal scaled dot-product attention that skips the blocks above the diagonal.
 
-The same function as sdpa_forward(q, k, v, is_causal=True): query i attends keys j <= i
-(top-left aligned, as torch's is_causal), with dropout on the weights. Three things make it fast:
+The same function as sdpa_forward(q, k, v, is_causal=True), for q, k and v with the same leading
+dims (no broadcasting, no GQA): query i attends keys j <= i (top-left aligned, as torch's
+is_causal), with dropout on the weights; the same dtype rule (numpy's promotion of q, k, v), the
+same argument checks (npattn/_checks.py) and the same keep-mask drawn from `rng`.
+Three things make it fast:
 - one head at a time, so each head's (L, S) weights stay in the CPU cache while softmax and
   the backward's elementwise steps run over them;
-- heads side by side, one per BLAS thread (ops/_parallel.py), rather than every small product
+- heads side by side, one per BLAS thread (fast/_parallel.py), rather than every small product
   split over the threads;
 - row blocks of `block_size` queries: block [r0, r1) needs only the keys [0, r0 + block_size),
   so the matrix products skip the upper triangle (about half the work for long sequences).
@@ -29,10 +32,10 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .._checks import as_float_array, as_grad, check_min_ndim, check_probability, check_scale
+from .._checks import as_grad, check_dropout_mask, check_probability, check_qkv, check_scale
+from ..ops.dropout import dropout_keep_mask
+from ..ops.softmax import softmax_inplace
 from ._parallel import map_heads
-from .dropout import dropout_keep_mask
-from .softmax import softmax_inplace
 
 BLOCK_SIZE = 128  # rows per block: small enough to skip most of the triangle, large for BLAS
 
@@ -48,11 +51,6 @@ class CausalCache(NamedTuple):
     scale: float
     block_size: int
 
-    @property
-    def dropout_cache(self) -> tuple:
-        """(keep, 1 / (1 - p), shape), as in SDPACache: code can read either cache's mask."""
-        return self.keep, self.dropout_scale, self.attn_weights.shape
-
 
 def _blocks(n_rows: int, n_keys: int, block_size: int):
     """(r0, r1, c1) per row block: rows [r0, r1) see at most the keys [0, c1)."""
@@ -61,44 +59,18 @@ def _blocks(n_rows: int, n_keys: int, block_size: int):
 
 
 def _check_inputs(q, k, v, block_size):
-    q = as_float_array(q, "query")
-    dtype = q.dtype
-    k = as_float_array(k, "key").astype(dtype, copy=False)
-    v = as_float_array(v, "value").astype(dtype, copy=False)
-    check_min_ndim(q, "query", 2, "(..., L, E)")
+    q, k, v = check_qkv(q, k, v)  # as sdpa_forward: one dtype, numpy's promotion of the three
     lead = q.shape[:-2]
-    if k.shape[:-2] != lead or k.ndim != q.ndim or k.shape[-1] != q.shape[-1]:
+    if k.shape[:-2] != lead or v.shape[:-2] != lead:
         raise ValueError(
-            f"key must have shape (..., S, E) = {lead + ('S', q.shape[-1])} like query "
-            f"{tuple(q.shape)}, got {tuple(k.shape)}"
+            f"key and value must have the leading dims {lead} of query {tuple(q.shape)} "
+            f"(no broadcasting here), got key {tuple(k.shape)}, value {tuple(v.shape)}"
         )
-    if v.shape[:-1] != k.shape[:-1]:
-        raise ValueError(f"value must have shape {k.shape[:-1] + ('Ev',)}, got {tuple(v.shape)}")
-    if q.shape[-2] < 1 or k.shape[-2] < 1:
-        raise ValueError(f"query and key need at least one token, got {q.shape} and {k.shape}")
     if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)):
         raise TypeError(f"block_size must be an int, got {type(block_size).__name__}")
     if block_size < 1:
         raise ValueError(f"block_size must be >= 1, got {block_size}")
     return q, k, v, int(block_size)
-
-
-def _keep_mask(dropout_p, dropout_mask, shape, rng):
-    """Step 4's boolean keep-mask: the given one, one drawn like sdpa_forward's, or None."""
-    if dropout_mask is None:
-        return dropout_keep_mask(shape, dropout_p, rng) if dropout_p > 0.0 else None
-    if dropout_p == 0.0:
-        raise ValueError("dropout_mask needs dropout_p > 0 (it is scaled by 1 / (1 - dropout_p))")
-    dropout_mask = np.asarray(dropout_mask)
-    if dropout_mask.dtype != np.bool_:
-        raise TypeError(f"dropout_mask must be a boolean keep-mask, got {dropout_mask.dtype}")
-    try:
-        return np.broadcast_to(dropout_mask, shape)
-    except ValueError:
-        raise ValueError(
-            f"dropout_mask of shape {dropout_mask.shape} does not broadcast to the attention "
-            f"weights' shape {shape} (..., L, S)"
-        ) from None
 
 
 def causal_sdpa_forward(
@@ -124,7 +96,10 @@ def causal_sdpa_forward(
     S = k.shape[-2]
     dropout_p = check_probability(dropout_p, "dropout_p")
     scale = check_scale(scale, q.shape[-1])
-    keep = _keep_mask(dropout_p, dropout_mask, (*lead, L, S), rng)
+    keep = check_dropout_mask(dropout_mask, dropout_p, (*lead, L, S))
+    if keep is None and dropout_p > 0.0:
+        keep = dropout_keep_mask((*lead, L, S), dropout_p, rng)  # as sdpa_forward draws it
+    keep = None if keep is None else np.broadcast_to(keep, (*lead, L, S))  # indexed per head
     dropout_scale = 1.0 / (1.0 - dropout_p)
     above = ~np.tri(block_size, block_size, dtype=bool)  # key j > query i inside a block
     attn_weights = np.zeros((*lead, L, S), dtype=dtype)  # blocks above the diagonal stay 0
@@ -148,7 +123,7 @@ def causal_sdpa_forward(
             # 5. out = dropped @ v      (rows, c1) @ (c1, Ev) -> (rows, Ev)
             np.matmul(w, v[h][:c1], out=out[h][r0:r1])
 
-    map_heads(forward_head, tuple(lead))  # heads side by side on BLAS's threads (ops/_parallel.py)
+    map_heads(forward_head, tuple(lead))  # heads side by side on BLAS's threads (fast/_parallel.py)
     # out is cached as a copy: the caller owns the returned array and may change it
     cache = CausalCache(q, k, v, out.copy(), attn_weights, keep, dropout_scale, scale, block_size)
     return out, cache

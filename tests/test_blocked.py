@@ -120,12 +120,27 @@ def test_dtype_kept_inputs_untouched_and_out_owned_by_the_caller(dtype):
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.parametrize("dtypes", [(np.float32, np.float64, np.float32), (np.float16,) * 3])
+def test_dtype_rule_is_sdpa_forwards(dtypes):
+    """The same function as sdpa_forward(is_causal=True): numpy's promotion of q, k and v."""
+    rng = np.random.default_rng(1)
+    q, k, v = (rng.standard_normal((2, 6, 4)).astype(t) for t in dtypes)
+    out, cache = F.causal_sdpa_forward(q, k, v, block_size=4)
+    ref, ref_cache = F.sdpa_forward(q, k, v, is_causal=True)
+    g = rng.standard_normal(out.shape)
+    assert out.dtype == ref.dtype == np.result_type(*dtypes)
+    for a, b in zip(F.causal_sdpa_backward(g, cache), F.sdpa_backward(g, ref_cache)):
+        assert a.dtype == b.dtype == out.dtype
+
+
 def test_bad_arguments_name_the_argument():
     q = np.zeros((2, 5, 3))
-    with pytest.raises(ValueError, match="key must have shape"):
+    with pytest.raises(ValueError, match="query and key must share the head dim"):
         F.causal_sdpa_forward(q, np.zeros((2, 5, 4)), np.zeros((2, 5, 3)))
-    with pytest.raises(ValueError, match="value must have shape"):
+    with pytest.raises(ValueError, match="key and value must have the same number of tokens"):
         F.causal_sdpa_forward(q, q, np.zeros((2, 4, 3)))
+    with pytest.raises(ValueError, match=r"leading dims \(2,\) of query"):
+        F.causal_sdpa_forward(q, np.zeros((1, 5, 3)), np.zeros((1, 5, 3)))
     with pytest.raises(ValueError, match="block_size"):
         F.causal_sdpa_forward(q, q, q, block_size=0)
     with pytest.raises(TypeError, match="block_size"):

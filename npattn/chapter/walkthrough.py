@@ -1,26 +1,29 @@
 """Chapter 3, stage by stage, on "Your journey starts with one step": the numbers only.
 
 Each function is one section of the chapter, uses the chapter's variable names and returns
-them in a dict; `python -m npattn demo` prints them and npattn.plots draws them.
+them in a dict; `walk()` runs them all and returns one Walkthrough, which
+`python -m npattn demo` (npattn.chapter.demo) prints and npattn.chapter.plots draws.
 Shapes: inputs (T=6, d_in=3), batch (B=2, T, d_in); d_out = 2 throughout, as in the chapter.
 `weights` is "auto" (the chapter's torch-seeded weights when torch is installed), "torch" or
-"npattn" (npattn's own seeded init; see npattn.chapter_weights).
+"npattn" (npattn's own seeded init; see npattn.chapter.weights).
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
-from . import functional as F
-from .chapter_weights import chapter_dropout_keep, chapter_module
-from .data import QUERY_INDEX, chapter_batch, chapter_inputs
-from .modules import (
+from .. import functional as F
+from ..modules import (
     CausalAttention,
     MultiHeadAttention,
     MultiHeadAttentionWrapper,
     SelfAttention_v1,
     SelfAttention_v2,
 )
+from .data import QUERY_INDEX, chapter_batch, chapter_inputs
+from .weights import chapter_dropout_keep, chapter_module
 
 D_OUT = 2  # the chapter's d_out
 DROPOUT_P = 0.5  # section 3.5.2's example rate
@@ -162,3 +165,35 @@ def gpt2_parameter_count() -> int:
     """Exercise 3.3: MultiHeadAttention(768, 768, 1024, 0.0, 12), GPT-2 small's size."""
     mha = MultiHeadAttention(768, 768, 1024, 0.0, 12, rng=0)
     return sum(p.size for p in mha.parameters().values())  # buffers are not parameters
+
+
+class Walkthrough(NamedTuple):
+    """Every section's numbers, keyed by the chapter's variable names."""
+
+    inputs: np.ndarray  # (T=6, d_in=3)
+    batch: np.ndarray  # (B=2, T=6, d_in=3)
+    simple: dict  # 3.3, simple_attention
+    trainable: dict  # 3.4, trainable_weights
+    causal: dict  # 3.5.1, causal_masks
+    dropout: dict  # 3.5.2, dropout
+    causal_attention: dict  # 3.5.3, causal_attention
+    multihead: dict  # 3.6, multihead
+    gpt2_parameters: int  # exercise 3.3
+
+
+def walk(weights: str = "auto") -> Walkthrough:
+    """The whole chapter, section after section, on its own inputs and seeds."""
+    inputs, batch = chapter_inputs(), chapter_batch()
+    trainable = trainable_weights(inputs, weights)
+    causal = causal_masks(trainable["sa_v2"], inputs)
+    return Walkthrough(
+        inputs=inputs,
+        batch=batch,
+        simple=simple_attention(inputs),
+        trainable=trainable,
+        causal=causal,
+        dropout=dropout(causal["attn_weights_causal"], weights),
+        causal_attention=causal_attention(batch, weights),
+        multihead=multihead(batch, weights),
+        gpt2_parameters=gpt2_parameter_count(),
+    )

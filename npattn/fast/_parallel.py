@@ -33,18 +33,26 @@ def _blas_controller():
     return _controller or None
 
 
+def blas_threads() -> int:
+    """The threads heads can run on side by side: BLAS's thread count, via threadpoolctl.
+
+    Without threadpoolctl the count cannot be read or limited, so heads run one after another
+    and this is 1 (the safe answer: nothing is planned on threads that map_heads will not use).
+    """
+    blas = _blas_controller()
+    return max((lib["num_threads"] for lib in blas.info()), default=1) if blas else 1
+
+
 def map_heads(one_head: Callable[[tuple], None], lead: tuple) -> None:
     """Call one_head(h) for every index h of the leading (head) dims `lead`.
 
     one_head must only write outputs that belong to head h.
     """
     heads = list(np.ndindex(*lead))
-    blas = _blas_controller() if len(heads) > 1 else None
-    threads = max((lib["num_threads"] for lib in blas.info()), default=1) if blas else 1
-    workers = min(len(heads), threads)
+    workers = min(len(heads), blas_threads()) if len(heads) > 1 else 1
     if workers < 2:
         for h in heads:
             one_head(h)
         return
-    with blas.limit(limits=1), ThreadPoolExecutor(workers) as pool:
+    with _blas_controller().limit(limits=1), ThreadPoolExecutor(workers) as pool:
         list(pool.map(one_head, heads))  # list(): re-raises a worker's exception here

@@ -1,7 +1,9 @@
-"""Every stage as a small float64 example, for `python -m npattn gradcheck` and the tests.
+"""The gradient-check cases: every op and module as a small float64 example, for
+`python -m npattn gradcheck` and the tests.
 
-Each entry gives (forward, backward, inputs, kwargs, wrt) for gradcheck.check_op, or a
-module and its input for gradcheck.check_module. Sizes are tiny: the checks are O(n) forwards.
+Each op case gives (name, forward, backward, inputs, kwargs, wrt) for gradcheck.check_op; each
+module case (name, module, x) for gradcheck.check_module. Sizes are tiny: a check runs two
+forwards per input element.
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ def _method2_backward(dout, cache):
     return F.mask_scores_backward(F.softmax_backward(dout, attn_weights), mask_cache)
 
 
-def op_stages(seed: int = 0):
+def op_cases(seed: int = 0):
     """(name, forward, backward, inputs, kwargs, wrt) for every op."""
     rng = np.random.default_rng(seed)
     r = rng.standard_normal
@@ -179,7 +181,7 @@ def op_stages(seed: int = 0):
     ]
 
 
-def module_stages(seed: int = 0):
+def module_cases(seed: int = 0):
     """(name, module, x) for every chapter class, small, with dropout on where it exists."""
     x = np.random.default_rng(seed).standard_normal((2, 4, 5))
     return [
@@ -188,9 +190,12 @@ def module_stages(seed: int = 0):
         ("CausalAttention", CausalAttention(5, 3, 6, 0.25, qkv_bias=True, rng=seed), x),
         ("MultiHeadAttentionWrapper", MultiHeadAttentionWrapper(5, 2, 6, 0.25, 2, rng=seed), x),
         ("MultiHeadAttention", MultiHeadAttention(5, 4, 6, 0.25, 2, qkv_bias=True, rng=seed), x),
-        (
-            "MultiHeadAttention, attn_impl='tiled'",
-            MultiHeadAttention(5, 4, 6, 0.25, 2, qkv_bias=True, rng=seed, attn_impl="tiled"),
-            x,
+        *(
+            (
+                f"MultiHeadAttention, attn_impl={impl!r}",
+                MultiHeadAttention(5, 4, 6, 0.25, 2, qkv_bias=True, rng=seed, attn_impl=impl),
+                x,
+            )
+            for impl in ("blocked", "tiled")
         ),
     ]

@@ -28,7 +28,7 @@ def _require_matplotlib() -> None:
         import matplotlib  # noqa: F401
     except ImportError as e:
         raise ImportError(
-            "npattn.plots draws with matplotlib: pip install matplotlib (or 'npattn[docs]')"
+            "npattn.chapter.plots draws with matplotlib: pip install matplotlib (or 'npattn[docs]')"
         ) from e
 
 
@@ -95,24 +95,17 @@ def _figure(panels, suptitle: str, mask=None):
     return fig
 
 
-def chapter_figures(stages=None, weights: str = "auto") -> dict:
+def chapter_figures(walkthrough=None, weights: str = "auto") -> dict:
     """The chapter's heatmaps as matplotlib Figures, keyed by the names in FIGURES.
 
-    stages: the (simple, causal, dropout, multihead) dicts of npattn.walkthrough, computed
-    here when None (weights as in npattn.walkthrough).
+    walkthrough: npattn.chapter.walkthrough.walk()'s result, computed here (with `weights`)
+    when None.
     """
-    if stages is None:
-        from . import walkthrough as W
+    if walkthrough is None:
+        from .walkthrough import walk
 
-        t = W.trainable_weights(weights=weights)
-        c = W.causal_masks(t["sa_v2"])
-        stages = (
-            W.simple_attention(),
-            c,
-            W.dropout(c["attn_weights_causal"], weights),
-            W.multihead(weights=weights),
-        )
-    s, c, d, m = stages
+        walkthrough = walk(weights)
+    s, c, d, m = walkthrough.simple, walkthrough.causal, walkthrough.dropout, walkthrough.multihead
     heads = m["attn_weights"][0]  # (H, T, T), first batch element
     causal = c["mask"]  # (T, T), True = attend
     return {
@@ -154,12 +147,12 @@ def figure_bytes(fig, fmt: str = "svg") -> bytes:
     return buf.getvalue()
 
 
-def write_chapter_figures(out_dir, stages=None, weights: str = "auto", fmt: str = "png"):
+def write_chapter_figures(out_dir, walkthrough=None, weights: str = "auto", fmt: str = "png"):
     """Write every chapter heatmap to out_dir/<name>.<fmt>; returns the paths in order."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = []
-    for name, fig in chapter_figures(stages, weights).items():
+    for name, fig in chapter_figures(walkthrough, weights).items():
         path = out / f"{name}.{fmt}"
         path.write_bytes(figure_bytes(fig, fmt))
         paths.append(path)

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..modules import Linear, Module, SelfAttention_v1
 from .data import SEEDS
-from .modules import Linear, Module, SelfAttention_v1
 
 
 def torch_available() -> bool:
@@ -85,7 +85,7 @@ def chapter_dropout_keep(shape, p: float, weights: str = "auto", seed: int = SEE
     Shapes: -> shape, boolean, True = kept. Returns (keep, source) like chapter_module;
     without torch the mask comes from npattn.functional.dropout_keep_mask(shape, p, seed).
     """
-    from .ops.dropout import dropout_keep_mask
+    from ..ops.dropout import dropout_keep_mask
 
     if weights not in ("auto", "torch", "npattn"):
         raise ValueError(f"weights must be 'auto', 'torch' or 'npattn', got {weights!r}")
