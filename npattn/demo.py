@@ -262,6 +262,9 @@ def main(plot_dir=None, weights: str = "auto") -> int:
     demo_causal_attention(ca, batch)
     demo_multihead(m, W.gpt2_parameter_count())
     demo_backward(m["mha"])
+    from .modern_demo import demo_modern
+
+    demo_modern(batch)
     if plot_dir is not None:
         from .plots import write_chapter_figures
 
