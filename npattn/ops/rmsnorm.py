@@ -57,6 +57,6 @@ def rmsnorm_backward(dout, cache):
     dscale = np.sum(dout * x_hat, axis=tuple(range(dout.ndim - 1)))  # (..., E) -> (E,)
     dx_hat = dout * scale  # (..., E)
     # 3.-1. x_hat = x * rstd(x): x feeds x_hat directly and through rstd, giving
-    #       dx = rstd * (dx_hat - x_hat * mean(dx_hat * x_hat))   (docs/backward/rmsnorm.md)
+    #       dx = rstd * (dx_hat - x_hat * mean(dx_hat * x_hat))   (docs/modern/rmsnorm.md)
     dx = rstd * (dx_hat - x_hat * np.mean(dx_hat * x_hat, axis=-1, keepdims=True))
     return dx, dscale
