@@ -7,8 +7,6 @@ C = latent_dim, d_in / d_out as in the chapter.
 
 from __future__ import annotations
 
-import numpy as np
-
 from .._checks import check_positive_int, make_rng
 from ..ops.heads import (
     merge_heads_backward,
@@ -18,7 +16,7 @@ from ..ops.heads import (
 )
 from ..ops.sdpa import sdpa_backward, sdpa_forward
 from ._input import check_attention_args
-from ._kv import KVCacheMixin, attention_mask, check_key_padding_mask, check_tokens
+from ._kv import CacheView, KVCacheMixin, attention_mask, check_key_padding_mask, check_tokens
 from .base import Module
 from .linear import Linear
 
@@ -31,7 +29,8 @@ class MultiHeadLatentAttention(KVCacheMixin, Module):
     Forward (walked backwards in `backward`):
         1. queries = W_query(x)                            (B, T, d_in) -> (B, T, d_out)
         2. c_kv = W_DKV(x)                                 (B, T, d_in) -> (B, T, C)
-        3. cache: earlier chunks' latents in front (use_cache only)       (B, S, C)
+        3. cache: earlier chunks' latents in front (use_cache only; then steps 6-9 run
+           forward only in _attend_cached)                                 (B, S, C)
         4. keys, values = W_UK(c_kv), W_UV(c_kv)           (B, S, C) -> (B, S, d_out) each
         5. split heads                                     -> (B, H, T | S, E)
         6. mask: causal at absolute positions, & key padding  (T, S) or (B, 1, T, S)
@@ -41,6 +40,8 @@ class MultiHeadLatentAttention(KVCacheMixin, Module):
     """
 
     _kv_names = ("cache_c_kv",)
+    _kv_axis = 1  # (B, S, C)
+    cache_c_kv = CacheView(0)  # (B, S_cached, C), a read-only view
 
     def __init__(
         self,
@@ -82,10 +83,10 @@ class MultiHeadLatentAttention(KVCacheMixin, Module):
         queries = self.W_query(x)
         # 2. the latent                    (B, T, d_in) -> (B, T, C)
         c_kv = self.W_DKV(x)
-        # 3. the cache: (B, S_cached, C) + (B, T, C) -> (B, S, C)
-        q_start = self.ptr_current_pos if use_cache else 0
-        if use_cache and self.cache_c_kv is not None:
-            c_kv = np.concatenate([self.cache_c_kv, c_kv], axis=1)
+        # 3. the cache: (B, S_cached, C) + (B, T, C) -> (B, S, C), this chunk written behind
+        #    the cached latents (held once the call has succeeded)
+        if use_cache:
+            (c_kv,) = self._kv.stage(c_kv)
         S = c_kv.shape[1]
         # 4. up-projections                (B, S, C) -> (B, S, d_out) each
         keys = self.W_UK(c_kv)
@@ -94,9 +95,11 @@ class MultiHeadLatentAttention(KVCacheMixin, Module):
         queries, q_split = split_heads_forward(queries, self.num_heads)
         keys, k_split = split_heads_forward(keys, self.num_heads)
         values, v_split = split_heads_forward(values, self.num_heads)
+        if use_cache:  # 6.-9. forward only, reading the cache in place; commits the latent
+            return self._attend_cached(queries, keys, values)
         # 6. mask                          (T, S), or (B, 1, T, S) with key padding
         kpm = None if key_padding_mask is None else check_key_padding_mask(key_padding_mask, B, S)
-        mask = attention_mask(q_start, T, 0, S, kpm=kpm)
+        mask = attention_mask(0, T, 0, S, kpm=kpm)
         # 7. SDPA                          (B, H, T, E)
         dropout_p = self.dropout if self.training else 0.0
         context, sdpa_cache = sdpa_forward(queries, keys, values, mask, dropout_p, rng=self.rng)
@@ -106,13 +109,8 @@ class MultiHeadLatentAttention(KVCacheMixin, Module):
         context_vec = self.out_proj(context)
         self.attn_weights = sdpa_cache.attn_weights  # (B, H, T, S), before dropout
         self.dropout_mask = sdpa_cache.dropout_cache[0]  # keep-mask, or None
-        if use_cache:  # everything succeeded: commit the latent
-            self.cache_c_kv = c_kv
-            self.ptr_current_pos += T
-            self._cache = None  # inference only: no backward
-        else:
-            self.reset_cache()
-            self._cache = (q_split, k_split, v_split, sdpa_cache, merge_cache)
+        self.reset_cache()
+        self._cache = (q_split, k_split, v_split, sdpa_cache, merge_cache)
         return context_vec
 
     def backward(self, dcontext_vec):
