@@ -64,13 +64,16 @@ def attention_mask(q_start: int, T: int, k_start: int, S: int, window=None, kpm=
     return mask
 
 
-def cached_attention(queries, keys, values, mask=None, dropout_p: float = 0.0, rng=None):
+def cached_attention(
+    queries, keys, values, mask=None, dropout_p: float = 0.0, rng=None, scale=None
+):
     """Forward-only SDPA for the cache path: each key/value head is read once by its group of
     query heads (no repeated copy of the cache), and no backward cache is kept.
 
-    Shapes: queries (B, H, T, E), keys and values (B, G, S, E) with G dividing H, mask (T, S)
-    True = attend, or None when every key is attended (one query at the newest position)
-    -> context (B, H, T, E), attn_weights (B, H, T, S) before dropout, keep-mask or None.
+    Shapes: queries (B, H, T, E), keys (B, G, S, E), values (B, G, S, Ev) with G dividing H,
+    mask (T, S) True = attend, or None when every key is attended (one query at the newest
+    position) -> context (B, H, T, Ev), attn_weights (B, H, T, S) before dropout, keep-mask
+    or None. scale defaults to 1 / sqrt(E).
     The same numbers as sdpa_forward(..., enable_gqa=True): query head h uses key/value head
     h // (H / G), as repeat_interleave orders them.
     """
@@ -79,7 +82,7 @@ def cached_attention(queries, keys, values, mask=None, dropout_p: float = 0.0, r
     n = H // G  # query heads per key/value head
     # 1. attn_scores = (q * scale) @ k^T, a group's query heads stacked as n * T rows
     q = queries.reshape(B, G, n * T, E)  # (B, H, T, E) -> (B, G, n * T, E)
-    q = q * q.dtype.type(1.0 / np.sqrt(E))
+    q = q * q.dtype.type(1.0 / np.sqrt(E) if scale is None else scale)
     attn_scores = q @ keys.swapaxes(-1, -2)  # (B, G, n * T, E) @ (B, G, E, S) -> (B, G, n*T, S)
     # 2. mask: -inf where a key is not attended
     if mask is not None:
@@ -90,8 +93,8 @@ def cached_attention(queries, keys, values, mask=None, dropout_p: float = 0.0, r
     # 4. dropout on the weights (training mode only)
     dropped, (keep, *_) = dropout_forward(attn_weights, dropout_p, rng=rng)
     # 5. context = dropped @ v
-    context = dropped @ values  # (B, G, n * T, S) @ (B, G, S, E) -> (B, G, n * T, E)
-    context = context.reshape(B, H, T, E)  # (B, G, n * T, E) -> (B, H, T, E)
+    context = dropped @ values  # (B, G, n * T, S) @ (B, G, S, Ev) -> (B, G, n * T, Ev)
+    context = context.reshape(B, H, T, values.shape[-1])  # -> (B, H, T, Ev)
     attn_weights = attn_weights.reshape(B, H, T, S)
     keep = None if keep is None else keep.reshape(B, H, T, S)
     return context, attn_weights, keep
@@ -153,8 +156,15 @@ class KVCacheMixin:
         Shapes: queries (B, H, T, E) at positions ptr_current_pos .., keys and values
         (B, G, S, E) from KVBuffer.stage (the last S positions) -> (B, T, d_out).
         """
-        B, H, T, E = queries.shape
-        S = keys.shape[2]
+        return self._finish_cached(self._cached_sdpa(queries, keys, values))
+
+    def _cached_sdpa(self, queries, keys, values, scale=None):
+        """Mask and attention of a cached call; sets attn_weights and dropout_mask.
+
+        Shapes: queries (B, H, T, E), keys (B, G, S, E), values (B, G, S, Ev)
+        -> context (B, H, T, Ev).
+        """
+        T, S = queries.shape[2], keys.shape[2]
         q_start = self.ptr_current_pos
         # mask: one query at the newest position attends every key it was given, so only a
         # chunk of several tokens needs one (causal, and the window, at absolute positions)
@@ -163,8 +173,13 @@ class KVCacheMixin:
             mask = attention_mask(q_start, T, q_start + T - S, S, window=self._kv.window)
         dropout_p = getattr(self, "dropout", 0.0) if self.training else 0.0  # Qwen3 has none
         context, self.attn_weights, self.dropout_mask = cached_attention(
-            queries, keys, values, mask, dropout_p, self.rng
-        )  # (B, H, T, E)
+            queries, keys, values, mask, dropout_p, self.rng, scale
+        )
+        return context  # (B, H, T, Ev)
+
+    def _finish_cached(self, context):
+        """Merge heads and out_proj, then commit the staged chunk: (B, H, T, E) -> (B, T, d)."""
+        B, H, T, E = context.shape
         context = context.transpose(0, 2, 1, 3).reshape(B, T, H * E)  # merge heads
         context_vec = self.out_proj(context)  # (B, T, H * E) -> (B, T, d_out)
         self._kv.commit()  # everything succeeded: the chunk joins the cache
