@@ -1,4 +1,4 @@
-"""Command line: `python -m npattn demo | gradcheck`."""
+"""Command line: `python -m npattn demo | gradcheck | decode`."""
 
 from __future__ import annotations
 
@@ -38,9 +38,22 @@ def main(argv=None) -> int:
     )
     gc = sub.add_parser("gradcheck", help="central-difference check of every backward (float64)")
     gc.add_argument("--seed", type=int, default=0)
+    from .decode import add_arguments
+
+    add_arguments(
+        sub.add_parser(
+            "decode",
+            help="decode one token at a time through each attention class, with and without "
+            "the KV cache: tokens per second and cache bytes",
+        )
+    )
     args = parser.parse_args(argv)
     if args.command == "gradcheck":
         return 0 if gradcheck_report(args.seed) else 1
+    if args.command == "decode":
+        from .decode import main as decode_main
+
+        return decode_main(args)
     from .demo import main as demo_main
 
     return demo_main(plot_dir=args.plot, weights=args.weights)
