@@ -1,4 +1,4 @@
-"""Command line: `python -m npattn demo | gradcheck`."""
+"""Command line: `python -m npattn demo | gradcheck | decode`."""
 
 from __future__ import annotations
 
@@ -42,11 +42,12 @@ def gradcheck_report(seed: int = 0) -> bool:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The command line's parser: subcommands demo and gradcheck, every option with help."""
+    """The command line's parser: subcommands demo, gradcheck and decode, every option with help."""
     parser = argparse.ArgumentParser(
-        prog="python -m npattn", description="npattn: chapter 3's attention in NumPy."
+        prog="python -m npattn",
+        description="npattn: LLM attention in NumPy, every backward by hand.",
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{demo,gradcheck}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{demo,gradcheck,decode}")
     demo = sub.add_parser("demo", help="walk through chapter 3, printing the chapter's numbers")
     demo.add_argument("--plot", metavar="DIR", help="also write attention heatmaps to DIR")
     demo.add_argument(
@@ -67,6 +68,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="seed of the inputs, the upstream gradient and the dropout masks (default 0)",
     )
+    from .decode import add_arguments
+
+    add_arguments(
+        sub.add_parser(
+            "decode",
+            help="decode one token at a time through each attention class, with and without "
+            "the KV cache: tokens per second and cache bytes",
+        )
+    )
     return parser
 
 
@@ -74,6 +84,10 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "gradcheck":
         return 0 if gradcheck_report(args.seed) else 1
+    if args.command == "decode":
+        from .decode import main as decode_main
+
+        return decode_main(args)
     from .chapter.demo import main as demo_main
 
     return demo_main(plot_dir=args.plot, weights=args.weights)

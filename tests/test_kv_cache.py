@@ -161,3 +161,29 @@ def test_gqa_cross_attention_has_no_cache_and_new_weights_empty_it():
     assert m.cache_nbytes == 0 and m.ptr_current_pos == 0
     with pytest.raises(RuntimeError, match="before forward"):
         m.backward(np.ones((1, 3, 8)))
+
+
+@given(
+    seed=seeds,
+    G=st.integers(1, 3),
+    n=st.integers(1, 3),
+    T=st.integers(1, 4),
+    extra=st.integers(0, 4),
+    p=st.sampled_from([0.0, 0.5]),
+)
+def test_cached_attention_equals_sdpa_with_gqa(seed, G, n, T, extra, p):
+    """The cache path's forward-only attention: the reference SDPA's numbers, its dropout
+    mask drawn from the same seed, each key/value head read by its group in place."""
+    from npattn.modules._kv import attention_mask, cached_attention
+    from npattn.ops.sdpa import sdpa_forward
+
+    rng = np.random.default_rng(seed)
+    B, E, S = 2, 3, T + extra
+    q = rng.standard_normal((B, G * n, T, E))
+    k, v = rng.standard_normal((2, B, G, S, E))
+    mask = attention_mask(extra, T, 0, S, window=None if seed % 2 else 2)  # chunk after extra
+    out, weights, keep = cached_attention(q, k, v, mask, p, np.random.default_rng(1))
+    ref, cache = sdpa_forward(q, k, v, mask, p, enable_gqa=True, rng=np.random.default_rng(1))
+    np.testing.assert_allclose(out, ref, **EXACT)
+    np.testing.assert_allclose(weights, cache.attn_weights, **EXACT)
+    np.testing.assert_array_equal(keep, cache.dropout_cache[0])

@@ -123,7 +123,10 @@ class Module:
     @property
     def dtype(self) -> np.dtype:
         """The dtype the module computes in: that of its first parameter."""
-        return next(iter(self.parameters().values())).dtype
+        for _, m in self.named_modules():  # stops at the first parameter: cheap per call
+            for n in m._param_names:
+                return getattr(m, n).dtype
+        raise AttributeError(f"{type(self).__name__} has no parameters, so no dtype")
 
     def _invalidate(self) -> None:
         """Drop caches that depend on parameter values (none here; subclasses may add)."""

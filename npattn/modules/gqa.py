@@ -8,8 +8,6 @@ E = head_dim = d_out // H, d_in / d_out as in the chapter.
 
 from __future__ import annotations
 
-import numpy as np
-
 from .._checks import check_positive_int, make_rng
 from ..ops.heads import (
     merge_heads_backward,
@@ -19,7 +17,13 @@ from ..ops.heads import (
 )
 from ..ops.sdpa import sdpa_backward, sdpa_forward
 from ._input import check_attention_args
-from ._kv import KVCacheMixin, attention_mask, check_key_padding_mask, check_tokens
+from ._kv import (
+    CacheView,
+    KVCacheMixin,
+    attention_mask,
+    check_key_padding_mask,
+    check_tokens,
+)
 from .base import Module
 from .linear import Linear
 
@@ -34,12 +38,15 @@ class GroupedQueryAttention(KVCacheMixin, Module):
         1. queries = W_query(x); keys, values = W_key(x_kv), W_value(x_kv)
                                        (B, T, H * E); (B, S, G * E) each, x_kv = x by default
         2. split heads                 queries (B, H, T, E); keys, values (B, G, S, E)
-        3. cache: earlier chunks' keys and values in front (use_cache only)
+        3. cache: earlier chunks' keys and values in front (use_cache only; then steps 4-7
+           run forward only in _attend_cached, reading the cache in place)
         4. mask: causal at absolute positions, & key padding          (T, S) or (B, 1, T, S)
         5. SDPA, each key/value head repeated for its group (enable_gqa)   (B, H, T, E)
         6. merge heads                 (B, H, T, E) -> (B, T, d_out)
         7. context_vec = out_proj(context)                                  (B, T, d_out)
     """
+
+    cache_k, cache_v = CacheView(0), CacheView(1)  # (B, G, S_cached, E), read-only views
 
     def __init__(
         self,
@@ -94,18 +101,15 @@ class GroupedQueryAttention(KVCacheMixin, Module):
         queries, q_split = split_heads_forward(queries, self.num_heads)
         keys, k_split = split_heads_forward(keys, self.num_kv_groups)
         values, v_split = split_heads_forward(values, self.num_kv_groups)
-        # 3. the cache: (B, G, S_cached, E) + (B, G, T, E) -> (B, G, S, E)
-        q_start = self.ptr_current_pos if use_cache else 0
-        if use_cache and self.cache_k is not None:
-            keys = np.concatenate([self.cache_k, keys], axis=2)
-            values = np.concatenate([self.cache_v, values], axis=2)
+        if use_cache:  # 3.-7. with the cache, forward only: this chunk joins the cache
+            return self._attend_cached(queries, *self._kv.stage(keys, values))
         S = keys.shape[2]
         # 4. mask                          (T, S), or (B, 1, T, S) with key padding
         kpm = None if key_padding_mask is None else check_key_padding_mask(key_padding_mask, B, S)
         if cross:
             mask = None if kpm is None else kpm[:, None, None, :]  # (B, 1, 1, S), not causal
         else:
-            mask = attention_mask(q_start, T, 0, S, kpm=kpm)
+            mask = attention_mask(0, T, 0, S, kpm=kpm)
         # 5. SDPA; key/value head g serves query heads g * H/G .. (g + 1) * H/G - 1
         dropout_p = self.dropout if self.training else 0.0
         context, sdpa_cache = sdpa_forward(
@@ -117,13 +121,8 @@ class GroupedQueryAttention(KVCacheMixin, Module):
         context_vec = self.out_proj(context)
         self.attn_weights = sdpa_cache.attn_weights  # (B, H, T, S), before dropout
         self.dropout_mask = sdpa_cache.keep  # keep-mask, or None
-        if use_cache:  # everything succeeded: commit the new cache
-            self.cache_k, self.cache_v = keys, values
-            self.ptr_current_pos += T
-            self._cache = None  # inference only: no backward
-        else:
-            self.reset_cache()
-            self._cache = (q_split, k_split, v_split, sdpa_cache, merge_cache, cross)
+        self.reset_cache()
+        self._cache = (q_split, k_split, v_split, sdpa_cache, merge_cache, cross)
         return context_vec
 
     def backward(self, dcontext_vec):

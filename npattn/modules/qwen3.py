@@ -7,8 +7,6 @@ E = head_dim (d_in // H by default; even, for RoPE), d_in the model width.
 
 from __future__ import annotations
 
-import numpy as np
-
 from .._checks import check_positive_int, make_rng
 from ..ops.heads import (
     merge_heads_backward,
@@ -18,7 +16,7 @@ from ..ops.heads import (
 )
 from ..ops.rope import compute_rope_params, rope_backward, rope_forward
 from ..ops.sdpa import sdpa_backward, sdpa_forward
-from ._kv import KVCacheMixin, attention_mask, check_key_padding_mask, check_tokens
+from ._kv import CacheView, KVCacheMixin, attention_mask, check_key_padding_mask, check_tokens
 from .base import Module
 from .linear import Linear
 from .rmsnorm import RMSNorm
@@ -39,12 +37,15 @@ class Qwen3Attention(KVCacheMixin, Module):
         2. split heads                         (B, H, T, E); (B, G, T, E) each
         3. queries, keys = q_norm(queries), k_norm(keys): RMSNorm over E (qk_norm only)
         4. RoPE at positions ptr_current_pos .. ptr_current_pos + T - 1
-        5. cache: earlier chunks' keys (after RoPE) and values in front (use_cache only)
+        5. cache: earlier chunks' keys (after RoPE) and values in front (use_cache only; then
+           steps 6-9 run forward only in _attend_cached, reading the cache in place)
         6. mask: causal at absolute positions, & key padding      (T, S) or (B, 1, T, S)
         7. SDPA, each key/value head repeated for its group       (B, H, T, E)
         8. merge heads                         (B, H, T, E) -> (B, T, H * E)
         9. out = out_proj(context)             (B, T, H * E) -> (B, T, d_in)
     """
+
+    cache_k, cache_v = CacheView(0), CacheView(1)  # (B, G, S_cached, E), read-only views
 
     def __init__(
         self,
@@ -99,6 +100,9 @@ class Qwen3Attention(KVCacheMixin, Module):
         self.dropout_mask = None  # no dropout in Qwen3: always None
         self.reset_cache()
 
+    def _kv_limits(self) -> tuple:
+        return None, self.context_length  # positions never exceed context_length
+
     def forward(self, x, use_cache: bool = False, *, key_padding_mask=None):
         x = check_tokens(x, self.d_in, self.dtype)
         B, T = x.shape[:2]
@@ -125,13 +129,12 @@ class Qwen3Attention(KVCacheMixin, Module):
         queries, q_rope = rope_forward(queries, self.cos, self.sin, start)
         keys, k_rope = rope_forward(keys, self.cos, self.sin, start)
         # 5. the cache: (B, G, S_cached, E) + (B, G, T, E) -> (B, G, S, E)
-        if use_cache and self.cache_k is not None:
-            keys = np.concatenate([self.cache_k, keys], axis=2)
-            values = np.concatenate([self.cache_v, values], axis=2)
+        if use_cache:
+            return self._attend_cached(queries, *self._kv.stage(keys, values))
         S = keys.shape[2]
         # 6. mask                          (T, S), or (B, 1, T, S) with key padding
         kpm = None if key_padding_mask is None else check_key_padding_mask(key_padding_mask, B, S)
-        mask = attention_mask(start, T, 0, S, kpm=kpm)
+        mask = attention_mask(0, T, 0, S, kpm=kpm)
         # 7. SDPA with GQA                 (B, H, T, E)
         context, sdpa_cache = sdpa_forward(queries, keys, values, mask, enable_gqa=True)
         # 8. merge heads                   (B, H, T, E) -> (B, T, H * E)
@@ -139,13 +142,8 @@ class Qwen3Attention(KVCacheMixin, Module):
         # 9. output projection             (B, T, H * E) -> (B, T, d_in)
         out = self.out_proj(context)
         self.attn_weights = sdpa_cache.attn_weights  # (B, H, T, S)
-        if use_cache:  # everything succeeded: commit the new cache
-            self.cache_k, self.cache_v = keys, values
-            self.ptr_current_pos += T
-            self._cache = None  # inference only: no backward
-        else:
-            self.reset_cache()
-            self._cache = (q_split, k_split, v_split, q_rope, k_rope, sdpa_cache, merge_cache)
+        self.reset_cache()
+        self._cache = (q_split, k_split, v_split, q_rope, k_rope, sdpa_cache, merge_cache)
         return out
 
     def backward(self, dout):

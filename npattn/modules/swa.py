@@ -7,8 +7,6 @@ W = sliding_window_size (None: plain causal).
 
 from __future__ import annotations
 
-import numpy as np
-
 from .._checks import check_positive_int, make_rng
 from ..ops.heads import (
     merge_heads_backward,
@@ -18,7 +16,7 @@ from ..ops.heads import (
 )
 from ..ops.sdpa import sdpa_backward, sdpa_forward
 from ._input import check_attention_args
-from ._kv import KVCacheMixin, attention_mask, check_key_padding_mask, check_tokens
+from ._kv import CacheView, KVCacheMixin, attention_mask, check_key_padding_mask, check_tokens
 from .base import Module
 from .linear import Linear
 
@@ -31,7 +29,8 @@ class MultiHeadAttentionWithSWA(KVCacheMixin, Module):
     Forward (walked backwards in `backward`):
         1. queries, keys, values = W_query(x), W_key(x), W_value(x)    (B, T, d_out) each
         2. split heads                                     (B, T, d_out) -> (B, H, T, E)
-        3. cache: up to W - 1 earlier keys and values in front (use_cache only)
+        3. cache: up to W - 1 earlier keys and values in front (use_cache only; then steps 4-7
+           run forward only in _attend_cached, reading the cache in place)
         4. mask: 0 <= i - j < W at absolute positions, & key padding  (T, S) or (B, 1, T, S)
         5. SDPA with dropout on the weights                            (B, H, T, E)
         6. merge heads                                     (B, H, T, E) -> (B, T, d_out)
@@ -39,6 +38,8 @@ class MultiHeadAttentionWithSWA(KVCacheMixin, Module):
     The cache keeps the last W positions after each call; a chunk of T tokens attends to at
     most W + T - 1 keys.
     """
+
+    cache_k, cache_v = CacheView(0), CacheView(1)  # (B, H, min(S_cached, W), E), read-only
 
     def __init__(
         self,
@@ -70,6 +71,9 @@ class MultiHeadAttentionWithSWA(KVCacheMixin, Module):
         self.dropout_mask = None
         self.reset_cache()
 
+    def _kv_limits(self) -> tuple:
+        return self.sliding_window_size, None  # the cache holds the last W positions
+
     def forward(self, x, use_cache: bool = False, *, key_padding_mask=None):
         x = check_tokens(x, self.d_in, self.dtype)
         B, T = x.shape[:2]
@@ -85,20 +89,12 @@ class MultiHeadAttentionWithSWA(KVCacheMixin, Module):
         values, v_split = split_heads_forward(values, self.num_heads)
         # 3. the cache: (B, H, S_cached, E) + (B, H, T, E); the chunk's first query needs the
         #    W - 1 keys before it, so W + T - 1 keys are attended to at most
-        q_start = k_start = 0
         if use_cache:
-            q_start = self.ptr_current_pos
-            combined_k, combined_v = keys, values
-            if self.cache_k is not None:
-                combined_k = np.concatenate([self.cache_k, keys], axis=2)
-                combined_v = np.concatenate([self.cache_v, values], axis=2)
-            n_attend = combined_k.shape[2] if W is None else min(combined_k.shape[2], W + T - 1)
-            keys, values = combined_k[:, :, -n_attend:], combined_v[:, :, -n_attend:]
-            k_start = q_start + T - n_attend  # absolute position of the first attended key
+            return self._attend_cached(queries, *self._kv.stage(keys, values))
         S = keys.shape[2]
         # 4. mask                          (T, S), or (B, 1, T, S) with key padding
         kpm = None if key_padding_mask is None else check_key_padding_mask(key_padding_mask, B, S)
-        mask = attention_mask(q_start, T, k_start, S, window=W, kpm=kpm)
+        mask = attention_mask(0, T, 0, S, window=W, kpm=kpm)
         # 5. SDPA                          (B, H, T, E)
         dropout_p = self.dropout if self.training else 0.0
         context, sdpa_cache = sdpa_forward(queries, keys, values, mask, dropout_p, rng=self.rng)
@@ -108,16 +104,8 @@ class MultiHeadAttentionWithSWA(KVCacheMixin, Module):
         context_vec = self.out_proj(context)
         self.attn_weights = sdpa_cache.attn_weights  # (B, H, T, S), before dropout
         self.dropout_mask = sdpa_cache.keep  # keep-mask, or None
-        if use_cache:  # everything succeeded: commit, keeping the last W positions
-            n_keep = combined_k.shape[2] if W is None else min(combined_k.shape[2], W)
-            # copies, so the kept slices do not pin the whole combined arrays in memory
-            self.cache_k = np.ascontiguousarray(combined_k[:, :, -n_keep:])
-            self.cache_v = np.ascontiguousarray(combined_v[:, :, -n_keep:])
-            self.ptr_current_pos += T
-            self._cache = None  # inference only: no backward
-        else:
-            self.reset_cache()
-            self._cache = (q_split, k_split, v_split, sdpa_cache, merge_cache)
+        self.reset_cache()
+        self._cache = (q_split, k_split, v_split, sdpa_cache, merge_cache)
         return context_vec
 
     def backward(self, dcontext_vec):
