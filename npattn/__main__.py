@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="seed of the inputs, the upstream gradient and the dropout masks (default 0)",
     )
-    from .decode import add_arguments
+    from .beyond.decode import add_arguments
 
     add_arguments(
         sub.add_parser(
@@ -85,7 +85,7 @@ def main(argv=None) -> int:
     if args.command == "gradcheck":
         return 0 if gradcheck_report(args.seed) else 1
     if args.command == "decode":
-        from .decode import main as decode_main
+        from .beyond.decode import main as decode_main
 
         return decode_main(args)
     from .chapter.demo import main as demo_main

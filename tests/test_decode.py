@@ -8,8 +8,8 @@ import sys
 import pytest
 
 import npattn
-from npattn import decode
 from npattn.__main__ import main
+from npattn.beyond import decode
 
 ROWS = (
     "GroupedQueryAttention",

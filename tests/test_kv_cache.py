@@ -186,4 +186,4 @@ def test_cached_attention_equals_sdpa_with_gqa(seed, G, n, T, extra, p):
     ref, cache = sdpa_forward(q, k, v, mask, p, enable_gqa=True, rng=np.random.default_rng(1))
     np.testing.assert_allclose(out, ref, **EXACT)
     np.testing.assert_allclose(weights, cache.attn_weights, **EXACT)
-    np.testing.assert_array_equal(keep, cache.dropout_cache[0])
+    np.testing.assert_array_equal(keep, cache.keep)

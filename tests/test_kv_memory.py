@@ -1,4 +1,4 @@
-"""The KV-memory formulas (npattn.kv_memory) against the bytes npattn's classes actually hold
+"""The KV-memory formulas (npattn.beyond.kv_memory) against the bytes npattn's classes actually hold
 after N tokens, for MHA, GQA, MQA, MLA and SWA, in float32 and float64."""
 
 import dataclasses
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import npattn
-from npattn.kv_memory import (
+from npattn.beyond.kv_memory import (
     CONFIGS,
     KINDS,
     KVConfig,

@@ -1,15 +1,15 @@
 """The KV-memory chart: one panel per configuration, one bar per kind of attention, each bar
-the bytes per token and per layer of npattn.kv_memory averaged over the full context."""
+the bytes per token and per layer of npattn.beyond.kv_memory averaged over the full context."""
 
 import pytest
 
-from npattn.kv_memory import CONFIGS, KINDS, kv_cache_bytes
+from npattn.beyond.kv_memory import CONFIGS, KINDS, kv_cache_bytes
 
 pytest.importorskip("matplotlib")
 
 
 def test_bars_are_the_formulas():
-    from npattn.kv_plots import kv_memory_figure
+    from npattn.beyond.kv_plots import kv_memory_figure
 
     fig = kv_memory_figure()
     assert len(fig.axes) == len(CONFIGS)

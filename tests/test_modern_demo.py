@@ -1,14 +1,15 @@
 """The demo's section beyond chapter 3: each modern class on the chapter's six tokens.
 
 Expected values are computed here from the classes built directly (not through
-npattn.modern_demo), and compared with what the section prints.
+npattn.beyond.demo), and compared with what the section prints.
 """
 
 import numpy as np
 import pytest
 
 import npattn
-from npattn import demo, modern_demo
+from npattn.beyond import demo as modern_demo
+from npattn.chapter import demo
 from npattn.chapter.data import chapter_batch
 
 

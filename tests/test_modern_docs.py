@@ -33,7 +33,7 @@ pycode = _load("docs_pycode_modern", DOCS / "hooks" / "pycode.py")
 def test_every_stage_has_a_page_in_the_nav():
     nav = (ROOT / "mkdocs.yml").read_text()
     section = nav[nav.index('"Beyond chapter 3":') :]
-    assert [p.stem for p in MODERN] == sorted(STAGES + ["index"])
+    assert [p.stem for p in MODERN] == sorted(STAGES + ["index", "kv_cache"])
     for page in MODERN:
         assert f"modern/{page.name}" in section, page.name
 
@@ -76,7 +76,7 @@ def test_api_and_readme_point_at_the_modern_stages():
     api = (DOCS / "api.md").read_text()
     for name in ("GroupedQueryAttention", "MultiHeadLatentAttention", "MultiHeadAttentionWithSWA",
                  "Qwen3Attention", "rope_forward", "rmsnorm_forward", "sliding_window_mask",
-                 "softcap_forward", "softmax_with_sink_forward", "modern_demo"):  # fmt: skip
+                 "softcap_forward", "softmax_with_sink_forward", "npattn.beyond.demo"):  # fmt: skip
         assert name in api, name
     assert "docs/modern/" in (ROOT / "README.md").read_text()
     assert "modern/index.md" in (DOCS / "index.md").read_text()

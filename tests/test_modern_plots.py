@@ -1,4 +1,4 @@
-"""The figures of the pages beyond chapter 3 (npattn.modern_plots): their data are the ops'
+"""The figures of the pages beyond chapter 3 (npattn.beyond.plots): their data are the ops'
 results, checked here against the definitions, and they draw reproducibly."""
 
 from pathlib import Path
@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from npattn import modern_plots as M
+from npattn.beyond import plots as M
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 

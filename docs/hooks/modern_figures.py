@@ -1,8 +1,8 @@
-"""mkdocs hook: the figures of the pages beyond chapter 3 are drawn by npattn.modern_plots
+"""mkdocs hook: the figures of the pages beyond chapter 3 are drawn by npattn.beyond.plots
 during the build.
 
 They are added to the site as generated files, figures/<name>.svg (names in
-npattn.modern_plots.MODERN_FIGURES), so no image is committed and every figure is the current
+npattn.beyond.plots.MODERN_FIGURES), so no image is committed and every figure is the current
 code's.
 """
 
@@ -14,7 +14,7 @@ FIGURES_DIR = "figures"
 def on_files(files, config):
     from mkdocs.structure.files import File
 
-    from npattn.modern_plots import figure_bytes, modern_figures
+    from npattn.beyond.plots import figure_bytes, modern_figures
 
     for name, fig in modern_figures().items():
         files.append(File.generated(config, f"{FIGURES_DIR}/{name}.svg", content=figure_bytes(fig)))

@@ -269,7 +269,7 @@ def main(plot_dir=None, weights: str = "auto") -> int:
     demo_multihead(w.multihead, w.gpt2_parameters)
     demo_backward(w.multihead["mha"])
     demo_backward_walkthrough(weights)
-    from ..modern_demo import demo_modern
+    from ..beyond.demo import demo_modern
 
     demo_modern(w.batch)
     if plot_dir is not None:

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import functional as F
-from .chapter.data import TOKENS
-from .chapter.plots import _require_matplotlib, figure_bytes
+from .. import functional as F
+from ..chapter.data import TOKENS
+from ..chapter.plots import _require_matplotlib, figure_bytes
 
 MODERN_FIGURES = ("rope_rotation", "rope_frequencies", "sliding_window", "softcap")
 PANEL_INCHES = 3.6

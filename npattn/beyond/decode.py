@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import modules as M
+from .. import modules as M
 
 DTYPES = {"float32": np.float32, "float64": np.float64}
 
@@ -202,7 +202,9 @@ def add_arguments(parser) -> None:
     parser.add_argument(
         "--window", type=int, default=None, help="sliding window (default: half the prompt)"
     )
-    parser.add_argument("--dtype", choices=tuple(DTYPES), default="float32")
+    parser.add_argument(
+        "--dtype", choices=tuple(DTYPES), default="float32", help="dtype of weights and inputs"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the weights and inputs")
     parser.add_argument(
         "--progress",

@@ -1,6 +1,6 @@
-"""A bar chart of KV-cache memory per token and per layer (npattn.kv_memory), one panel per
+"""A bar chart of KV-cache memory per token and per layer (npattn.beyond.kv_memory), one panel per
 model configuration. matplotlib is imported inside the function, through its object API with
-the Agg canvas, as in npattn.plots. Drawn by the docs build (docs/hooks/kv_figures.py).
+the Agg canvas, as in npattn.chapter.plots. Drawn by the docs build (docs/hooks/kv_figures.py).
 """
 
 from __future__ import annotations
@@ -18,7 +18,9 @@ def kv_memory_figure(configs=CONFIGS):
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError as e:
-        raise ImportError("npattn.kv_plots draws with matplotlib: pip install matplotlib") from e
+        raise ImportError(
+            "npattn.beyond.kv_plots draws with matplotlib: pip install matplotlib"
+        ) from e
 
     fig = Figure(figsize=(4.2 * len(configs), 3.6), layout="constrained")
     FigureCanvasAgg(fig)

@@ -15,9 +15,9 @@ import textwrap
 
 import numpy as np
 
-from .chapter.data import TOKENS, chapter_batch
-from .gradcheck import check_module
-from .modules import (
+from ..chapter.data import TOKENS, chapter_batch
+from ..gradcheck import check_module
+from ..modules import (
     GroupedQueryAttention,
     MultiHeadAttentionWithSWA,
     MultiHeadLatentAttention,
