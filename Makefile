@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
 .PHONY: setup demo test test-thorough lint gradcheck docs serve-docs bench bench-cuda gpu-check \
-	agreement-errors clean
+	agreement-errors modern-errors clean
 
 setup: $(STAMP)
 
@@ -60,6 +60,10 @@ gpu-check: $(STAMP)
 
 agreement-errors: $(STAMP)
 	PYTHONPATH=.:tests $(PY) tools/agreement_errors.py
+
+# The float64 table of the modern classes and ops: npattn vs torch_port and vs torch autograd.
+modern-errors: $(STAMP)
+	PYTHONPATH=.:tests $(PY) tools/modern_errors.py
 
 clean:
 	rm -rf $(VENV) site build *.egg-info .pytest_cache .hypothesis

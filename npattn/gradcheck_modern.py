@@ -1,5 +1,5 @@
 """The modern stages as small float64 examples for `python -m npattn gradcheck`: RoPE, RMSNorm,
-soft-capping, sinks, and the GQA / MLA / SWA / Qwen3 classes.
+soft-capping, sinks, the sliding-window mask, and the GQA / MLA / SWA / Qwen3 classes.
 
 The tuples have the formats of stages.op_stages and stages.module_stages:
 (name, forward, backward, inputs, kwargs, wrt) for gradcheck.check_op, (name, module, x) for
@@ -18,6 +18,10 @@ from .modules import (
     Qwen3Attention,
     RMSNorm,
 )
+
+# Llama 3 with Llama 3.1's frequency scaling, its original context short enough to matter
+LLAMA31 = dict(factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0, original_context_length=4)
+LLAMA31_SETTINGS = dict(rope_base=500_000.0, context_length=4, rope_freq_config=LLAMA31)
 
 
 def modern_op_cases(seed: int = 0):
@@ -88,6 +92,22 @@ def modern_op_cases(seed: int = 0):
             None,
         ),
         (
+            "sdpa sliding window 2, GQA, L > S (a row past S + 1 has no key)",
+            F.sdpa_forward,
+            F.sdpa_backward,
+            {"q": r((B, 4, 5, E)), "k": r((B, 2, 3, E)), "v": r((B, 2, 3, 2))},
+            {"attn_mask": F.sliding_window_mask(5, 3, window=2), "enable_gqa": True},
+            None,
+        ),
+        (
+            "sdpa sliding window 3 + softcap + sinks (H,), L < S",
+            F.sdpa_forward,
+            F.sdpa_backward,
+            dict(qkv, sinks=r(H)),
+            {"attn_mask": F.sliding_window_mask(T, S, window=3), "softcap": 2.0},
+            None,
+        ),
+        (
             "sdpa sinks (B, H, L, 1) + softcap + dropout",
             F.sdpa_forward,
             F.sdpa_backward,
@@ -131,6 +151,11 @@ def modern_module_cases(seed: int = 0):
         (
             "Qwen3Attention, Llama 3 (no qk_norm)",
             Qwen3Attention(6, 3, 3, 2, False, rope_base=500_000.0, context_length=4, rng=seed),
+            x,
+        ),
+        (
+            "Qwen3Attention, Llama 3.1 (frequency scaling)",
+            Qwen3Attention(6, 2, 1, 4, False, **LLAMA31_SETTINGS, rng=seed),
             x,
         ),
     ]

@@ -32,6 +32,18 @@ def assert_close(actual, expected, rtol: float, atol: float, name: str = "") -> 
     )
 
 
+class KeepMaskDropout(torch.nn.Module):
+    """A test double for nn.Dropout that applies a given boolean keep-mask: x * keep / (1-p)
+    in training mode; in eval mode, as nn.Dropout, nothing."""
+
+    def __init__(self, keep: np.ndarray, p: float):
+        super().__init__()
+        self.keep, self.p = torch.from_numpy(keep), p
+
+    def forward(self, x):
+        return x * self.keep / (1 - self.p) if self.training else x
+
+
 def upstream(shape, seed: int = 0, dtype=np.float64) -> np.ndarray:
     """A random upstream gradient (never all ones: that hides softmax bugs)."""
     return np.random.default_rng(seed).standard_normal(shape).astype(dtype)

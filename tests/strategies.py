@@ -158,3 +158,18 @@ def modern_constructor_args(name: str, cfg: dict, dropout: float = 0.0) -> tuple
         "MultiHeadAttentionWithSWA": (d_in, H * E, dropout, H, bias, cfg["W"]),
         "MultiHeadAttention": (d_in, H * E, cfg["context_length"], dropout, H, bias),
     }[name], {}
+
+
+@st.composite
+def chunk_sizes(draw, T: int):
+    """Chunk sizes summing to T for cached decoding: all ones, all twos, or random."""
+    kind = draw(st.sampled_from(["ones", "twos", "random"]))
+    if kind == "ones":
+        return [1] * T
+    if kind == "twos":
+        return [2] * (T // 2) + [1] * (T % 2)
+    sizes, rest = [], T
+    while rest:
+        sizes.append(draw(st.integers(1, rest)))
+        rest -= sizes[-1]
+    return sizes

@@ -11,8 +11,7 @@ from strategies import attention_configs, constructor_args
 from tolerances import F32, F64
 
 torch = pytest.importorskip("torch", reason="torch is not installed (pip install '.[torch]')")
-from helpers import n, t, upstream  # noqa: E402
-from torch import nn  # noqa: E402
+from helpers import KeepMaskDropout, n, t, upstream  # noqa: E402
 
 import npattn  # noqa: E402
 import torch_port as tp  # noqa: E402
@@ -69,17 +68,6 @@ def test_every_class_agrees_in_float64(name, cfg):
 def test_every_class_agrees_in_float32(name, cfg):
     ref, port = build(name, cfg, dtype=np.float32)
     assert_agree(ref.eval(), port.eval(), inputs(cfg, np.float32), cfg["seed"], F32)
-
-
-class KeepMaskDropout(nn.Module):
-    """A test double for nn.Dropout that applies a given boolean keep-mask: x * keep / (1-p)."""
-
-    def __init__(self, keep: np.ndarray, p: float):
-        super().__init__()
-        self.keep, self.p = torch.from_numpy(keep), p
-
-    def forward(self, x):
-        return x * self.keep / (1 - self.p)
 
 
 def heads_of(module):

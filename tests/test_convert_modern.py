@@ -7,7 +7,6 @@ Shapes: x (B, T, d_in)."""
 import numpy as np
 import pytest
 from hypothesis import given
-from hypothesis import strategies as st
 from strategies import modern_configs, modern_constructor_args
 from tolerances import F64
 
@@ -132,22 +131,6 @@ def test_torch_safetensors_round_trip_without_npattn(tmp_path):
             port_module(name, dict(FIXED, seed=9)), tmp_path / f"{name}.safetensors"
         )
         assert_same_state(torch_state(other), torch_state(port))
-
-
-@pytest.mark.parametrize("name", NAMES)
-@given(cfg=modern_configs(), data=st.data())
-def test_cached_decoding_matches_between_npattn_and_torch(name, cfg, data):
-    needs_npattn(name)
-    port = port_module(name, cfg).eval()
-    ref = tp.to_npattn(port).eval()
-    x = np.random.default_rng(cfg["seed"]).standard_normal((cfg["B"], cfg["T"], cfg["d_in"]))
-    cuts = data.draw(st.sets(st.integers(1, cfg["T"] - 1)) if cfg["T"] > 1 else st.just(set()))
-    edges = [0, *sorted(cuts), cfg["T"]]
-    for a, b in zip(edges, edges[1:]):
-        y = port(torch.tensor(x[:, a:b]), use_cache=True).detach().numpy()
-        np.testing.assert_allclose(ref(x[:, a:b], use_cache=True), y, **F64)
-    assert ref.ptr_current_pos == port.ptr_current_pos == cfg["T"]
-    assert ref.cache_nbytes == port.cache_nbytes
 
 
 def test_llama31_frequency_scaling_crosses_and_a_lost_setting_is_caught():

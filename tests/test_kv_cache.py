@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from strategies import seeds
+from strategies import chunk_sizes, seeds
 
 import npattn
 
@@ -35,21 +35,6 @@ CLASSES = ("GroupedQueryAttention", "MultiHeadLatentAttention", "MultiHeadAttent
            "Qwen3Attention")  # fmt: skip
 
 
-@st.composite
-def splits(draw, T):
-    """Chunk sizes summing to T: all ones, all twos, or random."""
-    kind = draw(st.sampled_from(["ones", "twos", "random"]))
-    if kind == "ones":
-        return [1] * T
-    if kind == "twos":
-        return [2] * (T // 2) + [1] * (T % 2)
-    sizes, rest = [], T
-    while rest:
-        sizes.append(draw(st.integers(1, rest)))
-        rest -= sizes[-1]
-    return sizes
-
-
 def decode(m, x, sizes):
     outs, start = [], 0
     for s in sizes:
@@ -65,7 +50,7 @@ def test_chunked_decoding_equals_the_full_forward(name, data, seed, T, B):
     m = make(name, seed % 1000, window)
     x = np.random.default_rng(seed).standard_normal((B, T, 5))
     full = m(x)
-    sizes = data.draw(splits(T))
+    sizes = data.draw(chunk_sizes(T))
     np.testing.assert_allclose(decode(m, x, sizes), full, **EXACT)
     assert m.ptr_current_pos == T
     np.testing.assert_array_equal(m(x), full)  # a full forward empties the cache again
