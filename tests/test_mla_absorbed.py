@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from strategies import seeds
-from test_kv_cache import EXACT, decode, splits
+from strategies import chunk_sizes, seeds
+from test_kv_cache import EXACT, decode
 
 import npattn
 
@@ -26,7 +26,7 @@ def test_absorbed_decoding_equals_the_plain_form_and_the_full_forward(qkv_bias, 
     m = make(qkv_bias, seed % 1000)
     x = np.random.default_rng(seed).standard_normal((B, T, 5))
     full = m(x)
-    sizes = data.draw(splits(T))
+    sizes = data.draw(chunk_sizes(T))
     plain = decode(m, x, sizes)
     plain_weights, plain_cache = m.attn_weights, m.cache_c_kv.copy()
     m.reset_cache()
