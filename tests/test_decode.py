@@ -1,13 +1,11 @@
 """`python -m npattn decode` at a tiny size: a row per class, cached decoding equal to the
 uncached full forward (float64), the cache's bytes, clear errors and the progress bar."""
 
-import inspect
 import io
 import sys
 
 import pytest
 
-import npattn
 from npattn.__main__ import main
 from npattn.beyond import decode
 
@@ -28,12 +26,8 @@ def test_a_row_per_class_and_cached_equals_uncached():
     lines = out.getvalue().splitlines()
     for name in ROWS:
         assert sum(line.startswith(name + " ") for line in lines) == 1, name
-    has_cache = "use_cache" in inspect.signature(npattn.MultiHeadAttention.forward).parameters
-    skipped = [line for line in lines if "skipped" in line]
-    assert skipped == (
-        [] if has_cache else [next(ln for ln in lines if ln.startswith("MultiHeadAttention "))]
-    )
-    assert len(results) == len(ROWS) - len(skipped)
+    assert not [line for line in lines if "skipped" in line]
+    assert [r.name for r in results] == list(ROWS)
     for r in results:
         assert r.max_diff < 1e-12, r.name
         assert r.cached_tps > 0 and r.uncached_tps > 0
@@ -42,6 +36,7 @@ def test_a_row_per_class_and_cached_equals_uncached():
     n_tokens, itemsize = 4 + 3, 8
     assert by_name["MultiHeadLatentAttention"].cache_nbytes == n_tokens * 16 * itemsize  # C=16
     assert by_name["MultiHeadAttentionWithSWA, W=2"].cache_nbytes == 2 * 2 * 8 * itemsize
+    assert by_name["MultiHeadAttention"].cache_nbytes == 2 * n_tokens * 8 * itemsize  # k, v
 
 
 def test_a_class_that_cannot_be_built_is_skipped_with_its_reason():

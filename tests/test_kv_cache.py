@@ -1,7 +1,7 @@
-"""KV-cache decoding of the modern classes: chunked forwards with use_cache=True, joined,
-equal the full forward (float64, 1e-12); the cache holds only what it must; errors leave the
-cache as it was. Shapes: x (B, T, d_in); cache_k / cache_v (B, H_kv, S_cached, E),
-cache_c_kv (B, S_cached, latent_dim)."""
+"""KV-cache decoding of the modern classes and the chapter's MultiHeadAttention: chunked
+forwards with use_cache=True, joined, equal the full forward (float64, 1e-12); the cache holds
+only what it must; errors leave the cache as it was. Shapes: x (B, T, d_in); cache_k /
+cache_v (B, H_kv, S_cached, E), cache_c_kv (B, S_cached, latent_dim)."""
 
 import numpy as np
 import pytest
@@ -15,9 +15,10 @@ EXACT = dict(rtol=1e-12, atol=1e-12)
 T_MAX = 7
 
 
-def make(name, seed=0, window=3, dtype=np.float64):
+def make(name, seed=0, window=3, dtype=np.float64, **extra):
     """A small module of each class, in eval mode."""
     args, kw = {
+        "MultiHeadAttention": ((5, 6, T_MAX, 0.1, 2, True), extra),
         "GroupedQueryAttention": ((5, 8, 0.1, 4, 2, True), {}),
         "MultiHeadLatentAttention": ((5, 6, 0.1, 2, True, 3), {}),
         "MultiHeadAttentionWithSWA": ((5, 6, 0.1, 2, True, window), {}),
@@ -32,7 +33,8 @@ def make(name, seed=0, window=3, dtype=np.float64):
 
 
 CLASSES = ("GroupedQueryAttention", "MultiHeadLatentAttention", "MultiHeadAttentionWithSWA",
-           "Qwen3Attention")  # fmt: skip
+           "Qwen3Attention", "MultiHeadAttention")  # fmt: skip
+WITH_CONTEXT_LENGTH = ("Qwen3Attention", "MultiHeadAttention")
 
 
 def decode(m, x, sizes):
@@ -78,6 +80,7 @@ def test_cache_bytes_after_n_tokens(dtype):
         "MultiHeadLatentAttention": B * N * 3 * item,  # latent_dim = 3
         "MultiHeadAttentionWithSWA": 2 * B * 2 * 3 * 3 * item,  # H = 2, W = 3 positions, E = 3
         "Qwen3Attention": 2 * B * 1 * N * 4 * item,  # G = 1 head of E = 4
+        "MultiHeadAttention": 2 * B * 2 * N * 3 * item,  # H = 2 heads of E = 3
     }
     for name, nbytes in expected.items():
         m = make(name, dtype=dtype)
@@ -111,8 +114,9 @@ def test_errors_leave_the_cache_unchanged(name):
     with pytest.raises(ValueError, match="batch size"):
         m(x[:1, :1], use_cache=True)
     assert_unchanged(m, before)
-    with pytest.raises(ValueError, match="key_padding_mask"):
-        m(x[:, :1], use_cache=True, key_padding_mask=np.ones((2, 4), bool))
+    if name != "MultiHeadAttention":  # the chapter's class takes no key_padding_mask
+        with pytest.raises(ValueError, match="key_padding_mask"):
+            m(x[:, :1], use_cache=True, key_padding_mask=np.ones((2, 4), bool))
     with pytest.raises(ValueError, match="d_in"):
         m(x[:, :1, :4], use_cache=True)
     with pytest.raises(TypeError, match="use_cache"):
@@ -122,10 +126,11 @@ def test_errors_leave_the_cache_unchanged(name):
         m.backward(np.ones(m(x[:, :1], use_cache=True).shape))
 
 
-def test_qwen3_past_context_length_raises_and_keeps_the_cache():
-    m = make("Qwen3Attention")
+@pytest.mark.parametrize("name", WITH_CONTEXT_LENGTH)
+def test_past_context_length_raises_and_keeps_the_cache(name):
+    m = make(name)
     x = np.random.default_rng(0).standard_normal((1, T_MAX + 1, 5))
-    with pytest.raises(ValueError, match=f"context_length={T_MAX}"):
+    with pytest.raises(ValueError, match=f"context_length(=| is ){T_MAX}"):
         m(x)
     m(x[:, :5], use_cache=True)
     before = snapshot(m)
@@ -172,3 +177,28 @@ def test_cached_attention_equals_sdpa_with_gqa(seed, G, n, T, extra, p):
     np.testing.assert_allclose(out, ref, **EXACT)
     np.testing.assert_allclose(weights, cache.attn_weights, **EXACT)
     np.testing.assert_array_equal(keep, cache.keep)
+
+
+@pytest.mark.parametrize("attn_impl", ["blocked", "tiled", "auto"])
+def test_multihead_cached_path_is_the_reference_whatever_attn_impl(attn_impl):
+    """The cached calls run the reference ops; the full forward (attn_impl's path) empties the
+    cache and keeps its backward."""
+    m = make("MultiHeadAttention", attn_impl=attn_impl)
+    x = np.random.default_rng(1).standard_normal((2, T_MAX, 5))
+    full = m(x)
+    np.testing.assert_allclose(decode(m, x, [2, 1, 4]), full, **EXACT)
+    m(x)
+    assert m.cache_nbytes == 0
+    assert m.backward(np.random.default_rng(2).standard_normal(full.shape)).shape == x.shape
+
+
+def test_multihead_cached_dropout_draws_the_full_forwards_mask():
+    """Training mode: a first cached chunk draws, from the same seed, the keep-mask the full
+    forward draws, so both give the same output."""
+    x = np.random.default_rng(3).standard_normal((2, 4, 5))
+    full, cached = make("MultiHeadAttention", seed=7).train(), make("MultiHeadAttention", seed=7)
+    y = full(x)
+    y_cached = cached.train()(x, use_cache=True)
+    np.testing.assert_allclose(y_cached, y, **EXACT)
+    np.testing.assert_array_equal(cached.dropout_mask, full.dropout_mask)
+    assert cached.dropout_mask.shape == (2, 2, 4, 4) and not cached.dropout_mask.all()

@@ -13,7 +13,6 @@ Shapes: x (1, P + N, d), P prompt tokens and N new ones.
 from __future__ import annotations
 
 import argparse
-import inspect
 import sys
 import time
 from dataclasses import dataclass
@@ -64,10 +63,6 @@ def layers(d: int, heads: int, groups: int, window: int, context_length: int, se
     ]
     out = []
     for name, build in specs:
-        cls = getattr(M, name.split(",")[0])
-        if "use_cache" not in inspect.signature(cls.forward).parameters:
-            out.append((name, None, "its forward has no use_cache"))
-            continue
         try:
             out.append((name, build().eval(), None))
         except ValueError as e:  # e.g. Qwen3Attention's RoPE needs an even head_dim

@@ -165,17 +165,21 @@ class KVCacheMixin:
         -> context (B, H, T, Ev).
         """
         T, S = queries.shape[2], keys.shape[2]
-        q_start = self.ptr_current_pos
         # mask: one query at the newest position attends every key it was given, so only a
         # chunk of several tokens needs one (causal, and the window, at absolute positions)
-        mask = None
-        if T > 1:
-            mask = attention_mask(q_start, T, q_start + T - S, S, window=self._kv.window)
+        mask = self._cached_mask(self.ptr_current_pos, T, S) if T > 1 else None
         dropout_p = getattr(self, "dropout", 0.0) if self.training else 0.0  # Qwen3 has none
         context, self.attn_weights, self.dropout_mask = cached_attention(
             queries, keys, values, mask, dropout_p, self.rng, scale
         )
         return context  # (B, H, T, Ev)
+
+    def _cached_mask(self, q_start: int, T: int, S: int):
+        """The mask of a cached chunk of T > 1 tokens at q_start, attending its last S keys.
+
+        Shapes: -> (T, S), True = attend.
+        """
+        return attention_mask(q_start, T, q_start + T - S, S, window=self._kv.window)
 
     def _finish_cached(self, context):
         """Merge heads and out_proj, then commit the staged chunk: (B, H, T, E) -> (B, T, d)."""

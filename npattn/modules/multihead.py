@@ -1,8 +1,10 @@
 """The chapter's two multi-head classes (section 3.6).
 
-Shape legend: B batch, T tokens, H = num_heads, E = head_dim, d_in / d_out as in the chapter.
+Shape legend: B batch, T tokens, S key tokens (cached ones included), H = num_heads,
+E = head_dim, d_in / d_out as in the chapter.
 MultiHeadAttentionWrapper: d_out is per head, output (B, T, H * d_out).
-MultiHeadAttention: d_out is the total width, E = d_out // H, output (B, T, d_out).
+MultiHeadAttention: d_out is the total width, E = d_out // H, output (B, T, d_out); it also
+decodes with the KV cache of the book's chapter 4 bonus (forward(x, use_cache=True)).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from ._input import (
     check_attention_args,
     prepare_input,
 )
+from ._kv import CacheView, KVCacheMixin
 from .attention import CausalAttention
 from .base import Module, ModuleList
 from .linear import Linear
@@ -87,7 +90,7 @@ class MultiHeadAttentionWrapper(Module):
         return dx
 
 
-class MultiHeadAttention(Module):
+class MultiHeadAttention(KVCacheMixin, Module):
     """Multi-head attention with split weights, reshape/transpose and out_proj (chapter 3.6.2).
 
     Shapes: x (B, T, d_in), T <= context_length -> context_vec (B, T, d_out).
@@ -102,9 +105,17 @@ class MultiHeadAttention(Module):
     "auto", which run steps 1-4 as one GEMM and a faster attention (npattn/fast/dispatch.py);
     "tiled" sets attn_weights to None. There W_query, W_key and W_value run no forward of their
     own: their gradients are handed to them with Linear.set_grads.
+
+    KV cache (the book's chapter 4 bonus): forward(x, use_cache=True) appends this chunk's
+    keys and values to cache_k, cache_v (B, H, S_cached, E) and attends from positions
+    ptr_current_pos .. ptr_current_pos + T - 1, which must stay below context_length; the
+    chunk's rows of the mask buffer say which keys it sees. That path is inference: it runs
+    steps 1-2, then 3-5 forward only (KVCacheMixin), whatever attn_impl says. forward(x) is
+    the full forward and empties the cache; reset_cache() empties it.
     """
 
     attn_impl = attn_impl_property()  # npattn/fast/dispatch.py
+    cache_k, cache_v = CacheView(0), CacheView(1)  # (B, H, S_cached, E), read-only views
 
     def __init__(
         self,
@@ -131,10 +142,21 @@ class MultiHeadAttention(Module):
         self.out_proj = Linear(d_out, d_out, rng=self.rng)
         self.register_buffer("mask", chapter_mask(self.context_length))
         self.attn_weights = None
+        self.reset_cache()
 
-    def forward(self, x):
+    def _kv_limits(self) -> tuple:
+        return None, self.context_length  # positions never exceed context_length
+
+    def reset_cache(self) -> None:
+        """Empty the cache: no cached positions, ptr_current_pos = 0."""
+        super().reset_cache()
+        self._cached_keep = None  # the keep-mask of the last cached call
+
+    def forward(self, x, use_cache: bool = False):
         x = prepare_input(x, self.d_in, self.dtype, self.context_length)
         (B, T, _), H = x.shape, self.num_heads
+        if self._check_call(B, use_cache, None):
+            return self._forward_cached(x)
         dropout_p = self.dropout if self.training else 0.0
         impl = resolve_attn_impl(self.attn_impl, T, B * H)
         if impl != "reference":  # opt-in speed: npattn/fast/dispatch.py
@@ -155,11 +177,12 @@ class MultiHeadAttention(Module):
         context, merge_cache = merge_heads_forward(context)
         # 5. output projection                           (B, T, d_out) -> (B, T, d_out)
         context_vec = self.out_proj(context)
+        self.reset_cache()  # a full forward empties the KV cache
         self._cache = (impl, sdpa_cache, (split_cache, merge_cache))
         return context_vec
 
     def backward(self, dcontext_vec):
-        impl, sdpa_cache, caches = self._require_cache()
+        impl, sdpa_cache, caches = self._require_full_forward()
         if impl != "reference":
             return self._backward_fast(dcontext_vec, caches)
         split_cache, merge_cache = caches
@@ -186,8 +209,38 @@ class MultiHeadAttention(Module):
             impl, x, qkv_layers, self.num_heads, self.mask, dropout_p, self.rng
         )  # context (B, T, d_out); attn_weights (B, H, T, T) or None from the tiled path
         context_vec = self.out_proj(context)
+        self.reset_cache()  # a full forward empties the KV cache
         self._cache = (impl, fast_cache.attention, fast_cache)
         return context_vec
+
+    def _forward_cached(self, x):
+        """Steps 1-2 for this chunk, then the cache and steps 3-5 forward only.
+
+        Shapes: x (B, T, d_in) at positions ptr_current_pos .. -> context_vec (B, T, d_out).
+        """
+        start, T, H = self.ptr_current_pos, x.shape[1], self.num_heads
+        if start + T > self.context_length:
+            raise ValueError(
+                f"positions {start}..{start + T - 1} run past context_length="
+                f"{self.context_length}: x has {T} tokens after {start} cached ones"
+            )
+        # 1. projections                                 (B, T, d_in) -> (B, T, d_out)
+        queries = self.W_query(x)
+        keys = self.W_key(x)
+        values = self.W_value(x)
+        # 2. split heads                                 (B, T, d_out) -> (B, H, T, E)
+        queries, _ = split_heads_forward(queries, H)
+        keys, _ = split_heads_forward(keys, H)
+        values, _ = split_heads_forward(values, H)
+        # 3.-5. the chunk joins the cache: (B, H, start, E) + (B, H, T, E) -> (B, H, S, E)
+        return self._attend_cached(queries, *self._kv.stage(keys, values))
+
+    def _cached_mask(self, q_start: int, T: int, S: int):
+        """The mask buffer's rows q_start .. q_start + T - 1, as the book slices it.
+
+        Shapes: -> (T, S = q_start + T), True = attend.
+        """
+        return self.mask[q_start : q_start + T, :S] == 0
 
     def _backward_fast(self, dcontext_vec, fast_cache):
         """Step 5, then steps 4 -> 1 fused; each projection is handed its own gradients."""
@@ -202,8 +255,14 @@ class MultiHeadAttention(Module):
 
     @property
     def dropout_mask(self):
-        """The keep-mask (True = kept) of the last forward: (B, H, T, T), or None."""
-        return None if self._cache is None else keep_mask(self._cache[1])
+        """The keep-mask (True = kept) of the last forward: (B, H, T, S), or None."""
+        if self._cache is None:  # after a cached call (or before any forward)
+            return self._cached_keep
+        return keep_mask(self._cache[1])
+
+    @dropout_mask.setter
+    def dropout_mask(self, keep) -> None:  # set by a cached call (KVCacheMixin._cached_sdpa)
+        self._cached_keep = keep
 
     def extra_repr(self) -> str:
         return (
