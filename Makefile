@@ -7,8 +7,8 @@ STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: setup demo test test-thorough lint gradcheck docs serve-docs bench bench-cuda gpu-check \
-	agreement-errors modern-errors clean
+.PHONY: setup demo test test-thorough lint gradcheck docs serve-docs bench bench-decode bench-cuda \
+	gpu-check agreement-errors modern-errors clean
 
 setup: $(STAMP)
 
@@ -47,6 +47,11 @@ serve-docs: $(STAMP)
 # command only: on some machines they pin an older, slower OpenBLAS kernel (the tests keep them).
 bench: $(STAMP)
 	env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(PY) benchmarks/bench.py $(BENCH_ARGS)
+
+# Decoding one token at a time after a 512-token prompt, one layer: npattn with and without the
+# KV cache, torch_port, and a torch class in the book's KV-cache style; then npattn's profile.
+bench-decode: $(STAMP)
+	env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(PY) benchmarks/decode.py --profile $(BENCH_ARGS)
 
 bench-cuda: $(STAMP)
 	$(PY) benchmarks/bench.py --device cuda --quick $(BENCH_ARGS)

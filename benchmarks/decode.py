@@ -1,35 +1,44 @@
-"""Decoding speed of one attention layer, one token at a time after a prompt, with and without
-the KV cache: npattn against torch_port and a torch class written in the style of the book's
-ch. 4 KV-cache bonus (torch.cat on the cache, masked_fill, softmax).
+"""Decoding speed of one attention layer, one token at a time after a prompt, batch 1, float32:
+npattn with and without the KV cache, torch_port with it, and a torch class written in the
+style of the book's ch. 4 KV-cache bonus (torch.cat on the cache, masked_fill, softmax).
 
-    python benchmarks/decode.py                       # d=768, 12 heads (MHA) and 4 groups (GQA)
-    python benchmarks/decode.py --prompt 8 --tokens 4 --d 16 --heads 4 --groups 2 --repeats 3
+    make bench-decode        # env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE, --profile
+    python benchmarks/decode.py --profile    # also: where npattn's cached time goes
+    python benchmarks/decode.py --quick      # prompt 64, 16 tokens, 3 repeats
 
-Every path decodes the same tokens with the same weights (float32, batch 1). One repeat of a
-path: prefill the prompt (untimed), then --tokens steps of one token each (timed together).
-Repeats are interleaved in a rotated order and the tables give medians, so load from other
-processes spreads over all paths; compare the ratios, not the absolute numbers. Without the
-cache, each step runs the full forward over the prompt and the tokens so far and keeps the
-last row. npattn rows are skipped, with the reason, where npattn lacks the class or the cache.
+Layers: d=768 and 12 heads (GPT-2 small): multi-head attention (npattn and torch_port's
+MultiHeadAttention, the chapter's class) and grouped-query attention with 4 key/value groups
+(GroupedQueryAttention). Every path of a layer holds the same weights and decodes the same
+tokens. One repeat of a path: prefill the prompt (untimed, cached paths only), then decode
+--tokens tokens one per call (timed together); the paths without the cache run the full
+forward over the prompt and the tokens so far for each new token, so they decode only
+--uncached-tokens. Repeats are interleaved in a rotated order and the table gives medians, so
+load from other processes spreads over all paths: compare the ratios, not the absolute rates.
+Threads are pinned (--threads, default 1) for numpy's BLAS and torch: decoding one token is a
+chain of small matrix-vector products, which extra threads on a busy machine only slow down.
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
+import io
 import os
+import pstats
 import statistics
 import sys
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+BOOK = "book-style torch, cache"
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--prompt", type=int, default=512, help="prompt tokens (prefilled, untimed)")
-    p.add_argument("--tokens", type=int, default=64, help="decoded tokens per repeat (timed)")
+    p.add_argument("--tokens", type=int, default=64, help="tokens decoded per repeat, cached")
+    p.add_argument("--uncached-tokens", type=int, default=8, help="the same, without the cache")
     p.add_argument("--d", type=int, default=768, help="d_in = d_out")
     p.add_argument("--heads", type=int, default=12)
     p.add_argument("--groups", type=int, default=4, help="GQA's num_kv_groups")
@@ -37,204 +46,130 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=1, help="untimed repeats of every path first")
     p.add_argument("--threads", type=int, default=1, help="BLAS and torch threads")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quick", action="store_true", help="prompt 64, 16 tokens, 3 repeats")
+    p.add_argument("--profile", action="store_true", help="profile npattn's cached decoding")
     p.add_argument("--out", help="also write the Markdown table to this file")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.quick:
+        args.prompt, args.tokens, args.uncached_tokens, args.repeats = 64, 16, 4, 3
+    return args
 
 
-def book_style_classes(torch, nn):
-    """Two torch classes in the style of the book's bonus code: the ch. 4 KV-cache MHA (cache
-    (B, S, H, E), the mask buffer sliced at the cache position) and the GQA one (cache
-    (B, G, S, E), a mask from position comparisons, repeat_interleave)."""
+def book_style_class(torch, nn):
+    """The book's KV-cache attention, in its style: the cache grows by torch.cat on every call,
+    the causal mask compares positions, masked_fill then softmax. num_kv_groups = num_heads
+    is multi-head attention (out_proj with a bias, as in chapter 3); fewer groups is GQA
+    (out_proj without one, each cached head repeated for its group)."""
 
-    class BookStyleMHA(nn.Module):
-        def __init__(self, d_in, d_out, context_length, num_heads):
+    class BookStyleKVAttention(nn.Module):
+        def __init__(self, d_in, d_out, num_heads, num_kv_groups, out_bias):
             super().__init__()
             self.d_out, self.num_heads, self.head_dim = d_out, num_heads, d_out // num_heads
-            self.W_query = nn.Linear(d_in, d_out, bias=False)
-            self.W_key = nn.Linear(d_in, d_out, bias=False)
-            self.W_value = nn.Linear(d_in, d_out, bias=False)
-            self.out_proj = nn.Linear(d_out, d_out)
-            self.dropout = nn.Dropout(0.0)
-            ones = torch.ones(context_length, context_length)
-            self.register_buffer("mask", torch.triu(ones, diagonal=1), persistent=False)
-            self.cache_k = self.cache_v = None
-            self.ptr_current_pos = 0
-
-        def forward(self, x, use_cache=False):
-            b, n, _ = x.shape
-            shape = (b, n, self.num_heads, self.head_dim)
-            q = self.W_query(x).view(shape)
-            k_new, v_new = self.W_key(x).view(shape), self.W_value(x).view(shape)
-            if use_cache:
-                if self.cache_k is None:
-                    self.cache_k, self.cache_v = k_new, v_new
-                else:
-                    self.cache_k = torch.cat([self.cache_k, k_new], dim=1)
-                    self.cache_v = torch.cat([self.cache_v, v_new], dim=1)
-                k, v = self.cache_k, self.cache_v
-            else:
-                k, v = k_new, v_new
-            q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-            scores = q @ k.transpose(2, 3)
-            start = self.ptr_current_pos if use_cache else 0
-            masked = self.mask.bool()[start : start + n, : k.shape[2]]
-            if use_cache:
-                self.ptr_current_pos += n
-            scores.masked_fill_(masked, -torch.inf)
-            weights = self.dropout(torch.softmax(scores / k.shape[-1] ** 0.5, dim=-1))
-            ctx = (weights @ v).transpose(1, 2).contiguous().view(b, n, self.d_out)
-            return self.out_proj(ctx)
-
-        def reset_cache(self):
-            self.cache_k = self.cache_v = None
-            self.ptr_current_pos = 0
-
-    class BookStyleGQA(nn.Module):
-        def __init__(self, d_in, d_out, num_heads, num_kv_groups):
-            super().__init__()
-            self.d_out, self.num_heads, self.head_dim = d_out, num_heads, d_out // num_heads
-            self.W_key = nn.Linear(d_in, num_kv_groups * self.head_dim, bias=False)
-            self.W_value = nn.Linear(d_in, num_kv_groups * self.head_dim, bias=False)
             self.num_kv_groups, self.group_size = num_kv_groups, num_heads // num_kv_groups
             self.W_query = nn.Linear(d_in, d_out, bias=False)
-            self.out_proj = nn.Linear(d_out, d_out, bias=False)
+            self.W_key = nn.Linear(d_in, num_kv_groups * self.head_dim, bias=False)
+            self.W_value = nn.Linear(d_in, num_kv_groups * self.head_dim, bias=False)
+            self.out_proj = nn.Linear(d_out, d_out, bias=out_bias)
             self.dropout = nn.Dropout(0.0)
-            self.cache_k = self.cache_v = None
-            self.ptr_current_pos = 0
-
-        def forward(self, x, use_cache=False):
-            b, n, _ = x.shape
-            q = self.W_query(x).view(b, n, self.num_heads, self.head_dim).transpose(1, 2)
-            kv_shape = (b, n, self.num_kv_groups, self.head_dim)
-            k_new = self.W_key(x).view(kv_shape).transpose(1, 2)
-            v_new = self.W_value(x).view(kv_shape).transpose(1, 2)
-            if use_cache:
-                if self.cache_k is None:
-                    self.cache_k, self.cache_v = k_new, v_new
-                else:
-                    self.cache_k = torch.cat([self.cache_k, k_new], dim=2)
-                    self.cache_v = torch.cat([self.cache_v, v_new], dim=2)
-                k, v = self.cache_k, self.cache_v
-            else:
-                k, v = k_new, v_new
-            k = k.repeat_interleave(self.group_size, dim=1)
-            v = v.repeat_interleave(self.group_size, dim=1)
-            scores = q @ k.transpose(2, 3)
-            start = self.ptr_current_pos if use_cache else 0
-            q_pos = torch.arange(start, start + n, device=x.device)
-            k_pos = torch.arange(k.shape[2], device=x.device)
-            if use_cache:
-                self.ptr_current_pos += n
-            scores = scores.masked_fill(q_pos.unsqueeze(-1) < k_pos.unsqueeze(0), -torch.inf)
-            weights = self.dropout(torch.softmax(scores / k.shape[-1] ** 0.5, dim=-1))
-            ctx = (weights @ v).transpose(1, 2).contiguous().view(b, n, self.d_out)
-            return self.out_proj(ctx)
+            self.reset_cache()
 
         def reset_cache(self):
             self.cache_k = self.cache_v = None
             self.ptr_current_pos = 0
 
-    return BookStyleMHA, BookStyleGQA
+        def forward(self, x, use_cache=False):
+            b, n, _ = x.shape
+            H, G, E = self.num_heads, self.num_kv_groups, self.head_dim
+            queries = self.W_query(x).view(b, n, H, E).transpose(1, 2)  # (b, H, n, E)
+            keys = self.W_key(x).view(b, n, G, E).transpose(1, 2)  # (b, G, n, E)
+            values = self.W_value(x).view(b, n, G, E).transpose(1, 2)
+            start = self.ptr_current_pos if use_cache else 0
+            if use_cache:
+                if self.cache_k is not None:  # a new tensor each call: the whole cache copied
+                    keys = torch.cat([self.cache_k, keys], dim=2)  # (b, G, S, E)
+                    values = torch.cat([self.cache_v, values], dim=2)
+                self.cache_k, self.cache_v = keys, values
+                self.ptr_current_pos += n
+            else:
+                self.reset_cache()
+            if self.group_size > 1:
+                keys = keys.repeat_interleave(self.group_size, dim=1)  # (b, H, S, E)
+                values = values.repeat_interleave(self.group_size, dim=1)
+            attn_scores = queries @ keys.transpose(2, 3)  # (b, H, n, S)
+            q_pos = torch.arange(start, start + n).unsqueeze(1)  # (n, 1)
+            k_pos = torch.arange(keys.shape[2]).unsqueeze(0)  # (1, S)
+            attn_scores = attn_scores.masked_fill(k_pos > q_pos, -torch.inf)
+            attn_weights = self.dropout(torch.softmax(attn_scores / E**0.5, dim=-1))
+            context = (attn_weights @ values).transpose(1, 2)  # (b, n, H, E)
+            return self.out_proj(context.contiguous().view(b, n, self.d_out))
+
+    return BookStyleKVAttention
 
 
 class Path:
-    """One way to decode: `prefill()` untimed, then `decode()` timed; tokens/s per repeat."""
+    """One way to decode a layer: prefill() untimed, then decode() timed; tokens/s per repeat."""
 
-    def __init__(self, name, module, x, prompt, cached, is_torch):
+    def __init__(self, name, module, x, prompt, tokens, cached, is_torch):
         self.name, self.module, self.x, self.prompt = name, module, x, prompt
-        self.cached, self.is_torch = cached, is_torch
+        self.tokens, self.cached, self.is_torch = tokens, cached, is_torch
         self.rates, self.outputs, self.cache_bytes = [], None, None
 
-    def prefill(self):
+    def decode(self):
         if self.cached:
             self.module.reset_cache()
             self.module(self.x[:, : self.prompt], use_cache=True)
-
-    def decode(self):
         outs = []
-        for t in range(self.prompt, self.x.shape[1]):
+        t0 = time.perf_counter()
+        for t in range(self.prompt, self.prompt + self.tokens):
             if self.cached:
-                y = self.module(self.x[:, t : t + 1], use_cache=True)
+                outs.append(self.module(self.x[:, t : t + 1], use_cache=True))
             else:
-                y = self.module(self.x[:, : t + 1])[:, -1:]
-            outs.append(y)
-        return outs
+                outs.append(self.module(self.x[:, : t + 1])[:, -1:])
+        return outs, time.perf_counter() - t0
 
     def run(self, torch):
-        self.prefill()
-        t0 = time.perf_counter()
         with torch.no_grad():
-            outs = self.decode()
-        seconds = time.perf_counter() - t0
-        self.rates.append(len(outs) / seconds)
+            outs, seconds = self.decode()
+        self.rates.append(self.tokens / seconds)
         self.outputs = [o.numpy() if self.is_torch else o for o in outs]
-        self.cache_bytes = cache_bytes(self.module)
+        self.cache_bytes = sum(  # the book-style class has no cache_nbytes: count alike
+            a.nbytes for a in (self.module.cache_k, self.module.cache_v) if a is not None
+        )
 
 
-def cache_bytes(module) -> int:
-    """Bytes held by a module's cache tensors or arrays (the book-style classes have no
-    cache_nbytes, so this counts for every path alike)."""
-    total = 0
-    for name in ("cache_k", "cache_v", "cache_c_kv"):
-        a = getattr(module, name, None)
-        if a is not None:
-            total += a.nbytes
-    return total
-
-
-def npattn_paths(name, port, x_np, prompt, log):
-    """npattn's rows (with and without the cache), or [] with the reason logged."""
-    import numpy as np
-
-    import npattn
-    import torch_port as tp
-
-    if not hasattr(npattn, name):
-        log(f"skipped npattn {name}: this npattn has no {name} class")
-        return []
-    ref = tp.to_npattn(port).eval()
-    paths = [Path("npattn, no cache", ref, x_np, prompt, False, False)]
-    try:
-        ref(np.zeros((1, 1, x_np.shape[-1]), np.float32), use_cache=True)
-        ref.reset_cache()
-    except (TypeError, AttributeError) as err:
-        log(f"skipped npattn {name} with cache: npattn's class has no KV cache ({err})")
-        return paths
-    # the cached path gets its own copy, so both keep their own state
-    paths.insert(0, Path("npattn, cache", tp.to_npattn(port).eval(), x_np, prompt, True, False))
-    return paths
-
-
-def build(args, log):
+def build(args):
+    """[(layer label, paths, the npattn module with the cache)] for MHA and GQA."""
     import numpy as np
     import torch
 
     import torch_port as tp
 
     torch.manual_seed(args.seed)
-    total = args.prompt + args.tokens
-    d, H, G = args.d, args.heads, args.groups
+    d, H, G, P = args.d, args.heads, args.groups, args.prompt
+    total = P + max(args.tokens, args.uncached_tokens)
     x = torch.randn(1, total, d)
-    BookStyleMHA, BookStyleGQA = book_style_classes(torch, torch.nn)
+    x_np = x.numpy().astype(np.float32)
+    Book = book_style_class(torch, torch.nn)
+    mha = tp.MultiHeadAttention(d, d, total, 0.0, H)
+    gqa = tp.GroupedQueryAttention(d, d, 0.0, H, G)
+    layers = (
+        (f"MHA, {H} heads", mha, Book(d, d, H, H, out_bias=True)),
+        (f"GQA, {H} heads, {G} groups", gqa, Book(d, d, H, G, out_bias=False)),
+    )
     configs = []
-    mha = tp.MultiHeadAttention(d, d, total, 0.0, H).eval()
-    gqa = tp.GroupedQueryAttention(d, d, 0.0, H, G).eval()
-    book_mha = BookStyleMHA(d, d, total, H).eval()
-    book_gqa = BookStyleGQA(d, d, H, G).eval()
-    for port, book, label in (
-        (mha, book_mha, f"MHA, {H} heads"),
-        (gqa, book_gqa, f"GQA, {H} heads, {G} groups"),
-    ):
-        port.keep_attn_weights = False
-        missing, _ = book.load_state_dict(port.state_dict(), strict=False)
+    for label, port, book in layers:
+        port.eval().keep_attn_weights = False
+        missing, _ = book.load_state_dict(port.state_dict(), strict=False)  # not the mask
         assert not missing, missing
-        name = type(port).__name__
+        cached = tp.to_npattn(port).eval()  # its own copy: each path keeps its own cache
+        n_cached, n_full = args.tokens, args.uncached_tokens
         paths = [
-            Path("torch_port, cache", port, x, args.prompt, True, True),
-            Path("book-style torch, cache", book, x, args.prompt, True, True),
+            Path("npattn, cache", cached, x_np, P, n_cached, True, False),
+            Path("npattn, no cache", tp.to_npattn(port).eval(), x_np, P, n_full, False, False),
+            Path("torch_port, cache", port, x, P, n_cached, True, True),
+            Path(BOOK, book.eval(), x, P, n_cached, True, True),
         ]
-        paths += npattn_paths(name, port, x.numpy().astype(np.float32), args.prompt, log)
-        configs.append((label, paths))
+        configs.append((label, paths, cached))
     return configs
 
 
@@ -242,59 +177,98 @@ def table(configs, args) -> str:
     import numpy as np
 
     lines = [
-        f"Decoding {args.tokens} tokens after a {args.prompt}-token prompt, batch 1, "
-        f"d={args.d}, float32, {args.threads} thread(s); medians of {args.repeats} "
-        "interleaved repeats.",
+        f"Decoding after a {args.prompt}-token prompt, batch 1, d={args.d}, float32, "
+        f"{args.threads} thread(s); medians of {args.repeats} interleaved repeats of "
+        f"{args.tokens} tokens ({args.uncached_tokens} without the cache).",
         "",
-        "| layer | path | tokens/s | / book-style torch | cache KiB | max abs diff |",
+        f"| layer | path | tokens/s | / {BOOK.split(',')[0]} | cache KiB | max abs diff |",
         "|---|---|---|---|---|---|",
     ]
     ratios = []
-    for label, paths in configs:
-        base = statistics.median(paths[1].rates)
-        ref = np.concatenate(paths[0].outputs, axis=1)
+    for label, paths, _ in configs:
+        base = statistics.median(next(p for p in paths if p.name == BOOK).rates)
+        ref = np.concatenate(paths[2].outputs, axis=1)  # torch_port's, cached
         for p in paths:
-            rate = statistics.median(p.rates)
-            diff = np.abs(np.concatenate(p.outputs, axis=1) - ref).max()
-            kib = f"{p.cache_bytes / 2**10:.1f}" if p.cached else "-"
+            rate, out = statistics.median(p.rates), np.concatenate(p.outputs, axis=1)
+            diff = np.abs(out - ref[:, : out.shape[1]]).max()
+            kib = f"{p.cache_bytes / 2**10:.0f}" if p.cached else "-"
             lines.append(
-                f"| {label} | {p.name} | {rate:.1f} | {rate / base:.2f}x | {kib} | {diff:.1e} |"
+                f"| {label} | {p.name} | {rate:.0f} | {rate / base:.2f}x | {kib} | {diff:.1e} |"
             )
-            if p.name.startswith("npattn") and p.cached:
-                ratios.append(
-                    f"- {label}: npattn with cache / book-style torch: {rate / base:.2f}x"
-                )
+            if p.name == "npattn, cache":
+                ratios.append(f"- {label}: npattn with the cache / {BOOK}: {rate / base:.2f}x")
     return "\n".join(lines + [""] + ratios) + "\n"
+
+
+def short(file: str) -> str:
+    """A source file's path from the repository, or from site-packages."""
+    return file.removeprefix(ROOT + os.sep).split("site-packages" + os.sep)[-1]
+
+
+def profile(module, x, prompt, tokens, top=12) -> str:
+    """cProfile of npattn's cached decoding: the functions with the most own time, per token.
+    Matrix products count in the function that calls them (numpy's @ is not a Python call);
+    the profiler's own overhead inflates the small functions."""
+    module.reset_cache()
+    module(x[:, :prompt], use_cache=True)
+    prof = cProfile.Profile()
+    prof.enable()
+    for t in range(prompt, prompt + tokens):
+        module(x[:, t : t + 1], use_cache=True)
+    prof.disable()
+    stats = pstats.Stats(prof, stream=io.StringIO())
+    rows = [
+        (tottime, calls, f"{short(file)}:{line}({name})")
+        for (file, line, name), (_, calls, tottime, _, _) in stats.stats.items()
+    ]
+    total = sum(r[0] for r in rows)
+    out = [f"{'own us/token':>13}{'share':>7}{'calls/token':>12}  function"]
+    for tottime, calls, where in sorted(rows, reverse=True)[:top]:
+        out.append(
+            f"{1e6 * tottime / tokens:>13.1f}{tottime / total:>7.0%}{calls / tokens:>12.1f}  "
+            f"{where}"
+        )
+    out.append(f"{1e6 * total / tokens:>13.1f}   100%  (total, profiled)")
+    return "\n".join(out)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     for var in THREAD_VARS:
-        os.environ[var] = str(args.threads)
+        os.environ[var] = str(args.threads)  # before numpy or torch is imported
     sys.path.insert(0, ROOT)
+    import numpy as np
     import torch
+    from threadpoolctl import threadpool_limits
 
     torch.set_num_threads(args.threads)
-
-    def log(msg):
-        print(msg, file=sys.stderr)
-
-    configs = build(args, log)
-    paths = [p for _, ps in configs for p in ps]
+    threadpool_limits(args.threads)
+    pinned = [v for v in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE") if v in os.environ]
+    print(
+        f"# numpy {np.__version__}, torch {torch.__version__}"
+        + (f"; still set: {', '.join(pinned)}" if pinned else ""),
+        file=sys.stderr,
+    )
+    configs = build(args)
+    paths = [p for _, ps, _ in configs for p in ps]
     for _ in range(args.warmup):
         for p in paths:
             p.run(torch)
     for p in paths:
         p.rates.clear()
     for r in range(args.repeats):
-        for p in paths[r % len(paths) :] + paths[: r % len(paths)]:
+        for p in paths[r % len(paths) :] + paths[: r % len(paths)]:  # a rotated order
             p.run(torch)
-        log(f"  repeat {r + 1}/{args.repeats} done")
+        print(f"  repeat {r + 1}/{args.repeats} done", file=sys.stderr)
     md = table(configs, args)
     print(md)
     if args.out:
         with open(args.out, "w") as f:
             f.write(md)
+    if args.profile:
+        for label, paths, module in configs:
+            print(f"## where npattn's cached decoding spends its time: {label}")
+            print(profile(module, paths[0].x, args.prompt, args.tokens) + "\n")
     return 0
 
 
