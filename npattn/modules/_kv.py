@@ -1,6 +1,7 @@
 """What the modern attention classes share: the token checks, the causal (sliding-window)
 mask from absolute positions with an optional key-padding mask, and the KV cache: its storage
-(KVBuffer), its attributes (CacheView) and the forward-only attention of a cached call.
+(KVBuffer), its attributes (CacheView) and the forward-only attention of a cached call. The
+chapter's MultiHeadAttention uses the same KV cache (KVCacheMixin).
 
 Shape legend: B batch, T query tokens of this call, S key tokens (cached ones included),
 H heads, G key/value heads (G divides H), E head dim.
