@@ -53,3 +53,57 @@ def test_causal_sdpa_gives_the_same_numbers_either_way(monkeypatch):
     monkeypatch.setattr(_parallel, "_blas_controller", lambda: None)
     for a, b in zip(threaded, run()):
         np.testing.assert_array_equal(a, b)
+
+
+def blas_counts(threadpoolctl):
+    libs = threadpoolctl.threadpool_info()
+    return [lib["num_threads"] for lib in libs if lib["user_api"] == "blas"]
+
+
+@pytest.fixture
+def two_blas_threads():
+    """BLAS set to 2 threads for the test (the symptom: a later big matmul left on 1)."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    with threadpoolctl.threadpool_limits(limits=2, user_api="blas"):
+        if not blas_counts(threadpoolctl) or set(blas_counts(threadpoolctl)) != {2}:
+            pytest.skip("this BLAS cannot be set to 2 threads")
+        yield threadpoolctl
+
+
+def test_two_threads_at_once_leave_the_blas_thread_count_as_it_was(two_blas_threads):
+    # both callers are inside map_heads together: each head waits for the other caller's
+    barrier = threading.Barrier(2)
+    inside = []
+
+    def one_head(h):
+        if h == (0,):
+            barrier.wait(timeout=10)  # one head of each call meets one of the other call
+            inside.append(blas_counts(two_blas_threads))
+
+    def call():
+        for _ in range(3):
+            _parallel.map_heads(one_head, (2,))
+            barrier.wait(timeout=10)  # both calls leave before the next round starts
+
+    threads = [threading.Thread(target=call) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert inside and all(set(c) == {1} for c in inside)  # BLAS on one thread while inside
+    assert blas_counts(two_blas_threads) == [2] * len(blas_counts(two_blas_threads))
+
+
+def test_an_exception_inside_restores_the_blas_thread_count(two_blas_threads):
+    def one_head(h):
+        raise RuntimeError("inside")
+
+    with pytest.raises(RuntimeError, match="inside"):
+        _parallel.map_heads(one_head, (2, 2))
+    assert set(blas_counts(two_blas_threads)) == {2}
+
+
+def test_blas_threads_reports_the_users_count_while_pieces_run(two_blas_threads):
+    seen = []
+    _parallel.map_heads(lambda h: seen.append(_parallel.blas_threads()), (2,))
+    assert seen == [2, 2]
