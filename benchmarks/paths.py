@@ -31,9 +31,10 @@ TORCH_VARIANTS = (  # (name in the tables, torch_port class, from_mha keyword ar
 )
 CH03 = "Ch03 MHA"
 SDPA = "SDPA"
+NPATTN_AUTO = "npattn MHA (auto)"
 NPATTN_NAIVE = "npattn MHA (naive)"
 NPATTN_TILED = "npattn MHA (tiled)"
-NPATTN_UNFUSED = "npattn, before issue 6 (3 GEMMs + full sdpa op)"
+NPATTN_UNFUSED = "npattn reference ops (3 GEMMs + sdpa op)"
 
 
 def torch_mha(size: Size, device="cpu", dtype=None, seed: int = 123):
@@ -128,12 +129,12 @@ def _module_path(name, module, x, g, note="") -> Path:
 
 
 def npattn_paths(size: Size, state_dict=None, names=None, log=print) -> list[Path]:
-    """npattn's MultiHeadAttention, naive and tiled, and the pre-issue-6 op chain for scale."""
+    """npattn's MultiHeadAttention (auto, naive = blocked, tiled) and the reference op chain."""
     import npattn
 
     x, g = numpy_inputs(size)
     paths = []
-    for name, impl in ((NPATTN_NAIVE, "naive"), (NPATTN_TILED, "tiled")):
+    for name, impl in ((NPATTN_AUTO, "auto"), (NPATTN_NAIVE, "naive"), (NPATTN_TILED, "tiled")):
         if names is not None and name not in names:
             continue
         try:
@@ -150,8 +151,8 @@ def npattn_paths(size: Size, state_dict=None, names=None, log=print) -> list[Pat
 
 
 def _unfused_path(size: Size, state_dict, x, g) -> Path:
-    """The op chain MultiHeadAttention ran before issue 6: three Linear GEMMs and the general
-    sdpa op with a boolean (T, T) mask, kept here to show what the fast path gained."""
+    """The reference arrangement: three Linear GEMMs, split heads, the general sdpa op with a
+    boolean (T, T) mask, merge heads and out_proj, one reference op per step."""
     from npattn import functional as F
 
     rng = np.random.default_rng(1)

@@ -107,3 +107,25 @@ def test_blas_threads_reports_the_users_count_while_pieces_run(two_blas_threads)
     seen = []
     _parallel.map_heads(lambda h: seen.append(_parallel.blas_threads()), (2,))
     assert seen == [2, 2]
+
+
+@pytest.mark.parametrize("heads", [1, 3])
+def test_tiled_gives_the_same_numbers_on_every_run_and_either_way(heads, monkeypatch):
+    pytest.importorskip("threadpoolctl")
+    rng = np.random.default_rng(0)
+    q, k, v, g = (rng.standard_normal((heads, 70, 8)).astype(np.float32) for _ in range(4))
+
+    def run():
+        out, cache = F.flash_attention_forward(q, k, v, is_causal=True, block_size=16)
+        return (out, *F.flash_attention_backward(g, cache))
+
+    first, second = run(), run()
+    for a, b in zip(first, second):
+        np.testing.assert_array_equal(a, b)  # no dependence on which thread took which piece
+    monkeypatch.setattr(_parallel, "_blas_controller", lambda: None)
+    sequential = run()
+    for a, b in zip(first, sequential):
+        if heads > 1:  # whole heads per piece: the same sums in the same order
+            np.testing.assert_array_equal(a, b)
+        else:  # one head: dq's parts are summed in another order
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

@@ -5,8 +5,10 @@ forward_tiles and backward_tiles. The maths is the tiled op's (its steps 1-6); w
 arranged here, step by step (docs/backward/tiled.md, "How the loops are arranged"):
 
 1. Pieces of work on threads. The forward's piece is (head h, query block i): it writes only
-   its rows of out and lse. The backward's piece is (head h, key block j): it owns dk and dv
-   of those keys and adds its share of dq into its worker's own dq (summed at the end).
+   its rows of out and lse. The backward's piece is a whole head (it owns its dq, dk, dv),
+   or, with fewer heads than threads, every n-th key block of every head, for n threads: a
+   key block owns its dk and dv, and the piece adds its share of dq into its own dq (the
+   parts are summed in order at the end, so the numbers do not depend on timing).
    Threads take pieces from a shared queue with BLAS on one thread (ops/_parallel.py), so the
    elementwise passes, which numpy runs on one thread, also run side by side.
 2. Two-dimensional tiles (Br, Bc) of one head, computed into scratch arrays that each worker
@@ -17,6 +19,7 @@ arranged here, step by step (docs/backward/tiled.md, "How the loops are arranged
    so qx_i @ kx_j^T = s - lse (the backward's P = exp of it, no subtraction pass),
    p @ vx_j = [p @ v_j | rowsum(p)] (the forward's row sums, no summing pass), and
    doutx_i @ vx_j^T = dP - D (the softmax backward's subtraction folded; without dropout).
+   doutx is built for one head at a time, in each worker's own buffer.
    The forward uses qx[..., :E] as q * scale before lse is known, and writes -lse after.
 4. Only the key blocks a query block can see: causal stops at the diagonal, and a sliding
    window of w keys starts w - 1 keys before the block's first query, so a row block meets
@@ -142,39 +145,46 @@ def forward_tiles(qx, kx, vx, mask, causal, window, blocks, keep_of, out, lse) -
     map_pieces(piece, pieces, worker_count(len(pieces)))
 
 
-def backward_tiles(qx, kx, vx, doutx, mask, causal, window, blocks, keep_of, dq, dk, dv):
-    """The backward of every (head, key block): fills dq (unscaled), dk and dv (zeros given).
+def backward_tiles(qx, kx, vx, dout, D, mask, causal, window, blocks, keep_of, dq, dk, dv):
+    """The backward of every head's tiles: fills dq (unscaled), dk and dv (zeros given).
 
     Shapes: qx (..., L, E + 1) = [q * scale | -lse], kx (..., S, E + 1) = [k | 1],
-    vx (..., S, Ev + 1) = [v | 1], doutx (..., L, Ev + 1) = [dout | -D];
+    vx (..., S, Ev + 1) = [v | 1], dout (..., L, Ev), D (..., L) = rowsum(dout * out);
     dq (..., L, E), dk (..., S, E), dv (..., S, Ev). dq gets its scale from the caller.
     """
     (L, E1), S, Ev = qx.shape[-2:], kx.shape[-2], vx.shape[-1] - 1
     E, dtype, (Br, Bc) = E1 - 1, qx.dtype, blocks
-    pieces = [
-        (h, j)  # causal: key block 0 is seen by every query, so the first blocks cost most
-        for j in range(-(-S // Bc))
-        for h in _heads(qx.shape[:-2])
-    ]
-    workers = worker_count(len(pieces))
-    dqs = [dq] + [np.zeros_like(dq) for _ in range(workers - 1)]  # one dq per worker
-    scratch = {}
+    heads, n_keys = _heads(qx.shape[:-2]), -(-S // Bc)
+    workers = worker_count(max(len(heads), n_keys))
+    if len(heads) >= workers:  # whole heads: each owns its dq, dk, dv
+        pieces, dqs = [[(h, j) for j in range(n_keys)] for h in heads], [dq]
+    else:  # key blocks dealt out in turn; each worker adds into its own dq, summed in order
+        pieces = [
+            [(h, j) for h in heads for j in range(w, n_keys, workers)] for w in range(workers)
+        ]
+        dqs = [dq] + [np.zeros_like(dq) for _ in range(workers - 1)]
+    # either way every dq is summed in a fixed order: the result does not depend on timing
 
-    def piece(w, hj):
-        h, j = hj
-        if w not in scratch:
-            scratch[w] = (
-                np.empty((Br, Bc), dtype),  # P
-                np.empty((Br, Bc), dtype),  # dS
-                np.empty((Bc, max(E, Ev)), dtype),  # a (cols, E) or (cols, Ev) product
-                np.empty((Br, E), dtype),  # a (rows, E) product
-            )
-        P_buf, dS_buf, col_prod, row_prod = scratch[w]
+    def piece(w, keys):
+        part = dqs[0] if len(dqs) == 1 else dqs[pieces.index(keys)]
+        P_buf, dS_buf = np.empty((Br, Bc), dtype), np.empty((Br, Bc), dtype)
+        col_prod = np.empty((Bc, max(E, Ev)), dtype)  # a (cols, E) or (cols, Ev) product
+        row_prod = np.empty((Br, E), dtype)  # a (rows, E) product
+        doutx = np.empty((L, Ev + 1), dtype)  # [dout | -D] of one head   (L, Ev + 1)
+        head = None
+        for h, j in keys:
+            if h != head:
+                head = h
+                doutx[:, :Ev] = dout[h]
+                np.negative(D[h][:, None], out=doutx[:, Ev:])
+            keys_tiles(h, j, part[h], P_buf, dS_buf, col_prod, row_prod, doutx)
+
+    def keys_tiles(h, j, dq_h, P_buf, dS_buf, col_prod, row_prod, doutx):
         c = slice(j * Bc, min(S, (j + 1) * Bc))
         cols = c.stop - c.start
-        qx_h, kx_h, vx_h, doutx_h = qx[h], kx[h], vx[h], doutx[h]
+        qx_h, kx_h, vx_h = qx[h], kx[h], vx[h]
         mask_h = None if mask is None else mask[h]
-        dq_h, dk_j, dv_j = dqs[w][h], dk[h][c], dv[h][c]  # dk_j, dv_j (cols, E), (cols, Ev)
+        dk_j, dv_j = dk[h][c], dv[h][c]  # (cols, E), (cols, Ev): this key block's own
         for i in query_blocks(c.start, c.stop, L, Br, causal, window):
             r = slice(i * Br, min(L, (i + 1) * Br))
             rows = r.stop - r.start
@@ -185,17 +195,17 @@ def backward_tiles(qx, kx, vx, doutx, mask, causal, window, blocks, keep_of, dq,
             dS = dS_buf[:rows, :cols]
             if keep is None:
                 # 5. dv_j += P^T @ dout_i                       (cols, rows) @ (rows, Ev)
-                dv_j += np.matmul(P.T, doutx_h[r, :Ev], out=col_prod[:cols, :Ev])
+                dv_j += np.matmul(P.T, doutx[r, :Ev], out=col_prod[:cols, :Ev])
                 # 5, 3. dP - D = [dout_i | -D_i] @ [v_j | 1]^T  (rows, Ev + 1) @ (Ev + 1, cols)
-                np.matmul(doutx_h[r], vx_h[c].T, out=dS)
+                np.matmul(doutx[r], vx_h[c].T, out=dS)
             else:
                 # 5. with dropout: dv_j += dropped^T @ dout_i, dropped = P * keep / (1 - p)
                 np.multiply(P, keep, out=dS)
-                dv_j += np.matmul(dS.T, doutx_h[r, :Ev], out=col_prod[:cols, :Ev])
+                dv_j += np.matmul(dS.T, doutx[r, :Ev], out=col_prod[:cols, :Ev])
                 # 5, 4, 3. dP - D = (dout_i @ v_j^T) * keep / (1 - p) - D_i
-                np.matmul(doutx_h[r, :Ev], vx_h[c, :Ev].T, out=dS)
+                np.matmul(doutx[r, :Ev], vx_h[c, :Ev].T, out=dS)
                 dS *= keep
-                dS += doutx_h[r, Ev:]  # + (-D_i)
+                dS += doutx[r, Ev:]  # + (-D_i)
             # 3. dS = P * (dP - D); masked entries have P = 0, so dS = 0 there
             dS *= P
             # 1. dq_i += dS @ k_j (scaled by the caller); dk_j += dS^T @ (q_i * scale)
@@ -203,5 +213,5 @@ def backward_tiles(qx, kx, vx, doutx, mask, causal, window, blocks, keep_of, dq,
             dk_j += np.matmul(dS.T, qx_h[r, :E], out=col_prod[:cols, :E])
 
     map_pieces(piece, pieces, workers)
-    for extra in dqs[1:]:
-        dq += extra
+    for part in dqs[1:]:
+        dq += part

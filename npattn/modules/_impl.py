@@ -23,11 +23,11 @@ from ..ops.tiled import flash_attention_backward, flash_attention_forward, flash
 from ._input import attend_mask
 
 ATTN_IMPLS = ("naive", "tiled", "auto")
-# Measured (docs/benchmarks/tiled.md, causal forward+backward, E = 64, one BLAS thread): at
-# T = 512 tiled takes 1.04x naive's time and 0.82x its memory with B*H = 1, 0.57x and 0.25x with
-# B*H = 16; from T = 1024 it wins on both at either size. Below 512 naive is as fast or faster
-# and keeps m.attn_weights for the chapter's small examples.
-AUTO_TILED_MIN_TOKENS = 512
+# Measured (docs/benchmarks/cpu.md): at the chapter's MultiHeadAttention, B = 4, T = 512,
+# d = 768, 12 heads, forward+backward, naive (the blocked causal op) is faster than tiled; tiled
+# never stores the (B, H, T, T) weights, which reach 192 MiB per array at T = 1024 there.
+# Below the threshold naive also keeps m.attn_weights for the chapter's small examples.
+AUTO_TILED_MIN_TOKENS = 1024
 CAUSAL_CHECK_ROWS = 256  # rows of the mask buffer compared at a time: no (T, T) temporary
 
 

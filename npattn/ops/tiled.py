@@ -158,10 +158,7 @@ def flash_attention_backward(dout, cache: FlashCache):
     batch = out.shape[:-2]
     # 6. out = P @ v with rows of P summing to 1 gives, for the softmax backward,
     #    sum_j P_ij dP_ij = rowsum(dout * out) =: D; it replaces the (L, S) row sums
-    doutx = np.empty(batch + (L, Ev + 1), dtype)  # [dout | -D], (..., L, Ev + 1)
-    doutx[..., :Ev] = dout
-    doutx[..., Ev] = np.einsum("...le,...le->...l", dout, out)  # D, no (..., L, Ev) temporary
-    np.negative(doutx[..., Ev:], out=doutx[..., Ev:])  # -D
+    D = np.einsum("...le,...le->...l", dout, out)  # (..., L), no (..., L, Ev) temporary
     # every tile adds to its q block's and its k/v block's gradients
     dq = np.zeros(batch + (L, E), dtype)
     dk = np.zeros(batch + (S, E), dtype)
@@ -169,7 +166,7 @@ def flash_attention_backward(dout, cache: FlashCache):
     mask = None if attn_mask is None else np.broadcast_to(attn_mask, batch + (L, S))
     keep_of = _keep_of(dropout[1], dropout[0], batch, dtype)
     causal = is_causal or window is not None
-    backward_tiles(qx, kx, vx, doutx, mask, causal, window, blocks, keep_of, dq, dk, dv)
+    backward_tiles(qx, kx, vx, dout, D, mask, causal, window, blocks, keep_of, dq, dk, dv)
     dq *= dtype.type(scale)  # dk took q * scale from qx, dq gets its scale once, here
     # undo broadcasting of batch dims, then sum the GQA groups: (..., Hq, S, E) -> (..., Hkv, S, E)
     dq = sum_to_shape(dq, q.shape)
