@@ -49,6 +49,7 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--repeats", type=int, help="timed rounds per T (default 5, 3 from 16384)")
     p.add_argument("--window", type=int, default=512, help="keys in the sliding window")
+    p.add_argument("--max-T", type=int, help="largest T of the window section")
     p.add_argument("--out", default=os.path.join(ROOT, "docs", "benchmarks"))
     p.add_argument("--child", help=argparse.SUPPRESS)  # "path,T,window": one memory run
     return p.parse_args(argv)
@@ -194,7 +195,8 @@ def section_targets(args, log) -> str:
 
 def section_window(args, log) -> tuple[str, dict]:
     W = args.window
-    Ts = [T for T in WINDOW_TS if T > W and (not args.quick or T <= 8192)]
+    max_T = args.max_T or (8192 if args.quick else WINDOW_TS[-1])
+    Ts = [T for T in WINDOW_TS if W < T <= max_T]
     causal_max = 4096 if args.quick else 16384
     results = {f"tiled, window {W}": {}, "tiled, causal (no window)": {}}
     rows = []
