@@ -360,3 +360,26 @@ def test_tiled_peak_memory_is_linear_and_far_below_naive():
     assert tiled_1k < 0.3 * naive_1k  # measured: ~3 MB vs 13.6 MB; one (T, T) array is 4.2 MB
     assert naive_1k > 3.5 * naive_half  # quadratic in T
     assert tiled_1k < 2.0 * tiled_half  # linear in T, plus a fixed tile
+
+
+@pytest.mark.parametrize("jump", [43.5, 353.0, 800.0])  # float32 rescale, float64 rescale, redo
+def test_scores_far_above_the_first_tiles_shift(jump):
+    """Later tiles fold the first tile's row max into step 1; scores far above it make their
+    row sums large (rescaled) or overflow (the tile is redone exactly)."""
+    rng = np.random.default_rng(0)
+    k = np.concatenate([np.zeros((3, 1)), np.full((20, 1), jump)])  # (S, E): scores 0, then jump
+    k += 1e-3 * rng.standard_normal(k.shape)
+    q = np.ones((4, 1))
+    v = rng.standard_normal((23, 2))
+    out, cache = F.flash_attention_forward(q, k, v, scale=1.0, block_size=(4, 3))
+    g = upstream(out.shape)
+    got = (out,) + F.flash_attention_backward(g, cache)
+    ref_out, ref_cache = F.sdpa_forward(q, k, v, scale=1.0)
+    for name, a, b in zip(NAMES, got, (ref_out,) + F.sdpa_backward(g, ref_cache)):
+        np.testing.assert_allclose(a, b, err_msg=name, **F64)
+    # float32: the scores themselves carry errors ~ eps * jump, so only the output is compared
+    args32 = [a.astype(np.float32) for a in (q, k, v)]
+    out32, cache32 = F.flash_attention_forward(*args32, scale=1.0, block_size=(4, 3))
+    grads32 = F.flash_attention_backward(g.astype(np.float32), cache32)
+    assert all(np.isfinite(a).all() for a in (out32, *grads32))
+    np.testing.assert_allclose(out32, ref_out, rtol=1e-4, atol=1e-4)

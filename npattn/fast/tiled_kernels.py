@@ -90,6 +90,15 @@ def _heads(batch: tuple) -> list:
     return list(np.ndindex(*batch))
 
 
+def _rescale_large_rows(m, acc, guard) -> None:
+    """Rows whose sum l passed guard: shift them by log(l), so l = 1 (m, acc in place)."""
+    large = acc[:, -1] > guard  # (rows,)
+    if large.any():
+        l = acc[large, -1:]  # (n, 1)
+        acc[large] /= l
+        m[large] += np.log(l)
+
+
 def forward_tiles(qx, kx, vx, mask, causal, window, blocks, keep_of, out, lse) -> None:
     """Steps 1-6 for every (head, query block): writes out (..., L, Ev) and lse (..., L, 1).
 
@@ -101,6 +110,8 @@ def forward_tiles(qx, kx, vx, mask, causal, window, blocks, keep_of, out, lse) -
     E, dtype, (Br, Bc) = E1 - 1, qx.dtype, blocks
     scratch = {}  # worker -> its (Br, Bc) tile and (Br, Ev + 1) product
 
+    guard = np.sqrt(np.finfo(dtype).max)  # row sums kept below it: no overflow in acc
+
     def piece(w, hi):
         h, i = hi
         if w not in scratch:
@@ -108,22 +119,45 @@ def forward_tiles(qx, kx, vx, mask, causal, window, blocks, keep_of, out, lse) -
         tile, prod = scratch[w]
         r = slice(i * Br, min(L, (i + 1) * Br))
         rows = r.stop - r.start
-        q_h, k_h, v_h = qx[h][:, :E], kx[h][:, :E], vx[h]  # (L, E), (S, E), (S, Ev + 1)
+        qx_h, kx_h, v_h = qx[h], kx[h], vx[h]  # (L, E + 1), (S, E + 1), (S, Ev + 1)
         mask_h = None if mask is None else mask[h]
-        m = np.full((rows, 1), -np.inf, dtype)  # running row max
+        m = np.full((rows, 1), -np.inf, dtype)  # the row's shift: its running max, or below
         acc = np.zeros((rows, Ev + 1), dtype)  # [running p @ v | running row sum l]
+        fold = False  # the first tile sets the shift; later tiles fold it into step 1
         for j in key_blocks(r.start, r.stop, S, Bc, causal, window):
             c = slice(j * Bc, min(S, (j + 1) * Bc))
+            t = tile[:rows, : c.stop - c.start]
+            keep = keep_of(h, i, j, t.shape)
+            if fold:
+                # 1-3 folded: [q_i * scale | -m] @ [k_j | 1]^T = s - m, so p = exp(s - m) in
+                # one pass; m is the shift so far (no new max is taken, so nothing rescales)
+                qx_h[r, E:] = -np.where(np.isneginf(m), 0, m)
+                with np.errstate(over="ignore", invalid="ignore"):  # checked just below
+                    p = np.exp(tile_scores(qx_h, kx_h, mask_h, causal, window, r, c, t), out=t)
+                    part = None if keep is not None else np.matmul(p, v_h[c], out=prod[:rows])
+                if keep is None:
+                    # 5. [p @ v_j | rowsum(p)] in one product                (rows, Ev + 1)
+                    if np.all(part[:, Ev] <= guard):  # else: scores far above m, redo below
+                        acc += part
+                        _rescale_large_rows(m, acc, guard)
+                        continue
+                else:
+                    l_part = p.sum(axis=-1, keepdims=True)  # 4. l sums the undropped p
+                    if np.all(l_part <= guard):
+                        acc[:, Ev:] += l_part
+                        p *= keep
+                        acc[:, :Ev] += np.matmul(p, v_h[c, :Ev], out=prod[:rows, :Ev])
+                        _rescale_large_rows(m, acc, guard)
+                        continue
             # 1-2. s = masked (q_i * scale) @ k_j^T                          (rows, cols)
-            s = tile_scores(q_h, k_h, mask_h, causal, window, r, c, tile[:rows, : c.stop - c.start])
+            s = tile_scores(qx_h[:, :E], kx_h[:, :E], mask_h, causal, window, r, c, t)
             # 3. online softmax: p = exp(s - m_new), what came before rescaled by alpha
             m_new = np.maximum(m, s.max(axis=-1, keepdims=True))  # (rows, 1)
             shift = np.where(np.isneginf(m_new), 0, m_new)  # all -inf so far: shift by 0
             s -= shift
             p = np.exp(s, out=s)  # (rows, cols), 0 where masked
             acc *= np.exp(m - shift)  # alpha, 0 while m was -inf
-            m = m_new
-            keep = keep_of(h, i, j, p.shape)
+            m, fold = m_new, True
             if keep is None:
                 # 5. acc += p @ [v_j | 1]: p @ v_j and rowsum(p) in one product
                 acc += np.matmul(p, v_h[c], out=prod[:rows])
