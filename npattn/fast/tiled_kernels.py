@@ -5,10 +5,11 @@ forward_tiles and backward_tiles. The maths is the tiled op's (its steps 1-6); w
 arranged here, step by step (docs/backward/tiled.md, "How the loops are arranged"):
 
 1. Pieces of work on threads. The forward's piece is (head h, query block i): it writes only
-   its rows of out and lse. The backward's piece is a whole head (it owns its dq, dk, dv),
-   or, with fewer heads than threads, every n-th key block of every head, for n threads: a
-   key block owns its dk and dv, and the piece adds its share of dq into its own dq (the
-   parts are summed in order at the end, so the numbers do not depend on timing).
+   its rows of out and lse. The backward's piece is (head h, part n): the key blocks
+   j = n, n + parts, n + 2 parts, ... of head h. A key block owns its dk and dv; the piece
+   adds its share of dq into the n-th of `parts` dq arrays, summed in order at the end, so
+   the numbers do not depend on which thread took which piece. parts is 1 (whole heads)
+   when there are BACKWARD_PIECES heads or more, else 2 (MAX_PARTS: one more dq in memory).
    Threads take pieces from a shared queue with BLAS on one thread (ops/_parallel.py), so the
    elementwise passes, which numpy runs on one thread, also run side by side.
 2. Two-dimensional tiles (Br, Bc) of one head, computed into scratch arrays that each worker
@@ -34,6 +35,9 @@ from __future__ import annotations
 import numpy as np
 
 from ..ops._parallel import map_pieces, worker_count
+
+BACKWARD_PIECES = 8  # this many backward pieces or more, where MAX_PARTS allows
+MAX_PARTS = 2  # key-block parts per head, each with its own dq: at most one dq more in memory
 
 
 def key_blocks(r0: int, r1: int, S: int, Bc: int, causal: bool, window) -> range:
@@ -189,18 +193,17 @@ def backward_tiles(qx, kx, vx, dout, D, mask, causal, window, blocks, keep_of, d
     (L, E1), S, Ev = qx.shape[-2:], kx.shape[-2], vx.shape[-1] - 1
     E, dtype, (Br, Bc) = E1 - 1, qx.dtype, blocks
     heads, n_keys = _heads(qx.shape[:-2]), -(-S // Bc)
-    workers = worker_count(max(len(heads), n_keys))
-    if len(heads) >= workers:  # whole heads: each owns its dq, dk, dv
-        pieces, dqs = [[(h, j) for j in range(n_keys)] for h in heads], [dq]
-    else:  # key blocks dealt out in turn; each worker adds into its own dq, summed in order
-        pieces = [
-            [(h, j) for h in heads for j in range(w, n_keys, workers)] for w in range(workers)
-        ]
-        dqs = [dq] + [np.zeros_like(dq) for _ in range(workers - 1)]
-    # either way every dq is summed in a fixed order: the result does not depend on timing
+    # each head's key blocks are dealt out to `parts` pieces in turn (j = n, n + parts, ...),
+    # about BACKWARD_PIECES pieces in all, so that a thread slowed by another program holds
+    # up little; piece n adds into the n-th dq, and the dqs are summed in order at the end.
+    # parts depends on the shapes only, not on the threads: the numbers are the same anywhere
+    parts = min(n_keys, MAX_PARTS, -(-BACKWARD_PIECES // len(heads)))
+    pieces = [(n, [(h, j) for j in range(n, n_keys, parts)]) for h in heads for n in range(parts)]
+    dqs = [dq] + [np.zeros_like(dq) for _ in range(parts - 1)]
+    # the result does not depend on which thread took which piece, or when
 
-    def piece(w, keys):
-        part = dqs[0] if len(dqs) == 1 else dqs[pieces.index(keys)]
+    def piece(_, part_keys):
+        n, keys = part_keys
         P_buf, dS_buf = np.empty((Br, Bc), dtype), np.empty((Br, Bc), dtype)
         col_prod = np.empty((Bc, max(E, Ev)), dtype)  # a (cols, E) or (cols, Ev) product
         row_prod = np.empty((Br, E), dtype)  # a (rows, E) product
@@ -211,7 +214,7 @@ def backward_tiles(qx, kx, vx, dout, D, mask, causal, window, blocks, keep_of, d
                 head = h
                 doutx[:, :Ev] = dout[h]
                 np.negative(D[h][:, None], out=doutx[:, Ev:])
-            keys_tiles(h, j, part[h], P_buf, dS_buf, col_prod, row_prod, doutx)
+            keys_tiles(h, j, dqs[n][h], P_buf, dS_buf, col_prod, row_prod, doutx)
 
     def keys_tiles(h, j, dq_h, P_buf, dS_buf, col_prod, row_prod, doutx):
         c = slice(j * Bc, min(S, (j + 1) * Bc))
@@ -246,6 +249,6 @@ def backward_tiles(qx, kx, vx, dout, D, mask, causal, window, blocks, keep_of, d
             dq_h[r] += np.matmul(dS, kx_h[c, :E], out=row_prod[:rows])
             dk_j += np.matmul(dS.T, qx_h[r, :E], out=col_prod[:cols, :E])
 
-    map_pieces(piece, pieces, workers)
+    map_pieces(piece, pieces, worker_count(len(pieces)))
     for part in dqs[1:]:
         dq += part
