@@ -315,6 +315,7 @@ def main(argv=None) -> None:
         try:
             os.makedirs(args.out, exist_ok=True)
             chart(results, os.path.join(args.out, "long_context.png"))
+            parts += ["", "![Sliding window: time and memory against T](long_context.png)"]
         except ImportError as e:
             log(f"skipped the chart: {e}")
     load1 = tuple(round(x, 2) for x in os.getloadavg())

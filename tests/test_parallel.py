@@ -1,5 +1,6 @@
-"""npattn.ops._parallel.map_heads: every head exactly once, errors raised, and the same numbers
-whether heads run side by side on BLAS's threads or one after another."""
+"""npattn.ops._parallel: every piece exactly once, errors raised, the same numbers whether
+pieces run side by side on BLAS's threads or one after another, and BLAS's thread count put
+back on every exit, also when two threads call at once (read through threadpoolctl)."""
 
 import threading
 

@@ -1,13 +1,17 @@
 """Causal scaled dot-product attention that skips the blocks above the diagonal.
 
 The same function as sdpa_forward(q, k, v, is_causal=True): query i attends keys j <= i
-(top-left aligned, as torch's is_causal), with dropout on the weights. Three things make it fast:
+(top-left aligned, as torch's is_causal), with dropout on the weights. Four things make it
+fast (docs/backward/causal.md, "How the loops are arranged"):
 - one head at a time, so each head's (L, S) weights stay in the CPU cache while softmax and
   the backward's elementwise steps run over them;
 - heads side by side, one per BLAS thread (ops/_parallel.py), rather than every small product
   split over the threads;
 - row blocks of `block_size` queries: block [r0, r1) needs only the keys [0, r0 + block_size),
-  so the matrix products skip the upper triangle (about half the work for long sequences).
+  so the matrix products skip the upper triangle (about half the work for long sequences);
+- without dropout, a column appended to v and to dout folds a pass into a product:
+  e @ [v | 1] = [e @ v | rowsum(e)] gives step 3's row sums, and
+  [dout | -D] @ [v | 1]^T = dout @ v^T - D the softmax backward's subtraction.
 The full (..., L, S) weights are still stored (zeros above the diagonal) for the backward
 and for inspection. The steps are sdpa_forward's; the backward is sdpa_backward's, except that
 the softmax backward's row sums come from FlashAttention's identity (see causal_sdpa_backward).
