@@ -12,12 +12,33 @@ from timing import peak_rss_bytes, return_freed_memory, run_interleaved
 
 LOOP_TS = (6, 32, 128, 512)  # 6: the chapter's "Your journey starts with one step"
 LOOP_D = 3  # the chapter's embedding width
-SCALING_TS = (256, 512, 1024, 2048, 4096, 8192)
-SCALING_REPEATS = {256: 7, 512: 7, 1024: 5, 2048: 3, 4096: 2, 8192: 1}
+SCALING_TS = (256, 512, 1024, 2048, 4096, 8192, 16384)
+SCALING_REPEATS = {256: 7, 512: 7, 1024: 5, 2048: 3, 4096: 2, 8192: 1, 16384: 1}
 SCALING_PATHS = (P.CH03, P.SDPA, P.NPATTN_REFERENCE, P.NPATTN_BLOCKED, P.NPATTN_TILED)
 # resident (B, H, T, T) float32 arrays each path holds at its peak, for skipping runs that
-# would not fit: torch's chapter class keeps scores, masked scores, weights and gradients
+# would not fit: torch's chapter class keeps scores, masked scores, weights and gradients;
+# npattn's reference path its mask (bool), scores, weights and their gradients
 TT_ARRAYS = {P.CH03: 6, P.SDPA: 0, P.NPATTN_REFERENCE: 4, P.NPATTN_BLOCKED: 2, P.NPATTN_TILED: 0}
+FIT_FROM_T = 2048  # the "large T" exponent fits T >= this: attention, not the projections
+
+
+def fit_exponent(points: dict) -> float | None:
+    """p in cost ~ c * T^p, by least squares on log T, log cost; None under two points."""
+    Ts = sorted(points)
+    if len(Ts) < 2:
+        return None
+    slope, _ = np.polyfit(np.log(Ts), np.log([points[T] for T in Ts]), 1)
+    return float(slope)
+
+
+def exponents(results: dict, key: str, min_T: int = 0) -> dict:
+    """{path: fitted exponent of results[path][T][key] over T >= min_T}."""
+    return {
+        name: fit_exponent(
+            {T: r[key] for T, r in per_T.items() if T >= min_T and r.get(key) is not None}
+        )
+        for name, per_T in results.items()
+    }
 
 
 def per_call_s(fn, min_s: float = 0.2, rounds: int = 3) -> float:
@@ -111,24 +132,49 @@ def scaling(args, size, log) -> tuple[str, dict]:
             else:
                 row.append(r.get("skip", "n/a"))
         rows.append(row)
+    fits = []
+    for label, min_T in (("all T", 0), (f"T >= {FIT_FROM_T}", FIT_FROM_T)):
+        for key, what in (("ms", "time"), ("mem", "peak memory")):
+            ex = exponents(results, key, min_T)
+            fits.append(
+                [f"{what}, {label}"]
+                + [("n/a" if ex[n] is None else f"{ex[n]:.2f}") for n in SCALING_PATHS]
+            )
     md = [
         f"## Scaling in T: batch 1, d={size.d}, {size.H} heads",
         "",
         "Forward+backward time, median of interleaved repeats ("
         + ", ".join(f"{n} at T={T}" for T, n in used.items())
-        + "; one warm-up run first, none at 8192), and the peak resident memory it added. "
-        "The chapter's class and npattn's reference and blocked paths hold (B, H, T, T) "
-        "arrays, so memory grows with T^2; SDPA and npattn's "
-        f"tiled path grow with T. Runs estimated above {args.max_mem_gb:g} GiB are skipped "
+        + "; one warm-up run first, none from 8192), and the peak resident memory it added. "
+        "The chapter's torch class and npattn's reference and blocked paths hold (B, H, T, T) "
+        "arrays, so their memory grows with T^2; SDPA and npattn's tiled path "
+        f"grow with T. Runs estimated above {args.max_mem_gb:g} GiB are skipped "
         "(--max-mem-gb).",
         "",
         report.table(rows, ["T", *SCALING_PATHS]),
+        "",
+        "Fitted exponents p of cost ~ c T^p (least squares on log T, log cost, over the "
+        "points measured): at small T the projections, linear in T, dominate the time, so the "
+        f"fit over T >= {FIT_FROM_T} shows the attention's own growth.",
+        "",
+        report.table(fits, ["exponent", *SCALING_PATHS]),
     ]
     return "\n".join(md), results
 
 
+def _one_blas_thread():
+    """BLAS on one thread for the block (a no-op without threadpoolctl)."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        import contextlib
+
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=1, user_api="blas")
+
+
 def profile(args, size, log, runs: int = 3) -> str:
-    """Where npattn's MultiHeadAttention(attn_impl="blocked") spends a fwd+bwd: cProfile by op.
+    """Where npattn's MultiHeadAttention(attn_impl="auto") spends a fwd+bwd: cProfile by op.
 
     numpy's ufuncs and BLAS calls do not appear on their own, so each op's own time
     ("tottime") is the matrix products and elementwise passes it runs.
@@ -137,23 +183,22 @@ def profile(args, size, log, runs: int = 3) -> str:
     import pstats
 
     import npattn
-    from npattn.fast import _parallel
 
-    log("profile: npattn MultiHeadAttention")
-    # cProfile sees only the calling thread: run the heads there, one after another
-    blas_controller, _parallel._blas_controller = _parallel._blas_controller, lambda: None
-    m = npattn.MultiHeadAttention(size.d, size.d, size.T, 0.0, size.H, rng=0, attn_impl="blocked")
+    log("profile: npattn MultiHeadAttention, attn_impl='auto'")
+    m = npattn.MultiHeadAttention(size.d, size.d, size.T, 0.0, size.H, rng=0, attn_impl="auto")
     m = m.eval()
     x, g = P.numpy_inputs(size)
-    m(x)
-    m.backward(g)  # warm-up
-    prof = cProfile.Profile()
-    prof.enable()
-    for _ in range(runs):
+    # cProfile sees only the calling thread: with BLAS on one thread, npattn runs its heads
+    # there too, one after another, so every op's time is seen
+    with _one_blas_thread():
         m(x)
-        m.backward(g)
-    prof.disable()
-    _parallel._blas_controller = blas_controller
+        m.backward(g)  # warm-up
+        prof = cProfile.Profile()
+        prof.enable()
+        for _ in range(runs):
+            m(x)
+            m.backward(g)
+        prof.disable()
     stats = pstats.Stats(prof).stats
     total = sum(v[2] for v in stats.values())
     rows = []
@@ -167,12 +212,11 @@ def profile(args, size, log, runs: int = 3) -> str:
         [
             f"## Where npattn's time goes: B={size.B}, T={size.T}, d={size.d}, {size.H} heads",
             "",
-            f"cProfile over {runs} forward+backward runs of npattn's MultiHeadAttention "
-            '(attn_impl="blocked"; one warm-up first), each op\'s own time per run (its matrix '
-            "products and "
-            "elementwise passes; numpy calls are not listed on their own). cProfile sees one "
-            "thread only, so here the heads run one after another, with BLAS on all threads, "
-            "instead of side by side: the attention rows are slower than in the table above.",
+            f"cProfile over {runs} forward+backward runs of npattn's MultiHeadAttention, "
+            "attn_impl='auto' (one warm-up first), each op's own time per run (its matrix "
+            "products and elementwise passes; numpy calls are not listed on their own). "
+            "cProfile sees one thread only, so here everything runs on one thread (BLAS "
+            "included): the shares, not the times, carry over to the table above.",
             "",
             report.table(share, ["op", "calls per run", "ms per run", "share"]),
         ]

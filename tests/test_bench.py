@@ -1,5 +1,6 @@
-"""benchmarks/bench.py, smoke-tested at a tiny size: every path runs, agrees with the
-chapter's class, and the Markdown gives attn_impl="auto" against both torch paths."""
+"""benchmarks/bench.py and long_context.py, smoke-tested at tiny sizes: every path runs,
+agrees with the chapter's class, and the Markdown gives attn_impl="auto" against both torch
+paths and the GEMM roofline."""
 
 import os
 import subprocess
@@ -33,4 +34,22 @@ def test_main_section_at_a_tiny_size(tmp_path):
         diff = float(row.rstrip(" |").split("|")[-1])  # max |output - Ch03 output|
         assert diff < 1e-5, row
     assert "npattn MHA (auto) / Ch03 MHA" in md and "npattn MHA (auto) / SDPA" in md
+    assert "of the roofline" in md
     assert "Threads: 1" in md
+
+
+def test_long_context_window_section_at_a_tiny_size(tmp_path, monkeypatch):
+    pytest.importorskip("torch")
+    monkeypatch.setenv("PYTHONPATH", ROOT)
+    cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "long_context.py"), "--quick"]
+    cmd += ["--sections", "window", "--window", "300", "--max-T", "2048"]
+    cmd += ["--repeats", "1", "--threads", "1"]
+    done = subprocess.run(
+        cmd + ["--out", str(tmp_path)], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    md = (tmp_path / "long_context.md").read_text()
+    rows = [line for line in md.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert [row.split(" | ")[0] for row in rows] == ["| 1024", "| 2048"]
+    assert "tiled, window 300: time ~ T^" in md
+    assert "MiB" in md and " n/a |" not in md  # every peak was measured

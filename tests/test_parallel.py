@@ -1,5 +1,6 @@
-"""npattn.fast._parallel.map_heads: every head exactly once, errors raised, and the same numbers
-whether heads run side by side on BLAS's threads or one after another."""
+"""npattn.fast._parallel: every piece exactly once, errors raised, the same numbers whether
+pieces run side by side on BLAS's threads or one after another, and BLAS's thread count put
+back on every exit, also when two threads call at once (read through threadpoolctl)."""
 
 import threading
 
@@ -52,4 +53,76 @@ def test_causal_sdpa_gives_the_same_numbers_either_way(monkeypatch):
     threaded = run()
     monkeypatch.setattr(_parallel, "_blas_controller", lambda: None)
     for a, b in zip(threaded, run()):
+        np.testing.assert_array_equal(a, b)
+
+
+def blas_counts(threadpoolctl):
+    libs = threadpoolctl.threadpool_info()
+    return [lib["num_threads"] for lib in libs if lib["user_api"] == "blas"]
+
+
+@pytest.fixture
+def two_blas_threads():
+    """BLAS set to 2 threads for the test (the symptom: a later big matmul left on 1)."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    with threadpoolctl.threadpool_limits(limits=2, user_api="blas"):
+        if not blas_counts(threadpoolctl) or set(blas_counts(threadpoolctl)) != {2}:
+            pytest.skip("this BLAS cannot be set to 2 threads")
+        yield threadpoolctl
+
+
+def test_two_threads_at_once_leave_the_blas_thread_count_as_it_was(two_blas_threads):
+    # both callers are inside map_heads together: each head waits for the other caller's
+    barrier = threading.Barrier(2)
+    inside = []
+
+    def one_head(h):
+        if h == (0,):
+            barrier.wait(timeout=10)  # one head of each call meets one of the other call
+            inside.append(blas_counts(two_blas_threads))
+
+    def call():
+        for _ in range(3):
+            _parallel.map_heads(one_head, (2,))
+            barrier.wait(timeout=10)  # both calls leave before the next round starts
+
+    threads = [threading.Thread(target=call) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert inside and all(set(c) == {1} for c in inside)  # BLAS on one thread while inside
+    assert blas_counts(two_blas_threads) == [2] * len(blas_counts(two_blas_threads))
+
+
+def test_an_exception_inside_restores_the_blas_thread_count(two_blas_threads):
+    def one_head(h):
+        raise RuntimeError("inside")
+
+    with pytest.raises(RuntimeError, match="inside"):
+        _parallel.map_heads(one_head, (2, 2))
+    assert set(blas_counts(two_blas_threads)) == {2}
+
+
+def test_blas_threads_reports_the_users_count_while_pieces_run(two_blas_threads):
+    seen = []
+    _parallel.map_heads(lambda h: seen.append(_parallel.blas_threads()), (2,))
+    assert seen == [2, 2]
+
+
+@pytest.mark.parametrize("heads", [1, 3])
+def test_tiled_gives_the_same_numbers_on_every_run_and_either_way(heads, monkeypatch):
+    pytest.importorskip("threadpoolctl")
+    rng = np.random.default_rng(0)
+    q, k, v, g = (rng.standard_normal((heads, 70, 8)).astype(np.float32) for _ in range(4))
+
+    def run():
+        out, cache = F.flash_attention_forward(q, k, v, is_causal=True, block_size=16)
+        return (out, *F.flash_attention_backward(g, cache))
+
+    first, second = run(), run()
+    for a, b in zip(first, second):
+        np.testing.assert_array_equal(a, b)  # no dependence on which thread took which piece
+    monkeypatch.setattr(_parallel, "_blas_controller", lambda: None)
+    for a, b in zip(first, run()):  # one thread: the same pieces, summed in the same order
         np.testing.assert_array_equal(a, b)

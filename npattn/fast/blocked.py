@@ -4,13 +4,16 @@ The same function as sdpa_forward(q, k, v, is_causal=True), for q, k and v with 
 dims (no broadcasting, no GQA): query i attends keys j <= i (top-left aligned, as torch's
 is_causal), with dropout on the weights; the same dtype rule (numpy's promotion of q, k, v), the
 same argument checks (npattn/_checks.py) and the same keep-mask drawn from `rng`.
-Three things make it fast:
+Four things make it fast (docs/backward/causal.md, "How the loops are arranged"):
 - one head at a time, so each head's (L, S) weights stay in the CPU cache while softmax and
   the backward's elementwise steps run over them;
 - heads side by side, one per BLAS thread (fast/_parallel.py), rather than every small product
   split over the threads;
 - row blocks of `block_size` queries: block [r0, r1) needs only the keys [0, r0 + block_size),
-  so the matrix products skip the upper triangle (about half the work for long sequences).
+  so the matrix products skip the upper triangle (about half the work for long sequences);
+- without dropout, a column appended to v and to dout folds a pass into a product:
+  e @ [v | 1] = [e @ v | rowsum(e)] gives step 3's row sums, and
+  [dout | -D] @ [v | 1]^T = dout @ v^T - D the softmax backward's subtraction.
 The full (..., L, S) weights are still stored (zeros above the diagonal) for the backward
 and for inspection. The steps are sdpa_forward's; the backward is sdpa_backward's, except that
 the softmax backward's row sums come from FlashAttention's identity (see causal_sdpa_backward).
@@ -34,8 +37,7 @@ import numpy as np
 
 from .._checks import as_grad, check_dropout_mask, check_probability, check_qkv, check_scale
 from ..ops.dropout import dropout_keep_mask
-from ..ops.softmax import softmax_inplace
-from ._parallel import map_heads
+from ._parallel import map_heads, map_pieces, worker_count
 
 BLOCK_SIZE = 128  # rows per block: small enough to skip most of the triangle, large for BLAS
 
@@ -100,6 +102,7 @@ def causal_sdpa_forward(
     if keep is None and dropout_p > 0.0:
         keep = dropout_keep_mask((*lead, L, S), dropout_p, rng)  # as sdpa_forward draws it
     keep = None if keep is None else np.broadcast_to(keep, (*lead, L, S))  # indexed per head
+    Ev = v.shape[-1]
     dropout_scale = 1.0 / (1.0 - dropout_p)
     above = ~np.tri(block_size, block_size, dtype=bool)  # key j > query i inside a block
     attn_weights = np.zeros((*lead, L, S), dtype=dtype)  # blocks above the diagonal stay 0
@@ -109,19 +112,30 @@ def causal_sdpa_forward(
     q_scaled = q * dtype.type(scale)  # (..., L, E)
 
     def forward_head(h):  # one head's (L, S) weights fit the CPU cache
+        vx = np.ones((S, Ev + 1), dtype=dtype)  # [v | 1]: e @ vx is [e @ v | rowsum(e)]
+        vx[:, :Ev] = v[h]
         for r0, r1, c1 in _blocks(L, S, block_size):
             w = attn_weights[h][r0:r1, :c1]  # (rows, c1), a view: written in place
             # 1. attn_scores = (q * scale) @ k^T   (rows, E) @ (E, c1) -> (rows, c1)
             np.matmul(q_scaled[h][r0:r1], k[h][:c1].T, out=w)
             # 2. causal mask on the diagonal block: keys r0.. are hidden from earlier rows
             np.copyto(w[:, r0:], -np.inf, where=above[: r1 - r0, : max(c1 - r0, 0)])
-            # 3. attn_weights = softmax(attn_scores), in place
-            softmax_inplace(w, axis=-1)
+            # 3. softmax in place, e = exp(attn_scores - rowmax); every row sees key 0, so
+            #    the row max is finite and the row sum is >= 1
+            w -= w.max(axis=-1, keepdims=True)
+            e = np.exp(w, out=w)
+            if keep is None:
+                # 5. with 3's row sums: [e @ v | rowsum(e)] in one product   (rows, Ev + 1)
+                ev = e @ vx[:c1]
+                inv_sum = 1 / ev[:, Ev:]  # (rows, 1)
+                e *= inv_sum  # 3. attn_weights = e / rowsum(e)
+                np.multiply(ev[:, :Ev], inv_sum, out=out[h][r0:r1])  # out = attn_weights @ v
+                continue
+            e /= e.sum(axis=-1, keepdims=True)  # 3. attn_weights = e / rowsum(e)
             # 4. dropout (a new array: the weights before dropout are kept)
-            if keep is not None:
-                w = w * keep[h][r0:r1, :c1] * dtype.type(dropout_scale)
+            dropped = e * keep[h][r0:r1, :c1] * dtype.type(dropout_scale)
             # 5. out = dropped @ v      (rows, c1) @ (c1, Ev) -> (rows, Ev)
-            np.matmul(w, v[h][:c1], out=out[h][r0:r1])
+            np.matmul(dropped, v[h][:c1], out=out[h][r0:r1])
 
     map_heads(forward_head, tuple(lead))  # heads side by side on BLAS's threads (fast/_parallel.py)
     # out is cached as a copy: the caller owns the returned array and may change it
@@ -140,23 +154,37 @@ def causal_sdpa_backward(dout, cache: CausalCache):
     *lead, L, S = attn_weights.shape
     # 3. the softmax backward needs D = rowsum(dattn_weights * attn_weights); it equals
     #    rowsum(dout * out), since out = dropped @ v (FlashAttention's identity): (..., L, 1)
-    D = np.sum(dout * out, axis=-1, keepdims=True)
+    D = np.einsum("...le,...le->...l", dout, out)[..., None]  # (..., L, 1)
     dq, dk, dv = np.empty_like(q), np.zeros_like(k), np.zeros_like(v)  # keys no query sees: 0
+    Ev = v.shape[-1]
+    scratch = {}  # worker -> its (L, S) dattn_scores, [v | 1] and [dout | -D], reused by heads
 
-    def backward_head(h):
+    def backward_head(worker, h):
+        if worker not in scratch:
+            scratch[worker] = (
+                np.empty((L, S), dtype=dtype),
+                np.ones((S, Ev + 1), dtype=dtype),
+                np.empty((L, Ev + 1), dtype=dtype),
+            )
         # the head's (L, S) gradient: only blocks on or below the diagonal are written, and
         # only those are read
-        dattn_scores = np.empty((L, S), dtype=dtype)
+        dattn_scores, vx, doutx = scratch[worker]
+        vx[:, :Ev] = v[h]  # [v | 1]                 (S, Ev + 1)
+        doutx[:, :Ev] = dout[h]  # [dout | -D]       (L, Ev + 1)
+        np.negative(D[h], out=doutx[:, Ev:])
         for r0, r1, c1 in _blocks(L, S, block_size):
             ds = dattn_scores[r0:r1, :c1]  # (rows, c1)
-            # 5. out = dropped @ v: ddropped = dout @ v^T    (rows, Ev) @ (Ev, c1) -> (rows, c1)
-            np.matmul(dout[h][r0:r1], v[h][:c1].T, out=ds)
-            # 4. dropped = attn_weights * keep / (1 - p)
-            if keep is not None:
+            if keep is None:
+                # 5, 3. ddropped - D = [dout | -D] @ [v | 1]^T    (rows, Ev + 1) @ (Ev + 1, c1)
+                np.matmul(doutx[r0:r1], vx[:c1].T, out=ds)
+            else:
+                # 5. out = dropped @ v: ddropped = dout @ v^T    (rows, Ev) @ (Ev, c1)
+                np.matmul(dout[h][r0:r1], v[h][:c1].T, out=ds)
+                # 4. dropped = attn_weights * keep / (1 - p)
                 ds *= keep[h][r0:r1, :c1]
                 ds *= dtype.type(dropout_scale)
+                ds -= D[h][r0:r1]  # 3.'s dattn_weights - D
             # 3. attn_weights = softmax(attn_scores): dattn_scores = w * (dw - D)
-            ds -= D[h][r0:r1]
             ds *= attn_weights[h][r0:r1, :c1]
             # 2. masked entries have weight 0, so their gradient is already 0
             # 1. attn_scores = (q * scale) @ k^T: dq = dattn_scores @ k * scale  (rows, E)
@@ -170,7 +198,8 @@ def causal_sdpa_backward(dout, cache: CausalCache):
                 dropped = dropped * keep[h][c0:, c0:c1] * dtype.type(dropout_scale)
             np.matmul(dropped.T, dout[h][c0:], out=dv[h][c0:c1])  # -> (keys, Ev)
 
-    map_heads(backward_head, tuple(lead))
+    heads = list(np.ndindex(*lead))
+    map_pieces(backward_head, heads, worker_count(len(heads)))
     dq *= dtype.type(scale)
     dk *= dtype.type(scale)  # dattn_scores^T @ (q * scale), the scale applied once at the end
     return dq, dk, dv

@@ -39,14 +39,19 @@ from .tiled import flash_attention_backward, flash_attention_forward, flash_drop
 ATTN_IMPLS = ("reference", "blocked", "tiled", "auto")
 FAST_IMPLS = ("blocked", "tiled")
 
-# choose_attn_impl's rule, measured on 2 cores (docs/benchmarks/), causal forward + backward:
-# - with one BLAS thread (heads run one after another) tiled matches the blocked path at
-#   T = 512 and wins from T = 1024 in time and memory (docs/benchmarks/tiled.md);
-# - with heads side by side on the threads, B * H = 48 heads at T = 512 (the main benchmark
-#   size) take 0.94x the chapter's torch class blocked and 1.07x tiled; 12 heads are too few
-#   to keep the threads busy, and tiled is faster at T = 512 and 1024.
-AUTO_TILED_MIN_TOKENS = 512  # below this, blocked
-AUTO_HEADS_PER_THREAD = 16  # from T = 512, blocked when every thread has this many heads
+# choose_attn_impl's rule, measured on 2 cores (docs/benchmarks/cpu.md), causal forward +
+# backward, d = 768, 12 heads:
+# - below T = 1024 blocked is faster: at B = 4, T = 512 (48 heads) it takes 0.73x the chapter's
+#   torch class against tiled's 0.80x, and with B = 1 (12 heads) 368 ms against 472 ms; it also
+#   keeps m.attn_weights for the chapter's small examples;
+# - at T = 1024 (12 heads) the two are close (504 ms and 548 ms) and tiled holds a third less;
+#   from T = 2048 tiled is faster (1.6 s against 1.9 s) and its memory grows as T, not T^2;
+# - blocked runs whole heads side by side, one per BLAS thread: with many heads for every thread
+#   they keep all threads busy, so from T = 1024 blocked is kept while every thread has
+#   AUTO_HEADS_PER_THREAD heads (measured with 48 heads on 2 threads at T = 512) and its
+#   (B, H, T, T) weights stay under AUTO_MAX_WEIGHTS.
+AUTO_TILED_MIN_TOKENS = 1024  # below this, blocked
+AUTO_HEADS_PER_THREAD = 16  # from T = 1024, blocked when every thread has this many heads
 AUTO_MAX_WEIGHTS = 2**28  # blocked stores (B, H, T, T) weights: at most 1 GiB of float32
 CAUSAL_CHECK_ROWS = 256  # rows of the mask buffer compared at a time: no (T, T) temporary
 
