@@ -76,7 +76,7 @@ class KeepMaskDropout(nn.Module):
 
     def __init__(self, keep: np.ndarray, p: float):
         super().__init__()
-        self.keep, self.p = torch.from_numpy(keep), p
+        self.keep, self.p = torch.from_numpy(np.array(keep)), p  # keep is read-only
 
     def forward(self, x):
         return x * self.keep / (1 - self.p)

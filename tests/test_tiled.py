@@ -274,6 +274,7 @@ def test_tiled_peak_memory_is_linear_and_far_below_naive():
 
         peaks[T] = _peak_bytes(naive), _peak_bytes(tiled_)
     (naive_half, tiled_half), (naive_1k, tiled_1k) = peaks[512], peaks[1024]
-    assert tiled_1k < 0.15 * naive_1k  # measured: 1.6 MB vs 13.4 MB
+    # measured: 2.4 MB vs 14.4 MB (the cache keeps copies of q, k, v and out: npattn/_guard.py)
+    assert tiled_1k < 0.2 * naive_1k
     assert naive_1k > 3.5 * naive_half  # quadratic in T
     assert tiled_1k < 2.0 * tiled_half  # linear in T, plus a fixed tile

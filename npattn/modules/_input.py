@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import _guard
 from .._checks import as_float_array, check_ndim, check_positive_int, check_probability
 
 
@@ -12,9 +13,10 @@ def prepare_input(x, d_in: int, dtype, context_length: int | None = None) -> np.
     classes without a context_length (SelfAttention_v1/v2, as in the chapter's section 3.4).
 
     Modules compute in the dtype of their parameters, so x is cast (a float64 input to a
-    float32 module is computed in float32, as after torch's .to(dtype)).
+    float32 module is computed in float32, as after torch's .to(dtype)). The result is
+    private and read-only (npattn/_guard.py): the caller may change x before the backward.
     """
-    x = as_float_array(x, "x")
+    x_in, x = x, as_float_array(x, "x")
     if context_length is None:
         check_ndim(x, "x", (2, 3), f"(T, d_in={d_in}) or (B, T, d_in={d_in})")
     else:
@@ -28,7 +30,7 @@ def prepare_input(x, d_in: int, dtype, context_length: int | None = None) -> np.
         )
     if x.shape[-2] == 0:
         raise ValueError("x must have at least one token: shape (B, T >= 1, d_in)")
-    return x.astype(dtype, copy=False)
+    return _guard.private(x.astype(dtype, copy=False), x_in)  # one copy for all projections
 
 
 _UNUSED = object()  # an argument the class does not take (None is a bad value, not "unused")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import _guard
 from .._checks import as_grad, check_positive_int, make_rng
 from ..ops.fused_linear import fused_linear_backward, fused_linear_forward
 from ..ops.heads import (
@@ -123,6 +124,7 @@ class MultiHeadAttention(Module):
         qkv_layers = (self.W_query, self.W_key, self.W_value)
         biases = None if self.W_query.bias is None else [m.bias for m in qkv_layers]
         qkv, qkv_cache = fused_linear_forward(x, [m.weight for m in qkv_layers], biases)
+        qkv = _guard.readonly(qkv)  # ours alone: the caches below keep its views, not copies
         # 2. split heads (views)                         (B, T, 3 * d_out) -> 3 x (B, H, T, E)
         (queries, keys, values), split_cache = split_qkv_heads_forward(qkv, self.num_heads)
         # 3. causal attention per head                   (B, H, T, E)
@@ -131,7 +133,7 @@ class MultiHeadAttention(Module):
             self.attn_impl, queries, keys, values, self.mask, dropout_p, self.rng
         )  # attn_weights: (B, H, T, T) before dropout, or None from the tiled path
         # 4. merge heads                                 (B, H, T, E) -> (B, T, d_out)
-        context, merge_cache = merge_heads_forward(context)
+        context, merge_cache = merge_heads_forward(_guard.readonly(context))  # ours alone
         # 5. output projection                           (B, T, d_out) -> (B, T, d_out)
         context_vec = self.out_proj(context)
         self._cache = (qkv_cache, split_cache, sdpa_cache, merge_cache)

@@ -29,6 +29,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .. import _guard
 from .._checks import as_float_array, as_grad, check_min_ndim, check_probability, check_scale
 from ._parallel import map_heads
 from .dropout import dropout_keep_mask
@@ -61,10 +62,9 @@ def _blocks(n_rows: int, n_keys: int, block_size: int):
 
 
 def _check_inputs(q, k, v, block_size):
-    q = as_float_array(q, "query")
-    dtype = q.dtype
-    k = as_float_array(k, "key").astype(dtype, copy=False)
-    v = as_float_array(v, "value").astype(dtype, copy=False)
+    q, k, v = as_float_array(q, "query"), as_float_array(k, "key"), as_float_array(v, "value")
+    dtype = np.result_type(q.dtype, k.dtype, v.dtype)  # mixed dtypes promote, as in sdpa_forward
+    q, k, v = (a.astype(dtype, copy=False) for a in (q, k, v))
     check_min_ndim(q, "query", 2, "(..., L, E)")
     lead = q.shape[:-2]
     if k.shape[:-2] != lead or k.ndim != q.ndim or k.shape[-1] != q.shape[-1]:
@@ -118,6 +118,7 @@ def causal_sdpa_forward(
     broadcastable to (..., L, S) -> out (..., L, Ev). Returns (out, CausalCache).
     The keep-mask is drawn from `rng` exactly as sdpa_forward draws it.
     """
+    given = (q, k, v, dropout_mask)
     q, k, v, block_size = _check_inputs(q, k, v, block_size)
     dtype = q.dtype
     *lead, L, _ = q.shape
@@ -149,7 +150,10 @@ def causal_sdpa_forward(
             np.matmul(w, v[h][:c1], out=out[h][r0:r1])
 
     map_heads(forward_head, tuple(lead))  # heads side by side on BLAS's threads (ops/_parallel.py)
-    # out is cached as a copy: the caller owns the returned array and may change it
+    # out is cached as a copy: the caller owns the returned array and may change it; the
+    # cache keeps private, read-only q, k, v, weights and keep-mask (npattn/_guard.py)
+    q, k, v, keep = (_guard.private(a, *given) for a in (q, k, v, keep))
+    attn_weights = _guard.readonly(attn_weights)
     cache = CausalCache(q, k, v, out.copy(), attn_weights, keep, dropout_scale, scale, block_size)
     return out, cache
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import _guard
 from .._checks import as_float_array, as_grad, check_probability, make_rng
 
 
@@ -45,6 +46,7 @@ def dropout_forward(x, p: float, *, rng=None, keep=None):
     """
     x = as_float_array(x, "x")
     p = check_probability(p, "p")
+    keep_in = keep
     if keep is None:
         if p == 0.0:
             return x, (None, 1.0, x.shape, x.dtype)  # identity: x itself, as torch does
@@ -53,6 +55,7 @@ def dropout_forward(x, p: float, *, rng=None, keep=None):
         keep = check_keep_mask(keep, x.shape)
     scale = 1.0 / (1.0 - p)
     out = np.where(keep, x * x.dtype.type(scale), 0).astype(x.dtype, copy=False)
+    keep = _guard.private(keep, keep_in)  # the caller's mask may change later: a copy
     return out, (keep, scale, x.shape, x.dtype)  # keep: bool, broadcasts to x.shape
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import _guard
 from .._checks import as_float_array, as_grad, check_min_ndim, check_positive_int
 
 
@@ -49,9 +50,9 @@ def mask_scores_forward(attn_scores, mask):
     """
     attn_scores = as_float_array(attn_scores, "attn_scores")
     check_min_ndim(attn_scores, "attn_scores", 2, "(..., T, S)")
-    mask = _check_mask(mask, attn_scores, "attn_scores")
+    mask_in, mask = mask, _check_mask(mask, attn_scores, "attn_scores")
     out = np.where(mask, attn_scores, -np.inf).astype(attn_scores.dtype, copy=False)
-    return out, (mask, attn_scores.shape, out.dtype)
+    return out, (_guard.private(mask, mask_in), attn_scores.shape, out.dtype)
 
 
 def mask_scores_backward(dout, cache):
@@ -72,7 +73,7 @@ def mask_renormalize_forward(attn_weights, mask):
     """
     attn_weights = as_float_array(attn_weights, "attn_weights")
     check_min_ndim(attn_weights, "attn_weights", 2, "(..., T, S)")
-    mask = _check_mask(mask, attn_weights, "attn_weights")
+    mask_in, mask = mask, _check_mask(mask, attn_weights, "attn_weights")
     # 1. masked_simple = attn_weights * mask
     masked = np.where(mask, attn_weights, 0).astype(attn_weights.dtype, copy=False)
     # 2. row_sums = masked_simple.sum(-1)
@@ -80,7 +81,10 @@ def mask_renormalize_forward(attn_weights, mask):
     row_sums = np.where(row_sums == 0, 1, row_sums).astype(masked.dtype, copy=False)
     # 3. out = masked_simple / row_sums
     out = masked / row_sums
-    cache = (mask, out, row_sums)  # mask: bcast (..., T, S), out: (..., T, S), row_sums (..., T, 1)
+    # the caller gets out and may change it: the cache keeps its own copy (npattn/_guard.py)
+    mask, out_kept = _guard.private(mask, mask_in), _guard.private(out, out)
+    # mask: bcast (..., T, S), out_kept: (..., T, S), row_sums (..., T, 1)
+    cache = (mask, out_kept, row_sums)
     return out, cache
 
 

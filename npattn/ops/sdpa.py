@@ -18,6 +18,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .. import _guard
 from .._checks import as_float_array, as_grad, check_min_ndim, check_probability, check_scale
 from .dropout import check_keep_mask, dropout_backward, dropout_forward
 from .masks import causal_mask
@@ -166,7 +167,9 @@ def sdpa_forward(
     (..., L, S), boolean (True = attend) or float (added); dropout_mask boolean keep-mask
     broadcastable to (..., L, S) -> out (..., L, Ev). A fully masked row gives 0.
     Dropout is applied whenever dropout_p > 0, as in torch: pass 0.0 in eval mode.
+    The cache keeps private, read-only q, k, v and weights (npattn/_guard.py).
     """
+    given = (q, k, v)
     q, k, v, groups = _check_inputs(q, k, v, enable_gqa)
     dropout_p = check_probability(dropout_p, "dropout_p")
     if dropout_mask is not None and dropout_p == 0.0:
@@ -190,7 +193,8 @@ def sdpa_forward(
     dropped, dropout_cache = dropout_forward(attn_weights, dropout_p, rng=rng, keep=dropout_mask)
     # 5. out = dropped @ v                          (..., L, S) @ (..., S, Ev) -> (..., L, Ev)
     out = dropped @ v
-    cache = SDPACache(q, k, v, attn_weights, dropout_cache, scale, groups)
+    q, k, v = (_guard.private(a, *given) for a in (q, k, v))  # copies where the caller holds them
+    cache = SDPACache(q, k, v, _guard.readonly(attn_weights), dropout_cache, scale, groups)
     return out, cache
 
 
