@@ -181,7 +181,7 @@ def _unfused_path(size: Size, state_dict, x, g) -> Path:
         _, (caches, sc, mc, oc) = forward()
         dctx = F.linear_backward(g, oc)[0]
         dheads = F.sdpa_backward(F.merge_heads_backward(dctx, mc), sc)
-        shape_cache = ((size.B, size.T, size.d),)
+        shape_cache = ((size.B, size.T, size.d), size.H)  # split_heads_forward's cache
         dx = 0
         for dh, c in zip(dheads, caches):
             dx = dx + F.linear_backward(F.split_heads_backward(dh, shape_cache), c)[0]

@@ -241,8 +241,8 @@ def test_bad_attn_impl_and_block_size_name_the_argument():
         F.flash_attention_forward(q, q, q, np.ones((4, 4), bool), True)
     with pytest.raises(ValueError, match=r"must broadcast to .*\(2, 4, 4\)"):
         F.flash_attention_forward(q, q, q, np.ones((3, 4), bool))
-    with pytest.raises(ValueError, match=r"dropout_p must be in \[0, 1\)"):
-        F.flash_attention_forward(q, q, q, dropout_p=1.0)
+    with pytest.raises(ValueError, match=r"dropout_p must be in \[0, 1\]"):
+        F.flash_attention_forward(q, q, q, dropout_p=1.5)
     _, cache = F.flash_attention_forward(q, q, q)
     with pytest.raises(ValueError, match=r"dout must have the forward output's shape \(2, 4, 3\)"):
         F.flash_attention_backward(np.zeros((2, 4, 2)), cache)

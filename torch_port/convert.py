@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 import npattn
+from npattn.io import WeightFileError, check_path
 
 from . import modules
 
@@ -67,17 +68,35 @@ def _to_numpy(v: torch.Tensor) -> np.ndarray:
     return (v.float() if v.dtype == torch.bfloat16 else v).numpy().copy()
 
 
+def _float_dtype(sd: dict) -> np.dtype:
+    """The dtype of a state_dict's first floating array (float32 if none is floating)."""
+    return next((a.dtype for a in sd.values() if np.issubdtype(a.dtype, np.floating)), np.float32)
+
+
 def to_npattn(module: torch.nn.Module, *, rng=None) -> npattn.Module:
-    """An npattn module of the same class with the same weights, dtypes and train/eval mode.
+    """An npattn module of the same class with the same weights, dtype and train/eval mode.
 
     Shapes: every array as in module.state_dict() (torch layout). `rng` seeds npattn's dropout.
     bfloat16 weights become float32 (numpy has no bfloat16); the values are unchanged.
+    A module that has a chapter class's name but not its state_dict raises TypeError.
     """
+    if not isinstance(module, torch.nn.Module):
+        raise TypeError(
+            f"module must be a torch.nn.Module (to_npattn converts torch to npattn), got "
+            f"{type(module).__name__}"
+        )
     name = _class_name(module)
     sd = {k: _to_numpy(v) for k, v in module.state_dict().items()}
     num_heads = getattr(module, "num_heads", None)
-    new = getattr(npattn, name)(*_args(name, sd, _dropout_of(module), num_heads), rng=rng)
-    new.load_state_dict(sd)  # npattn keeps each array's dtype
+    try:
+        args = _args(name, sd, _dropout_of(module), num_heads)
+        new = getattr(npattn, name)(*args, rng=rng).astype(_float_dtype(sd))
+        new.load_state_dict(sd)  # strict about keys and shapes
+    except (KeyError, ValueError, TypeError, AttributeError, IndexError) as e:
+        raise TypeError(
+            f"module is named {name} but is not the chapter's {name}: its state_dict "
+            f"{ {k: tuple(v.shape) for k, v in sd.items()} } does not fit ({e!r})"
+        ) from e
     return new.train(module.training)
 
 
@@ -86,6 +105,11 @@ def from_npattn(module: npattn.Module, *, device=None) -> torch.nn.Module:
 
     Shapes: every tensor as in module.state_dict(). `device` defaults to the CPU.
     """
+    if not isinstance(module, npattn.Module):
+        raise TypeError(
+            f"module must be an npattn module (from_npattn converts npattn to torch), got "
+            f"{type(module).__name__}"
+        )
     name = _class_name(module)
     sd = {k: torch.from_numpy(np.array(v, copy=True)) for k, v in module.state_dict().items()}
     num_heads = getattr(module, "num_heads", None)
@@ -98,8 +122,14 @@ def save_safetensors(module: torch.nn.Module, path, metadata: dict | None = None
     """Write module.state_dict() to a .safetensors file (no pickle), readable by npattn.io."""
     from safetensors.torch import save_file
 
+    if not isinstance(module, torch.nn.Module):
+        raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
+    path = check_path(path, must_exist=False)
     sd = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
-    save_file(sd, str(path), metadata={"class": type(module).__name__, **(metadata or {})})
+    try:
+        save_file(sd, path, metadata={"class": type(module).__name__, **(metadata or {})})
+    except Exception as e:  # an unwritable path, metadata that is not str -> str
+        raise WeightFileError(f"cannot write {path!r} as a safetensors file: {e}") from e
 
 
 def load_safetensors(module: torch.nn.Module, path) -> torch.nn.Module:
@@ -110,5 +140,17 @@ def load_safetensors(module: torch.nn.Module, path) -> torch.nn.Module:
     """
     from safetensors.torch import load_file
 
-    module.load_state_dict(load_file(str(path)), strict=True)
+    if not isinstance(module, torch.nn.Module):
+        raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
+    path = check_path(path, must_exist=True)
+    try:
+        sd = load_file(path)
+    except Exception as e:  # SafetensorError, OSError: all name the file
+        raise WeightFileError(f"cannot read {path!r} as a safetensors file: {e}") from e
+    try:
+        module.load_state_dict(sd, strict=True)
+    except RuntimeError as e:  # torch's message lists the missing keys and wrong sizes
+        raise RuntimeError(
+            f"the weights in {path!r} do not fit {type(module).__name__}: {e}"
+        ) from e
     return module

@@ -104,6 +104,7 @@ def _prepare(module, reference, weight_map, dtype):
     sd = ref.state_dict()
     for key in ref_params:
         sd[key] = mapped[key].cpu().numpy().astype(np_dtype)
+    ref.astype(np_dtype)  # load_state_dict keeps the module's dtype, as torch's does
     ref.load_state_dict(sd)  # strict about shapes: a wrong map fails here, naming the key
     return user, ref
 

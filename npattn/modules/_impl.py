@@ -32,9 +32,20 @@ CAUSAL_CHECK_ROWS = 256  # rows of the mask buffer compared at a time: no (T, T)
 
 
 def check_attn_impl(attn_impl) -> str:
-    if attn_impl not in ATTN_IMPLS:
+    if not isinstance(attn_impl, str) or attn_impl not in ATTN_IMPLS:
         raise ValueError(f"attn_impl must be one of {ATTN_IMPLS}, got {attn_impl!r}")
     return attn_impl
+
+
+class AttnImpl:
+    """The attn_impl attribute of a module class: checked whenever it is set, so a bad name
+    set after construction raises at once rather than running some other path."""
+
+    def __get__(self, module, owner=None):
+        return self if module is None else module.__dict__["_attn_impl"]
+
+    def __set__(self, module, value) -> None:
+        module.__dict__["_attn_impl"] = check_attn_impl(value)
 
 
 def _is_causal_buffer(mask_buffer: np.ndarray, T: int) -> bool:

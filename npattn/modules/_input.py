@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from .. import _guard
@@ -53,9 +55,34 @@ def check_attention_args(d_in, d_out, context_length=_UNUSED, dropout=_UNUSED, n
     return d_in, d_out, context_length, dropout, num_heads
 
 
+def _physical_memory_bytes() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # not a POSIX system
+        return None
+
+
 def chapter_mask(context_length: int) -> np.ndarray:
-    """The chapter's `mask` buffer: triu(ones, diagonal=1), 1 = masked (float32, like torch)."""
-    return np.triu(np.ones((context_length, context_length), dtype=np.float32), k=1)
+    """The chapter's `mask` buffer: triu(ones, diagonal=1), 1 = masked (float32, like torch).
+
+    Its size is checked before it is made: a (context_length, context_length) float32 buffer
+    larger than the machine's memory raises ValueError naming context_length.
+    """
+    nbytes = 4 * context_length**2
+    memory = _physical_memory_bytes()
+    if memory is not None and 2 * nbytes > memory:  # np.triu makes one temporary as large
+        raise ValueError(
+            f"context_length={context_length} needs a ({context_length}, {context_length}) "
+            f"float32 mask buffer of {nbytes / 2**30:.1f} GiB (twice that while it is made), "
+            f"more than this machine's {memory / 2**30:.1f} GiB of memory"
+        )
+    try:
+        return np.triu(np.ones((context_length, context_length), dtype=np.float32), k=1)
+    except MemoryError as e:
+        raise ValueError(
+            f"context_length={context_length}: no memory for its {nbytes / 2**30:.1f} GiB mask "
+            f"buffer"
+        ) from e
 
 
 def attend_mask(mask_buffer: np.ndarray, T: int) -> np.ndarray:

@@ -11,7 +11,7 @@ import numpy as np
 from .._checks import make_rng
 from ..ops.linear import linear_backward, linear_forward
 from ..ops.sdpa import sdpa_backward, sdpa_forward
-from ._impl import attention_backward, attention_forward, check_attn_impl, keep_mask
+from ._impl import AttnImpl, attention_backward, attention_forward, check_attn_impl, keep_mask
 from ._input import chapter_mask, check_attention_args, prepare_input
 from .base import Module
 from .linear import Linear
@@ -60,6 +60,8 @@ class SelfAttention_v1(Module):
 
 class _QKV(Module):
     """Shared body of SelfAttention_v2 and CausalAttention: three Linear layers + SDPA."""
+
+    attn_impl = AttnImpl()  # checked when set (npattn/modules/_impl.py)
 
     def _init_qkv(self, d_in, d_out, qkv_bias, rng, attn_impl="naive"):
         self.rng = make_rng(rng)

@@ -18,7 +18,7 @@ from ..ops.heads import (
     split_qkv_heads_backward,
     split_qkv_heads_forward,
 )
-from ._impl import attention_backward, attention_forward, check_attn_impl, keep_mask
+from ._impl import AttnImpl, attention_backward, attention_forward, check_attn_impl, keep_mask
 from ._input import chapter_mask, check_attention_args, prepare_input
 from .attention import CausalAttention
 from .base import Module, ModuleList
@@ -91,6 +91,8 @@ class MultiHeadAttention(Module):
         5. context_vec = out_proj(context)             (B, T, d_out)
     attn_impl: "naive", "tiled" or "auto" (npattn/modules/_impl.py); tiled sets attn_weights None.
     """
+
+    attn_impl = AttnImpl()  # checked when set (npattn/modules/_impl.py)
 
     def __init__(
         self,

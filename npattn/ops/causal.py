@@ -32,7 +32,8 @@ import numpy as np
 from .. import _guard
 from .._checks import as_float_array, as_grad, check_min_ndim, check_probability, check_scale
 from ._parallel import map_heads
-from .dropout import dropout_keep_mask
+from .dropout import check_keep_mask, dropout_keep_mask
+from .dropout import dropout_scale as kept_scale
 from .softmax import softmax_inplace
 
 BLOCK_SIZE = 128  # rows per block: small enough to skip most of the triangle, large for BLAS
@@ -74,8 +75,11 @@ def _check_inputs(q, k, v, block_size):
         )
     if v.shape[:-1] != k.shape[:-1]:
         raise ValueError(f"value must have shape {k.shape[:-1] + ('Ev',)}, got {tuple(v.shape)}")
-    if q.shape[-2] < 1 or k.shape[-2] < 1:
-        raise ValueError(f"query and key need at least one token, got {q.shape} and {k.shape}")
+    if q.shape[-2] < 1 or k.shape[-2] < 1 or q.shape[-1] < 1 or v.shape[-1] < 1:
+        raise ValueError(
+            f"query, key and value need at least one token and a head dim >= 1, got "
+            f"{q.shape}, {k.shape} and {v.shape}"
+        )
     if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)):
         raise TypeError(f"block_size must be an int, got {type(block_size).__name__}")
     if block_size < 1:
@@ -89,16 +93,8 @@ def _keep_mask(dropout_p, dropout_mask, shape, rng):
         return dropout_keep_mask(shape, dropout_p, rng) if dropout_p > 0.0 else None
     if dropout_p == 0.0:
         raise ValueError("dropout_mask needs dropout_p > 0 (it is scaled by 1 / (1 - dropout_p))")
-    dropout_mask = np.asarray(dropout_mask)
-    if dropout_mask.dtype != np.bool_:
-        raise TypeError(f"dropout_mask must be a boolean keep-mask, got {dropout_mask.dtype}")
-    try:
-        return np.broadcast_to(dropout_mask, shape)
-    except ValueError:
-        raise ValueError(
-            f"dropout_mask of shape {dropout_mask.shape} does not broadcast to the attention "
-            f"weights' shape {shape} (..., L, S)"
-        ) from None
+    dropout_mask = check_keep_mask(dropout_mask, shape, "dropout_mask", "the attention weights")
+    return np.broadcast_to(dropout_mask, shape)
 
 
 def causal_sdpa_forward(
@@ -126,7 +122,7 @@ def causal_sdpa_forward(
     dropout_p = check_probability(dropout_p, "dropout_p")
     scale = check_scale(scale, q.shape[-1])
     keep = _keep_mask(dropout_p, dropout_mask, (*lead, L, S), rng)
-    dropout_scale = 1.0 / (1.0 - dropout_p)
+    dropout_scale = kept_scale(dropout_p)  # 1 / (1 - p); 0 for p = 1 (all dropped)
     above = ~np.tri(block_size, block_size, dtype=bool)  # key j > query i inside a block
     attn_weights = np.zeros((*lead, L, S), dtype=dtype)  # blocks above the diagonal stay 0
     out = np.empty((*lead, L, v.shape[-1]), dtype=dtype)

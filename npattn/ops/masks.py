@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _guard
-from .._checks import as_float_array, as_grad, check_min_ndim, check_positive_int
+from .._checks import as_array, as_float_array, as_grad, check_min_ndim, check_positive_int
 
 
 def causal_mask(L: int, S: int | None = None) -> np.ndarray:
@@ -27,7 +27,7 @@ def causal_mask(L: int, S: int | None = None) -> np.ndarray:
 
 
 def _check_mask(mask, x: np.ndarray, x_name: str) -> np.ndarray:
-    mask = np.asarray(mask)
+    mask = as_array(mask, "mask")
     if mask.dtype != np.bool_:
         raise TypeError(f"mask must be boolean (True = attend), got dtype {mask.dtype}")
     try:

@@ -19,7 +19,14 @@ from typing import NamedTuple
 import numpy as np
 
 from .. import _guard
-from .._checks import as_float_array, as_grad, check_min_ndim, check_probability, check_scale
+from .._checks import (
+    as_array,
+    as_float_array,
+    as_grad,
+    check_min_ndim,
+    check_probability,
+    check_scale,
+)
 from .dropout import check_keep_mask, dropout_backward, dropout_forward
 from .masks import causal_mask
 from .softmax import softmax_backward, softmax_inplace
@@ -75,8 +82,11 @@ def _check_inputs(q, k, v, enable_gqa):
             f"value {tuple(v.shape)}"
         )
     for name, a, dims in (("query", q, "L, E"), ("key", k, "S, E"), ("value", v, "S, Ev")):
-        if 0 in a.shape:
-            raise ValueError(f"{name} must have no empty dims: shape (..., {dims}), got {a.shape}")
+        if 0 in a.shape[-2:]:  # empty batch dims are fine: empty outputs, as in torch
+            raise ValueError(
+                f"{name} needs at least one token and a head dim >= 1: shape (..., {dims}), "
+                f"got {a.shape}"
+            )
     dtype = np.result_type(q.dtype, k.dtype, v.dtype)
     q, k, v = (a.astype(dtype, copy=False) for a in (q, k, v))
     groups = 1
@@ -113,7 +123,7 @@ def check_attn_mask(attn_mask, is_causal: bool, scores_shape: tuple):
         raise ValueError("is_causal=True cannot be combined with attn_mask; pass one of them")
     if attn_mask is None:
         return None
-    attn_mask = np.asarray(attn_mask)
+    attn_mask = as_array(attn_mask, "attn_mask")
     try:
         shape = np.broadcast_shapes(attn_mask.shape, scores_shape)
     except ValueError:
