@@ -6,7 +6,9 @@ and the expected shape, rather than letting an error leak out of numpy internals
 
 from __future__ import annotations
 
+import math
 import numbers
+import os
 
 import numpy as np
 
@@ -145,3 +147,29 @@ def check_scale(scale, head_dim: int) -> float:
     if not np.isfinite(scale):
         raise ValueError(f"scale must be finite, got {scale}")
     return scale
+
+
+def check_bool(flag, name: str) -> bool:
+    """A bool (or numpy bool), else TypeError: a string such as "no" must not count as True."""
+    if not isinstance(flag, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {flag!r}")
+    return bool(flag)
+
+
+def physical_memory_bytes() -> int | None:
+    """The machine's memory, or None where the OS does not say (not POSIX)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_allocation(shape, itemsize: int, name: str, what: str) -> None:
+    """Raise ValueError naming `name` before making an array larger than the machine's memory."""
+    nbytes = itemsize * math.prod(int(n) for n in shape)
+    memory = physical_memory_bytes()
+    if memory is not None and nbytes > memory:
+        raise ValueError(
+            f"{name} asks for {what} of shape {tuple(shape)}: {nbytes / 2**30:.1f} GiB, more "
+            f"than this machine's {memory / 2**30:.1f} GiB of memory"
+        )

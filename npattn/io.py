@@ -43,7 +43,7 @@ def check_path(path, must_exist: bool) -> str:
     if os.path.isdir(path):
         raise WeightFileError(f"path {path!r} is a directory, not a .safetensors file")
     if must_exist and not os.path.exists(path):
-        raise FileNotFoundError(f"no such weight file: {path!r}")
+        raise FileNotFoundError(f"path {path!r}: no such weight file")
     return path
 
 

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
 from .. import _guard
-from .._checks import as_float_array, check_ndim, check_positive_int, check_probability
+from .._checks import (
+    as_float_array,
+    check_allocation,
+    check_bool,
+    check_ndim,
+    check_positive_int,
+    check_probability,
+    physical_memory_bytes,
+)
 
 
 def prepare_input(x, d_in: int, dtype, context_length: int | None = None) -> np.ndarray:
@@ -38,10 +44,14 @@ def prepare_input(x, d_in: int, dtype, context_length: int | None = None) -> np.
 _UNUSED = object()  # an argument the class does not take (None is a bad value, not "unused")
 
 
-def check_attention_args(d_in, d_out, context_length=_UNUSED, dropout=_UNUSED, num_heads=_UNUSED):
+def check_attention_args(
+    d_in, d_out, context_length=_UNUSED, dropout=_UNUSED, num_heads=_UNUSED, qkv_bias=False
+):
     """Validate the chapter's constructor arguments; returns them normalised (None if unused)."""
+    check_bool(qkv_bias, "qkv_bias")
     d_in = check_positive_int(d_in, "d_in")
     d_out = check_positive_int(d_out, "d_out")
+    check_allocation((max(d_out, d_in), d_out), 4, "d_in, d_out", "a float32 weight")
     context_length = (
         None if context_length is _UNUSED else check_positive_int(context_length, "context_length")
     )
@@ -55,13 +65,6 @@ def check_attention_args(d_in, d_out, context_length=_UNUSED, dropout=_UNUSED, n
     return d_in, d_out, context_length, dropout, num_heads
 
 
-def _physical_memory_bytes() -> int | None:
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):  # not a POSIX system
-        return None
-
-
 def chapter_mask(context_length: int) -> np.ndarray:
     """The chapter's `mask` buffer: triu(ones, diagonal=1), 1 = masked (float32, like torch).
 
@@ -69,7 +72,7 @@ def chapter_mask(context_length: int) -> np.ndarray:
     larger than the machine's memory raises ValueError naming context_length.
     """
     nbytes = 4 * context_length**2
-    memory = _physical_memory_bytes()
+    memory = physical_memory_bytes()
     if memory is not None and 2 * nbytes > memory:  # np.triu makes one temporary as large
         raise ValueError(
             f"context_length={context_length} needs a ({context_length}, {context_length}) "

@@ -123,7 +123,7 @@ class Module:
         """
         try:
             dtype = np.dtype(dtype)
-        except TypeError as e:
+        except Exception as e:  # np.dtype(",") raises SyntaxError, np.dtype("f9") TypeError
             raise TypeError(f"dtype must be a numpy floating dtype, got {dtype!r}") from e
         if not np.issubdtype(dtype, np.floating):
             raise TypeError(f"dtype must be a floating dtype such as np.float32, got {dtype}")

@@ -44,7 +44,7 @@ class MultiHeadAttentionWrapper(Module):
     ):
         super().__init__()
         d_in, d_out, context_length, dropout, _ = check_attention_args(
-            d_in, d_out, context_length, dropout
+            d_in, d_out, context_length, dropout, qkv_bias=qkv_bias
         )
         num_heads = check_positive_int(num_heads, "num_heads")  # d_out is per head here
         self.d_in, self.d_out, self.num_heads = d_in, d_out, num_heads
@@ -109,7 +109,7 @@ class MultiHeadAttention(Module):
         super().__init__()
         self.attn_impl = check_attn_impl(attn_impl)
         self.d_in, self.d_out, self.context_length, self.dropout, self.num_heads = (
-            check_attention_args(d_in, d_out, context_length, dropout, num_heads)
+            check_attention_args(d_in, d_out, context_length, dropout, num_heads, qkv_bias)
         )
         self.head_dim = self.d_out // self.num_heads
         self.rng = make_rng(rng)

@@ -74,7 +74,10 @@ def _check_inputs(q, k, v, block_size):
             f"{tuple(q.shape)}, got {tuple(k.shape)}"
         )
     if v.shape[:-1] != k.shape[:-1]:
-        raise ValueError(f"value must have shape {k.shape[:-1] + ('Ev',)}, got {tuple(v.shape)}")
+        raise ValueError(
+            f"value must have shape {k.shape[:-1] + ('Ev',)} like key {tuple(k.shape)}, got "
+            f"{tuple(v.shape)}"
+        )
     if q.shape[-2] < 1 or k.shape[-2] < 1 or q.shape[-1] < 1 or v.shape[-1] < 1:
         raise ValueError(
             f"query, key and value need at least one token and a head dim >= 1, got "
@@ -84,7 +87,7 @@ def _check_inputs(q, k, v, block_size):
         raise TypeError(f"block_size must be an int, got {type(block_size).__name__}")
     if block_size < 1:
         raise ValueError(f"block_size must be >= 1, got {block_size}")
-    return q, k, v, int(block_size)
+    return q, k, v, min(int(block_size), max(q.shape[-2], k.shape[-2]))  # no larger block
 
 
 def _keep_mask(dropout_p, dropout_mask, shape, rng):

@@ -8,7 +8,14 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _guard
-from .._checks import as_array, as_float_array, as_grad, check_probability, make_rng
+from .._checks import (
+    as_array,
+    as_float_array,
+    as_grad,
+    check_allocation,
+    check_probability,
+    make_rng,
+)
 
 
 def dropout_keep_mask(shape, p: float, rng=None) -> np.ndarray:
@@ -17,6 +24,11 @@ def dropout_keep_mask(shape, p: float, rng=None) -> np.ndarray:
     Shapes: -> shape. `rng` is a numpy Generator, an int seed, or None.
     """
     p = check_probability(p, "p")
+    try:
+        shape = tuple(int(n) for n in np.broadcast_shapes(shape))  # (n, ...) or n
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"shape must be a tuple of sizes >= 0, got {shape!r}") from e
+    check_allocation(shape, 8, "shape", "a keep-mask")  # random() draws float64
     return make_rng(rng).random(shape) >= p
 
 

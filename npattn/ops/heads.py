@@ -21,7 +21,9 @@ def split_heads_forward(x, num_heads: int):
     num_heads = check_positive_int(num_heads, "num_heads")
     b, t, d_out = x.shape
     if d_out % num_heads:
-        raise ValueError(f"d_out ({d_out}) must be divisible by num_heads ({num_heads})")
+        raise ValueError(
+            f"x of shape {x.shape}: d_out ({d_out}) must be divisible by num_heads ({num_heads})"
+        )
     out = x.reshape(b, t, num_heads, d_out // num_heads)  # (B, T, d_out) -> (B, T, H, E)
     out = out.transpose(0, 2, 1, 3)  # (B, T, H, E) -> (B, H, T, E)
     return out, (x.shape, num_heads)  # the backward takes H from here, never from dout

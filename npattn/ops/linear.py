@@ -26,11 +26,17 @@ def linear_forward(x, weight, bias=None):
         raise ValueError(f"weight must have shape (d_out, d_in), got {tuple(weight.shape)}")
     d_out, d_in = weight.shape
     if x.shape[-1] != d_in:
-        raise ValueError(f"x must have shape (..., d_in={d_in}), got {tuple(x.shape)}")
+        raise ValueError(
+            f"x must have shape (..., d_in={d_in}) to match weight (d_out, d_in) = "
+            f"{tuple(weight.shape)}, got {tuple(x.shape)}"
+        )
     if bias is not None:
         bias = as_float_array(bias, "bias")
         if bias.shape != (d_out,):
-            raise ValueError(f"bias must have shape (d_out={d_out},), got {tuple(bias.shape)}")
+            raise ValueError(
+                f"bias must have shape (d_out={d_out},) to match weight {tuple(weight.shape)}, "
+                f"got {tuple(bias.shape)}"
+            )
     out = x @ weight.T  # (..., d_in) @ (d_in, d_out) -> (..., d_out)
     if bias is not None:
         out = out + bias

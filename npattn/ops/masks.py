@@ -13,7 +13,14 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _guard
-from .._checks import as_array, as_float_array, as_grad, check_min_ndim, check_positive_int
+from .._checks import (
+    as_array,
+    as_float_array,
+    as_grad,
+    check_allocation,
+    check_min_ndim,
+    check_positive_int,
+)
 
 
 def causal_mask(L: int, S: int | None = None) -> np.ndarray:
@@ -23,6 +30,7 @@ def causal_mask(L: int, S: int | None = None) -> np.ndarray:
     """
     L = check_positive_int(L, "L")
     S = L if S is None else check_positive_int(S, "S")
+    check_allocation((L, S), 1, "L, S", "a boolean mask")
     return np.tri(L, S, dtype=bool)
 
 

@@ -23,6 +23,7 @@ from .._checks import (
     as_array,
     as_float_array,
     as_grad,
+    check_bool,
     check_min_ndim,
     check_probability,
     check_scale,
@@ -90,7 +91,7 @@ def _check_inputs(q, k, v, enable_gqa):
     dtype = np.result_type(q.dtype, k.dtype, v.dtype)
     q, k, v = (a.astype(dtype, copy=False) for a in (q, k, v))
     groups = 1
-    if enable_gqa:
+    if check_bool(enable_gqa, "enable_gqa"):
         if q.ndim < 3 or k.ndim < 3 or v.ndim < 3:
             raise ValueError("enable_gqa needs heads on axis -3: shapes (..., H, L, E)")
         hq, hk, hv = q.shape[-3], k.shape[-3], v.shape[-3]
@@ -119,7 +120,7 @@ def check_attn_mask(attn_mask, is_causal: bool, scores_shape: tuple):
 
     Shapes: attn_mask broadcastable to scores_shape (..., L, S), boolean or floating.
     """
-    if is_causal and attn_mask is not None:
+    if check_bool(is_causal, "is_causal") and attn_mask is not None:
         raise ValueError("is_causal=True cannot be combined with attn_mask; pass one of them")
     if attn_mask is None:
         return None

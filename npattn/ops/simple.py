@@ -82,6 +82,8 @@ def simple_attention_forward(inputs):
     """
     inputs = as_float_array(inputs, "inputs")
     check_ndim(inputs, "inputs", (2, 3), "(T, d) or (B, T, d)")
+    if 0 in inputs.shape[-2:]:
+        raise ValueError(f"inputs needs T >= 1 tokens and d >= 1: shape (T, d), got {inputs.shape}")
     # x plays query, key and value at once; no 1/sqrt(d) scaling yet in this stage
     context_vecs, cache = sdpa_forward(inputs, inputs, inputs, scale=1.0)
     return context_vecs, cache.attn_weights, cache
