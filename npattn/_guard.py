@@ -11,7 +11,7 @@ makes the change impossible, at the price of a copy:
   fields) is marked read-only, so writing into it raises numpy's "read-only" ValueError rather
   than changing a later backward.
 A copy runs at memory speed: measured here, about 6x faster than a crc32 fingerprint of the
-same bytes (benchmarks/guard_cost.py; docs/numerics.md, "Safety").
+same bytes (benchmarks/guard_cost.py; docs/safety.md).
 
 `enabled = False` switches both off (the arrays are kept as given, as before the guard); it
 exists so benchmarks/guard_cost.py can time the guard's cost, not for use.

@@ -9,7 +9,7 @@ impossible instead (npattn/_guard.py): a cache keeps a private copy of each arra
 still holds (x, q, k, v, weights, masks, and an output the cache also needs), so editing any of
 them in place before the backward changes no gradient, and every array a cache keeps or shows
 (cache.attn_weights, a module's attn_weights) is read-only. The copies run at memory speed
-(docs/numerics.md, "Safety"). Softmax is the exception that proves the rule: its cache is its
+(docs/safety.md). Softmax is the exception that proves the rule: its cache is its
 output y, which the caller holds, and softmax_backward(dy, y) is a function of the y it gets.
 Inputs themselves are never modified by npattn.
 """

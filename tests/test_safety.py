@@ -1,5 +1,5 @@
 """No silent failure: one dtype rule, threads that cannot mix caches, bad input refused by name,
-and every error the project's own (docs/numerics.md, "Safety")."""
+and every error the project's own (docs/safety.md)."""
 
 from __future__ import annotations
 
