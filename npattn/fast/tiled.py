@@ -29,6 +29,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .. import _guard
 from .._checks import (
     as_grad,
     check_attn_mask,
@@ -56,7 +57,7 @@ class FlashCache(NamedTuple):
     v: np.ndarray  # (..., S, Ev), after GQA repetition
     out: np.ndarray  # (..., L, Ev), batch dims broadcast
     lse: np.ndarray  # (..., L, 1), log-sum-exp of each score row; 0 on fully masked rows
-    attn_mask: np.ndarray | None  # the caller's mask (not copied), broadcastable to (..., L, S)
+    attn_mask: np.ndarray | None  # a private copy of the mask, broadcastable to (..., L, S)
     is_causal: bool
     scale: float
     gqa_groups: int  # Hq // Hkv; 1 without GQA
@@ -131,6 +132,7 @@ def flash_attention_forward(
     row gives 0. block_size: an int, (Br, Bc), or None for a size from TILE_ELEMENTS.
     Dropout (applied whenever dropout_p > 0) draws one key from rng, a Generator or a seed.
     """
+    given = (q, k, v, attn_mask)
     q, k, v, groups = check_sdpa_inputs(q, k, v, enable_gqa)
     dropout_p = check_probability(dropout_p, "dropout_p")
     k, v = repeat_kv(k, groups), repeat_kv(v, groups)  # (..., Hkv, S, E) -> (..., Hq, S, E)
@@ -175,7 +177,11 @@ def flash_attention_forward(
         out[..., r, :] = acc / l_safe
         lse[..., r, :] = np.where(np.isneginf(m), 0, m) + np.log(l_safe)
     blocks, dropout = (Br, Bc), (dropout_p, key)
-    cache = FlashCache(q, k, v, out, lse, attn_mask, is_causal, scale, groups, blocks, dropout)
+    # the cache keeps private, read-only arrays (npattn/_guard.py): copies of what the caller
+    # holds, out included, since the caller may change the returned array
+    q, k, v, attn_mask = (_guard.private(a, *given) for a in (q, k, v, attn_mask))
+    out_kept, lse = _guard.private(out, out), _guard.readonly(lse)
+    cache = FlashCache(q, k, v, out_kept, lse, attn_mask, is_causal, scale, groups, blocks, dropout)
     return out, cache
 
 

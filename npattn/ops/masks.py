@@ -13,7 +13,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._checks import as_float_array, as_grad, check_bool_mask, check_min_ndim, check_positive_int
+from .. import _guard
+from .._checks import (
+    as_float_array,
+    as_grad,
+    check_allocation,
+    check_bool_mask,
+    check_min_ndim,
+    check_positive_int,
+)
 
 
 def causal_mask(L: int, S: int | None = None) -> np.ndarray:
@@ -23,6 +31,7 @@ def causal_mask(L: int, S: int | None = None) -> np.ndarray:
     """
     L = check_positive_int(L, "L")
     S = L if S is None else check_positive_int(S, "S")
+    check_allocation((L, S), 1, "L, S", "a boolean mask")
     return np.tri(L, S, dtype=bool)
 
 
@@ -34,6 +43,7 @@ def sliding_window_mask(L: int, S: int | None = None, *, window: int | None) -> 
     """
     L = check_positive_int(L, "L")
     S = L if S is None else check_positive_int(S, "S")
+    check_allocation((L, S), 8, "L, S", "a sliding-window mask")  # int64 position differences
     return position_mask(np.arange(L), np.arange(S), window=window)
 
 
@@ -86,9 +96,10 @@ def mask_scores_forward(attn_scores, mask):
     """
     attn_scores = as_float_array(attn_scores, "attn_scores")
     check_min_ndim(attn_scores, "attn_scores", 2, "(..., T, S)")
+    mask_in = mask
     mask = check_bool_mask(mask, attn_scores.shape, "mask", "attn_scores")
     out = np.where(mask, attn_scores, -np.inf).astype(attn_scores.dtype, copy=False)
-    return out, (mask, attn_scores.shape, out.dtype)
+    return out, (_guard.private(mask, mask_in), attn_scores.shape, out.dtype)
 
 
 def mask_scores_backward(dout, cache):
@@ -109,6 +120,7 @@ def mask_renormalize_forward(attn_weights, mask):
     """
     attn_weights = as_float_array(attn_weights, "attn_weights")
     check_min_ndim(attn_weights, "attn_weights", 2, "(..., T, S)")
+    mask_in = mask
     mask = check_bool_mask(mask, attn_weights.shape, "mask", "attn_weights")
     # 1. masked_simple = attn_weights * mask
     masked = np.where(mask, attn_weights, 0).astype(attn_weights.dtype, copy=False)
@@ -117,7 +129,10 @@ def mask_renormalize_forward(attn_weights, mask):
     row_sums = np.where(row_sums == 0, 1, row_sums).astype(masked.dtype, copy=False)
     # 3. out = masked_simple / row_sums
     out = masked / row_sums
-    cache = (mask, out, row_sums)  # mask: bcast (..., T, S), out: (..., T, S), row_sums (..., T, 1)
+    # the caller gets out and may change it: the cache keeps its own copy (npattn/_guard.py)
+    mask, out_kept = _guard.private(mask, mask_in), _guard.private(out, out)
+    # mask: bcast (..., T, S), out_kept: (..., T, S), row_sums (..., T, 1)
+    cache = (mask, out_kept, row_sums)
     return out, cache
 
 

@@ -22,6 +22,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .. import _guard
 from .._checks import (
     as_grad,
     check_attn_mask,
@@ -87,7 +88,9 @@ def sdpa_forward(
     Beyond torch: softcap c > 0 caps the scores to c * tanh(scores / c) before the mask
     (Gemma 2); sinks (H,) or broadcastable to (..., L, 1) adds one logit per head to each
     row's softmax denominator (gpt-oss), and sdpa_backward then also returns dsinks.
+    The cache keeps private, read-only q, k, v, keep-mask and weights (npattn/_guard.py).
     """
+    given = (q, k, v)
     q, k, v, groups = check_sdpa_inputs(q, k, v, enable_gqa)
     softcap = check_softcap(softcap)
     dropout_p = check_probability(dropout_p, "dropout_p")
@@ -119,14 +122,26 @@ def sdpa_forward(
     else:
         attn_weights = softmax_inplace(attn_scores, axis=-1)  # step 1 or 2 made a new array
     # 4. dropout on the weights (inverted: kept weights scaled by 1 / (1 - p))   (..., L, S)
-    dropout_scale = 1.0 / (1.0 - dropout_p)
+    dropout_scale = 1.0 / (1.0 - dropout_p) if dropout_p < 1.0 else 0.0  # p = 1 drops all
     if keep is None and dropout_p > 0.0:
         keep = dropout_keep_mask(attn_weights.shape, dropout_p, rng)  # True = kept
     dropped = attn_weights if keep is None else attn_weights * keep * dtype.type(dropout_scale)
     # 5. out = dropped @ v                          (..., L, S) @ (..., S, Ev) -> (..., L, Ev)
     out = dropped @ v
+    # the caller may change q, k, v or the keep-mask later: the cache keeps its own copies
+    q, k, v = (_guard.private(a, *given) for a in (q, k, v))
+    keep = _guard.private(keep, dropout_mask)
     cache = SDPACache(
-        q, k, v, attn_weights, keep, dropout_scale, scale, groups, softcap_cache, sink_cache
+        q,
+        k,
+        v,
+        _guard.readonly(attn_weights),
+        keep,
+        dropout_scale,
+        scale,
+        groups,
+        softcap_cache,
+        sink_cache,
     )
     return out, cache
 
