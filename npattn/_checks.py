@@ -92,6 +92,13 @@ def _is_real(x) -> bool:
     return isinstance(x, numbers.Real) and not isinstance(x, (bool, np.bool_))
 
 
+def check_real(x, name: str, what: str = "a float") -> float:
+    """x as a float, else TypeError: a string, bool or array must not pass as a number."""
+    if not _is_real(x):
+        raise TypeError(f"{name} must be {what}, got {x!r}")
+    return float(x)
+
+
 def check_probability(p, name: str) -> float:
     """Return p as a float in [0, 1], else raise TypeError/ValueError.
 

@@ -40,7 +40,7 @@ import torch_port as tp  # noqa: E402
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROJECT_DIRS = tuple(os.path.join(ROOT, d) + os.sep for d in ("npattn", "torch_port"))
 PROJECT_ERRORS = (ValueError, TypeError, KeyError, RuntimeError, FileNotFoundError)
-MAX_EXAMPLES = int(os.environ.get("NPATTN_FUZZ_EXAMPLES", 150))  # 150: a few seconds
+MAX_EXAMPLES = int(os.environ.get("NPATTN_FUZZ_EXAMPLES", 300))  # 300: a few seconds
 COUNTS: collections.Counter = collections.Counter()  # outcome -> examples, for __main__
 
 B, T, D, H, CTX = 2, 3, 4, 2, 5
@@ -199,6 +199,103 @@ TARGETS = {
         lambda: dict(x=_x(T, D)),
         {"x": ("inputs",)},
     ),
+    # the modern ops: RoPE, RMSNorm, soft-capping, sinks, window and padding masks
+    "compute_rope_params": (
+        F.compute_rope_params,
+        lambda: dict(head_dim=4, theta_base=1e4, context_length=CTX, freq_config=None),
+        {},
+    ),
+    "rope_forward": (
+        F.rope_forward,
+        lambda: dict(x=_x(B, H, T, 4), cos=_rope()[0], sin=_rope()[1], offset=1),
+        {},
+    ),
+    "rmsnorm_forward": (F.rmsnorm_forward, lambda: dict(x=_x(B, T, D), scale=_x(D), eps=1e-6), {}),
+    "softcap_forward": (F.softcap_forward, lambda: dict(scores=_x(2, 3, 3), cap=5.0), {}),
+    "softmax_with_sink_forward": (
+        F.softmax_with_sink_forward,
+        lambda: dict(attn_scores=_x(B, H, T, T), sinks=_x(H)),
+        {},
+    ),
+    "sdpa_forward(softcap, sinks)": (
+        F.sdpa_forward,
+        lambda: dict(
+            q=_x(B, H, T, 2),
+            k=_x(B, 1, T, 2),
+            v=_x(B, 1, T, 2),
+            is_causal=True,
+            enable_gqa=True,
+            softcap=5.0,
+            sinks=_x(H),
+        ),  # fmt: skip
+        {"q": ("query",), "k": ("key",), "v": ("value",)},
+    ),
+    "sliding_window_mask": (F.sliding_window_mask, lambda: dict(L=3, S=4, window=2), {}),
+    "position_mask": (
+        F.position_mask,
+        lambda: dict(q_positions=np.arange(2, 4), k_positions=np.arange(4), window=2),
+        {},
+    ),
+    "key_padding_mask": (F.key_padding_mask, lambda: dict(lengths=np.array([1, 3]), S=3), {}),
+    # the modern classes: construction, and a forward with their keyword arguments
+    "GroupedQueryAttention": (
+        npattn.GroupedQueryAttention,
+        lambda: dict(
+            d_in=D, d_out=D, dropout=0.1, num_heads=H, num_kv_groups=1, qkv_bias=True, rng=0
+        ),  # fmt: skip
+        {},
+    ),
+    "MultiHeadLatentAttention": (
+        npattn.MultiHeadLatentAttention,
+        lambda: dict(
+            d_in=D, d_out=D, dropout=0.1, num_heads=H, qkv_bias=False, latent_dim=3, rng=0
+        ),  # fmt: skip
+        {},
+    ),
+    "MultiHeadAttentionWithSWA": (
+        npattn.MultiHeadAttentionWithSWA,
+        lambda: dict(
+            d_in=D, d_out=D, dropout=0.1, num_heads=H, qkv_bias=False, sliding_window_size=2, rng=0
+        ),  # fmt: skip
+        {},
+    ),
+    "Qwen3Attention": (
+        npattn.Qwen3Attention,
+        lambda: dict(
+            d_in=D,
+            num_heads=H,
+            num_kv_groups=1,
+            head_dim=2,
+            qk_norm=True,
+            rope_base=1e4,
+            context_length=CTX,
+            rope_freq_config=None,
+            rng=0,
+        ),  # fmt: skip
+        {"rope_freq_config": ("freq_config",)},  # compute_rope_params' name for it
+    ),
+    "gqa(x, x_kv, key_padding_mask)": (
+        lambda _module, x, x_kv, key_padding_mask: _module(
+            x, x_kv=x_kv, key_padding_mask=key_padding_mask
+        ),
+        lambda: dict(
+            _module=_modern("GroupedQueryAttention"),
+            x=_x(B, T, D),
+            x_kv=_x(B, 4, D),
+            key_padding_mask=np.ones((B, 4), bool),
+        ),  # fmt: skip
+        {},
+    ),
+    "qwen3(x, use_cache)": (
+        lambda _module, x, use_cache: _module(x, use_cache),
+        lambda: dict(_module=_modern("Qwen3Attention"), x=_x(B, T, D), use_cache=True),
+        {},
+    ),
+    "modern.backward": (
+        lambda _module, dout: _module.backward(dout),
+        lambda: dict(_module=_ran(_modern("MultiHeadLatentAttention")), dout=_x(B, T, D)),
+        {"dout": ("dout", "dcontext")},
+    ),
     "MultiHeadAttention": (
         npattn.MultiHeadAttention,
         lambda: dict(
@@ -247,6 +344,15 @@ TARGETS = {
         {},
     ),
 }
+
+
+def _rope():
+    return F.compute_rope_params(4, 1e4, CTX)
+
+
+def _modern(name):
+    """A small module of a modern class, float64 (fresh each time: a call may change it)."""
+    return TARGETS[name][0](**TARGETS[name][1]()).astype(np.float64)
 
 
 def _ran(module):

@@ -19,13 +19,25 @@ B, T, D, H, CTX = 2, 5, 4, 2, 6
 
 
 def modules():
-    """Every chapter class, and each attention path of the classes that choose one."""
+    """Every chapter class, each attention path of the classes that choose one, and the modern
+    classes (they share Linear, the ops and the checks, so the guard covers them too)."""
     yield npattn.SelfAttention_v1(D, D, rng=0)
     yield npattn.SelfAttention_v2(D, D, qkv_bias=True, rng=0)
     yield npattn.MultiHeadAttentionWrapper(D, D, CTX, 0.0, H, qkv_bias=True, rng=0)
     for impl in ("reference", "blocked", "tiled"):
         yield npattn.CausalAttention(D, D, CTX, 0.0, rng=0, attn_impl=impl)
         yield npattn.MultiHeadAttention(D, D, CTX, 0.0, H, qkv_bias=True, rng=0, attn_impl=impl)
+    yield from modern_modules()
+
+
+def modern_modules():
+    """Every modern class, each with its optional parts switched on (biases, QK-norm)."""
+    yield npattn.GroupedQueryAttention(D, D, 0.0, H, 1, qkv_bias=True, rng=0)
+    yield npattn.MultiHeadLatentAttention(D, D, 0.0, H, qkv_bias=True, latent_dim=3, rng=0)
+    yield npattn.MultiHeadAttentionWithSWA(
+        D, D, 0.0, H, qkv_bias=True, sliding_window_size=2, rng=0
+    )
+    yield npattn.Qwen3Attention(D, H, 1, 2, qk_norm=True, context_length=CTX, rng=0)
 
 
 MODULES = list(modules())
@@ -144,6 +156,24 @@ def test_ops_keep_private_copies_of_what_the_caller_holds():
         lambda x: F.simple_attention_forward(x)[::2],
         F.simple_attention_backward,
         [inputs],
+    )
+
+
+def test_the_modern_ops_keep_private_copies_of_what_the_caller_holds():
+    rng = np.random.default_rng(6)
+    x, scale, sinks = rng.standard_normal((2, 3, 4)), rng.standard_normal(4), rng.standard_normal(2)
+    cos, sin = F.compute_rope_params(4, 1e4, 5)
+    _grads_after_edit(F.rmsnorm_forward, F.rmsnorm_backward, [x, scale])
+    _grads_after_edit(lambda x, c, s: F.rope_forward(x, c, s, 1), F.rope_backward, [x, cos, sin])
+    _grads_after_edit(lambda x: F.softcap_forward(x, 2.0), F.softcap_backward, [x])
+    _grads_after_edit(F.softmax_with_sink_forward, F.softmax_with_sink_backward, [x, sinks.copy()])
+    q, k, v = (rng.standard_normal((1, 2, 3, 4)) for _ in range(3))
+    _grads_after_edit(
+        lambda q, k, v, s: F.sdpa_forward(
+            q, k[:, :1], v[:, :1], None, 0.0, True, None, True, softcap=3.0, sinks=s
+        ),  # fmt: skip
+        F.sdpa_backward,
+        [q, k, v, sinks],
     )
 
 

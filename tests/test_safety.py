@@ -29,6 +29,19 @@ def mha(**kw):
     return npattn.MultiHeadAttention(4, 4, 6, 0.0, 2, rng=0, **kw)
 
 
+MODULES = {  # (B, T, 4) -> (B, T, 4): the chapter's MultiHeadAttention and the modern classes
+    "MultiHeadAttention": mha,
+    "GroupedQueryAttention": lambda: npattn.GroupedQueryAttention(4, 4, 0.0, 2, 1, rng=0),
+    "MultiHeadLatentAttention": lambda: npattn.MultiHeadLatentAttention(
+        4, 4, 0.0, 2, latent_dim=3, rng=0
+    ),
+    "MultiHeadAttentionWithSWA": lambda: npattn.MultiHeadAttentionWithSWA(
+        4, 4, 0.0, 2, sliding_window_size=2, rng=0
+    ),
+    "Qwen3Attention": lambda: npattn.Qwen3Attention(4, 2, 1, 2, context_length=6, rng=0),
+}
+
+
 # -- one dtype rule ------------------------------------------------------------------------
 
 
@@ -85,9 +98,10 @@ def test_bfloat16_and_requires_grad_tensors_are_read_as_their_values(tmp_path):
 # -- threads -------------------------------------------------------------------------------
 
 
-def test_a_backward_after_another_threads_forward_raises():
+@pytest.mark.parametrize("name", MODULES)
+def test_a_backward_after_another_threads_forward_raises(name):
     """Two threads, one module: forward, forward, backward, backward (in that order)."""
-    m = mha()
+    m = MODULES[name]()
     x = np.random.default_rng(0).standard_normal((2, 3, 4))
     steps = [threading.Event() for _ in range(3)]
     results = {}
@@ -114,7 +128,7 @@ def test_a_backward_after_another_threads_forward_raises():
     second.join()
     assert isinstance(results["first"], RuntimeError)
     assert "another thread's forward" in str(results["first"])
-    single = mha()
+    single = MODULES[name]()
     single(2 * x)
     np.testing.assert_allclose(results["second"], single.backward(np.ones((2, 3, 4))), **F64)
 
@@ -131,6 +145,45 @@ def test_a_backward_in_a_thread_that_ran_no_forward_uses_the_last_forward():
 
 
 # -- validation of what used to be accepted ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: npattn.GroupedQueryAttention(4, 4, 0.0, 2, 1, qkv_bias="no"),
+        lambda: npattn.MultiHeadLatentAttention(4, 4, 0.0, 2, qkv_bias="no"),
+        lambda: npattn.MultiHeadAttentionWithSWA(4, 4, 0.0, 2, qkv_bias="no"),
+        lambda: npattn.Qwen3Attention(4, 2, 1, 2, qk_norm="no"),
+    ],
+    ids=["gqa", "mla", "swa", "qwen3"],
+)
+def test_the_modern_classes_take_bools_for_their_flags(make):
+    with pytest.raises(TypeError, match=r"(qkv_bias|qk_norm) must be True or False"):
+        make()
+
+
+def test_the_modern_ops_take_numbers_only():
+    x = np.ones((2, 3, 4))
+    with pytest.raises(TypeError, match="softcap must be a float"):
+        F.sdpa_forward(x, x, x, softcap="30")
+    with pytest.raises(TypeError, match="theta_base must be a float"):
+        F.compute_rope_params(4, "1e4", 6)
+    with pytest.raises(TypeError, match="rope_base must be a float"):
+        npattn.Qwen3Attention(4, 2, 1, 2, rope_base="1e4")
+    with pytest.raises(TypeError, match="eps must be a float"):
+        F.rmsnorm_forward(x, np.ones(4), eps="1e-6")
+    with pytest.raises(ValueError, match="context_length, head_dim asks for cos/sin tables"):
+        F.compute_rope_params(4, 1e4, 2**50)
+
+
+def test_unsigned_positions_do_not_wrap_around():
+    """p - r of unsigned positions would wrap to a huge number and attend the future."""
+    for window in (None, 2):
+        expected = F.position_mask(np.arange(3), np.arange(4), window=window)
+        q, k = np.arange(3, dtype=np.uint8), np.arange(4, dtype=np.uint8)
+        got = F.position_mask(q, k, window=window)
+        np.testing.assert_array_equal(got, expected)
+        assert not got[0, 1]  # query 0 does not see key 1
 
 
 @pytest.mark.parametrize("value", ["0.1", True, None, [0.1]])

@@ -15,6 +15,7 @@ import numpy as np
 
 from .. import _guard
 from .._checks import (
+    as_array,
     as_float_array,
     as_grad,
     check_allocation,
@@ -56,12 +57,20 @@ def position_mask(q_positions, k_positions, *, window: int | None = None) -> np.
     """
     if window is not None:
         window = check_positive_int(window, "window")
-    q_positions, k_positions = np.asarray(q_positions), np.asarray(k_positions)
+    q_positions = as_array(q_positions, "q_positions")
+    k_positions = as_array(k_positions, "k_positions")
+    for name, a in (("q_positions", q_positions), ("k_positions", k_positions)):
+        if not np.issubdtype(a.dtype, np.integer):
+            raise TypeError(f"{name} must be integers, got dtype {a.dtype}")
+    # signed, so that p - r below cannot wrap around as unsigned integers would
+    q_positions, k_positions = q_positions.astype(np.int64), k_positions.astype(np.int64)
     if q_positions.ndim != 1 or k_positions.ndim != 1:
         raise ValueError(
             f"q_positions and k_positions must have shapes (L,) and (S,), got "
             f"{q_positions.shape} and {k_positions.shape}"
         )
+    L, S = q_positions.size, k_positions.size
+    check_allocation((L, S), 8, "q_positions, k_positions", "a mask")  # int64 differences
     diff = q_positions[:, None] - k_positions[None, :]  # (L, 1) - (1, S) -> (L, S)
     mask = diff >= 0
     if window is not None:
@@ -77,7 +86,7 @@ def key_padding_mask(lengths, S: int) -> np.ndarray:
     a query row left with no key gives 0 in sdpa_forward.
     """
     S = check_positive_int(S, "S")
-    lengths = np.asarray(lengths)
+    lengths = as_array(lengths, "lengths")
     if lengths.ndim != 1 or not np.issubdtype(lengths.dtype, np.integer):
         raise ValueError(
             f"lengths must be integers of shape (B,), got dtype {lengths.dtype}, "
@@ -85,6 +94,7 @@ def key_padding_mask(lengths, S: int) -> np.ndarray:
         )
     if lengths.size and (lengths.min() < 0 or lengths.max() > S):
         raise ValueError(f"lengths must lie in [0, S={S}], got {lengths.tolist()}")
+    check_allocation((lengths.size, S), 8, "lengths, S", "a key-padding mask")  # int64 arange
     return np.arange(S)[None, :] < lengths[:, None]  # (1, S) < (B, 1) -> (B, S)
 
 

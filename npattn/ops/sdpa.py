@@ -34,7 +34,7 @@ from .._checks import (
 from .dropout import dropout_keep_mask
 from .heads import repeat_kv, repeat_kv_backward
 from .masks import causal_mask
-from .sinks import softmax_with_sink_backward, softmax_with_sink_forward
+from .sinks import check_sinks, softmax_with_sink_backward, softmax_with_sink_forward
 from .softcap import check_softcap, softcap_backward, softcap_forward
 from .softmax import softmax_backward, softmax_inplace
 
@@ -102,6 +102,8 @@ def sdpa_forward(
     scores_shape = np.broadcast_shapes(q.shape[:-2], k.shape[:-2]) + (L, S)
     attn_mask = check_attn_mask(attn_mask, is_causal, scores_shape)
     keep = check_dropout_mask(dropout_mask, dropout_p, scores_shape)
+    if sinks is not None:  # checked here too, so that a mismatch names query and key
+        check_sinks(sinks, scores_shape, "query @ key^T")
     # 1. attn_scores = (q * scale) @ k^T           (..., L, E) @ (..., E, S) -> (..., L, S)
     #    q is scaled first: the same scores as (q @ k^T) * scale, but the unscaled sum of E
     #    products never forms, so float16 does not overflow where the scaled score fits
@@ -118,7 +120,7 @@ def sdpa_forward(
     # 3. attn_weights = softmax(attn_scores)        (..., L, S)
     sink_cache = None
     if sinks is not None:  # the sink joins each row's denominator (ops/sinks.py)
-        attn_weights, sink_cache = softmax_with_sink_forward(attn_scores, sinks)
+        attn_weights, sink_cache = softmax_with_sink_forward(attn_scores, sinks, copy=False)
     else:
         attn_weights = softmax_inplace(attn_scores, axis=-1)  # step 1 or 2 made a new array
     # 4. dropout on the weights (inverted: kept weights scaled by 1 / (1 - p))   (..., L, S)
