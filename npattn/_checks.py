@@ -182,8 +182,14 @@ def check_allocation(shape, itemsize: int, name: str, what: str) -> None:
         )
 
 
-def check_broadcasts(a: np.ndarray, shape: tuple, name: str, target: str) -> None:
-    """Raise ValueError unless a broadcasts to exactly `shape` (that of `target`)."""
+# what the attention scores' and weights' shape (..., L, S) is made of, for the messages: a
+# mask that does not fit may be the mask's fault or that of query and key
+SCORES_DIMS = " (the batch dims of query and key, L, S)"
+
+
+def check_broadcasts(a: np.ndarray, shape: tuple, name: str, target: str, dims: str = "") -> None:
+    """Raise ValueError unless a broadcasts to exactly `shape` (that of `target`, made of
+    `dims`, which the message adds after the shape)."""
     try:
         fits = np.broadcast_shapes(a.shape, tuple(shape)) == tuple(shape)
     except ValueError:
@@ -191,12 +197,17 @@ def check_broadcasts(a: np.ndarray, shape: tuple, name: str, target: str) -> Non
     if not fits:
         raise ValueError(
             f"{name} of shape {tuple(a.shape)} does not broadcast to {target} of shape "
-            f"{tuple(shape)}"
+            f"{tuple(shape)}{dims}"
         )
 
 
 def check_bool_mask(
-    mask, shape: tuple, name: str = "mask", target: str = "x", meaning: str = "True = attend"
+    mask,
+    shape: tuple,
+    name: str = "mask",
+    target: str = "x",
+    meaning: str = "True = attend",
+    dims: str = "",
 ) -> np.ndarray:
     """A boolean mask that broadcasts to `shape`, else a TypeError/ValueError naming it.
 
@@ -205,7 +216,7 @@ def check_bool_mask(
     mask = as_array(mask, name)
     if mask.dtype != np.bool_:
         raise TypeError(f"{name} must be boolean ({meaning}), got dtype {mask.dtype}")
-    check_broadcasts(mask, shape, name, target)
+    check_broadcasts(mask, shape, name, target, dims)
     return mask
 
 
@@ -218,10 +229,12 @@ def check_attn_mask(attn_mask, is_causal: bool, scores_shape: tuple):
         return None
     attn_mask = as_array(attn_mask, "attn_mask")
     if attn_mask.dtype == np.bool_:
-        return check_bool_mask(attn_mask, scores_shape, "attn_mask", "the attention scores")
+        return check_bool_mask(
+            attn_mask, scores_shape, "attn_mask", "the attention scores", dims=SCORES_DIMS
+        )
     if not np.issubdtype(attn_mask.dtype, np.floating):
         raise TypeError(f"attn_mask must be boolean or floating, got dtype {attn_mask.dtype}")
-    check_broadcasts(attn_mask, scores_shape, "attn_mask", "the attention scores")
+    check_broadcasts(attn_mask, scores_shape, "attn_mask", "the attention scores", SCORES_DIMS)
     return attn_mask
 
 
@@ -295,5 +308,10 @@ def check_dropout_mask(dropout_mask, dropout_p: float, shape: tuple):
     if dropout_p == 0.0:
         raise ValueError("dropout_mask needs dropout_p > 0 (it is scaled by 1 / (1 - dropout_p))")
     return check_bool_mask(
-        dropout_mask, shape, "dropout_mask", "the attention weights", "a keep-mask, True = kept"
+        dropout_mask,
+        shape,
+        "dropout_mask",
+        "the attention weights",
+        "a keep-mask, True = kept",
+        SCORES_DIMS,
     )
