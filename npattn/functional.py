@@ -8,9 +8,15 @@ The reference ops live in npattn/ops/; the opt-in fast ones in npattn/fast/ (cau
 by row blocks, fused_linear_*, flash_attention_* by tiles) are exported here too, so one
 `F` reaches them all and tests can hold each fast op against its reference.
 
-A cache holds references to the forward's inputs, not copies (torch's autograd does the same,
-but raises if they change): change an input in place between a forward and its backward and
-the gradients change with it. Inputs themselves are never modified by npattn.
+A backward always uses the data of the forward that made its cache. Torch keeps references
+and raises ("modified by an inplace operation") when one changes; npattn makes the change
+impossible instead (npattn/_guard.py): a cache keeps a private copy of each array the caller
+still holds (x, q, k, v, weights, masks, and an output the cache also needs), so editing any of
+them in place before the backward changes no gradient, and every array a cache keeps or shows
+(cache.attn_weights, a module's attn_weights) is read-only. The copies run at memory speed
+(docs/safety.md). Softmax is the exception that proves the rule: its cache is its
+output y, which the caller holds, and softmax_backward(dy, y) is a function of the y it gets.
+Inputs themselves are never modified by npattn.
 """
 
 from .fast.blocked import CausalCache, causal_sdpa_backward, causal_sdpa_forward

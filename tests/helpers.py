@@ -38,7 +38,7 @@ class KeepMaskDropout(torch.nn.Module):
 
     def __init__(self, keep: np.ndarray, p: float):
         super().__init__()
-        self.keep, self.p = torch.from_numpy(keep), p
+        self.keep, self.p = torch.from_numpy(np.array(keep)), p  # keep may be read-only
 
     def forward(self, x):
         return x * self.keep / (1 - self.p) if self.training else x

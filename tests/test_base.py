@@ -9,9 +9,9 @@ X = np.random.default_rng(0).standard_normal((2, 5, 4))
 
 
 def mha(**kw):
-    args = dict(d_in=4, d_out=6, context_length=8, dropout=0.0, num_heads=3, qkv_bias=True)
+    args = dict(d_in=4, d_out=6, context_length=8, dropout=0.0, num_heads=3, qkv_bias=True, rng=1)
     args.update(kw)
-    return npattn.MultiHeadAttention(**args, rng=1)
+    return npattn.MultiHeadAttention(**args)
 
 
 def test_same_seed_same_weights_and_dropout():
@@ -43,9 +43,13 @@ def test_attn_weights_are_before_dropout_and_rows_sum_to_one():
     assert np.all(np.triu(m.attn_weights, 1) == 0)  # causal
 
 
-def test_float64_state_dict_gives_float64_module():
+def test_load_state_dict_keeps_the_module_dtype_as_torch_does():
     m = mha()
-    m.load_state_dict({k: v.astype(np.float64) for k, v in m.state_dict().items()})
+    sd = {k: v.astype(np.float64) for k, v in m.state_dict().items()}
+    sd["out_proj.bias"] = sd["out_proj.bias"].astype(np.float16)  # one odd entry changes nothing
+    m.load_state_dict(sd)
+    assert {a.dtype for a in m.state_dict().values()} == {np.dtype(np.float32)}
+    m.astype(np.float64).load_state_dict({k: v.astype(np.float64) for k, v in sd.items()})
     assert m.dtype == np.float64
     y = m(X.astype(np.float32))
     assert y.dtype == np.float64
@@ -109,8 +113,12 @@ def test_backward_before_forward_and_wrong_dout():
         (dict(d_out=7), ValueError, r"d_out \(7\) must be divisible by num_heads \(3\)"),
         (dict(num_heads=0), ValueError, "num_heads must be >= 1"),
         (dict(context_length=0), ValueError, "context_length must be >= 1"),
-        (dict(dropout=1.0), ValueError, r"dropout must be in \[0, 1\)"),
-        (dict(dropout=-0.1), ValueError, r"dropout must be in \[0, 1\)"),
+        (dict(dropout=1.5), ValueError, r"dropout must be in \[0, 1\]"),
+        (dict(dropout=-0.1), ValueError, r"dropout must be in \[0, 1\]"),
+        (dict(dropout="0.1"), TypeError, r"dropout must be a float in \[0, 1\], got '0.1'"),
+        (dict(dropout=True), TypeError, "dropout must be a float"),
+        (dict(rng=True), TypeError, "rng must be a numpy.random.Generator"),
+        (dict(rng=-1), ValueError, "rng must be a seed >= 0"),
         (dict(d_in=2.5), TypeError, "d_in must be an int"),
     ],
 )
@@ -168,7 +176,7 @@ def test_load_state_dict_casts_whole_numbers_and_takes_transposed_arrays():
     v1.load_state_dict({k: w.T for k in v1.state_dict()})  # non-contiguous views
     assert all(p.flags.c_contiguous for p in v1.parameters().values())
     assert check_module(v1, np.ones((4, 3))).passed
-    with pytest.raises(TypeError, match=r"state_dict\['W_query'\] must hold numbers"):
+    with pytest.raises(TypeError, match=r"state_dict\['W_query'\] must hold real numbers"):
         v1.load_state_dict({k: np.full((3, 2), "a") for k in v1.state_dict()})
 
 

@@ -115,7 +115,10 @@ def test_safetensors_files_cross_both_ways(name, tmp_path):
     other = npattn_module(name, dict(cfg, seed=6), dtype=np.float32)
     loaded = npio.load_safetensors(other, tmp_path / "pt.safetensors")
     assert loaded is other
-    assert_same_state(other.state_dict(), ref.state_dict())  # float64 kept from the file
+    assert other.dtype == np.float32  # values take the module's dtype, as torch's loading does
+    other.astype(np.float64)
+    npio.load_safetensors(other, tmp_path / "pt.safetensors")
+    assert_same_state(other.state_dict(), ref.state_dict())  # float64 kept in a float64 module
 
 
 def test_torch_load_casts_to_the_modules_dtype_and_is_strict(tmp_path):

@@ -61,8 +61,8 @@ def test_p_zero_is_identity():
 
 
 def test_bad_arguments():
-    with pytest.raises(ValueError, match=r"p must be in \[0, 1\)"):
-        F.dropout_forward(np.ones(3), 1.0)
+    with pytest.raises(ValueError, match=r"p must be in \[0, 1\]"):
+        F.dropout_forward(np.ones(3), 1.5)
     with pytest.raises(TypeError, match=r"keep must be boolean \(a keep-mask"):
         F.dropout_forward(np.ones(3), 0.5, keep=np.ones(3))
     with pytest.raises(ValueError, match="does not broadcast"):

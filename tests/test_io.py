@@ -16,7 +16,7 @@ pytest.importorskip("safetensors", reason="safetensors is not installed (pip ins
 def test_round_trip_keeps_keys_order_dtypes_and_values(dtype, tmp_path):
     ref = npattn.MultiHeadAttentionWrapper(3, 2, 5, 0.1, 3, qkv_bias=True, rng=0).astype(dtype)
     npio.save_safetensors(ref, tmp_path / "w.safetensors")
-    other = npattn.MultiHeadAttentionWrapper(3, 2, 5, 0.1, 3, qkv_bias=True, rng=1)
+    other = npattn.MultiHeadAttentionWrapper(3, 2, 5, 0.1, 3, qkv_bias=True, rng=1).astype(dtype)
     assert npio.load_safetensors(other, tmp_path / "w.safetensors") is other
     assert list(other.state_dict()) == list(ref.state_dict())
     for key, value in ref.state_dict().items():

@@ -52,6 +52,7 @@ def configs(draw, name, dropout=True):
                                   rng=seed)  # fmt: skip
         ref = dict(num_heads=H, num_kv_groups=G, rope=(E, base))
     rng = np.random.default_rng(seed)
+    m.astype(np.float64)  # load_state_dict keeps the module's dtype, as torch's does
     m.load_state_dict({k: rng.standard_normal(v.shape) for k, v in m.state_dict().items()})
     x = rng.standard_normal((B, T, d_in))
     return m, x, ref, kw

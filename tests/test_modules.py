@@ -55,8 +55,8 @@ def pair(name, args, seed, dtype=torch.float64):
     """The chapter's torch module (seeded) and an npattn module loaded with its weights."""
     torch.manual_seed(seed)
     ref = getattr(ch, name)(*args).to(dtype)
-    mine = getattr(npattn, name)(*args)
-    mine.load_state_dict(ref.state_dict())
+    mine = getattr(npattn, name)(*args).astype(torch.empty((), dtype=dtype).numpy().dtype)
+    mine.load_state_dict(ref.state_dict())  # values into the module's dtype, as in torch
     return ref, mine
 
 

@@ -47,7 +47,7 @@ def op_chain(m, x, g, rng):
     dheads = F.sdpa_backward(F.merge_heads_backward(dctx, mc), sc)
     dx = np.zeros_like(x)
     for name, dh, c in zip(("W_query", "W_key", "W_value"), dheads, caches):
-        dy = F.split_heads_backward(dh, ((*x.shape[:2], m.d_out),))
+        dy = F.split_heads_backward(dh, ((*x.shape[:2], m.d_out), m.num_heads))
         dxi, grads[f"{name}.weight"], db = F.linear_backward(dy, c)
         if db is not None:
             grads[f"{name}.bias"] = db
@@ -90,7 +90,7 @@ def test_matches_the_book_over_several_row_blocks():
 
     torch.manual_seed(0)
     book = ch.MultiHeadAttention(4, 6, 300, 0.0, 2, qkv_bias=True).double()
-    m = npattn.MultiHeadAttention(4, 6, 300, 0.0, 2, True)
+    m = npattn.MultiHeadAttention(4, 6, 300, 0.0, 2, True).astype(np.float64)
     m.load_state_dict(book.state_dict())
     x = np.random.default_rng(0).standard_normal((2, 300, 4))
     g = upstream((2, 300, 6), 1)

@@ -198,8 +198,11 @@ def test_dropout_from_seed_is_reproducible():
         ),
         (dict(attn_mask=np.ones((3, 4), bool)), ValueError, r"does not broadcast to .*\(2, 4, 4\)"),
         (dict(attn_mask=np.ones((4, 4), int)), TypeError, "attn_mask must be boolean or floating"),
-        (dict(dropout_p=1.0), ValueError, r"dropout_p must be in \[0, 1\)"),
-        (dict(dropout_p=-0.1), ValueError, r"dropout_p must be in \[0, 1\)"),
+        (dict(dropout_p=1.5), ValueError, r"dropout_p must be in \[0, 1\]"),
+        (dict(dropout_p=-0.1), ValueError, r"dropout_p must be in \[0, 1\]"),
+        (dict(dropout_p="0.1"), TypeError, r"dropout_p must be a float in \[0, 1\], got '0.1'"),
+        (dict(scale="0.5"), TypeError, "scale must be a float or None, got '0.5'"),
+        (dict(scale=True), TypeError, "scale must be a float or None"),
         (dict(dropout_mask=np.ones((2, 4, 4), bool)), ValueError, "dropout_mask needs"),
         (dict(q=np.zeros(3)), ValueError, r"query must have shape \(\.\.\., L, E\)"),
     ],
@@ -241,9 +244,9 @@ def test_broadcast_batch_dims_match_torch(qkv, seed):
 @pytest.mark.parametrize(
     "q, k, v, match",
     [
-        ((2, 0, 3), (2, 4, 3), (2, 4, 2), r"query must have no empty dims: shape \(\.\.\., L, E\)"),
-        ((2, 4, 3), (2, 0, 3), (2, 0, 2), r"key must have no empty dims"),
-        ((2, 4, 0), (2, 4, 0), (2, 4, 2), r"query must have no empty dims"),
+        ((2, 0, 3), (2, 4, 3), (2, 4, 2), r"query needs at least one token .*\(\.\.\., L, E\)"),
+        ((2, 4, 3), (2, 0, 3), (2, 0, 2), r"key needs at least one token"),
+        ((2, 4, 0), (2, 4, 0), (2, 4, 2), r"query needs at least one token and a head dim >= 1"),
     ],
 )
 def test_empty_dims_are_refused_by_name(q, k, v, match):

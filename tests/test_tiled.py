@@ -325,8 +325,8 @@ def test_bad_attn_impl_and_block_size_name_the_argument():
         F.flash_attention_forward(q, q, q, np.ones((4, 4), bool), True)
     with pytest.raises(ValueError, match=r"does not broadcast to .*\(2, 4, 4\)"):
         F.flash_attention_forward(q, q, q, np.ones((3, 4), bool))
-    with pytest.raises(ValueError, match=r"dropout_p must be in \[0, 1\)"):
-        F.flash_attention_forward(q, q, q, dropout_p=1.0)
+    with pytest.raises(ValueError, match=r"dropout_p must be in \[0, 1\]"):
+        F.flash_attention_forward(q, q, q, dropout_p=1.5)
     _, cache = F.flash_attention_forward(q, q, q)
     with pytest.raises(ValueError, match=r"dout must have the forward output's shape \(2, 4, 3\)"):
         F.flash_attention_backward(np.zeros((2, 4, 2)), cache)
@@ -358,7 +358,9 @@ def test_tiled_peak_memory_is_linear_and_far_below_reference():
 
         peaks[T] = _peak_bytes(reference), _peak_bytes(tiled_)
     (reference_half, tiled_half), (reference_1k, tiled_1k) = peaks[512], peaks[1024]
-    assert tiled_1k < 0.3 * reference_1k  # measured: ~3 MB vs 13.4 MB; one (T, T) is 4.2 MB
+    # measured: ~3-4 MB vs ~14 MB (the folded columns, and the cache's private copies of q,
+    # k, v and out: npattn/_guard.py); one (T, T) float32 array is 4.2 MB
+    assert tiled_1k < 0.3 * reference_1k
     assert reference_1k > 3.5 * reference_half  # quadratic in T
     assert tiled_1k < 2.0 * tiled_half  # linear in T, plus a fixed tile
 

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 import npattn
+from npattn.io import WeightFileError, check_path
 
 from . import modern, modules
 
@@ -153,25 +154,45 @@ def _check_settings(name: str, settings: dict) -> None:
         raise TypeError(f"unknown keyword arguments {sorted(unknown)}; known: {ROPE_SETTINGS}")
 
 
+def _float_dtype(sd: dict) -> np.dtype:
+    """The dtype of a state_dict's first floating array (float32 if none is floating)."""
+    return next((a.dtype for a in sd.values() if np.issubdtype(a.dtype, np.floating)), np.float32)
+
+
 def to_npattn(module: torch.nn.Module, *, rng=None, **settings) -> npattn.Module:
-    """An npattn module of the same class with the same weights, dtypes and train/eval mode.
+    """An npattn module of the same class with the same weights, dtype and train/eval mode.
 
     Shapes: every array as in module.state_dict() (torch layout). `rng` seeds npattn's dropout.
     bfloat16 weights become float32 (numpy has no bfloat16); the values are unchanged.
     settings: rope_base, context_length, rope_freq_config of a Qwen3Attention where the module
     keeps none (the book's class).
+    A module that has a class's name but not its state_dict raises TypeError.
     """
+    if not isinstance(module, torch.nn.Module):
+        raise TypeError(
+            f"module must be a torch.nn.Module (to_npattn converts torch to npattn), got "
+            f"{type(module).__name__}"
+        )
     name = _class_name(module)
     _check_settings(name, settings)
     sd = {k: _to_numpy(v) for k, v in module.state_dict().items()}
-    if name in MODERN_CLASSES:
+    cls = _npattn_class(name)
+    if name in MODERN_CLASSES:  # its own errors name the attribute or setting at fault
         args, kwargs = modern_args(name, sd, module, settings)
-    else:
-        args, kwargs = _args(name, sd, _dropout_of(module), getattr(module, "num_heads", None)), {}
-    new = _npattn_class(name)(*args, rng=rng, **kwargs)
+    try:
+        if name not in MODERN_CLASSES:
+            args = _args(name, sd, _dropout_of(module), getattr(module, "num_heads", None))
+            kwargs = {}
+        new = cls(*args, rng=rng, **kwargs).astype(_float_dtype(sd))
+        new.load_state_dict(sd)  # strict about keys and shapes; values take new's dtype
+    except (KeyError, ValueError, TypeError, AttributeError, IndexError) as e:
+        kind = "the chapter's" if name in CHAPTER_CLASSES else "npattn's modern"
+        raise TypeError(
+            f"module is named {name} but is not {kind} {name}: its state_dict "
+            f"{ {k: tuple(v.shape) for k, v in sd.items()} } does not fit ({e!r})"
+        ) from e
     if name == "Qwen3Attention":
         _check_rope_tables(module, new)
-    new.load_state_dict(sd)  # npattn keeps each array's dtype
     return new.train(module.training)
 
 
@@ -181,6 +202,11 @@ def from_npattn(module: npattn.Module, *, device=None, **settings) -> torch.nn.M
     Shapes: every tensor as in module.state_dict(). `device` defaults to the CPU.
     settings: Qwen3Attention's RoPE settings where the module keeps none as attributes.
     """
+    if not isinstance(module, npattn.Module):
+        raise TypeError(
+            f"module must be an npattn module (from_npattn converts npattn to torch), got "
+            f"{type(module).__name__}"
+        )
     name = _class_name(module)
     _check_settings(name, settings)
     sd = {k: torch.from_numpy(np.array(v, copy=True)) for k, v in module.state_dict().items()}
@@ -200,8 +226,14 @@ def save_safetensors(module: torch.nn.Module, path, metadata: dict | None = None
     """Write module.state_dict() to a .safetensors file (no pickle), readable by npattn.io."""
     from safetensors.torch import save_file
 
+    if not isinstance(module, torch.nn.Module):
+        raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
+    path = check_path(path, must_exist=False)
     sd = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
-    save_file(sd, str(path), metadata={"class": type(module).__name__, **(metadata or {})})
+    try:
+        save_file(sd, path, metadata={"class": type(module).__name__, **(metadata or {})})
+    except Exception as e:  # an unwritable path, metadata that is not str -> str
+        raise WeightFileError(f"cannot write {path!r} as a safetensors file: {e}") from e
 
 
 def load_safetensors(module: torch.nn.Module, path) -> torch.nn.Module:
@@ -212,5 +244,17 @@ def load_safetensors(module: torch.nn.Module, path) -> torch.nn.Module:
     """
     from safetensors.torch import load_file
 
-    module.load_state_dict(load_file(str(path)), strict=True)
+    if not isinstance(module, torch.nn.Module):
+        raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
+    path = check_path(path, must_exist=True)
+    try:
+        sd = load_file(path)
+    except Exception as e:  # SafetensorError, OSError: all name the file
+        raise WeightFileError(f"cannot read {path!r} as a safetensors file: {e}") from e
+    try:
+        module.load_state_dict(sd, strict=True)
+    except RuntimeError as e:  # torch's message lists the missing keys and wrong sizes
+        raise RuntimeError(
+            f"the weights in {path!r} do not fit {type(module).__name__}: {e}"
+        ) from e
     return module

@@ -131,15 +131,26 @@ class _Variant(nn.Module):
         Works for torch_port.MultiHeadAttention and the chapter's own class; kwargs go to the
         constructor (e.g. backend="math", need_weights=False).
         """
+        if not isinstance(mha, nn.Module):
+            raise TypeError(
+                f"mha must be a torch chapter MultiHeadAttention, got {type(mha).__name__} "
+                f"(for an npattn module, convert it first: torch_port.from_npattn(mha))"
+            )
         backend = kwargs.pop("backend", None)
-        args = dict(
-            d_in=mha.W_query.in_features,
-            d_out=mha.d_out,
-            num_heads=mha.num_heads,
-            context_length=mha.mask.shape[0],
-            dropout=mha.dropout.p,
-            qkv_bias=mha.W_query.bias is not None,
-        )
+        try:
+            args = dict(
+                d_in=mha.W_query.in_features,
+                d_out=mha.d_out,
+                num_heads=mha.num_heads,
+                context_length=mha.mask.shape[0],
+                dropout=mha.dropout.p,
+                qkv_bias=mha.W_query.bias is not None,
+            )
+        except AttributeError as e:
+            raise TypeError(
+                f"mha must be a chapter MultiHeadAttention (W_query, W_key, W_value, out_proj, "
+                f"mask, dropout, d_out, num_heads), got {type(mha).__name__}: {e}"
+            ) from e
         new = cls(**args, **kwargs).to(device=mha.out_proj.weight.device)
         new = new.to(dtype=mha.out_proj.weight.dtype)  # before copying: no float32 round trip
         new.backend = backend

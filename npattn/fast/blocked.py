@@ -35,6 +35,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .. import _guard
 from .._checks import as_grad, check_dropout_mask, check_probability, check_qkv, check_scale
 from ..ops.dropout import dropout_keep_mask
 from ._parallel import map_heads, map_pieces, worker_count
@@ -72,7 +73,7 @@ def _check_inputs(q, k, v, block_size):
         raise TypeError(f"block_size must be an int, got {type(block_size).__name__}")
     if block_size < 1:
         raise ValueError(f"block_size must be >= 1, got {block_size}")
-    return q, k, v, int(block_size)
+    return q, k, v, min(int(block_size), max(q.shape[-2], k.shape[-2]))  # no larger block
 
 
 def causal_sdpa_forward(
@@ -92,6 +93,7 @@ def causal_sdpa_forward(
     broadcastable to (..., L, S) -> out (..., L, Ev). Returns (out, CausalCache).
     The keep-mask is drawn from `rng` exactly as sdpa_forward draws it.
     """
+    given = (q, k, v, dropout_mask)
     q, k, v, block_size = _check_inputs(q, k, v, block_size)
     dtype = q.dtype
     *lead, L, _ = q.shape
@@ -103,7 +105,7 @@ def causal_sdpa_forward(
         keep = dropout_keep_mask((*lead, L, S), dropout_p, rng)  # as sdpa_forward draws it
     keep = None if keep is None else np.broadcast_to(keep, (*lead, L, S))  # indexed per head
     Ev = v.shape[-1]
-    dropout_scale = 1.0 / (1.0 - dropout_p)
+    dropout_scale = 1.0 / (1.0 - dropout_p) if dropout_p < 1.0 else 0.0  # p = 1 drops all
     above = ~np.tri(block_size, block_size, dtype=bool)  # key j > query i inside a block
     attn_weights = np.zeros((*lead, L, S), dtype=dtype)  # blocks above the diagonal stay 0
     out = np.empty((*lead, L, v.shape[-1]), dtype=dtype)
@@ -138,7 +140,10 @@ def causal_sdpa_forward(
             np.matmul(dropped, v[h][:c1], out=out[h][r0:r1])
 
     map_heads(forward_head, tuple(lead))  # heads side by side on BLAS's threads (fast/_parallel.py)
-    # out is cached as a copy: the caller owns the returned array and may change it
+    # out is cached as a copy: the caller owns the returned array and may change it; the
+    # cache keeps private, read-only q, k, v, weights and keep-mask (npattn/_guard.py)
+    q, k, v, keep = (_guard.private(a, *given) for a in (q, k, v, keep))
+    attn_weights = _guard.readonly(attn_weights)
     cache = CausalCache(q, k, v, out.copy(), attn_weights, keep, dropout_scale, scale, block_size)
     return out, cache
 

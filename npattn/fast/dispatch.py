@@ -24,6 +24,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .. import _guard
 from ..ops.heads import (
     merge_heads_backward,
     merge_heads_forward,
@@ -153,6 +154,7 @@ def fused_attention_forward(attn_impl, x, qkv_layers, num_heads, mask_buffer, dr
     weights = [layer.weight for layer in qkv_layers]
     biases = None if qkv_layers[0].bias is None else [layer.bias for layer in qkv_layers]
     qkv, qkv_cache = fused_linear_forward(x, weights, biases)  # -> (B, T, 3 * d_out)
+    qkv = _guard.readonly(qkv)  # ours alone: the caches below keep its views, not copies
     # 2. split heads (views)                    (B, T, 3 * d_out) -> 3 x (B, H, T, E)
     (queries, keys, values), split_cache = split_qkv_heads_forward(qkv, num_heads)
     # 3. causal attention per head              (B, H, T, E)
@@ -160,7 +162,7 @@ def fused_attention_forward(attn_impl, x, qkv_layers, num_heads, mask_buffer, dr
         attn_impl, queries, keys, values, mask_buffer, dropout_p, rng
     )
     # 4. merge heads                            (B, H, T, E) -> (B, T, d_out)
-    context, merge_cache = merge_heads_forward(context)
+    context, merge_cache = merge_heads_forward(_guard.readonly(context))  # ours alone
     return (
         context,
         FusedAttentionCache(qkv_cache, split_cache, attn_cache, merge_cache),

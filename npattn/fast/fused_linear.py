@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import _guard
 from .._checks import as_float_array
 from ..ops.linear import linear_backward, linear_forward
 
@@ -23,16 +24,26 @@ def fused_linear_forward(x, weights, biases=None):
     Shapes: x (..., d_in), weights n x (d_out_i, d_in), biases n x (d_out_i,) or None
     -> out (..., sum d_out_i). Returns (out, cache).
     """
+    if not isinstance(weights, (list, tuple)):
+        raise TypeError(f"weights must be a list of arrays, got {type(weights).__name__}")
     weights = [as_float_array(w, f"weights[{i}]") for i, w in enumerate(weights)]
     if not weights or any(w.ndim != 2 or w.shape[1] != weights[0].shape[1] for w in weights):
         raise ValueError(
             f"weights must be one or more arrays of shape (d_out_i, d_in), got "
             f"{[tuple(w.shape) for w in weights]}"
         )
-    if biases is not None and len(biases) != len(weights):
-        raise ValueError(f"biases must be None or {len(weights)} arrays, got {len(biases)}")
-    # 1. stack: a copy of the weights, small next to the product (x has many rows)
-    weight = np.concatenate(weights, axis=0)  # n x (d_out_i, d_in) -> (sum d_out_i, d_in)
+    if biases is not None:
+        if not isinstance(biases, (list, tuple)) or len(biases) != len(weights):
+            raise ValueError(
+                f"biases must be None or {len(weights)} arrays in a list, got {biases!r}"
+            )
+        biases = [as_float_array(b, f"biases[{i}]") for i, b in enumerate(biases)]
+        for i, (w, b) in enumerate(zip(weights, biases)):
+            if b.shape != w.shape[:1]:  # each bias belongs to its own weight's rows
+                raise ValueError(f"biases[{i}] must have shape ({w.shape[0]},), got {b.shape}")
+    # 1. stack: a copy of the weights, small next to the product (x has many rows); ours
+    #    alone, so read-only and kept by the cache without another copy (npattn/_guard.py)
+    weight = _guard.readonly(np.concatenate(weights, axis=0))  # -> (sum d_out_i, d_in)
     bias = None if biases is None else np.concatenate(biases)  # (sum d_out_i,)
     # 2. one linear layer
     out, linear_cache = linear_forward(x, weight, bias)  # (..., sum d_out_i)

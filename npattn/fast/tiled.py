@@ -33,6 +33,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .. import _guard
 from .._checks import (
     as_grad,
     check_attn_mask,
@@ -58,7 +59,7 @@ class FlashCache(NamedTuple):
     v: np.ndarray  # (..., S, Ev), after GQA repetition
     out: np.ndarray  # (..., L, Ev), batch dims broadcast
     lse: np.ndarray  # (..., L, 1), log-sum-exp of each score row; 0 on fully masked rows
-    attn_mask: np.ndarray | None  # the caller's mask (not copied), broadcastable to (..., L, S)
+    attn_mask: np.ndarray | None  # a private copy of the mask, broadcastable to (..., L, S)
     is_causal: bool
     scale: float
     gqa_groups: int  # Hq // Hkv; 1 without GQA
@@ -90,7 +91,7 @@ def _keep_of(key, p: float, batch: tuple, dtype):
     """keep_of(h, i, j, shape): tile (i, j) of head h's keep-mask / (1 - p), or None (p = 0)."""
     if key is None:
         return lambda h, i, j, shape: None
-    scale = dtype.type(1.0 / (1.0 - p))
+    scale = dtype.type(1.0 / (1.0 - p) if p < 1.0 else 0.0)  # p = 1 drops every weight
 
     def keep_of(h, i, j, shape):
         head = int(np.ravel_multi_index(h, batch)) if batch else 0
@@ -122,6 +123,7 @@ def flash_attention_forward(
     window: a causal sliding window, query i sees key j when 0 <= i - j < window (it implies
     is_causal; tiles wholly outside it are skipped, so the cost grows as L * window).
     """
+    given = (q, k, v, attn_mask)
     q, k, v, groups = check_sdpa_inputs(q, k, v, enable_gqa)
     dropout_p = check_probability(dropout_p, "dropout_p")
     window = None if window is None else check_positive_int(window, "window")
@@ -148,8 +150,25 @@ def flash_attention_forward(
     forward_tiles(qx, kx, vx, mask, causal, window, (Br, Bc), keep_of, out, lse)
     qx[..., E:] = -lse
     blocks, dropout, folded = (Br, Bc), (dropout_p, key), (qx, kx, vx)
+    # the cache keeps private, read-only arrays (npattn/_guard.py): copies of what the caller
+    # holds, out included, since the caller may change the returned array
+    q, k, v, attn_mask = (_guard.private(a, *given) for a in (q, k, v, attn_mask))
+    out_kept, lse = _guard.private(out, out), _guard.readonly(lse)
+    qx, kx, vx = (_guard.readonly(a) for a in folded)
     cache = FlashCache(
-        q, k, v, out, lse, attn_mask, is_causal, scale, groups, blocks, dropout, window, folded
+        q,
+        k,
+        v,
+        out_kept,
+        lse,
+        attn_mask,
+        is_causal,
+        scale,
+        groups,
+        blocks,
+        dropout,
+        window,
+        (qx, kx, vx),
     )
     return out, cache
 

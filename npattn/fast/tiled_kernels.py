@@ -197,7 +197,7 @@ def backward_tiles(qx, kx, vx, dout, D, mask, causal, window, blocks, keep_of, d
     # about BACKWARD_PIECES pieces in all, so that a thread slowed by another program holds
     # up little; piece n adds into the n-th dq, and the dqs are summed in order at the end.
     # parts depends on the shapes only, not on the threads: the numbers are the same anywhere
-    parts = min(n_keys, MAX_PARTS, -(-BACKWARD_PIECES // len(heads)))
+    parts = min(n_keys, MAX_PARTS, -(-BACKWARD_PIECES // max(len(heads), 1)))  # B = 0: none
     pieces = [(n, [(h, j) for j in range(n, n_keys, parts)]) for h in heads for n in range(parts)]
     dqs = [dq] + [np.zeros_like(dq) for _ in range(parts - 1)]
     # the result does not depend on which thread took which piece, or when

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._checks import as_float_array, check_ndim, check_positive_int, check_probability
+from .. import _guard
+from .._checks import (
+    as_float_array,
+    check_allocation,
+    check_bool,
+    check_ndim,
+    check_positive_int,
+    check_probability,
+    physical_memory_bytes,
+)
 from ..fast.dispatch import check_attn_impl
 
 
@@ -13,9 +22,10 @@ def prepare_input(x, d_in: int, dtype, context_length: int | None = None) -> np.
     classes without a context_length (SelfAttention_v1/v2, as in the chapter's section 3.4).
 
     Modules compute in the dtype of their parameters, so x is cast (a float64 input to a
-    float32 module is computed in float32, as after torch's .to(dtype)).
+    float32 module is computed in float32, as after torch's .to(dtype)). The result is
+    private and read-only (npattn/_guard.py): the caller may change x before the backward.
     """
-    x = as_float_array(x, "x")
+    x_in, x = x, as_float_array(x, "x")
     if context_length is None:
         check_ndim(x, "x", (2, 3), f"(T, d_in={d_in}) or (B, T, d_in={d_in})")
     else:
@@ -29,16 +39,20 @@ def prepare_input(x, d_in: int, dtype, context_length: int | None = None) -> np.
         )
     if x.shape[-2] == 0:
         raise ValueError("x must have at least one token: shape (B, T >= 1, d_in)")
-    return x.astype(dtype, copy=False)
+    return _guard.private(x.astype(dtype, copy=False), x_in)  # one copy for all projections
 
 
 _UNUSED = object()  # an argument the class does not take (None is a bad value, not "unused")
 
 
-def check_attention_args(d_in, d_out, context_length=_UNUSED, dropout=_UNUSED, num_heads=_UNUSED):
+def check_attention_args(
+    d_in, d_out, context_length=_UNUSED, dropout=_UNUSED, num_heads=_UNUSED, qkv_bias=False
+):
     """Validate the chapter's constructor arguments; returns them normalised (None if unused)."""
+    check_bool(qkv_bias, "qkv_bias")
     d_in = check_positive_int(d_in, "d_in")
     d_out = check_positive_int(d_out, "d_out")
+    check_allocation((max(d_out, d_in), d_out), 4, "d_in, d_out", "a float32 weight")
     context_length = (
         None if context_length is _UNUSED else check_positive_int(context_length, "context_length")
     )
@@ -53,8 +67,26 @@ def check_attention_args(d_in, d_out, context_length=_UNUSED, dropout=_UNUSED, n
 
 
 def chapter_mask(context_length: int) -> np.ndarray:
-    """The chapter's `mask` buffer: triu(ones, diagonal=1), 1 = masked (float32, like torch)."""
-    return np.triu(np.ones((context_length, context_length), dtype=np.float32), k=1)
+    """The chapter's `mask` buffer: triu(ones, diagonal=1), 1 = masked (float32, like torch).
+
+    Its size is checked before it is made: a (context_length, context_length) float32 buffer
+    larger than the machine's memory raises ValueError naming context_length.
+    """
+    nbytes = 4 * context_length**2
+    memory = physical_memory_bytes()
+    if memory is not None and 2 * nbytes > memory:  # np.triu makes one temporary as large
+        raise ValueError(
+            f"context_length={context_length} needs a ({context_length}, {context_length}) "
+            f"float32 mask buffer of {nbytes / 2**30:.1f} GiB (twice that while it is made), "
+            f"more than this machine's {memory / 2**30:.1f} GiB of memory"
+        )
+    try:
+        return np.triu(np.ones((context_length, context_length), dtype=np.float32), k=1)
+    except MemoryError as e:
+        raise ValueError(
+            f"context_length={context_length}: no memory for its {nbytes / 2**30:.1f} GiB mask "
+            f"buffer"
+        ) from e
 
 
 def attend_mask(mask_buffer: np.ndarray, T: int) -> np.ndarray:

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._checks import as_float_array, check_ndim
+from .. import _guard
+from .._checks import as_array, as_float_array, check_ndim
 from ..ops.dropout import dropout_forward
 from ..ops.masks import position_mask
 from ..ops.softmax import softmax_inplace
@@ -32,23 +33,31 @@ INFERENCE_ONLY = (
 
 
 def check_tokens(x, d_in: int, dtype, name: str = "x") -> np.ndarray:
-    """x as a (B, T, d_in) array in the module's dtype, else a named ValueError/TypeError."""
-    x = as_float_array(x, name)
+    """x as a (B, T, d_in) array in the module's dtype, else a named ValueError/TypeError.
+
+    The result is private and read-only (npattn/_guard.py): one copy, however many
+    projections keep it, and the caller may change x before the backward.
+    """
+    x_in, x = x, as_float_array(x, name)
     check_ndim(x, name, 3, f"(B, T, d_in={d_in})")
     if x.shape[-1] != d_in:
         raise ValueError(f"{name} must have shape (B, T, d_in={d_in}), got {tuple(x.shape)}")
     if 0 in x.shape:
         raise ValueError(f"{name} must have at least one sequence and one token: got {x.shape}")
-    return x.astype(dtype, copy=False)
+    return _guard.private(x.astype(dtype, copy=False), x_in)
 
 
-def check_key_padding_mask(key_padding_mask, B: int, S: int) -> np.ndarray:
-    """A boolean (B, S) mask, True = a real key (attend), else a named error."""
-    kpm = np.asarray(key_padding_mask)
+def check_key_padding_mask(key_padding_mask, B: int, S: int, source: str = "x") -> np.ndarray:
+    """A boolean (B, S) mask, True = a real key (attend), else a named error; the keys come
+    from `source` (x, or x_kv in cross-attention), which the message names."""
+    kpm = as_array(key_padding_mask, "key_padding_mask")
     if kpm.dtype != np.bool_:
         raise TypeError(f"key_padding_mask must be boolean (True = attend), got dtype {kpm.dtype}")
     if kpm.shape != (B, S):
-        raise ValueError(f"key_padding_mask must have shape (B={B}, S={S}), got {tuple(kpm.shape)}")
+        raise ValueError(
+            f"key_padding_mask must have shape (B={B}, S={S}), one entry per key of {source}, "
+            f"got {tuple(kpm.shape)}"
+        )
     return kpm
 
 
@@ -170,9 +179,10 @@ class KVCacheMixin:
         # chunk of several tokens needs one (causal, and the window, at absolute positions)
         mask = self._cached_mask(self.ptr_current_pos, T, S) if T > 1 else None
         dropout_p = getattr(self, "dropout", 0.0) if self.training else 0.0  # Qwen3 has none
-        context, self.attn_weights, self.dropout_mask = cached_attention(
+        context, attn_weights, self.dropout_mask = cached_attention(
             queries, keys, values, mask, dropout_p, self.rng, scale
         )
+        self.attn_weights = _guard.readonly(attn_weights)  # shown, as the full forward's are
         return context  # (B, H, T, Ev)
 
     def _cached_mask(self, q_start: int, T: int, S: int):

@@ -130,7 +130,7 @@ class SelfAttention_v2(_QKV):
 
     def __init__(self, d_in: int, d_out: int, qkv_bias: bool = False, *, rng=None):
         super().__init__()
-        self.d_in, self.d_out, *_ = check_attention_args(d_in, d_out)
+        self.d_in, self.d_out, *_ = check_attention_args(d_in, d_out, qkv_bias=qkv_bias)
         self._init_qkv(d_in, d_out, qkv_bias, rng)
 
     def forward(self, x):
@@ -159,7 +159,7 @@ class CausalAttention(_QKV):
     ):
         super().__init__()
         self.d_in, self.d_out, self.context_length, self.dropout, _ = check_attention_args(
-            d_in, d_out, context_length, dropout
+            d_in, d_out, context_length, dropout, qkv_bias=qkv_bias
         )
         self._init_qkv(d_in, d_out, qkv_bias, rng, attn_impl)
         self.register_buffer("mask", chapter_mask(self.context_length))

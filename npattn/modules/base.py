@@ -3,13 +3,48 @@
 Modules are thin: they own arrays and the mode, call the ops, and keep the last cache.
 state_dict() walks the tree exactly as torch does (own parameters, own buffers, then each
 child with a "name." prefix), so keys and order match the chapter's torch classes.
+
+Threads: a module keeps one cache, its last forward's. A backward in a thread whose own last
+forward on the module was overwritten by another thread's forward raises RuntimeError rather
+than using the other thread's data (two threads sharing one module give wrong gradients
+otherwise); use one module per thread (copy.deepcopy). A backward in a thread that ran no
+forward on the module uses the last forward, whichever thread ran it.
 """
 
 from __future__ import annotations
 
+import itertools
+import threading
+import weakref
 from collections.abc import Mapping
 
 import numpy as np
+
+from .._checks import to_numpy
+
+_forward_ids = itertools.count(1)  # every cache a forward stores gets the next number
+_this_thread = threading.local()  # .last: module -> number of this thread's last forward on it
+
+
+def _last_forwards() -> weakref.WeakKeyDictionary:
+    if not hasattr(_this_thread, "last"):
+        _this_thread.last = weakref.WeakKeyDictionary()
+    return _this_thread.last
+
+
+def _state_array(value, key: str, ref: np.ndarray) -> np.ndarray:
+    """A state_dict entry as a C-contiguous copy in the dtype of the entry it replaces."""
+    if value is None:
+        raise TypeError(f"state_dict[{key!r}] must be an array, got None")
+    try:
+        arr = np.array(to_numpy(value), copy=True, order="C")  # torch tensors: detached, CPU
+    except (TypeError, ValueError) as e:  # a ragged list, say
+        raise TypeError(f"state_dict[{key!r}] must be an array of numbers: {e}") from e
+    if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_) or np.iscomplexobj(arr):
+        raise TypeError(f"state_dict[{key!r}] must hold real numbers, got dtype {arr.dtype}")
+    if arr.shape != ref.shape:
+        raise ValueError(f"state_dict[{key!r}] must have shape {tuple(ref.shape)}, got {arr.shape}")
+    return arr.astype(ref.dtype, copy=False)  # torch's rule: the module keeps its dtype
 
 
 class Module:
@@ -58,10 +93,11 @@ class Module:
         return sd
 
     def load_state_dict(self, state_dict) -> None:
-        """Copy arrays (numpy, torch CPU tensors, lists) in; strict about keys and shapes.
+        """Copy arrays (numpy, torch tensors, lists) in; strict about keys and shapes.
 
-        Each floating array keeps its own dtype, so a float64 state dict makes a float64
-        module; integer arrays are converted to the dtype the entry had.
+        Values are cast to the dtype each entry already has, as torch's load_state_dict does:
+        one float16 entry does not make a float32 module float16. To keep float64 values, make
+        the module float64 first (m.astype(np.float64)). bfloat16 tensors arrive as float32.
         """
         if not isinstance(state_dict, Mapping):
             raise TypeError(
@@ -72,21 +108,7 @@ class Module:
         extra = [k for k in state_dict if k not in own]
         if missing or extra:
             raise KeyError(f"state_dict keys do not match: missing {missing}, unexpected {extra}")
-        new = {}
-        for key, ref in own.items():
-            value = state_dict[key]
-            if hasattr(value, "detach"):  # a torch tensor
-                value = value.detach().cpu().numpy()
-            arr = np.array(value, copy=True, order="C")
-            if not np.issubdtype(arr.dtype, np.floating):
-                if not (np.issubdtype(arr.dtype, np.integer) or arr.dtype == np.bool_):
-                    raise TypeError(f"state_dict[{key!r}] must hold numbers, got {arr.dtype}")
-                arr = arr.astype(ref.dtype)  # whole numbers take the current dtype, as in torch
-            if arr.shape != ref.shape:
-                raise ValueError(
-                    f"state_dict[{key!r}] must have shape {tuple(ref.shape)}, got {arr.shape}"
-                )
-            new[key] = arr
+        new = {key: _state_array(state_dict[key], key, ref) for key, ref in own.items()}
         modules = dict(self.named_modules())
         for key, arr in new.items():
             prefix, _, name = key.rpartition(".")
@@ -94,7 +116,17 @@ class Module:
         self._invalidate()
 
     def astype(self, dtype) -> Module:
-        """Cast every floating parameter and buffer to dtype, in place; returns self."""
+        """Cast every floating parameter and buffer to dtype, in place; returns self.
+
+        dtype must be a floating dtype (float16, float32, float64): an integer module would
+        hold truncated weights, so anything else raises TypeError.
+        """
+        try:
+            dtype = np.dtype(dtype)
+        except Exception as e:  # np.dtype(",") raises SyntaxError, np.dtype("f9") TypeError
+            raise TypeError(f"dtype must be a numpy floating dtype, got {dtype!r}") from e
+        if not np.issubdtype(dtype, np.floating):
+            raise TypeError(f"dtype must be a floating dtype such as np.float32, got {dtype}")
         for _, m in self.named_modules():
             for n in m._param_names + m._buffer_names:
                 a = getattr(m, n)
@@ -125,7 +157,13 @@ class Module:
         """The dtype the module computes in: that of its first parameter."""
         for _, m in self.named_modules():  # stops at the first parameter: cheap per call
             for n in m._param_names:
-                return getattr(m, n).dtype
+                first = getattr(m, n)
+                if not isinstance(first, np.ndarray):
+                    raise TypeError(
+                        f"parameter {n!r} must be a numpy array, got {type(first).__name__} "
+                        f"(set parameters with load_state_dict)"
+                    )
+                return first.dtype
         raise AttributeError(f"{type(self).__name__} has no parameters, so no dtype")
 
     def _invalidate(self) -> None:
@@ -133,13 +171,34 @@ class Module:
         for _, m in self.named_modules():
             m._cache = None
 
+    @property
+    def _cache(self):
+        """The last forward's cache (None before any forward); setting it records which
+        forward made it, so _require_cache can tell another thread's cache from ours."""
+        return self.__dict__.get("_cache_entry", (0, None))[1]
+
+    @_cache.setter
+    def _cache(self, cache) -> None:
+        forward_id = next(_forward_ids) if cache is not None else 0
+        self.__dict__["_cache_entry"] = (forward_id, cache)  # one store: id and cache together
+        if cache is not None:
+            _last_forwards()[self] = forward_id
+
     def _require_cache(self):
-        if self._cache is None:
+        forward_id, cache = self.__dict__.get("_cache_entry", (0, None))
+        if cache is None:
             raise RuntimeError(
                 f"{type(self).__name__}.backward called before forward (or after the "
                 f"parameters changed): run forward first"
             )
-        return self._cache
+        mine = _last_forwards().get(self)
+        if mine is not None and mine != forward_id:
+            raise RuntimeError(
+                f"{type(self).__name__}.backward: another thread's forward replaced this "
+                f"thread's cache since its forward; a module keeps one cache, so use one module "
+                f"per thread (copy.deepcopy)"
+            )
+        return cache
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.extra_repr()})"

@@ -61,7 +61,7 @@ class GroupedQueryAttention(KVCacheMixin, Module):
     ):
         super().__init__()
         self.d_in, self.d_out, _, self.dropout, self.num_heads = check_attention_args(
-            d_in, d_out, dropout=dropout, num_heads=num_heads
+            d_in, d_out, dropout=dropout, num_heads=num_heads, qkv_bias=qkv_bias
         )
         self.num_kv_groups = check_positive_int(num_kv_groups, "num_kv_groups")
         if self.num_heads % self.num_kv_groups:
@@ -105,7 +105,9 @@ class GroupedQueryAttention(KVCacheMixin, Module):
             return self._attend_cached(queries, *self._kv.stage(keys, values))
         S = keys.shape[2]
         # 4. mask                          (T, S), or (B, 1, T, S) with key padding
-        kpm = None if key_padding_mask is None else check_key_padding_mask(key_padding_mask, B, S)
+        kpm = None
+        if key_padding_mask is not None:
+            kpm = check_key_padding_mask(key_padding_mask, B, S, "x_kv" if cross else "x (no x_kv)")
         if cross:
             mask = None if kpm is None else kpm[:, None, None, :]  # (B, 1, 1, S), not causal
         else:

@@ -6,7 +6,14 @@ import math
 
 import numpy as np
 
-from .._checks import as_float_array, as_grad, check_positive_int, make_rng
+from .._checks import (
+    as_float_array,
+    as_grad,
+    check_allocation,
+    check_bool,
+    check_positive_int,
+    make_rng,
+)
 from ..ops.linear import linear_backward, linear_forward
 from .base import Module
 
@@ -27,7 +34,9 @@ class Linear(Module):
         super().__init__()
         self.in_features = check_positive_int(in_features, "in_features")
         self.out_features = check_positive_int(out_features, "out_features")
+        check_allocation((out_features, in_features), 4, "in_features, out_features", "a weight")
         rng = make_rng(rng)
+        bias = check_bool(bias, "bias")
         self.register_parameter(
             "weight", uniform_init(rng, (out_features, in_features), in_features)
         )

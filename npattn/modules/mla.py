@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._checks import check_positive_int, make_rng
+from .._checks import check_allocation, check_positive_int, make_rng
 from ..ops.heads import (
     merge_heads_backward,
     merge_heads_forward,
@@ -59,16 +59,17 @@ class MultiHeadLatentAttention(KVCacheMixin, Module):
     ):
         super().__init__()
         self.d_in, self.d_out, _, self.dropout, self.num_heads = check_attention_args(
-            d_in, d_out, dropout=dropout, num_heads=num_heads
+            d_in, d_out, dropout=dropout, num_heads=num_heads, qkv_bias=qkv_bias
         )
         self.latent_dim = (
             max(16, self.d_out // 8)
             if latent_dim is None
             else check_positive_int(latent_dim, "latent_dim")
         )
+        C = self.latent_dim
+        check_allocation((C, max(self.d_in, self.d_out)), 4, "latent_dim", "a float32 weight")
         self.head_dim = self.d_out // self.num_heads
         self.rng = make_rng(rng)
-        C = self.latent_dim
         self.W_query = Linear(d_in, d_out, bias=qkv_bias, rng=self.rng)
         self.W_DKV = Linear(d_in, C, bias=qkv_bias, rng=self.rng)  # down to the latent
         self.W_UK = Linear(C, d_out, bias=qkv_bias, rng=self.rng)  # latent -> keys

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import _guard
 from .._checks import as_grad, check_positive_int, make_rng
 from ..fast.dispatch import (
     fused_attention_backward,
@@ -57,7 +58,7 @@ class MultiHeadAttentionWrapper(Module):
     ):
         super().__init__()
         d_in, d_out, context_length, dropout, _ = check_attention_args(
-            d_in, d_out, context_length, dropout
+            d_in, d_out, context_length, dropout, qkv_bias=qkv_bias
         )
         num_heads = check_positive_int(num_heads, "num_heads")  # d_out is per head here
         self.d_in, self.d_out, self.num_heads = d_in, d_out, num_heads
@@ -132,7 +133,7 @@ class MultiHeadAttention(KVCacheMixin, Module):
         super().__init__()
         self.attn_impl = attn_impl
         self.d_in, self.d_out, self.context_length, self.dropout, self.num_heads = (
-            check_attention_args(d_in, d_out, context_length, dropout, num_heads)
+            check_attention_args(d_in, d_out, context_length, dropout, num_heads, qkv_bias)
         )
         self.head_dim = self.d_out // self.num_heads
         self.rng = make_rng(rng)
@@ -174,7 +175,7 @@ class MultiHeadAttention(KVCacheMixin, Module):
         context, sdpa_cache = sdpa_forward(queries, keys, values, mask, dropout_p, rng=self.rng)
         self.attn_weights = sdpa_cache.attn_weights  # (B, H, T, T), before dropout
         # 4. merge heads                                 (B, H, T, E) -> (B, T, d_out)
-        context, merge_cache = merge_heads_forward(context)
+        context, merge_cache = merge_heads_forward(_guard.readonly(context))  # ours alone
         # 5. output projection                           (B, T, d_out) -> (B, T, d_out)
         context_vec = self.out_proj(context)
         self.reset_cache()  # a full forward empties the KV cache

@@ -7,7 +7,13 @@ E = head_dim (d_in // H by default; even, for RoPE), d_in the model width.
 
 from __future__ import annotations
 
-from .._checks import check_positive_int, make_rng
+from .._checks import (
+    check_allocation,
+    check_bool,
+    check_positive_int,
+    check_real,
+    make_rng,
+)
 from ..ops.heads import (
     merge_heads_backward,
     merge_heads_forward,
@@ -79,11 +85,15 @@ class Qwen3Attention(KVCacheMixin, Module):
         self.context_length = check_positive_int(context_length, "context_length")
         self.group_size = self.num_heads // self.num_kv_groups
         self.d_out = self.num_heads * self.head_dim
+        shape = (self.d_out, max(self.d_in, self.d_out))  # the largest weight
+        check_allocation(shape, 4, "num_heads, head_dim, d_in", "a float32 weight")
+        self.rope_base = check_real(rope_base, "rope_base", "a float > 0")
+        if not self.rope_base > 0:
+            raise ValueError(f"rope_base must be > 0, got {self.rope_base}")
         # cos, sin: (context_length, head_dim); also checks that head_dim is even
         self.cos, self.sin = compute_rope_params(
-            self.head_dim, rope_base, self.context_length, rope_freq_config
+            self.head_dim, self.rope_base, self.context_length, rope_freq_config
         )
-        self.rope_base = float(rope_base)
         self.rope_freq_config = None if rope_freq_config is None else dict(rope_freq_config)
         self.rng = make_rng(rng)
         kv_width = self.num_kv_groups * self.head_dim
@@ -91,7 +101,7 @@ class Qwen3Attention(KVCacheMixin, Module):
         self.W_key = Linear(d_in, kv_width, bias=False, rng=self.rng)
         self.W_value = Linear(d_in, kv_width, bias=False, rng=self.rng)
         self.out_proj = Linear(self.d_out, d_in, bias=False, rng=self.rng)
-        if qk_norm:
+        if check_bool(qk_norm, "qk_norm"):
             self.q_norm = RMSNorm(self.head_dim, eps=QK_NORM_EPS)
             self.k_norm = RMSNorm(self.head_dim, eps=QK_NORM_EPS)
         else:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._checks import as_float_array, check_positive_int
+from .._checks import as_float_array, check_positive_int, check_real
 from ..ops.rmsnorm import DEFAULT_EPS, rmsnorm_backward, rmsnorm_forward
 from .base import Module
 
@@ -18,7 +18,7 @@ class RMSNorm(Module):
     def __init__(self, emb_dim: int, eps: float = DEFAULT_EPS, *, dtype=np.float32):
         super().__init__()
         self.emb_dim = check_positive_int(emb_dim, "emb_dim")
-        self.eps = float(eps)
+        self.eps = check_real(eps, "eps", "a float >= 0")
         self.register_parameter("scale", np.ones(self.emb_dim, dtype=dtype))
 
     def forward(self, x):

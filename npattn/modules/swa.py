@@ -54,7 +54,7 @@ class MultiHeadAttentionWithSWA(KVCacheMixin, Module):
     ):
         super().__init__()
         self.d_in, self.d_out, _, self.dropout, self.num_heads = check_attention_args(
-            d_in, d_out, dropout=dropout, num_heads=num_heads
+            d_in, d_out, dropout=dropout, num_heads=num_heads, qkv_bias=qkv_bias
         )
         self.sliding_window_size = (
             None

@@ -14,27 +14,27 @@ from .._checks import as_float_array, as_grad, check_ndim, check_positive_int
 def split_heads_forward(x, num_heads: int):
     """(B, T, d_out) -> (B, H, T, E): view as (B, T, H, E), then swap T and H.
 
-    Returns (out, cache) with cache = (x.shape,). The result is a view of x, not a copy.
+    Returns (out, cache) with cache = (x.shape, num_heads). The result is a view of x.
     """
-    x = np.asarray(x)
+    x = as_float_array(x, "x")
     check_ndim(x, "x", 3, "(B, T, d_out)")
     num_heads = check_positive_int(num_heads, "num_heads")
     b, t, d_out = x.shape
     if d_out % num_heads:
-        raise ValueError(f"d_out ({d_out}) must be divisible by num_heads ({num_heads})")
+        raise ValueError(
+            f"x of shape {x.shape}: d_out ({d_out}) must be divisible by num_heads ({num_heads})"
+        )
     out = x.reshape(b, t, num_heads, d_out // num_heads)  # (B, T, d_out) -> (B, T, H, E)
     out = out.transpose(0, 2, 1, 3)  # (B, T, H, E) -> (B, H, T, E)
-    return out, (x.shape,)
+    return out, (x.shape, num_heads)  # the backward takes H from here, never from dout
 
 
 def split_heads_backward(dout, cache):
     """(B, H, T, E) -> (B, T, d_out). May return a view of dout."""
-    (shape,) = cache
+    shape, h = cache
     b, t, d_out = shape
     dout = as_float_array(dout, "dout")
-    check_ndim(dout, "dout", 4, "(B, H, T, E)")
-    h = max(dout.shape[1], 1)
-    dout = as_grad(dout, (b, h, t, d_out // h), dout.dtype)
+    dout = as_grad(dout, (b, h, t, d_out // h), dout.dtype)  # (B, H, T, E), H from the cache
     return dout.transpose(0, 2, 1, 3).reshape(shape)  # (B, H, T, E) -> (B, T, H, E) -> shape
 
 
@@ -43,7 +43,7 @@ def merge_heads_forward(x):
 
     Returns (out, cache) with cache = (x.shape,). May be a view of x (when H or T is 1).
     """
-    x = np.asarray(x)
+    x = as_float_array(x, "x")
     check_ndim(x, "x", 4, "(B, H, T, E)")
     b, h, t, e = x.shape
     out = x.transpose(0, 2, 1, 3).reshape(b, t, h * e)  # (B, H, T, E) -> (B, T, H, E) -> (B, T, d)
@@ -62,9 +62,9 @@ def split_qkv_heads_forward(qkv, num_heads: int):
     """(B, T, 3 * d_out) -> queries, keys, values, each (B, H, T, E): views, no copy.
 
     qkv is W_query, W_key and W_value's outputs side by side (fused_linear_forward).
-    Returns ((queries, keys, values), cache) with cache = (qkv.shape,).
+    Returns ((queries, keys, values), cache) with cache = (qkv.shape, num_heads).
     """
-    qkv = np.asarray(qkv)
+    qkv = as_float_array(qkv, "qkv")
     check_ndim(qkv, "qkv", 3, "(B, T, 3 * d_out)")
     num_heads = check_positive_int(num_heads, "num_heads")
     b, t, width = qkv.shape
@@ -72,16 +72,14 @@ def split_qkv_heads_forward(qkv, num_heads: int):
         raise ValueError(f"qkv width ({width}) must be divisible by 3 * num_heads ({num_heads})")
     out = qkv.reshape(b, t, 3, num_heads, width // (3 * num_heads))  # -> (B, T, 3, H, E)
     out = out.transpose(2, 0, 3, 1, 4)  # (B, T, 3, H, E) -> (3, B, H, T, E)
-    return (out[0], out[1], out[2]), (qkv.shape,)
+    return (out[0], out[1], out[2]), (qkv.shape, num_heads)
 
 
 def split_qkv_heads_backward(dqueries, dkeys, dvalues, cache):
     """Three (B, H, T, E) gradients -> one (B, T, 3 * d_out), written in a single copy."""
-    (shape,) = cache
+    shape, h = cache  # H from the cache, never from the gradients
     b, t, width = shape
     dqueries = as_float_array(dqueries, "dqueries")
-    check_ndim(dqueries, "dqueries", 4, "(B, H, T, E)")
-    h = max(dqueries.shape[1], 1)
     douts = [
         as_grad(d, (b, h, t, width // (3 * h)), dqueries.dtype, name)
         for name, d in zip(("dqueries", "dkeys", "dvalues"), (dqueries, dkeys, dvalues))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import _guard
 from .._checks import as_float_array, as_grad, check_min_ndim
 
 
@@ -14,8 +15,10 @@ def linear_forward(x, weight, bias=None):
     """out = x @ weight.T + bias.
 
     Shapes: x (..., d_in), weight (d_out, d_in), bias (d_out,) -> out (..., d_out).
-    Returns (out, cache) with cache = (x, weight, has_bias).
+    Returns (out, cache) with cache = (x, weight, has_bias): private copies where the caller
+    holds them (npattn/_guard.py), so changing x or weight later cannot change the backward.
     """
+    x_in, weight_in = x, weight
     weight = as_float_array(weight, "weight")
     x = as_float_array(x, "x")
     check_min_ndim(x, "x", 1, "(..., d_in)")
@@ -23,16 +26,23 @@ def linear_forward(x, weight, bias=None):
         raise ValueError(f"weight must have shape (d_out, d_in), got {tuple(weight.shape)}")
     d_out, d_in = weight.shape
     if x.shape[-1] != d_in:
-        raise ValueError(f"x must have shape (..., d_in={d_in}), got {tuple(x.shape)}")
+        raise ValueError(
+            f"x must have shape (..., d_in={d_in}) to match weight (d_out, d_in) = "
+            f"{tuple(weight.shape)}, got {tuple(x.shape)}"
+        )
     if bias is not None:
         bias = as_float_array(bias, "bias")
         if bias.shape != (d_out,):
-            raise ValueError(f"bias must have shape (d_out={d_out},), got {tuple(bias.shape)}")
+            raise ValueError(
+                f"bias must have shape (d_out={d_out},) to match weight {tuple(weight.shape)}, "
+                f"got {tuple(bias.shape)}"
+            )
     # one matrix product over all rows: (N, d_in) @ (d_in, d_out) -> (N, d_out), N = prod(...)
     # (numpy's stacked (..., d_in) @ (d_in, d_out) is slower: it runs one product per batch)
     out = (x.reshape(-1, d_in) @ weight.T).reshape(*x.shape[:-1], d_out)  # (..., d_out)
     if bias is not None:
         out = out + bias
+    x, weight = _guard.private(x, x_in), _guard.private(weight, weight_in)
     cache = (x, weight, bias is not None)  # x: (..., d_in), weight: (d_out, d_in)
     return out, cache
 

@@ -13,7 +13,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._checks import as_float_array, as_grad, check_bool_mask, check_min_ndim, check_positive_int
+from .. import _guard
+from .._checks import (
+    as_array,
+    as_float_array,
+    as_grad,
+    check_allocation,
+    check_bool_mask,
+    check_min_ndim,
+    check_positive_int,
+)
 
 
 def causal_mask(L: int, S: int | None = None) -> np.ndarray:
@@ -23,6 +32,7 @@ def causal_mask(L: int, S: int | None = None) -> np.ndarray:
     """
     L = check_positive_int(L, "L")
     S = L if S is None else check_positive_int(S, "S")
+    check_allocation((L, S), 1, "L, S", "a boolean mask")
     return np.tri(L, S, dtype=bool)
 
 
@@ -34,6 +44,7 @@ def sliding_window_mask(L: int, S: int | None = None, *, window: int | None) -> 
     """
     L = check_positive_int(L, "L")
     S = L if S is None else check_positive_int(S, "S")
+    check_allocation((L, S), 8, "L, S", "a sliding-window mask")  # int64 position differences
     return position_mask(np.arange(L), np.arange(S), window=window)
 
 
@@ -46,12 +57,20 @@ def position_mask(q_positions, k_positions, *, window: int | None = None) -> np.
     """
     if window is not None:
         window = check_positive_int(window, "window")
-    q_positions, k_positions = np.asarray(q_positions), np.asarray(k_positions)
+    q_positions = as_array(q_positions, "q_positions")
+    k_positions = as_array(k_positions, "k_positions")
+    for name, a in (("q_positions", q_positions), ("k_positions", k_positions)):
+        if not np.issubdtype(a.dtype, np.integer):
+            raise TypeError(f"{name} must be integers, got dtype {a.dtype}")
+    # signed, so that p - r below cannot wrap around as unsigned integers would
+    q_positions, k_positions = q_positions.astype(np.int64), k_positions.astype(np.int64)
     if q_positions.ndim != 1 or k_positions.ndim != 1:
         raise ValueError(
             f"q_positions and k_positions must have shapes (L,) and (S,), got "
             f"{q_positions.shape} and {k_positions.shape}"
         )
+    L, S = q_positions.size, k_positions.size
+    check_allocation((L, S), 8, "q_positions, k_positions", "a mask")  # int64 differences
     diff = q_positions[:, None] - k_positions[None, :]  # (L, 1) - (1, S) -> (L, S)
     mask = diff >= 0
     if window is not None:
@@ -67,7 +86,7 @@ def key_padding_mask(lengths, S: int) -> np.ndarray:
     a query row left with no key gives 0 in sdpa_forward.
     """
     S = check_positive_int(S, "S")
-    lengths = np.asarray(lengths)
+    lengths = as_array(lengths, "lengths")
     if lengths.ndim != 1 or not np.issubdtype(lengths.dtype, np.integer):
         raise ValueError(
             f"lengths must be integers of shape (B,), got dtype {lengths.dtype}, "
@@ -75,6 +94,7 @@ def key_padding_mask(lengths, S: int) -> np.ndarray:
         )
     if lengths.size and (lengths.min() < 0 or lengths.max() > S):
         raise ValueError(f"lengths must lie in [0, S={S}], got {lengths.tolist()}")
+    check_allocation((lengths.size, S), 8, "lengths, S", "a key-padding mask")  # int64 arange
     return np.arange(S)[None, :] < lengths[:, None]  # (1, S) < (B, 1) -> (B, S)
 
 
@@ -86,9 +106,10 @@ def mask_scores_forward(attn_scores, mask):
     """
     attn_scores = as_float_array(attn_scores, "attn_scores")
     check_min_ndim(attn_scores, "attn_scores", 2, "(..., T, S)")
+    mask_in = mask
     mask = check_bool_mask(mask, attn_scores.shape, "mask", "attn_scores")
     out = np.where(mask, attn_scores, -np.inf).astype(attn_scores.dtype, copy=False)
-    return out, (mask, attn_scores.shape, out.dtype)
+    return out, (_guard.private(mask, mask_in), attn_scores.shape, out.dtype)
 
 
 def mask_scores_backward(dout, cache):
@@ -109,6 +130,7 @@ def mask_renormalize_forward(attn_weights, mask):
     """
     attn_weights = as_float_array(attn_weights, "attn_weights")
     check_min_ndim(attn_weights, "attn_weights", 2, "(..., T, S)")
+    mask_in = mask
     mask = check_bool_mask(mask, attn_weights.shape, "mask", "attn_weights")
     # 1. masked_simple = attn_weights * mask
     masked = np.where(mask, attn_weights, 0).astype(attn_weights.dtype, copy=False)
@@ -117,7 +139,10 @@ def mask_renormalize_forward(attn_weights, mask):
     row_sums = np.where(row_sums == 0, 1, row_sums).astype(masked.dtype, copy=False)
     # 3. out = masked_simple / row_sums
     out = masked / row_sums
-    cache = (mask, out, row_sums)  # mask: bcast (..., T, S), out: (..., T, S), row_sums (..., T, 1)
+    # the caller gets out and may change it: the cache keeps its own copy (npattn/_guard.py)
+    mask, out_kept = _guard.private(mask, mask_in), _guard.private(out, out)
+    # mask: bcast (..., T, S), out_kept: (..., T, S), row_sums (..., T, 1)
+    cache = (mask, out_kept, row_sums)
     return out, cache
 
 

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._checks import as_float_array, as_grad, check_min_ndim
+from .. import _guard
+from .._checks import as_float_array, as_grad, check_min_ndim, check_real
 
 DEFAULT_EPS = 1e-6  # Qwen3's q_norm / k_norm
 
@@ -23,14 +24,19 @@ def rmsnorm_forward(x, scale, eps: float = DEFAULT_EPS):
     """out = x * scale / sqrt(mean(x**2) + eps).
 
     Shapes: x (..., E), scale (E,) -> out (..., E), dtype of x and scale together.
-    Returns (out, cache) with cache = (x_hat, rstd, scale).
+    Returns (out, cache) with cache = (x_hat, rstd, scale); scale is a private copy where the
+    caller holds it (npattn/_guard.py), so changing it later cannot change the backward.
     """
+    scale_in = scale
     x = as_float_array(x, "x")
     scale = as_float_array(scale, "scale")
     check_min_ndim(x, "x", 1, "(..., E)")
     if scale.shape != (x.shape[-1],):
-        raise ValueError(f"scale must have shape (E={x.shape[-1]},), got {tuple(scale.shape)}")
-    eps = float(eps)
+        raise ValueError(
+            f"scale must have shape (E={x.shape[-1]},) to match x of shape {x.shape} (..., E), "
+            f"got {tuple(scale.shape)}"
+        )
+    eps = check_real(eps, "eps", "a float >= 0")
     if not eps >= 0:
         raise ValueError(f"eps must be >= 0, got {eps}")
     dtype = np.result_type(x.dtype, scale.dtype)
@@ -43,6 +49,7 @@ def rmsnorm_forward(x, scale, eps: float = DEFAULT_EPS):
     x_hat = x * rstd
     # 4. out = x_hat * scale                     (..., E) * (E,)
     out = x_hat * scale
+    scale = _guard.private(scale, scale_in)  # the caller may update it in place (an SGD step)
     return out, (x_hat, rstd, scale)  # x_hat (..., E), rstd (..., 1), scale (E,)
 
 

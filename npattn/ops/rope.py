@@ -21,7 +21,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._checks import as_float_array, as_grad, check_min_ndim, check_positive_int
+from .._checks import (
+    as_array,
+    as_float_array,
+    as_grad,
+    check_allocation,
+    check_min_ndim,
+    check_positive_int,
+    check_real,
+)
 
 FREQ_CONFIG_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_context_length")
 
@@ -41,9 +49,9 @@ def _llama3_scaled(inv_freq: np.ndarray, freq_config) -> np.ndarray:
     """
     if not hasattr(freq_config, "keys") or set(freq_config) != set(FREQ_CONFIG_KEYS):
         raise ValueError(f"freq_config must be None or a dict with keys {FREQ_CONFIG_KEYS}")
-    factor = float(freq_config["factor"])
-    low, high = float(freq_config["low_freq_factor"]), float(freq_config["high_freq_factor"])
-    original = float(freq_config["original_context_length"])
+    factor, low, high, original = (
+        check_real(freq_config[k], f"freq_config[{k!r}]", "a number") for k in FREQ_CONFIG_KEYS
+    )
     if not (factor > 0 and 0 < low < high and original > 0):
         raise ValueError(
             "freq_config needs factor > 0, 0 < low_freq_factor < high_freq_factor and "
@@ -71,7 +79,8 @@ def compute_rope_params(
     """
     head_dim = _check_head_dim(head_dim)
     context_length = check_positive_int(context_length, "context_length")
-    theta_base = float(theta_base)
+    check_allocation((context_length, head_dim), 8, "context_length, head_dim", "cos/sin tables")
+    theta_base = check_real(theta_base, "theta_base", "a float > 0")
     if not theta_base > 0:
         raise ValueError(f"theta_base must be > 0, got {theta_base}")
     inv_freq = 1.0 / theta_base ** (np.arange(0, head_dim, 2) / head_dim)  # (E/2,)
@@ -124,7 +133,7 @@ def _positions(offset, positions, T: int, context_length: int) -> np.ndarray:
     else:
         if offset != 0:
             raise ValueError("pass either offset or positions, not both")
-        positions = np.asarray(positions)
+        positions = as_array(positions, "positions")
         if not np.issubdtype(positions.dtype, np.integer):
             raise TypeError(f"positions must be integers, got dtype {positions.dtype}")
         if positions.ndim < 1 or positions.shape[-1] != T:
@@ -133,7 +142,8 @@ def _positions(offset, positions, T: int, context_length: int) -> np.ndarray:
             )
     if positions.size and (positions.min() < 0 or positions.max() >= context_length):
         raise ValueError(
-            f"RoPE positions must lie in [0, context_length={context_length}): got positions "
+            f"RoPE positions (offset + 0 .. T - 1, or positions) must lie in "
+            f"[0, context_length={context_length}) of the cos/sin tables: got positions "
             f"{int(positions.min())}..{int(positions.max())}"
         )
     return positions

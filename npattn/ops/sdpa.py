@@ -22,6 +22,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .. import _guard
 from .._checks import (
     as_grad,
     check_attn_mask,
@@ -33,7 +34,7 @@ from .._checks import (
 from .dropout import dropout_keep_mask
 from .heads import repeat_kv, repeat_kv_backward
 from .masks import causal_mask
-from .sinks import softmax_with_sink_backward, softmax_with_sink_forward
+from .sinks import check_sinks, softmax_with_sink_backward, softmax_with_sink_forward
 from .softcap import check_softcap, softcap_backward, softcap_forward
 from .softmax import softmax_backward, softmax_inplace
 
@@ -87,7 +88,9 @@ def sdpa_forward(
     Beyond torch: softcap c > 0 caps the scores to c * tanh(scores / c) before the mask
     (Gemma 2); sinks (H,) or broadcastable to (..., L, 1) adds one logit per head to each
     row's softmax denominator (gpt-oss), and sdpa_backward then also returns dsinks.
+    The cache keeps private, read-only q, k, v, keep-mask and weights (npattn/_guard.py).
     """
+    given = (q, k, v)
     q, k, v, groups = check_sdpa_inputs(q, k, v, enable_gqa)
     softcap = check_softcap(softcap)
     dropout_p = check_probability(dropout_p, "dropout_p")
@@ -99,6 +102,8 @@ def sdpa_forward(
     scores_shape = np.broadcast_shapes(q.shape[:-2], k.shape[:-2]) + (L, S)
     attn_mask = check_attn_mask(attn_mask, is_causal, scores_shape)
     keep = check_dropout_mask(dropout_mask, dropout_p, scores_shape)
+    if sinks is not None:  # checked here too, so that a mismatch names query and key
+        check_sinks(sinks, scores_shape, "query @ key^T")
     # 1. attn_scores = (q * scale) @ k^T           (..., L, E) @ (..., E, S) -> (..., L, S)
     #    q is scaled first: the same scores as (q @ k^T) * scale, but the unscaled sum of E
     #    products never forms, so float16 does not overflow where the scaled score fits
@@ -115,18 +120,30 @@ def sdpa_forward(
     # 3. attn_weights = softmax(attn_scores)        (..., L, S)
     sink_cache = None
     if sinks is not None:  # the sink joins each row's denominator (ops/sinks.py)
-        attn_weights, sink_cache = softmax_with_sink_forward(attn_scores, sinks)
+        attn_weights, sink_cache = softmax_with_sink_forward(attn_scores, sinks, copy=False)
     else:
         attn_weights = softmax_inplace(attn_scores, axis=-1)  # step 1 or 2 made a new array
     # 4. dropout on the weights (inverted: kept weights scaled by 1 / (1 - p))   (..., L, S)
-    dropout_scale = 1.0 / (1.0 - dropout_p)
+    dropout_scale = 1.0 / (1.0 - dropout_p) if dropout_p < 1.0 else 0.0  # p = 1 drops all
     if keep is None and dropout_p > 0.0:
         keep = dropout_keep_mask(attn_weights.shape, dropout_p, rng)  # True = kept
     dropped = attn_weights if keep is None else attn_weights * keep * dtype.type(dropout_scale)
     # 5. out = dropped @ v                          (..., L, S) @ (..., S, Ev) -> (..., L, Ev)
     out = dropped @ v
+    # the caller may change q, k, v or the keep-mask later: the cache keeps its own copies
+    q, k, v = (_guard.private(a, *given) for a in (q, k, v))
+    keep = _guard.private(keep, dropout_mask)
     cache = SDPACache(
-        q, k, v, attn_weights, keep, dropout_scale, scale, groups, softcap_cache, sink_cache
+        q,
+        k,
+        v,
+        _guard.readonly(attn_weights),
+        keep,
+        dropout_scale,
+        scale,
+        groups,
+        softcap_cache,
+        sink_cache,
     )
     return out, cache
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import _guard
 from .._checks import as_float_array, as_grad, check_ndim
 from .softmax import softmax, softmax_backward
 
@@ -81,11 +82,15 @@ def simple_attention_forward(inputs):
     """
     x = as_float_array(inputs, "inputs")
     check_ndim(x, "inputs", (2, 3), "(T, d) or (B, T, d)")
+    if 0 in x.shape[-2:]:
+        raise ValueError(f"inputs needs T >= 1 tokens and d >= 1: shape (T, d), got {x.shape}")
     # x plays the queries, the keys and the values at once; no 1/sqrt(d) scaling yet
     attn_scores = x @ np.swapaxes(x, -1, -2)  # 1. (..., T, d) @ (..., d, T) -> (..., T, T)
     attn_weights = softmax(attn_scores, axis=-1)  # 2. each row sums to 1      (..., T, T)
     context_vecs = attn_weights @ x  # 3. (..., T, T) @ (..., T, d) -> (..., T, d)
-    return context_vecs, attn_weights, (x, attn_weights)
+    # the cache keeps a private x and read-only weights (the caller sees them): npattn/_guard.py
+    cache = (_guard.private(x, inputs), _guard.readonly(attn_weights))
+    return context_vecs, attn_weights, cache
 
 
 def simple_attention_backward(dcontext_vecs, cache):

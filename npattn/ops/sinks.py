@@ -19,20 +19,22 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import _guard
 from .._checks import as_float_array, as_grad, check_min_ndim
 
 
-def check_sinks(sinks, scores_shape: tuple) -> np.ndarray:
+def check_sinks(sinks, scores_shape: tuple, scores: str = "attn_scores") -> np.ndarray:
     """sinks as an array broadcastable to (..., L, 1): (H,) becomes (H, 1, 1).
 
     Shapes: sinks (H,) with H = scores_shape[-3], or broadcastable to (..., L, 1).
+    `scores` names where the scores come from, for the messages.
     """
     sinks = as_float_array(sinks, "sinks")
     if sinks.ndim == 1:
         if len(scores_shape) < 3 or sinks.shape[0] != scores_shape[-3]:
             raise ValueError(
-                f"sinks of shape (H,) needs heads on axis -3 of the scores "
-                f"{tuple(scores_shape)} (..., H, L, S): got {tuple(sinks.shape)}"
+                f"sinks of shape (H,) needs heads on axis -3 of the scores ({scores}) of "
+                f"shape {tuple(scores_shape)} (..., H, L, S): got {tuple(sinks.shape)}"
             )
         sinks = sinks[:, None, None]  # (H,) -> (H, 1, 1)
     target = tuple(scores_shape[:-1]) + (1,)  # (..., L, 1)
@@ -42,21 +44,24 @@ def check_sinks(sinks, scores_shape: tuple) -> np.ndarray:
         fits = False
     if not fits:
         raise ValueError(
-            f"sinks of shape {tuple(sinks.shape)} must be (H,) or broadcast to {target} (..., L, 1)"
+            f"sinks of shape {tuple(sinks.shape)} must be (H,) or broadcast to {target} "
+            f"(..., L, 1) of the scores ({scores})"
         )
     return sinks
 
 
-def softmax_with_sink_forward(attn_scores, sinks):
+def softmax_with_sink_forward(attn_scores, sinks, *, copy: bool = True):
     """Softmax over each row of attn_scores plus its sink logit, the sink's share dropped.
 
     Shapes: attn_scores (..., L, S), sinks (H,) or broadcastable to (..., L, 1)
     -> attn_weights (..., L, S). Returns (attn_weights, cache) with
-    cache = (attn_weights, p_sink (..., L, 1), sinks' shape as given).
+    cache = (attn_weights, p_sink (..., L, 1), sinks' shape as given); the cache's
+    attn_weights is a private copy, or with copy=False the returned array itself, read-only.
     """
     attn_scores = as_float_array(attn_scores, "attn_scores")
     check_min_ndim(attn_scores, "attn_scores", 2, "(..., L, S)")
-    given_shape = np.shape(sinks)
+    sinks = as_float_array(sinks, "sinks")
+    given_shape = sinks.shape
     sink = check_sinks(sinks, attn_scores.shape).astype(attn_scores.dtype, copy=False)
     # 1. m = max(rowmax, sink): finite because the sink is, so a fully masked row is safe
     m = np.maximum(np.max(attn_scores, axis=-1, keepdims=True), sink)  # (..., L, 1)
@@ -67,7 +72,10 @@ def softmax_with_sink_forward(attn_scores, sinks):
     denom = np.sum(e, axis=-1, keepdims=True) + e_sink  # (..., L, 1), >= e_sink > 0
     attn_weights = e / denom
     p_sink = e_sink / denom
-    return attn_weights, (attn_weights, p_sink, given_shape)
+    # the caller gets attn_weights and may change it: the cache keeps its own copy
+    # (npattn/_guard.py); sdpa_forward, which returns no weights, skips it (copy=False)
+    kept = _guard.private(attn_weights, attn_weights) if copy else _guard.readonly(attn_weights)
+    return attn_weights, (kept, p_sink, given_shape)
 
 
 def softmax_with_sink_backward(dattn_weights, cache):

@@ -12,17 +12,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._checks import as_float_array, as_grad
+from .._checks import as_float_array, as_grad, check_real
 
 
 def check_softcap(softcap) -> float | None:
     """None (no capping) or a finite float > 0, else a named error."""
     if softcap is None:
         return None
-    try:
-        softcap = float(softcap)
-    except (TypeError, ValueError):
-        raise TypeError(f"softcap must be a float > 0 or None, got {softcap!r}") from None
+    softcap = check_real(softcap, "softcap", "a float > 0 or None")
     if not (np.isfinite(softcap) and softcap > 0):
         raise ValueError(f"softcap must be a finite float > 0, got {softcap}")
     return softcap
