@@ -69,7 +69,7 @@ def _loss(dout):
 def backward_walkthrough(weights: str = "auto", seed: int = 0) -> BackwardWalkthrough:
     """Forward and backward of one causal head on the chapter's six tokens, with checks.
 
-    weights as in npattn.chapter_weights.chapter_module; seed draws dout.
+    weights as in npattn.chapter.weights.chapter_module; seed draws dout.
     """
     x = chapter_inputs(np.float64)  # (T, d_in)
     head, source = chapter_module(CausalAttention, x.shape[-1], D_OUT, len(x), 0.0, weights=weights)
