@@ -54,9 +54,9 @@ DEFAULT_BLOCKS = (256, 256)
 
 
 class FlashCache(NamedTuple):
-    q: np.ndarray  # (..., L, E)
-    k: np.ndarray  # (..., S, E), after GQA repetition (a copy only when groups > 1)
-    v: np.ndarray  # (..., S, Ev), after GQA repetition
+    # the shapes the backward sums its gradients back to: q (..., L, E), k (..., S, E) after
+    # GQA repetition, v (..., S, Ev); their values live in `folded`, so no copy of q, k, v
+    shapes: tuple
     out: np.ndarray  # (..., L, Ev), batch dims broadcast
     lse: np.ndarray  # (..., L, 1), log-sum-exp of each score row; 0 on fully masked rows
     attn_mask: np.ndarray | None  # a private copy of the mask, broadcastable to (..., L, S)
@@ -152,24 +152,15 @@ def flash_attention_forward(
     blocks, dropout, folded = (Br, Bc), (dropout_p, key), (qx, kx, vx)
     # the cache keeps private, read-only arrays (npattn/_guard.py): copies of what the caller
     # holds, out included, since the caller may change the returned array
-    q, k, v, attn_mask = (_guard.private(a, *given) for a in (q, k, v, attn_mask))
+    # q, k and v themselves are not kept: the folded columns are private copies of them
+    attn_mask = _guard.private(attn_mask, *given)
     out_kept, lse = _guard.private(out, out), _guard.readonly(lse)
     qx, kx, vx = (_guard.readonly(a) for a in folded)
+    shapes = (q.shape, k.shape, v.shape)
     cache = FlashCache(
-        q,
-        k,
-        v,
-        out_kept,
-        lse,
-        attn_mask,
-        is_causal,
-        scale,
-        groups,
-        blocks,
-        dropout,
-        window,
+        shapes, out_kept, lse, attn_mask, is_causal, scale, groups, blocks, dropout, window,
         (qx, kx, vx),
-    )
+    )  # fmt: skip
     return out, cache
 
 
@@ -179,10 +170,10 @@ def flash_attention_backward(dout, cache: FlashCache):
     Shapes: dout (..., L, Ev) -> dq (..., L, E), dk (..., S, E), dv (..., S, Ev), in the shapes
     q, k and v were given (GQA heads and broadcast batch dims summed back).
     """
-    q, k, v, out, lse, attn_mask, is_causal, scale, groups, blocks, dropout, window, folded = cache
-    qx, kx, vx = folded
-    dout = as_grad(dout, out.shape, q.dtype)
-    (L, E), S, Ev, dtype = q.shape[-2:], k.shape[-2], v.shape[-1], q.dtype
+    shapes, out, lse, attn_mask, is_causal, scale, groups, blocks, dropout, window, folded = cache
+    (q_shape, k_shape, v_shape), (qx, kx, vx) = shapes, folded
+    dout = as_grad(dout, out.shape, out.dtype)
+    (L, E), S, Ev, dtype = q_shape[-2:], k_shape[-2], v_shape[-1], out.dtype
     batch = out.shape[:-2]
     # 6. out = P @ v with rows of P summing to 1 gives, for the softmax backward,
     #    sum_j P_ij dP_ij = rowsum(dout * out) =: D; it replaces the (L, S) row sums
@@ -197,9 +188,9 @@ def flash_attention_backward(dout, cache: FlashCache):
     backward_tiles(qx, kx, vx, dout, D, mask, causal, window, blocks, keep_of, dq, dk, dv)
     dq *= dtype.type(scale)  # dk took q * scale from qx, dq gets its scale once, here
     # undo broadcasting of batch dims, then sum the GQA groups: (..., Hq, S, E) -> (..., Hkv, S, E)
-    dq = sum_to_shape(dq, q.shape)
-    dk = repeat_kv_backward(sum_to_shape(dk, k.shape), groups)
-    dv = repeat_kv_backward(sum_to_shape(dv, v.shape), groups)
+    dq = sum_to_shape(dq, q_shape)
+    dk = repeat_kv_backward(sum_to_shape(dk, k_shape), groups)
+    dv = repeat_kv_backward(sum_to_shape(dv, v_shape), groups)
     return dq, dk, dv
 
 
@@ -208,7 +199,8 @@ def flash_dropout_mask(cache: FlashCache) -> np.ndarray:
 
     Shapes: -> keep (..., L, S), boolean, True = kept; all True when dropout_p was 0.
     """
-    (L, S), (Br, Bc), (p, key) = (cache.q.shape[-2], cache.k.shape[-2]), cache.blocks, cache.dropout
+    L, S = cache.shapes[0][-2], cache.shapes[1][-2]  # q (..., L, E), k (..., S, E)
+    (Br, Bc), (p, key) = cache.blocks, cache.dropout
     batch = cache.out.shape[:-2]
     keep = np.ones(batch + (L, S), dtype=bool)
     if key is None:
