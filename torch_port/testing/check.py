@@ -203,19 +203,28 @@ def search(
         return found is not None
 
     disagrees(Example(1, 1, seed))  # a setup error surfaces here, before any search
+    example = find_smallest(examples, disagrees, max_examples, seed)
+    if example is None:
+        return None, report
+    return run_example(setup, example, check_backward)[1], report
+
+
+def find_smallest(examples, disagrees, max_examples: int, seed: int):
+    """The smallest example on which `disagrees` is true (Hypothesis's find and shrink), or
+    None. Deterministic for a seed, whatever the Hypothesis profile; no database and no
+    explain phase, so a search costs only the examples it runs."""
     options = settings(
         max_examples=max_examples,
         derandomize=False,  # random=Random(seed) below makes it deterministic, whatever profile
         database=None,
         deadline=None,
         suppress_health_check=list(HealthCheck),
-        phases=(Phase.generate, Phase.shrink),  # no database, no explain phase
+        phases=(Phase.generate, Phase.shrink),
     )
     try:
-        example = find(examples, disagrees, settings=options, random=random.Random(seed))
+        return find(examples, disagrees, settings=options, random=random.Random(seed))
     except NoSuchExample:
-        return None, report
-    return run_example(setup, example, check_backward)[1], report
+        return None
 
 
 def find_mismatch(module, reference, weight_map=None, **kwargs) -> Mismatch | None:

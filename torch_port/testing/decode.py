@@ -12,16 +12,13 @@ T_total; each chunk's output (B, n_i, d_out).
 from __future__ import annotations
 
 import inspect
-import random
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from hypothesis import HealthCheck, Phase, find, settings
 from hypothesis import strategies as st
-from hypothesis.errors import NoSuchExample
 
-from .check import Report, replay_line
+from .check import Report, find_smallest, replay_line
 from .errors import KitSetupError, ReferenceMismatchError
 from .precision import judge, rule_for
 from .setup import MAX_TOKENS, NumpyAtDtype, TorchTwin, as_tensor_output, build, numpy_dtype
@@ -208,17 +205,8 @@ def assert_decode_matches(
         return found is not None
 
     disagrees(DecodeExample(1, (1,), seed))  # setup errors surface before the search
-    options = settings(
-        max_examples=max_examples,
-        derandomize=False,
-        database=None,
-        deadline=None,
-        suppress_health_check=list(HealthCheck),
-        phases=(Phase.generate, Phase.shrink),
-    )
-    try:
-        example = find(examples, disagrees, settings=options, random=random.Random(seed))
-    except NoSuchExample:
+    example = find_smallest(examples, disagrees, max_examples, seed)
+    if example is None:
         return report
     mismatch = run_decode(setup, example, step, reset)[1]
     named = {"weight_map": weight_map, "step": step_arg, "reset": reset_arg}

@@ -15,19 +15,16 @@ Shapes: q (B, H, L, E), k and v (B, Hkv, S, E) -> out (B, H, L, E); masks (L, S)
 from __future__ import annotations
 
 import inspect
-import random
 import unittest
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from hypothesis import HealthCheck, Phase, find, settings
 from hypothesis import strategies as st
-from hypothesis.errors import NoSuchExample
 
 from npattn.ops.sdpa import sdpa_backward, sdpa_forward
 
-from .check import Report, replay_line
+from .check import Report, find_smallest, replay_line
 from .errors import KitSetupError, Mismatch, ReferenceMismatchError
 from .precision import judge, rule_for
 
@@ -281,17 +278,8 @@ def assert_sdpa_matches(
             report.note(judgements)
         return found is not None
 
-    options = settings(
-        max_examples=max_examples,
-        derandomize=False,
-        database=None,
-        deadline=None,
-        suppress_health_check=list(HealthCheck),
-        phases=(Phase.generate, Phase.shrink),
-    )
-    try:
-        example = find(examples, disagrees, settings=options, random=random.Random(seed))
-    except NoSuchExample:
+    example = find_smallest(examples, disagrees, max_examples, seed)
+    if example is None:
         return report
     mismatch = run_sdpa_example(fn, example, dtype, device, rule, check_backward)[1]
     kwargs = dict(dtype=dtype, check_backward=check_backward, rtol=rtol, atol=atol,
