@@ -12,18 +12,18 @@ Shapes: T query tokens, S key tokens, E head dim, d_in the input width.
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+
+from .plots import figure_bytes  # reproducible SVG/PNG bytes, shared with the heatmaps
 
 DIAGRAMS = ("attention_graph", "tiling_grid")  # file stems
 FORWARD_COLOR = "#283593"
 BACKWARD_COLOR = "#b71c1c"
 SKIPPED_COLOR = "#bdbdbd"
 MASKED_COLOR = "#eeeeee"
-SVG_SALT = "npattn"  # fixed ids in the SVG, so that rebuilt diagrams are byte-identical
 
 
 def _figure(width: float, height: float):
@@ -156,19 +156,6 @@ def tiling_grid(T: int = 12, block_rows: int = 4, block_cols: int = 3, seed: int
 def diagram_figures() -> dict:
     """Every diagram as a matplotlib Figure, keyed by the names in DIAGRAMS."""
     return {"attention_graph": attention_graph(), "tiling_grid": tiling_grid()}
-
-
-def figure_bytes(fig, fmt: str = "svg") -> bytes:
-    """Render a Figure to SVG or PNG bytes, reproducibly (no date, fixed SVG ids)."""
-    from matplotlib import rc_context
-
-    if fmt not in ("svg", "png"):
-        raise ValueError(f"fmt must be 'svg' or 'png', got {fmt!r}")
-    buf = io.BytesIO()
-    with rc_context({"svg.hashsalt": SVG_SALT, "svg.fonttype": "path"}):
-        meta = {"Date": None} if fmt == "svg" else {"Software": None}
-        fig.savefig(buf, format=fmt, dpi=120, metadata=meta)
-    return buf.getvalue()
 
 
 def write_diagrams(out_dir, fmt: str = "png") -> list[Path]:
