@@ -59,7 +59,8 @@ def measure(size, device, dtype, compiled, repeats, warmup, names=None, log=prin
                 log(f"  compile failed for {p.name}: {type(e).__name__}: {str(e)[:200]}")
                 p.fwd = p.fwd_bwd = None
             compile_s[p.name] = time.time() - t0
-    run_interleaved([p for p in paths if p.fwd or p.fwd_bwd], repeats, warmup, log=log)
+    # no settle pause on the GPU: no spinning CPU threads to wait out, and device time counts
+    run_interleaved([p for p in paths if p.fwd or p.fwd_bwd], repeats, warmup, log=log, settle_s=0)
     mem = {p.name: _peak_mib(p, device) for p in paths}
     return paths, compile_s, mem
 

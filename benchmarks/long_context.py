@@ -39,6 +39,7 @@ HEADS, HEAD_DIM = 4, 64
 SDPA_TS = (4096, 16384)  # T of the section against torch SDPA
 WINDOW_TS = (1024, 2048, 4096, 8192, 16384, 32768)
 MIB = 2**20
+SETTLE_S = 0.25  # sleep before each timed run, as benchmarks/timing.py explains
 
 
 def parse_args(argv=None):
@@ -49,6 +50,7 @@ def parse_args(argv=None):
     p.add_argument("--repeats", type=int, help="timed rounds per T (default 5, 3 from 16384)")
     p.add_argument("--window", type=int, default=512, help="keys in the sliding window")
     p.add_argument("--max-T", type=int, help="largest T of the window section")
+    p.add_argument("--settle-s", type=float, default=SETTLE_S, help="pause before timed runs")
     p.add_argument("--out", default=os.path.join(ROOT, "docs", "benchmarks"))
     p.add_argument("--child", help=argparse.SUPPRESS)  # "path,T,window": one memory run
     return p.parse_args(argv)
@@ -129,7 +131,8 @@ def peak_bytes(path: str, T: int, window, threads: int) -> int | None:
     return json.loads(done.stdout.strip().splitlines()[-1])["peak"]
 
 
-def timed(fn) -> float:
+def timed(fn, settle_s: float = SETTLE_S) -> float:
+    time.sleep(settle_s)  # the other path's idle threads stop spinning first (timing.py)
     t0 = time.perf_counter()
     fn()
     return time.perf_counter() - t0
@@ -155,7 +158,7 @@ def section_sdpa(args, log) -> str:
         for r in range(repeats):
             order = list(runs) if r % 2 == 0 else list(runs)[::-1]
             for name in order:
-                times[name].append(timed(runs[name]))
+                times[name].append(timed(runs[name], args.settle_s))
             log(f"sdpa: T={T} repeat {r + 1}/{repeats}")
         del runs
         ratio = statistics.median(a / b for a, b in zip(times["tiled"], times["sdpa"]))
@@ -200,7 +203,7 @@ def section_window(args, log) -> tuple[str, dict]:
         times = {name: [] for name in runs}
         for r in range(repeats):
             for name in list(runs) if r % 2 == 0 else list(runs)[::-1]:
-                times[name].append(timed(runs[name]))
+                times[name].append(timed(runs[name], args.settle_s))
         del runs
         cells = [str(T)]
         for name in results:
@@ -290,7 +293,9 @@ def main(argv=None) -> None:
         "",
         f"Command: `{command}`; {os.cpu_count()} cores, {args.threads} threads for numpy's "
         f"BLAS and torch; load average {tuple(round(x, 2) for x in load0)} at the start (the "
-        "machine may be shared: ratios of interleaved runs are what carries over).",
+        "machine may be shared: ratios of interleaved runs are what carries over). Each "
+        f"timed run starts after a {args.settle_s} s pause, so that the other path's idle threads "
+        "have stopped spinning.",
     ]
     sections = args.sections.split(",")
     if "sdpa" in sections:

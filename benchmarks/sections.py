@@ -15,7 +15,13 @@ import numpy as np
 import paths as P
 import report
 import sections_extra
-from timing import Path, machine_note, peak_rss_bytes, return_freed_memory, run_interleaved
+from timing import (
+    Path,
+    machine_note,
+    peak_rss_bytes,
+    return_freed_memory,
+    run_interleaved,
+)
 
 CPU_SIZE = "4,512,768,12"  # B, T, d_in = d_out, heads: GPT-2 small's width, T = 512
 
@@ -109,7 +115,7 @@ def section_main(args, size) -> tuple[str, list[Path], dict]:
     diffs = agreement(paths, ch03)
     repeats = args.repeats or (5 if args.quick else 15)
     gemms = gemm_paths()
-    run_interleaved(paths + gemms, repeats, args.warmup, log=log)
+    run_interleaved(paths + gemms, repeats, args.warmup, log=log, settle_s=args.settle_s)
     peak = gemm_peak(gemms)
     return_freed_memory()
     for p in paths:
@@ -119,7 +125,9 @@ def section_main(args, size) -> tuple[str, list[Path], dict]:
         f"## All paths, B={size.B}, T={size.T}, d={size.d}, {size.H} heads",
         "",
         f"Medians of {repeats} interleaved repeats after {args.warmup} warm-up runs, ± half "
-        "the interquartile range. GFLOP/s counts the chapter's matrix products with the full "
+        f"the interquartile range; each timed run starts after a {args.settle_s} s pause, so that "
+        "the previous path's idle BLAS or OpenMP threads have stopped spinning. GFLOP/s "
+        "counts the chapter's matrix products with the full "
         "(T, T) scores for every path (paths that skip the causal upper triangle do less real "
         "work); the share is of the better GEMM peak in the header. Peak memory: the process's "
         "peak resident set added during one forward+backward.",

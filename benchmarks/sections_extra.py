@@ -118,7 +118,7 @@ def scaling(args, size, log) -> tuple[str, dict]:
         warmup = 1 if T <= 4096 else 0
         used[T] = repeats
         log(f"scaling: T={T}, {repeats} repeats, skipped {skipped or 'none'}")
-        run_interleaved(paths, repeats, warmup, log=lambda _: None)
+        run_interleaved(paths, repeats, warmup, log=lambda _: None, settle_s=args.settle_s)
         for p in paths:
             results[p.name][T] = {"ms": p.median_ms("fwd_bwd"), "mem": peak_rss_bytes(p.fwd_bwd)}
     rows = []

@@ -2,6 +2,10 @@
 
 Interleaved medians: every repeat runs every path once, in a rotated order, so load from
 other processes on a shared machine spreads over all paths instead of hitting one.
+Settling: before each timed run the benchmark sleeps SETTLE_S. After a threaded product,
+OpenBLAS's idle threads spin on the cores for about 0.1-0.2 s waiting for more work (OpenMP's,
+which torch uses, for a shorter while); without the pause the next path would share the cores
+with the previous path's spinning threads, and a path's time would depend on its neighbour.
 Peak memory: the process's peak resident set (VmHWM) is reset through /proc/self/clear_refs
 before one run and read after it, so numpy and torch allocations are measured alike.
 """
@@ -47,16 +51,26 @@ class Path:
         return 1e3 * (q[2] - q[0]) / 2
 
 
-def time_once(fn: Callable[[], object], sync: Callable[[], None]) -> float:
+SETTLE_S = 0.25  # seconds of sleep before each timed run: the previous path's threads idle
+
+
+def time_once(fn: Callable[[], object], sync: Callable[[], None], settle_s: float = 0.0) -> float:
     sync()
+    if settle_s:
+        time.sleep(settle_s)
     t0 = time.perf_counter()
     fn()
     sync()
     return time.perf_counter() - t0
 
 
-def run_interleaved(paths: list[Path], repeats: int, warmup: int, log=print) -> None:
-    """Warm every path up, then `repeats` rounds, each timing every path once (rotated)."""
+def run_interleaved(
+    paths: list[Path], repeats: int, warmup: int, log=print, settle_s: float = SETTLE_S
+) -> None:
+    """Warm every path up, then `repeats` rounds, each timing every path once (rotated).
+
+    settle_s: the pause before each timed run (see the top of this file).
+    """
     kinds = ("fwd", "fwd_bwd")
     for p in paths:
         for kind in kinds:
@@ -69,7 +83,7 @@ def run_interleaved(paths: list[Path], repeats: int, warmup: int, log=print) -> 
             for kind in kinds:
                 fn = getattr(p, kind)
                 if fn is not None:
-                    p.times[kind].append(time_once(fn, p.sync))
+                    p.times[kind].append(time_once(fn, p.sync, settle_s))
         log(f"  repeat {r + 1}/{repeats} done")
 
 

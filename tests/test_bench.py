@@ -22,6 +22,7 @@ def test_main_section_at_a_tiny_size(tmp_path):
     pytest.importorskip("matplotlib")
     cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "bench.py"), "--size", "2,8,8,2"]
     cmd += ["--sections", "main", "--repeats", "2", "--warmup", "0", "--threads", "1"]
+    cmd += ["--settle-s", "0"]
     done = subprocess.run(
         cmd + ["--out", str(tmp_path)], capture_output=True, text=True, timeout=300
     )
@@ -43,7 +44,7 @@ def test_long_context_window_section_at_a_tiny_size(tmp_path, monkeypatch):
     monkeypatch.setenv("PYTHONPATH", ROOT)
     cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "long_context.py"), "--quick"]
     cmd += ["--sections", "window", "--window", "300", "--max-T", "2048"]
-    cmd += ["--repeats", "1", "--threads", "1"]
+    cmd += ["--repeats", "1", "--threads", "1", "--settle-s", "0"]
     done = subprocess.run(
         cmd + ["--out", str(tmp_path)], capture_output=True, text=True, timeout=300
     )

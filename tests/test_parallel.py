@@ -126,3 +126,46 @@ def test_tiled_gives_the_same_numbers_on_every_run_and_either_way(heads, monkeyp
     monkeypatch.setattr(_parallel, "_blas_controller", lambda: None)
     for a, b in zip(first, run()):  # one thread: the same pieces, summed in the same order
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("M", [1, 255, 256, 513, 1000])
+def test_matmul_rows_equals_the_product(M, mode):
+    rng = np.random.default_rng(M)
+    a, b = rng.standard_normal((M, 7)), rng.standard_normal((7, 5))
+    np.testing.assert_allclose(_parallel.matmul_rows(a, b), a @ b, rtol=1e-13, atol=1e-13)
+    at = rng.standard_normal((7, M)).T  # a transposed view, as dout^T in the backward
+    np.testing.assert_allclose(_parallel.matmul_rows(at, b), at @ b, rtol=1e-13, atol=1e-13)
+
+
+def test_matmul_rows_keeps_numpys_dtype_rule():
+    a, b = np.ones((600, 3), np.float32), np.ones((3, 2), np.float64)
+    assert _parallel.matmul_rows(a, b).dtype == np.float64
+    assert _parallel.matmul_rows(a, b.astype(np.float32)).dtype == np.float32
+
+
+def test_fast_path_products_never_run_on_blas_threads(two_blas_threads, monkeypatch):
+    """Every np.matmul of MultiHeadAttention's blocked path runs with BLAS on one thread
+    (after a threaded product OpenBLAS's threads spin, and would slow the attention threads),
+    and BLAS's count is 2 again afterwards."""
+    import npattn
+
+    counts = []
+    matmul = np.matmul
+
+    def spy(*args, **kwargs):
+        counts.append(_parallel._blas_count(_parallel._blas_libs()))
+        return matmul(*args, **kwargs)
+
+    def reference_linear(*args, **kwargs):  # its `@` would run on BLAS's threads
+        raise AssertionError("a Linear child ran its own product on the fast path")
+
+    m = npattn.MultiHeadAttention(16, 16, 600, 0.0, 2, attn_impl="blocked", rng=0)
+    x, g = np.random.default_rng(0).standard_normal((2, 1, 600, 16))
+    monkeypatch.setattr(np, "matmul", spy)
+    for name in ("linear_forward", "linear_backward"):
+        monkeypatch.setattr(f"npattn.modules.linear.{name}", reference_linear)
+    m(x)
+    m.backward(g)
+    monkeypatch.undo()
+    assert len(counts) > 10 and set(counts) == {1}
+    assert set(blas_counts(two_blas_threads)) == {2}

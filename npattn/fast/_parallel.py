@@ -144,3 +144,34 @@ def map_heads(one_head: Callable[[tuple], None], lead: tuple) -> None:
     """
     heads = list(np.ndindex(*lead))
     map_pieces(lambda _, h: one_head(h), heads, worker_count(len(heads)))
+
+
+MIN_PIECE_ROWS = 256  # matmul_rows gives each thread at least this many rows of a
+
+
+def matmul_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a @ b with a's rows split evenly over BLAS's threads, each piece on one BLAS thread.
+
+    Shapes: a (M, K), b (K, N) -> (M, N). Why not let BLAS split the product itself: after a
+    threaded product, OpenBLAS's own threads keep spinning on their cores for a while (up to
+    about a tenth of a second), waiting for more work, and attention's threads, which start
+    next, would share the cores with them. Measured here, that cost MultiHeadAttention's
+    attention steps about a third more time. With every product of a fast path split here,
+    BLAS never starts its own threads there; each half runs as fast as BLAS's own split.
+    One piece per thread, so the split, and the last bits of the result, can differ with the
+    thread count, as BLAS's own split can.
+    """
+    M = a.shape[0]
+    workers = worker_count(max(1, M // MIN_PIECE_ROWS))
+    if workers < 2:  # one thread's worth of rows: one product, BLAS's threads not started
+        with one_blas_thread():
+            return np.matmul(a, b)
+    out = np.empty((M, b.shape[1]), np.result_type(a, b))
+    bounds = [M * w // workers for w in range(workers + 1)]
+
+    def piece(_, w):
+        r = slice(bounds[w], bounds[w + 1])
+        np.matmul(a[r], b, out=out[r])  # (rows, K) @ (K, N) -> (rows, N)
+
+    map_pieces(piece, range(workers), workers)
+    return out

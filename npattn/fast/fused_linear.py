@@ -2,11 +2,21 @@
 
 The chapter's W_query, W_key and W_value all read x. Stacking their weights row-wise gives
 one (3 d_out, d_in) weight, so three GEMMs become one larger, faster one; the gradient of the
-stacked weight splits back into the three. Torch layout throughout: weight (d_out, d_in).
+stacked weight splits back into the three. With one weight it is one Linear layer (the fast
+paths run out_proj with it too). Torch layout throughout: weight (d_out, d_in).
 
-Forward (walked backwards in fused_linear_backward):
+The products are ops/linear.py's, each split by rows over the threads (fast/_parallel.py,
+matmul_rows): BLAS itself then never starts its own threads, whose spinning after a product
+would slow the attention threads that run next.
+
+Forward (walked backwards in fused_linear_backward), N = prod(...) rows:
     1. weight = concat(weights), bias = concat(biases)      (sum d_out, d_in), (sum d_out,)
-    2. out = x @ weight.T + bias                            (..., sum d_out)
+    2. out = x @ weight.T + bias                            (N, d_in) @ (d_in, sum d_out)
+Backward:
+    2. dx = dout @ weight                                   (N, sum d_out) @ (sum d_out, d_in)
+       dweight = dout^T @ x                                 (sum d_out, N) @ (N, d_in)
+       dbias = rowsum over N of dout                        (sum d_out,)
+    1. dweights, dbiases = dweight, dbias split by each weight's rows
 """
 
 from __future__ import annotations
@@ -14,8 +24,9 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _guard
-from .._checks import as_float_array
-from ..ops.linear import linear_backward, linear_forward
+from .._checks import as_float_array, as_grad
+from ..ops.linear import check_linear_args
+from ._parallel import matmul_rows
 
 
 def fused_linear_forward(x, weights, biases=None):
@@ -41,14 +52,20 @@ def fused_linear_forward(x, weights, biases=None):
         for i, (w, b) in enumerate(zip(weights, biases)):
             if b.shape != w.shape[:1]:  # each bias belongs to its own weight's rows
                 raise ValueError(f"biases[{i}] must have shape ({w.shape[0]},), got {b.shape}")
+    x_in = x
     # 1. stack: a copy of the weights, small next to the product (x has many rows); ours
     #    alone, so read-only and kept by the cache without another copy (npattn/_guard.py)
     weight = _guard.readonly(np.concatenate(weights, axis=0))  # -> (sum d_out_i, d_in)
     bias = None if biases is None else np.concatenate(biases)  # (sum d_out_i,)
-    # 2. one linear layer
-    out, linear_cache = linear_forward(x, weight, bias)  # (..., sum d_out_i)
+    x, weight, bias = check_linear_args(x, weight, bias)
+    d_out, d_in = weight.shape
+    # 2. out = x @ weight.T + bias, the rows split over the threads    (N, sum d_out_i)
+    out = matmul_rows(x.reshape(-1, d_in), weight.T).reshape(*x.shape[:-1], d_out)
+    if bias is not None:
+        out = out + bias if np.result_type(out, bias) != out.dtype else np.add(out, bias, out=out)
+    x = _guard.private(x, x_in)  # the caller's x may change before the backward
     splits = np.cumsum([w.shape[0] for w in weights])[:-1]  # row offsets of each weight
-    return out, (linear_cache, splits)
+    return out, (x, weight, bias is not None, splits)
 
 
 def fused_linear_backward(dout, cache):
@@ -57,9 +74,14 @@ def fused_linear_backward(dout, cache):
     Shapes: dout (..., sum d_out_i) -> dx (..., d_in), dweights n x (d_out_i, d_in),
     dbiases n x (d_out_i,) or None.
     """
-    linear_cache, splits = cache
-    # 2.
-    dx, dweight, dbias = linear_backward(dout, linear_cache)
+    x, weight, has_bias, splits = cache
+    dout = as_grad(dout, x.shape[:-1] + (weight.shape[0],), np.result_type(x, weight))
+    x2 = x.reshape(-1, x.shape[-1])  # (N, d_in)
+    d2 = dout.reshape(-1, weight.shape[0])  # (N, sum d_out_i)
+    # 2. the two products, each split by rows over the threads
+    dx = matmul_rows(d2, weight).reshape(x.shape)  # (N, sum d_out) @ (sum d_out, d_in)
+    dweight = matmul_rows(d2.T, x2)  # (sum d_out, N) @ (N, d_in) -> (sum d_out, d_in)
+    dbias = d2.sum(axis=0) if has_bias else None  # (sum d_out_i,)
     # 1. the stacked rows go back to their own weights (views, no copy)
     dweights = np.split(dweight, splits, axis=0)  # (sum d_out_i, d_in) -> n x (d_out_i, d_in)
     dbiases = None if dbias is None else np.split(dbias, splits)

@@ -19,6 +19,7 @@ from ..fast.dispatch import (
     keep_mask,
     resolve_attn_impl,
 )
+from ..fast.fused_linear import fused_linear_backward, fused_linear_forward
 from ..ops.heads import (
     merge_heads_backward,
     merge_heads_forward,
@@ -204,14 +205,20 @@ class MultiHeadAttention(KVCacheMixin, Module):
         return dx
 
     def _forward_fast(self, impl, x, dropout_p):
-        """Steps 1-4 fused ("blocked" or "tiled": npattn/fast/dispatch.py), then step 5."""
+        """Steps 1-4 fused ("blocked" or "tiled": npattn/fast/dispatch.py), then step 5.
+
+        out_proj runs on the same split product as the fused projections (fast/fused_linear.py)
+        and is handed its gradients in the backward, like W_query, W_key and W_value.
+        """
         qkv_layers = (self.W_query, self.W_key, self.W_value)
         context, fast_cache, self.attn_weights = fused_attention_forward(
             impl, x, qkv_layers, self.num_heads, self.mask, dropout_p, self.rng
         )  # context (B, T, d_out); attn_weights (B, H, T, T) or None from the tiled path
-        context_vec = self.out_proj(context)
+        out_proj = self.out_proj
+        biases = None if out_proj.bias is None else [out_proj.bias]
+        context_vec, out_cache = fused_linear_forward(context, [out_proj.weight], biases)
         self.reset_cache()  # a full forward empties the KV cache
-        self._cache = (impl, fast_cache.attention, fast_cache)
+        self._cache = (impl, fast_cache.attention, (fast_cache, out_cache))
         return context_vec
 
     def _forward_cached(self, x):
@@ -245,7 +252,10 @@ class MultiHeadAttention(KVCacheMixin, Module):
 
     def _backward_fast(self, dcontext_vec, fast_cache):
         """Step 5, then steps 4 -> 1 fused; each projection is handed its own gradients."""
-        dcontext = self.out_proj.backward(dcontext_vec)  # (B, T, d_out)
+        fast_cache, out_cache = fast_cache
+        dcontext, (dweight,), dbias = fused_linear_backward(dcontext_vec, out_cache)
+        # dcontext (B, T, d_out)
+        self.out_proj.set_grads(dweight, None if dbias is None else dbias[0])
         dx, dweights, dbiases = fused_attention_backward(dcontext, fast_cache)
         dbiases = dbiases if dbiases is not None else (None,) * 3
         for layer, dweight, dbias in zip(

@@ -11,14 +11,11 @@ from .. import _guard
 from .._checks import as_float_array, as_grad, check_min_ndim
 
 
-def linear_forward(x, weight, bias=None):
-    """out = x @ weight.T + bias.
+def check_linear_args(x, weight, bias=None):
+    """x, weight and bias as float arrays of matching shapes, or a ValueError naming the one.
 
-    Shapes: x (..., d_in), weight (d_out, d_in), bias (d_out,) -> out (..., d_out).
-    Returns (out, cache) with cache = (x, weight, has_bias): private copies where the caller
-    holds them (npattn/_guard.py), so changing x or weight later cannot change the backward.
+    Shapes: x (..., d_in), weight (d_out, d_in), bias (d_out,) or None.
     """
-    x_in, weight_in = x, weight
     weight = as_float_array(weight, "weight")
     x = as_float_array(x, "x")
     check_min_ndim(x, "x", 1, "(..., d_in)")
@@ -37,6 +34,19 @@ def linear_forward(x, weight, bias=None):
                 f"bias must have shape (d_out={d_out},) to match weight {tuple(weight.shape)}, "
                 f"got {tuple(bias.shape)}"
             )
+    return x, weight, bias
+
+
+def linear_forward(x, weight, bias=None):
+    """out = x @ weight.T + bias.
+
+    Shapes: x (..., d_in), weight (d_out, d_in), bias (d_out,) -> out (..., d_out).
+    Returns (out, cache) with cache = (x, weight, has_bias): private copies where the caller
+    holds them (npattn/_guard.py), so changing x or weight later cannot change the backward.
+    """
+    x_in, weight_in = x, weight
+    x, weight, bias = check_linear_args(x, weight, bias)
+    d_out, d_in = weight.shape
     # one matrix product over all rows: (N, d_in) @ (d_in, d_out) -> (N, d_out), N = prod(...)
     # (numpy's stacked (..., d_in) @ (d_in, d_out) is slower: it runs one product per batch)
     out = (x.reshape(-1, d_in) @ weight.T).reshape(*x.shape[:-1], d_out)  # (..., d_out)
