@@ -31,7 +31,7 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="CPU threads (all)")
     p.add_argument("--repeats", type=int, help="timed rounds (default 15, quick 5)")
     p.add_argument("--warmup", type=int, default=2, help="untimed runs of each path first")
-    p.add_argument("--settle-s", type=float, default=0.25, help="pause before each timed run")
+    p.add_argument("--settle-s", type=float, default=0.3, help="pause before each timed run")
     p.add_argument("--size", help="B,T,d,H (CPU 4,512,768,12; CUDA 8,1024,768,12)")
     p.add_argument("--sections", default="main,profile,loops,scaling", help="CPU sections")
     p.add_argument("--only", help="comma-separated path names to run (main section)")

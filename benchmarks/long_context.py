@@ -39,7 +39,7 @@ HEADS, HEAD_DIM = 4, 64
 SDPA_TS = (4096, 16384)  # T of the section against torch SDPA
 WINDOW_TS = (1024, 2048, 4096, 8192, 16384, 32768)
 MIB = 2**20
-SETTLE_S = 0.25  # sleep before each timed run, as benchmarks/timing.py explains
+SETTLE_S = 0.3  # sleep before each timed run, as benchmarks/timing.py explains
 
 
 def parse_args(argv=None):

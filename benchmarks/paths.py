@@ -157,3 +157,53 @@ def npattn_paths(size: Size, state_dict=None, names=None, log=print) -> list[Pat
             note = f"runs {choose_attn_impl(size.T, size.B * size.H)}"
         paths.append(_module_path(name, m.eval(), x, g, note=note))
     return paths
+
+
+PROJ_TORCH = "projections only (torch)"
+PROJ_NPATTN = "projections only (npattn)"
+
+
+def projection_paths(size: Size) -> list[Path]:
+    """The four projections' forward+backward alone, as torch and as npattn's fast path run them.
+
+    W_query, W_key and W_value as one (3 d, d) product of x, out_proj on a (B, T, d) context,
+    then both backwards for random upstream gradients: the same products, FLOPs and gradients
+    as in the MHA paths (dx, dW and db), without the attention steps in between. Subtracted
+    from a path's time, they leave its attention steps (split and merge included).
+    """
+    import npattn.functional as F
+
+    rng = np.random.default_rng(1)
+    B, T, d = size.B, size.T, size.d
+    x, ctx, g = (rng.standard_normal((B, T, d), dtype=np.float32) for _ in range(3))
+    dqkv = rng.standard_normal((B, T, 3 * d), dtype=np.float32)
+    w_qkv = [rng.standard_normal((d, d), dtype=np.float32) for _ in range(3)]
+    w_out, b_out = rng.standard_normal((d, d), dtype=np.float32), np.zeros(d, np.float32)
+
+    def npattn_fwd_bwd():
+        _, qkv_cache = F.fused_linear_forward(x, w_qkv)
+        _, out_cache = F.fused_linear_forward(ctx, [w_out], [b_out])
+        F.fused_linear_backward(g, out_cache)
+        return F.fused_linear_backward(dqkv, qkv_cache)
+
+    paths = [Path(PROJ_NPATTN, "projections", None, npattn_fwd_bwd)]
+    try:
+        import torch
+    except ImportError:
+        return paths
+    tx, tctx, tg, tdqkv = (torch.from_numpy(a) for a in (x, ctx, g, dqkv))
+    tw_qkv = torch.from_numpy(np.concatenate(w_qkv))
+    tw_out, tb_out = torch.from_numpy(w_out), torch.from_numpy(b_out)
+    leaves = [tx, tctx, tw_qkv, tw_out, tb_out]
+    for t in leaves:
+        t.requires_grad_()
+
+    def torch_fwd_bwd():
+        for t in leaves:
+            t.grad = None
+        qkv = torch.nn.functional.linear(tx, tw_qkv)
+        out = torch.nn.functional.linear(tctx, tw_out, tb_out)
+        torch.autograd.backward([out, qkv], [tg, tdqkv])
+
+    paths.append(Path(PROJ_TORCH, "projections", None, torch_fwd_bwd))
+    return paths

@@ -3,9 +3,10 @@
 Interleaved medians: every repeat runs every path once, in a rotated order, so load from
 other processes on a shared machine spreads over all paths instead of hitting one.
 Settling: before each timed run the benchmark sleeps SETTLE_S. After a threaded product,
-OpenBLAS's idle threads spin on the cores for about 0.1-0.2 s waiting for more work (OpenMP's,
-which torch uses, for a shorter while); without the pause the next path would share the cores
-with the previous path's spinning threads, and a path's time would depend on its neighbour.
+OpenBLAS's idle threads spin on the cores for about a quarter of a second waiting for more
+work (OpenMP's, which torch uses, for a shorter while; benchmarks/blas_spin.py measures it);
+without the pause the next path would share the cores with the previous path's spinning
+threads, and a path's time would depend on its neighbour.
 Peak memory: the process's peak resident set (VmHWM) is reset through /proc/self/clear_refs
 before one run and read after it, so numpy and torch allocations are measured alike.
 """
@@ -51,7 +52,7 @@ class Path:
         return 1e3 * (q[2] - q[0]) / 2
 
 
-SETTLE_S = 0.25  # seconds of sleep before each timed run: the previous path's threads idle
+SETTLE_S = 0.3  # seconds of sleep before each timed run: the previous path's threads idle
 
 
 def time_once(fn: Callable[[], object], sync: Callable[[], None], settle_s: float = 0.0) -> float:

@@ -54,3 +54,11 @@ def test_long_context_window_section_at_a_tiny_size(tmp_path, monkeypatch):
     assert [row.split(" | ")[0] for row in rows] == ["| 1024", "| 2048"]
     assert "tiled, window 300: time ~ T^" in md
     assert "MiB" in md and " n/a |" not in md  # every peak was measured
+
+
+def test_blas_spin_prints_a_row_per_pause():
+    cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "blas_spin.py"), "--repeats", "1"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| ") and "x |" in line]
+    assert len(rows) == 8 and rows[-1].endswith("| 1.00x |")

@@ -153,11 +153,12 @@ def matmul_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """a @ b with a's rows split evenly over BLAS's threads, each piece on one BLAS thread.
 
     Shapes: a (M, K), b (K, N) -> (M, N). Why not let BLAS split the product itself: after a
-    threaded product, OpenBLAS's own threads keep spinning on their cores for a while (up to
-    about a tenth of a second), waiting for more work, and attention's threads, which start
-    next, would share the cores with them. Measured here, that cost MultiHeadAttention's
-    attention steps about a third more time. With every product of a fast path split here,
-    BLAS never starts its own threads there; each half runs as fast as BLAS's own split.
+    threaded product, OpenBLAS's own threads keep spinning on their cores for a while (about
+    a quarter of a second here: benchmarks/blas_spin.py), waiting for more work, and the
+    attention's threads, which start next, would share the cores with them. Measured here,
+    that cost MultiHeadAttention's attention steps about a third more time. With every
+    product of a fast path split here, BLAS never starts its own threads there; each half
+    runs as fast as BLAS's own split.
     One piece per thread, so the split, and the last bits of the result, can differ with the
     thread count, as BLAS's own split can.
     """

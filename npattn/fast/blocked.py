@@ -109,17 +109,17 @@ def causal_sdpa_forward(
     above = ~np.tri(block_size, block_size, dtype=bool)  # key j > query i inside a block
     attn_weights = np.zeros((*lead, L, S), dtype=dtype)  # blocks above the diagonal stay 0
     out = np.empty((*lead, L, v.shape[-1]), dtype=dtype)
-    # q is scaled before the product, as in sdpa_forward: no unscaled score forms, so float16
-    # overflows only where the scaled score would (docs/numerics.md)
-    q_scaled = q * dtype.type(scale)  # (..., L, E)
 
     def forward_head(h):  # one head's (L, S) weights fit the CPU cache
+        # q is scaled before the product, as in sdpa_forward: no unscaled score forms, so
+        # float16 overflows only where the scaled score would (docs/numerics.md)
+        q_scaled = q[h] * dtype.type(scale)  # (L, E), in the worker: no pass on one thread
         vx = np.ones((S, Ev + 1), dtype=dtype)  # [v | 1]: e @ vx is [e @ v | rowsum(e)]
         vx[:, :Ev] = v[h]
         for r0, r1, c1 in _blocks(L, S, block_size):
             w = attn_weights[h][r0:r1, :c1]  # (rows, c1), a view: written in place
             # 1. attn_scores = (q * scale) @ k^T   (rows, E) @ (E, c1) -> (rows, c1)
-            np.matmul(q_scaled[h][r0:r1], k[h][:c1].T, out=w)
+            np.matmul(q_scaled[r0:r1], k[h][:c1].T, out=w)
             # 2. causal mask on the diagonal block: keys r0.. are hidden from earlier rows
             np.copyto(w[:, r0:], -np.inf, where=above[: r1 - r0, : max(c1 - r0, 0)])
             # 3. softmax in place, e = exp(attn_scores - rowmax); every row sees key 0, so
@@ -157,9 +157,6 @@ def causal_sdpa_backward(dout, cache: CausalCache):
     dtype = q.dtype
     dout = as_grad(dout, out.shape, dtype)
     *lead, L, S = attn_weights.shape
-    # 3. the softmax backward needs D = rowsum(dattn_weights * attn_weights); it equals
-    #    rowsum(dout * out), since out = dropped @ v (FlashAttention's identity): (..., L, 1)
-    D = np.einsum("...le,...le->...l", dout, out)[..., None]  # (..., L, 1)
     dq, dk, dv = np.empty_like(q), np.zeros_like(k), np.zeros_like(v)  # keys no query sees: 0
     Ev = v.shape[-1]
     scratch = {}  # worker -> its (L, S) dattn_scores, [v | 1] and [dout | -D], reused by heads
@@ -174,9 +171,12 @@ def causal_sdpa_backward(dout, cache: CausalCache):
         # the head's (L, S) gradient: only blocks on or below the diagonal are written, and
         # only those are read
         dattn_scores, vx, doutx = scratch[worker]
+        # 3. the softmax backward needs D = rowsum(dattn_weights * attn_weights); it equals
+        #    rowsum(dout * out), since out = dropped @ v (FlashAttention's identity)
+        D = np.einsum("le,le->l", dout[h], out[h])[:, None]  # (L, 1)
         vx[:, :Ev] = v[h]  # [v | 1]                 (S, Ev + 1)
         doutx[:, :Ev] = dout[h]  # [dout | -D]       (L, Ev + 1)
-        np.negative(D[h], out=doutx[:, Ev:])
+        np.negative(D, out=doutx[:, Ev:])
         for r0, r1, c1 in _blocks(L, S, block_size):
             ds = dattn_scores[r0:r1, :c1]  # (rows, c1)
             if keep is None:
@@ -188,7 +188,7 @@ def causal_sdpa_backward(dout, cache: CausalCache):
                 # 4. dropped = attn_weights * keep / (1 - p)
                 ds *= keep[h][r0:r1, :c1]
                 ds *= dtype.type(dropout_scale)
-                ds -= D[h][r0:r1]  # 3.'s dattn_weights - D
+                ds -= D[r0:r1]  # 3.'s dattn_weights - D
             # 3. attn_weights = softmax(attn_scores): dattn_scores = w * (dw - D)
             ds *= attn_weights[h][r0:r1, :c1]
             # 2. masked entries have weight 0, so their gradient is already 0
@@ -202,9 +202,9 @@ def causal_sdpa_backward(dout, cache: CausalCache):
             if keep is not None:
                 dropped = dropped * keep[h][c0:, c0:c1] * dtype.type(dropout_scale)
             np.matmul(dropped.T, dout[h][c0:], out=dv[h][c0:c1])  # -> (keys, Ev)
+        dq[h] *= dtype.type(scale)
+        dk[h] *= dtype.type(scale)  # dattn_scores^T @ (q * scale), the scale applied once
 
     heads = list(np.ndindex(*lead))
     map_pieces(backward_head, heads, worker_count(len(heads)))
-    dq *= dtype.type(scale)
-    dk *= dtype.type(scale)  # dattn_scores^T @ (q * scale), the scale applied once at the end
     return dq, dk, dv
