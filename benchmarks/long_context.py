@@ -10,6 +10,8 @@ float32, a random upstream gradient:
   scaled_dot_product_attention(is_causal=True) at T = 4096 and 16384: time as the median of
   per-repeat ratios (both run in every repeat, in alternating order, in one process), and
   peak memory.
+- `profile`: the tiled path's time at T = 4096 on one thread, split into its matrix products,
+  its exp passes and the rest (benchmarks/tiled_profile.py).
 - `window`: the tiled path with a sliding window of --window keys, time and peak memory
   against T, beside the tiled causal path without a window; exponents fitted on log-log.
 
@@ -37,6 +39,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 HEADS, HEAD_DIM = 4, 64
 SDPA_TS = (4096, 16384)  # T of the section against torch SDPA
+PROFILE_T = 4096  # T of the profile section
 WINDOW_TS = (1024, 2048, 4096, 8192, 16384, 32768)
 MIB = 2**20
 SETTLE_S = 0.3  # sleep before each timed run, as benchmarks/timing.py explains
@@ -44,7 +47,7 @@ SETTLE_S = 0.3  # sleep before each timed run, as benchmarks/timing.py explains
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--sections", default="sdpa,window")
+    p.add_argument("--sections", default="sdpa,profile,window")
     p.add_argument("--quick", action="store_true", help="T up to 4096, fewer repeats")
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--repeats", type=int, help="timed rounds per T (default 5, 3 from 16384)")
@@ -300,6 +303,10 @@ def main(argv=None) -> None:
     sections = args.sections.split(",")
     if "sdpa" in sections:
         parts += ["", section_sdpa(args, log)]
+    if "profile" in sections:
+        import tiled_profile
+
+        parts += ["", tiled_profile.section(PROFILE_T, log)]
     if "window" in sections:
         md, results = section_window(args, log)
         parts += ["", md]

@@ -32,6 +32,8 @@ dims (...) broadcast, a head h is an index into them; tiles are (rows, cols) <= 
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 
 from ._parallel import map_pieces, worker_count
@@ -54,8 +56,8 @@ def query_blocks(c0: int, c1: int, L: int, Br: int, causal: bool, window) -> ran
     return range(start // Br, -(-stop // Br)) if stop > start else range(0)
 
 
-def visible(r0: int, r1: int, c0: int, c1: int, causal: bool, window) -> np.ndarray | None:
-    """Which (query, key) pairs of the tile are seen, (rows, cols) boolean; None when all are.
+def hidden(r0: int, r1: int, c0: int, c1: int, causal: bool, window) -> np.ndarray | None:
+    """Which (query, key) pairs of the tile are not seen, (rows, cols) boolean; None when all are.
 
     Causal: query a sees key b when b <= a; a window w also needs a - b < w.
     """
@@ -63,10 +65,19 @@ def visible(r0: int, r1: int, c0: int, c1: int, causal: bool, window) -> np.ndar
         return None
     if c1 - 1 <= r0 and (window is None or r1 - 1 - c0 < window):
         return None  # wholly on or below the diagonal and inside the window
-    diff = np.arange(r0 - c0, r1 - c0)[:, None] - np.arange(c1 - c0)  # (rows, cols): a - b
+    return _hidden_pattern(r0 - c0, r1 - r0, c1 - c0, window)
+
+
+@lru_cache(maxsize=64)
+def _hidden_pattern(offset: int, rows: int, cols: int, window) -> np.ndarray:
+    """hidden()'s mask, which depends on the tile's offset from the diagonal, not its place:
+    built once per shape (every diagonal tile of a causal run shares one), read-only."""
+    diff = np.arange(offset, offset + rows)[:, None] - np.arange(cols)  # (rows, cols): a - b
     seen = diff >= 0
     if window is not None:
         seen &= diff < window
+    seen = ~seen
+    seen.flags.writeable = False
     return seen
 
 
@@ -84,9 +95,9 @@ def tile_scores(qx, kx, mask, causal, window, r: slice, c: slice, out) -> np.nda
             np.copyto(s, -np.inf, where=~tile)
         else:
             s += tile
-    seen = visible(r.start, r.stop, c.start, c.stop, causal, window)
-    if seen is not None:
-        np.copyto(s, -np.inf, where=~seen)
+    unseen = hidden(r.start, r.stop, c.start, c.stop, causal, window)
+    if unseen is not None:
+        np.copyto(s, -np.inf, where=unseen)
     return s
 
 
@@ -94,13 +105,17 @@ def _heads(batch: tuple) -> list:
     return list(np.ndindex(*batch))
 
 
-def _rescale_large_rows(m, acc, guard) -> None:
-    """Rows whose sum l passed guard: shift them by log(l), so l = 1 (m, acc in place)."""
+def _rescale_large_rows(m, acc, guard) -> bool:
+    """Rows whose sum l passed guard: shift them by log(l), so l = 1 (m, acc in place).
+
+    Returns whether any row was shifted (m changed)."""
     large = acc[:, -1] > guard  # (rows,)
-    if large.any():
-        l = acc[large, -1:]  # (n, 1)
-        acc[large] /= l
-        m[large] += np.log(l)
+    if not large.any():
+        return False
+    l = acc[large, -1:]  # (n, 1)
+    acc[large] /= l
+    m[large] += np.log(l)
+    return True
 
 
 def forward_tiles(qx, kx, vx, mask, causal, window, blocks, keep_of, out, lse) -> None:
@@ -128,6 +143,7 @@ def forward_tiles(qx, kx, vx, mask, causal, window, blocks, keep_of, out, lse) -
         m = np.full((rows, 1), -np.inf, dtype)  # the row's shift: its running max, or below
         acc = np.zeros((rows, Ev + 1), dtype)  # [running p @ v | running row sum l]
         fold = False  # the first tile sets the shift; later tiles fold it into step 1
+        stale = True  # -m not yet written into qx's last column since m last changed
         for j in key_blocks(r.start, r.stop, S, Bc, causal, window):
             c = slice(j * Bc, min(S, (j + 1) * Bc))
             t = tile[:rows, : c.stop - c.start]
@@ -135,7 +151,9 @@ def forward_tiles(qx, kx, vx, mask, causal, window, blocks, keep_of, out, lse) -
             if fold:
                 # 1-3 folded: [q_i * scale | -m] @ [k_j | 1]^T = s - m, so p = exp(s - m) in
                 # one pass; m is the shift so far (no new max is taken, so nothing rescales)
-                qx_h[r, E:] = -np.where(np.isneginf(m), 0, m)
+                if stale:  # m changes rarely: only its first tile and a rescale set it
+                    qx_h[r, E:] = -np.where(np.isneginf(m), 0, m)
+                    stale = False
                 with np.errstate(over="ignore", invalid="ignore"):  # checked just below
                     p = np.exp(tile_scores(qx_h, kx_h, mask_h, causal, window, r, c, t), out=t)
                     part = None if keep is not None else np.matmul(p, v_h[c], out=prod[:rows])
@@ -143,7 +161,7 @@ def forward_tiles(qx, kx, vx, mask, causal, window, blocks, keep_of, out, lse) -
                     # 5. [p @ v_j | rowsum(p)] in one product                (rows, Ev + 1)
                     if np.all(part[:, Ev] <= guard):  # else: scores far above m, redo below
                         acc += part
-                        _rescale_large_rows(m, acc, guard)
+                        stale = _rescale_large_rows(m, acc, guard)
                         continue
                 else:
                     l_part = p.sum(axis=-1, keepdims=True)  # 4. l sums the undropped p
@@ -151,7 +169,7 @@ def forward_tiles(qx, kx, vx, mask, causal, window, blocks, keep_of, out, lse) -
                         acc[:, Ev:] += l_part
                         p *= keep
                         acc[:, :Ev] += np.matmul(p, v_h[c, :Ev], out=prod[:rows, :Ev])
-                        _rescale_large_rows(m, acc, guard)
+                        stale = _rescale_large_rows(m, acc, guard)
                         continue
             # 1-2. s = masked (q_i * scale) @ k_j^T                          (rows, cols)
             s = tile_scores(qx_h[:, :E], kx_h[:, :E], mask_h, causal, window, r, c, t)
@@ -161,7 +179,7 @@ def forward_tiles(qx, kx, vx, mask, causal, window, blocks, keep_of, out, lse) -
             s -= shift
             p = np.exp(s, out=s)  # (rows, cols), 0 where masked
             acc *= np.exp(m - shift)  # alpha, 0 while m was -inf
-            m, fold = m_new, True
+            m, fold, stale = m_new, True, True
             if keep is None:
                 # 5. acc += p @ [v_j | 1]: p @ v_j and rowsum(p) in one product
                 acc += np.matmul(p, v_h[c], out=prod[:rows])
