@@ -298,8 +298,7 @@ def test_modules_tiled_with_dropout_match_finite_differences(make):
     assert report.passed, report
 
 
-def test_auto_picks_tiled_from_the_threshold_up(monkeypatch):
-    monkeypatch.setattr(_impl, "blas_threads", lambda: 1)  # heads one after another
+def test_auto_picks_tiled_from_the_threshold_up():
     T = _impl.AUTO_TILED_MIN_TOKENS
     m = _mha("auto", context_length=T)
     x = np.random.default_rng(0).standard_normal((1, T, 5))

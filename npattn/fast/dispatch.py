@@ -32,7 +32,6 @@ from ..ops.heads import (
     split_qkv_heads_forward,
 )
 from ..ops.sdpa import SDPACache, sdpa_backward, sdpa_forward
-from ._parallel import blas_threads
 from .blocked import CausalCache, causal_sdpa_backward, causal_sdpa_forward
 from .fused_linear import fused_linear_backward, fused_linear_forward
 from .tiled import flash_attention_backward, flash_attention_forward, flash_dropout_mask
@@ -40,19 +39,14 @@ from .tiled import flash_attention_backward, flash_attention_forward, flash_drop
 ATTN_IMPLS = ("reference", "blocked", "tiled", "auto")
 FAST_IMPLS = ("blocked", "tiled")
 
-# choose_attn_impl's rule, measured on 2 cores (docs/benchmarks/cpu.md), causal forward +
-# backward, d = 768, 12 heads:
-# - below T = 1024 blocked is faster: at B = 4, T = 512 (48 heads) it takes 0.73x the chapter's
-#   torch class against tiled's 0.80x, and with B = 1 (12 heads) 368 ms against 472 ms; it also
-#   keeps m.attn_weights for the chapter's small examples;
-# - at T = 1024 (12 heads) the two are close (504 ms and 548 ms) and tiled holds a third less;
-#   from T = 2048 tiled is faster (1.6 s against 1.9 s) and its memory grows as T, not T^2;
-# - blocked runs whole heads side by side, one per BLAS thread: with many heads for every thread
-#   they keep all threads busy, so from T = 1024 blocked is kept while every thread has
-#   AUTO_HEADS_PER_THREAD heads (measured with 48 heads on 2 threads at T = 512) and its
-#   (B, H, T, T) weights stay under AUTO_MAX_WEIGHTS.
+# choose_attn_impl's rule, measured on 2 cores (docs/benchmarks/cpu.md and the scaling table
+# there), causal forward + backward, d = 768, 12 heads, medians of interleaved repeats:
+# - below T = 1024 the two are within a few percent of each other (B = 4, T = 512: blocked
+#   324 ms, tiled 314 ms; B = 1: 110 and 108 ms), and blocked keeps m.attn_weights for the
+#   chapter's small examples;
+# - from T = 1024 tiled is faster whatever the number of heads (B = 1: 194 against 204 ms;
+#   B = 4: 744 against 824 ms) and its memory grows as T, not T^2.
 AUTO_TILED_MIN_TOKENS = 1024  # below this, blocked
-AUTO_HEADS_PER_THREAD = 16  # from T = 1024, blocked when every thread has this many heads
 AUTO_MAX_WEIGHTS = 2**28  # blocked stores (B, H, T, T) weights: at most 1 GiB of float32
 CAUSAL_CHECK_ROWS = 256  # rows of the mask buffer compared at a time: no (T, T) temporary
 
@@ -64,19 +58,11 @@ def check_attn_impl(attn_impl) -> str:
     return attn_impl
 
 
-def choose_attn_impl(T: int, batch_heads: int, threads: int | None = None) -> str:
-    """attn_impl="auto"'s choice for T tokens and B * H heads: "blocked" or "tiled".
-
-    threads: the BLAS threads heads can run on (default: fast/_parallel.blas_threads()).
-    """
-    threads = blas_threads() if threads is None else threads
-    if batch_heads * T * T > AUTO_MAX_WEIGHTS:
-        return "tiled"  # memory linear in T
-    if T < AUTO_TILED_MIN_TOKENS:
-        return "blocked"
-    if threads > 1 and batch_heads >= AUTO_HEADS_PER_THREAD * threads:
-        return "blocked"
-    return "tiled"
+def choose_attn_impl(T: int, batch_heads: int) -> str:
+    """attn_impl="auto"'s choice for T tokens and B * H heads: "blocked" or "tiled"."""
+    if T < AUTO_TILED_MIN_TOKENS and batch_heads * T * T <= AUTO_MAX_WEIGHTS:
+        return "blocked"  # keeps m.attn_weights; as fast as tiled at these sizes
+    return "tiled"  # memory linear in T
 
 
 def resolve_attn_impl(attn_impl: str, T: int, batch_heads: int) -> str:

@@ -13,7 +13,8 @@ arranged here, step by step (docs/backward/tiled.md, "How the loops are arranged
    Threads take pieces from a shared queue with BLAS on one thread (fast/_parallel.py), so the
    elementwise passes, which numpy runs on one thread, also run side by side.
 2. Two-dimensional tiles (Br, Bc) of one head, computed into scratch arrays that each worker
-   reuses: no allocation per tile.
+   reuses: no allocation per tile. A tile's causal mask depends on its offset from the
+   diagonal and its shape only, so it is built once per offset and shape (_hidden_pattern).
 3. Extra columns fold a pass over the tile into a matrix product:
        qx = [q * scale | -lse]  (L, E + 1),  kx = [k | 1]  (S, E + 1)
        vx = [v | 1]  (S, Ev + 1),            doutx = [dout | -D]  (L, Ev + 1)
@@ -21,7 +22,9 @@ arranged here, step by step (docs/backward/tiled.md, "How the loops are arranged
    p @ vx_j = [p @ v_j | rowsum(p)] (the forward's row sums, no summing pass), and
    doutx_i @ vx_j^T = dP - D (the softmax backward's subtraction folded; without dropout).
    doutx is built for one head at a time, in each worker's own buffer.
-   The forward uses qx[..., :E] as q * scale before lse is known, and writes -lse after.
+   The forward uses qx[..., :E] as q * scale before lse is known, and writes -lse after;
+   in between, its last column holds -m for the folded tiles (forward_tiles), written
+   whenever m changes.
 4. Only the key blocks a query block can see: causal stops at the diagonal, and a sliding
    window of w keys starts w - 1 keys before the block's first query, so a row block meets
    at most ceil((Br + w - 1) / Bc) + 1 key blocks and the cost grows as T * w, not T^2.
