@@ -137,3 +137,26 @@ def test_set_grads_checks_shapes_and_bias():
         layer.set_grads(np.zeros((2, 3)), np.zeros(2))
     layer.set_grads(np.ones((2, 3)))
     assert set(layer.grads) == {"weight"}
+
+
+def test_fast_path_casts_out_projs_input_like_linear_and_forgets_the_childrens_forwards():
+    """A float32 out_proj in a float64 module: the fast paths cast its input to float32, as
+    Linear.forward does on the reference path; and after a fast forward, a projection's own
+    backward raises (it did not compute this forward) instead of using an older input."""
+    x = np.random.default_rng(0).standard_normal((2, 5, 6))
+    g = np.random.default_rng(1).standard_normal((2, 5, 8))
+    outs = {}
+    for impl in ("reference", "blocked", "tiled"):
+        m = npattn.MultiHeadAttention(6, 8, 8, 0.0, 2, rng=1).astype(np.float64)
+        m.out_proj.astype(np.float32)
+        m(x)  # the reference path: every child runs its own forward
+        m.attn_impl = impl
+        outs[impl] = m(x)
+        m.backward(g)
+        if impl != "reference":
+            for name in ("W_query", "W_key", "W_value", "out_proj"):
+                with pytest.raises(RuntimeError, match="before forward"):
+                    getattr(m, name).backward(np.ones((2, 5, 8)))
+    for impl in ("blocked", "tiled"):
+        assert outs[impl].dtype == outs["reference"].dtype == np.float32
+        np.testing.assert_allclose(outs[impl], outs["reference"], rtol=1e-6, atol=1e-6)

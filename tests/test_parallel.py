@@ -13,11 +13,18 @@ from npattn.fast import _parallel
 
 @pytest.fixture(params=["threads", "sequential"])
 def mode(request, monkeypatch):
+    """ "threads": BLAS set to 2 threads, so pieces really go to 2 threads (the tests run with
+    OMP_NUM_THREADS=1, under which map_pieces would run them in turn); "sequential": no
+    threadpoolctl, so pieces run in turn in the caller."""
     if request.param == "threads":
-        pytest.importorskip("threadpoolctl")
+        threadpoolctl = pytest.importorskip("threadpoolctl")
+        with threadpoolctl.threadpool_limits(limits=2, user_api="blas"):
+            if _parallel.blas_threads() != 2:
+                pytest.skip("this BLAS cannot be set to 2 threads")
+            yield request.param
     else:
         monkeypatch.setattr(_parallel, "_blas_controller", lambda: None)
-    return request.param
+        yield request.param
 
 
 def test_every_head_exactly_once(mode):
@@ -50,7 +57,9 @@ def test_causal_sdpa_gives_the_same_numbers_either_way(monkeypatch):
         out, cache = F.causal_sdpa_forward(q, k, v, 0.3, rng=1, block_size=32)
         return (out, *F.causal_sdpa_backward(g, cache))
 
-    threaded = run()
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    with threadpoolctl.threadpool_limits(limits=2, user_api="blas"):
+        threaded = run()  # heads on 2 threads
     monkeypatch.setattr(_parallel, "_blas_controller", lambda: None)
     for a, b in zip(threaded, run()):
         np.testing.assert_array_equal(a, b)
@@ -128,13 +137,23 @@ def test_tiled_gives_the_same_numbers_on_every_run_and_either_way(heads, monkeyp
         np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.parametrize("M", [1, 255, 256, 513, 1000])
-def test_matmul_rows_equals_the_product(M, mode):
+@pytest.mark.parametrize("M", [1, 255, 256, 511, 512, 513, 1000])
+def test_matmul_rows_equals_the_product(M, mode, monkeypatch):
+    pieces = []
+    map_pieces = _parallel.map_pieces
+
+    def spy(work, parts, workers):
+        pieces.append(len(list(parts)))
+        return map_pieces(work, parts, workers)
+
+    monkeypatch.setattr(_parallel, "map_pieces", spy)
     rng = np.random.default_rng(M)
     a, b = rng.standard_normal((M, 7)), rng.standard_normal((7, 5))
     np.testing.assert_allclose(_parallel.matmul_rows(a, b), a @ b, rtol=1e-13, atol=1e-13)
     at = rng.standard_normal((7, M)).T  # a transposed view, as dout^T in the backward
     np.testing.assert_allclose(_parallel.matmul_rows(at, b), at @ b, rtol=1e-13, atol=1e-13)
+    split = mode == "threads" and M >= 2 * _parallel.MIN_PIECE_ROWS
+    assert pieces == ([2, 2] if split else [])  # one piece per thread, or one product
 
 
 def test_matmul_rows_keeps_numpys_dtype_rule():

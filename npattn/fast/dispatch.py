@@ -7,6 +7,7 @@
                  F.causal_sdpa_forward (fast/blocked.py): row blocks that skip the keys above
                  the diagonal, heads side by side on BLAS's threads. A mask buffer that is no
                  longer the chapter's triangle is passed to F.sdpa_forward as a boolean mask.
+                 MultiHeadAttention runs out_proj on the same op as the projections.
     "tiled"      the same GEMM, then F.flash_attention_forward (fast/tiled.py): memory linear in
                  T, and m.attn_weights is None (the tiled path never forms the weights).
     "auto"       choose_attn_impl(T, B * H) picks "blocked" or "tiled" at every forward.

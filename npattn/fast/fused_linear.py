@@ -5,9 +5,9 @@ one (3 d_out, d_in) weight, so three GEMMs become one larger, faster one; the gr
 stacked weight splits back into the three. With one weight it is one Linear layer (the fast
 paths run out_proj with it too). Torch layout throughout: weight (d_out, d_in).
 
-The products are ops/linear.py's, each split by rows over the threads (fast/_parallel.py,
-matmul_rows): BLAS itself then never starts its own threads, whose spinning after a product
-would slow the attention threads that run next.
+The maths is ops/linear.py's (and so are the argument checks); each product is split by rows
+over the threads (fast/_parallel.py, matmul_rows): BLAS itself then never starts its own
+threads, whose spinning after a product would slow the attention threads that run next.
 
 Forward (walked backwards in fused_linear_backward), N = prod(...) rows:
     1. weight = concat(weights), bias = concat(biases)      (sum d_out, d_in), (sum d_out,)

@@ -154,7 +154,7 @@ def forward_tiles(qx, kx, vx, mask, causal, window, blocks, keep_of, out, lse) -
             if fold:
                 # 1-3 folded: [q_i * scale | -m] @ [k_j | 1]^T = s - m, so p = exp(s - m) in
                 # one pass; m is the shift so far (no new max is taken, so nothing rescales)
-                if stale:  # m changes rarely: only its first tile and a rescale set it
+                if stale:  # m changes rarely: the first tile, a redone tile, a rescale
                     qx_h[r, E:] = -np.where(np.isneginf(m), 0, m)
                     stale = False
                 with np.errstate(over="ignore", invalid="ignore"):  # checked just below

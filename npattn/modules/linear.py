@@ -57,12 +57,22 @@ class Linear(Module):
             self._grads["bias"] = dbias
         return dx
 
+    def forget_forward(self) -> None:
+        """Drop the cache of this layer's last own forward.
+
+        Called when a fused op computed this layer's output instead (the fast paths of
+        MultiHeadAttention): this layer's own backward would otherwise use an older input.
+        It raises instead, until the layer runs forward again.
+        """
+        self._cache = None
+
     def set_grads(self, weight, bias=None) -> None:
         """Take this layer's gradients from a fused op instead of from its own backward.
 
         attn_impl="blocked" or "tiled" computes W_query, W_key and W_value as one matrix
-        product (npattn/fast/fused_linear.py), so no layer runs its own forward or backward;
-        each is handed its rows of the fused gradient here, and `grads` reads as after backward.
+        product, and out_proj on the same op (npattn/fast/fused_linear.py), so no layer runs
+        its own forward or backward; each is handed its gradients here, and `grads` reads as
+        after backward.
         Shapes: weight (out_features, in_features), bias (out_features,), given iff the layer
         has a bias.
         """

@@ -104,9 +104,10 @@ class MultiHeadAttention(KVCacheMixin, Module):
         4. merge heads                                 (B, H, T, E) -> (B, T, d_out)
         5. context_vec = out_proj(context)             (B, T, d_out)
     attn_impl: "reference" (the default: the steps above), or the opt-in "blocked", "tiled" or
-    "auto", which run steps 1-4 as one GEMM and a faster attention (npattn/fast/dispatch.py);
-    "tiled" sets attn_weights to None. There W_query, W_key and W_value run no forward of their
-    own: their gradients are handed to them with Linear.set_grads.
+    "auto", which run steps 1-4 as one GEMM and a faster attention (npattn/fast/dispatch.py),
+    and step 5 on the same op; "tiled" sets attn_weights to None. There W_query, W_key,
+    W_value and out_proj run no forward of their own (each forgets its last one, so its own
+    backward raises): their gradients are handed to them with Linear.set_grads.
 
     KV cache (the book's chapter 4 bonus): forward(x, use_cache=True) appends this chunk's
     keys and values to cache_k, cache_v (B, H, S_cached, E) and attends from positions
@@ -216,7 +217,10 @@ class MultiHeadAttention(KVCacheMixin, Module):
         )  # context (B, T, d_out); attn_weights (B, H, T, T) or None from the tiled path
         out_proj = self.out_proj
         biases = None if out_proj.bias is None else [out_proj.bias]
+        context = context.astype(out_proj.weight.dtype, copy=False)  # as Linear.forward casts
         context_vec, out_cache = fused_linear_forward(context, [out_proj.weight], biases)
+        for layer in (*qkv_layers, out_proj):
+            layer.forget_forward()  # computed here, not by the layer: no backward of its own
         self.reset_cache()  # a full forward empties the KV cache
         self._cache = (impl, fast_cache.attention, (fast_cache, out_cache))
         return context_vec
