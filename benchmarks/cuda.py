@@ -1,7 +1,10 @@
 """The GPU section: every torch variant in float32 and bfloat16, eager and torch.compile'd.
 
-Sized to fit a few minutes: eager runs are quick; compiling costs tens of seconds a module,
-so compiled runs go in priority order and stop once --budget-s has passed.
+The variants: the chapter's class, the bonus notebook's variants and torch_port's modern
+classes (modern_paths.py), all timed interleaved in one run. Sized to fit a few minutes: eager
+runs are quick; compiling costs tens of seconds a module, so compiled runs go in priority order
+(the chapter's and the notebook's first, the modern classes last) and stop once --budget-s
+has passed.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import os
 import time
 
+import modern_paths as M
 import paths as P
 import report
 from timing import run_interleaved
@@ -25,8 +29,12 @@ A100 = {
     "nn.MultiheadAttention, need_weights=False": (2.26, 7.5),
     "FlexAttention": (14.02, 23.73),
 }
+ALIGN = "ll" + "r" * 6  # variant and family left, numbers right
 CUDA_SIZE = "8,1024,768,12"  # B, T, d, H: the bonus notebook's A100 table
-COMPILE_ORDER = (P.CH03, P.SDPA, "FlexAttention", "Combined QKV", "Einsum", "SDPA without Flash")
+COMPILE_ORDER = (
+    *(P.CH03, P.SDPA, "FlexAttention", "Combined QKV", "Einsum", "SDPA without Flash"),
+    *M.MODERN_NAMES,
+)
 
 
 def _peak_mib(path, device) -> float | None:
@@ -46,7 +54,10 @@ def measure(size, device, dtype, compiled, repeats, warmup, names=None, log=prin
     """Paths timed interleaved; with `compiled`, each module is torch.compile'd first."""
     import torch
 
-    paths = P.torch_paths(size, device=device, dtype=dtype, names=names, log=log)
+    paths = []
+    if names is None or not set(names) <= set(M.MODERN_NAMES):
+        paths += P.torch_paths(size, device=device, dtype=dtype, names=names, log=log)
+    paths += M.modern_paths(size, device=device, dtype=dtype, names=names, log=log)
     compile_s = {}
     if compiled:
         for p in paths:
@@ -77,8 +88,7 @@ def run(args, command, log, device="cuda") -> None:
     repeats = args.repeats or (10 if args.quick else 30)
     budget_s = args.budget_s or (90.0 if args.quick else 300.0)
     dtypes = (("float32", torch.float32), ("bfloat16", torch.bfloat16))
-    rows_eager, rows_comp, fp32_paths = [], [], []
-    results = {}
+    fp32_paths, results = [], {}
     for dname, dtype in dtypes:
         log(f"eager {dname}")
         paths, _, mem = measure(size, device, dtype, False, repeats, args.warmup, log=log)
@@ -98,22 +108,39 @@ def run(args, command, log, device="cuda") -> None:
                 prev[0].extend(paths)
                 prev[1].update(cs)
                 prev[2].update(mem)
+    rows_eager, rows_comp = table_rows(results)
+    write(args, command, size, repeats, rows_eager, rows_comp, fp32_paths, device, started)
+
+
+def family(path) -> str:
+    """The table's "family" column: the chapter's class, the notebook's variants, or modern."""
+    if path.group == M.MODERN_GROUP:
+        return "modern"
+    return "chapter" if path.name == P.CH03 else "bonus"
+
+
+def table_rows(results: dict) -> tuple[list, list]:
+    """Rows of the eager and compiled tables from {(mode, dtype name): (paths, compile s, mem)}.
+
+    Each row's ratio is to the chapter's class timed in the same run (same mode and dtype).
+    """
+    rows_eager, rows_comp = [], []
     for (mode, dname), (paths, cs, mem) in results.items():
         target = rows_eager if mode == "eager" else rows_comp
         ref = next((p for p in paths if p.name == P.CH03), None)
+        ref_fb = ref.median_ms("fwd_bwd") if ref is not None else None
         for p in paths:
             f, fb = p.median_ms("fwd"), p.median_ms("fwd_bwd")
-            ratio = "n/a"
-            if ref is not None and fb and ref.median_ms("fwd_bwd"):
-                ratio = f"{fb / ref.median_ms('fwd_bwd'):.2f}x"
-            row = [p.name, dname, _fmt(f), _fmt(fb), ratio, _fmt(mem.get(p.name), 0)]
+            ratio = f"{fb / ref_fb:.2f}x" if fb and ref_fb else "n/a"
+            name = f"{p.name} ({p.note})" if p.note else p.name
+            row = [name, family(p), dname, _fmt(f), _fmt(fb), ratio, _fmt(mem.get(p.name), 0)]
             if mode == "eager":
                 a = A100.get(p.name) if dname == "float32" else None
                 row.append("n/a" if a is None else f"{a[0]} / {a[1]}")
             else:
                 row.append(f"{cs.get(p.name, 0):.0f}")
             target.append(row)
-    write(args, command, size, repeats, rows_eager, rows_comp, fp32_paths, device, started)
+    return rows_eager, rows_comp
 
 
 def _fmt(v, digits=2) -> str:
@@ -125,7 +152,7 @@ def write(args, command, size, repeats, rows_eager, rows_comp, fp32_paths, devic
 
     name = torch.cuda.get_device_name() if device == "cuda" else device
     os.makedirs(args.out, exist_ok=True)
-    head = ["variant", "dtype", "forward (ms)", "fwd+bwd (ms)", "fwd+bwd / Ch03 MHA"]
+    head = ["variant", "family", "dtype", "forward (ms)", "fwd+bwd (ms)", "fwd+bwd / Ch03 MHA"]
     md = [
         "# GPU benchmarks",
         "",
@@ -135,16 +162,23 @@ def write(args, command, size, repeats, rows_eager, rows_comp, fp32_paths, devic
         f"of {repeats} interleaved repeats after {args.warmup} warm-up runs; peak memory is "
         "torch.cuda.max_memory_allocated above the memory in use before one forward+backward.",
         "",
+        "Family: `chapter` is the chapter's MultiHeadAttention, `bonus` the bonus notebook's "
+        "variants (the chapter's weights, except the Wrapper's), `modern` torch_port's modern "
+        "classes with their own random weights and the settings named in the row; every ratio "
+        "is to the chapter's class in the same table and dtype.",
+        "",
         "## Eager",
         "",
-        report.table(rows_eager, head + ["peak mem (MiB)", "A100 fp32 (ms), bonus notebook"]),
+        report.table(
+            rows_eager, head + ["peak mem (MiB)", "A100 fp32 (ms), bonus notebook"], ALIGN
+        ),
         "",
         "## torch.compile (default mode)",
         "",
         "Compiled in priority order until the time budget ran out; compile time is the first "
         "forward+backward.",
         "",
-        report.table(rows_comp, head + ["peak mem (MiB)", "compile (s)"])
+        report.table(rows_comp, head + ["peak mem (MiB)", "compile (s)"], ALIGN)
         if rows_comp
         else "Not run (--no-compile or no time left).",
         "",

@@ -55,10 +55,13 @@ def torch_mha(size: Size, device="cpu", dtype=None, seed: int = 123):
 
 
 def _torch_path(name, module, x, g, sync, grad_ok=True, note="") -> Path:
-    """A Path whose closures call state["module"], so a compiled module can replace it."""
+    """A Path whose closures call state["module"], so a compiled module can replace it.
+
+    state["x"] is the input, whose .grad the forward+backward fills.
+    """
     import torch
 
-    state = {"module": module}
+    state = {"module": module, "x": x}
     params = [p for p in module.parameters() if p.requires_grad]
 
     def fwd():

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from timing import Path, mha_flops
 
+GROUP_COLORS = {"npattn": "tab:orange", "modern": "tab:green"}  # bar colours; torch: blue
+
 
 def _ms(v, spread=None) -> str:
     if v is None:
@@ -82,7 +84,7 @@ def bar_chart(paths: list[Path], title: str, filename: str) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(13, 0.45 * len(paths) + 1.8), sharey=True)
     for ax, kind, label in zip(axes, ("fwd", "fwd_bwd"), ("forward", "forward + backward")):
         vals = [p.median_ms(kind) or 0.0 for p in paths]
-        colors = ["tab:orange" if p.group == "npattn" else "tab:blue" for p in paths]
+        colors = [GROUP_COLORS.get(p.group, "tab:blue") for p in paths]
         bars = ax.barh(names, vals, color=colors)
         for bar, v in zip(bars, vals):
             ax.text(

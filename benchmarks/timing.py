@@ -30,7 +30,7 @@ class Path:
     """One implementation under test: callables for the forward and forward+backward."""
 
     name: str
-    group: str  # "torch" or "npattn"
+    group: str  # "torch", "npattn", or "modern" (torch_port's modern classes)
     fwd: Callable[[], object] | None
     fwd_bwd: Callable[[], object] | None
     sync: Callable[[], None] = lambda: None  # e.g. torch.cuda.synchronize

@@ -1,7 +1,9 @@
 """benchmarks/bench.py and long_context.py, smoke-tested at tiny sizes: every path runs,
 agrees with the chapter's class, and the Markdown gives attn_impl="auto" against both torch
-paths and the GEMM roofline."""
+paths and the GEMM roofline. The GPU section (cuda.py, with torch_port's modern classes from
+modern_paths.py) runs here on the CPU, eager only."""
 
+import argparse
 import os
 import subprocess
 import sys
@@ -9,6 +11,8 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH = os.path.join(ROOT, "benchmarks")
+TINY = "2,8,8,2"  # B, T, d, H
 
 
 def is_row_of(line: str, name: str) -> bool:
@@ -63,3 +67,82 @@ def test_blas_spin_prints_a_row_per_pause():
     rows = [line for line in done.stdout.splitlines() if line.startswith("| ") and "x |" in line]
     pauses = [float(row.split("|")[1]) for row in rows]
     assert pauses == sorted(pauses) and len(pauses) == 8 and pauses[0] == 0  # smoke test
+
+
+@pytest.fixture
+def bench(monkeypatch):
+    """The benchmark scripts' sibling modules, importable as in bench.py."""
+    torch = pytest.importorskip("torch")
+    monkeypatch.syspath_prepend(BENCH)
+    monkeypatch.syspath_prepend(ROOT)
+    return torch
+
+
+def test_modern_paths_run_forward_and_backward_on_cpu(bench):
+    torch = bench
+    import modern_paths as M
+    from paths import Size
+
+    skipped = []
+    size = Size(*(int(v) for v in TINY.split(",")))
+    paths = M.modern_paths(size, "cpu", torch.float32, log=skipped.append)
+    assert [p.name for p in paths] == list(M.MODERN_NAMES), skipped
+    for p in paths:
+        module, x = p.state["module"], p.state["x"]
+        assert p.group == M.MODERN_GROUP and p.note.startswith(type(module).__name__)
+        p.fwd_bwd()
+        assert x.grad is not None and x.grad.shape == x.shape, p.name
+        assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0, p.name
+        assert all(q.grad is not None for q in module.parameters()), p.name
+        assert p.fwd().shape == (size.B, size.T, size.d)
+    by_name = {p.name: p for p in paths}
+    settings = {  # the note states what the module was built with
+        M.GQA: f"{by_name[M.GQA].state['module'].num_kv_groups} key/value groups",
+        M.MLA: f"latent_dim {by_name[M.MLA].state['module'].latent_dim}",
+        M.SWA: f"window {by_name[M.SWA].state['module'].sliding_window_size}",
+        M.QWEN3: f"{by_name[M.QWEN3].state['module'].num_kv_groups} key/value groups",
+    }
+    for name, text in settings.items():
+        assert text in by_name[name].note, (name, by_name[name].note)
+    assert by_name[M.QWEN3].state["module"].q_norm is not None  # QK-norm, as the note says
+
+
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
+def test_gpu_section_tables_from_cpu_numbers(bench, tmp_path):
+    """cuda.run on the CPU, eager only: the chapter's, the notebook's and the modern rows, in
+    both dtypes, each modern row with its family and a measured ratio to the chapter's class."""
+    import cuda
+    import modern_paths as M
+    import paths as P
+
+    assert cuda.COMPILE_ORDER[-len(M.MODERN_NAMES) :] == M.MODERN_NAMES  # compiled last
+    args = argparse.Namespace(
+        size=TINY, quick=True, repeats=2, warmup=1, budget_s=None, no_compile=True, out=tmp_path
+    )
+    logs = []
+    cuda.run(args, "cuda.run on cpu", logs.append, device="cpu")
+    md = (tmp_path / "gpu.md").read_text()
+    rows = [[c.strip() for c in line.split("|")[1:-1]] for line in md.splitlines()]
+    rows = [r for r in rows if len(r) == 8 and r[2] in ("float32", "bfloat16")]
+    for dname in ("float32", "bfloat16"):
+        mine = {r[0].split(" (")[0]: r for r in rows if r[2] == dname}
+        assert mine[P.CH03][1] == "chapter" and mine[P.CH03][5] == "1.00x"
+        assert mine[P.SDPA][1] == "bonus"
+        for name in M.MODERN_NAMES:
+            row = mine[name]
+            assert row[1] == "modern", row
+            assert row[5].endswith("x") and float(row[5][:-1]) >= 0, row  # measured, not n/a
+    assert "Not run (--no-compile" in md
+
+
+def test_gpu_section_measures_the_names_asked_for(bench):
+    """The compiled runs ask for one path at a time, chapter or modern."""
+    import cuda
+    import modern_paths as M
+    import paths as P
+
+    size, logs = P.Size(*(int(v) for v in TINY.split(","))), []
+    for name in (P.CH03, M.MLA):
+        paths, _, _ = cuda.measure(size, "cpu", None, False, 1, 0, names={name}, log=logs.append)
+        assert [p.name for p in paths] == [name]
+        assert paths[0].times["fwd_bwd"], name
