@@ -3,8 +3,8 @@
     python benchmarks/blas_spin.py               # 2 threads, pauses 0 to 0.4 s, 9 repeats
 
 Each repeat runs one (2048, 768) @ (768, 2304) float32 np.matmul on BLAS's threads, pauses,
-then times the same product split by rows over npattn's threads (npattn.fast._parallel's
-matmul_rows, BLAS on one thread each). While OpenBLAS's threads still spin, they share the
+then times the same product split over npattn's threads (npattn.fast._parallel's
+split_matmul, BLAS on one thread each). While OpenBLAS's threads still spin, they share the
 cores with npattn's. Printed: the median time after each pause, and its ratio to the time
 after the longest pause. This is why the fast path splits its own products, and why the
 benchmarks pause before each timed run (benchmarks/timing.py).
@@ -32,7 +32,7 @@ def main(argv=None) -> None:
     sys.path.insert(0, ROOT)
     import numpy as np
 
-    from npattn.fast._parallel import matmul_rows
+    from npattn.fast._parallel import split_matmul
 
     rng = np.random.default_rng(0)
     a = rng.standard_normal((2048, 768), dtype=np.float32)
@@ -43,11 +43,11 @@ def main(argv=None) -> None:
             np.matmul(a, b)  # on BLAS's threads, which then spin waiting for more
             time.sleep(pause)
             t0 = time.perf_counter()
-            matmul_rows(a, b)
+            split_matmul(a, b)
             times[pause].append(time.perf_counter() - t0)
     base = float(np.median(times[PAUSES[-1]]))
-    print(f"{args.threads} threads, {args.repeats} repeats; matmul_rows after a threaded np.matmul")
-    print("| pause (s) | matmul_rows (ms) | / after the longest pause |")
+    print(f"{args.threads} threads, {args.repeats} repeats: split_matmul after np.matmul")
+    print("| pause (s) | split_matmul (ms) | / after the longest pause |")
     print("|---:|---:|---:|")
     for pause, ts in times.items():
         med = float(np.median(ts))

@@ -137,8 +137,10 @@ def test_tiled_gives_the_same_numbers_on_every_run_and_either_way(heads, monkeyp
         np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.parametrize("M", [1, 255, 256, 511, 512, 513, 1000])
-def test_matmul_rows_equals_the_product(M, mode, monkeypatch):
+@pytest.mark.parametrize(
+    "M, N", [(1, 5), (255, 5), (256, 5), (511, 5), (512, 5), (513, 5), (1000, 5), (5, 600)]
+)
+def test_split_matmul_equals_the_product(M, N, mode, monkeypatch):
     pieces = []
     map_pieces = _parallel.map_pieces
 
@@ -148,18 +150,18 @@ def test_matmul_rows_equals_the_product(M, mode, monkeypatch):
 
     monkeypatch.setattr(_parallel, "map_pieces", spy)
     rng = np.random.default_rng(M)
-    a, b = rng.standard_normal((M, 7)), rng.standard_normal((7, 5))
-    np.testing.assert_allclose(_parallel.matmul_rows(a, b), a @ b, rtol=1e-13, atol=1e-13)
+    a, b = rng.standard_normal((M, 7)), rng.standard_normal((7, N))
+    np.testing.assert_allclose(_parallel.split_matmul(a, b), a @ b, rtol=1e-13, atol=1e-13)
     at = rng.standard_normal((7, M)).T  # a transposed view, as dout^T in the backward
-    np.testing.assert_allclose(_parallel.matmul_rows(at, b), at @ b, rtol=1e-13, atol=1e-13)
-    split = mode == "threads" and M >= 2 * _parallel.MIN_PIECE_ROWS
-    assert pieces == ([2, 2] if split else [])  # one piece per thread, or one product
+    np.testing.assert_allclose(_parallel.split_matmul(at, b), at @ b, rtol=1e-13, atol=1e-13)
+    split = mode == "threads" and max(M, N) >= 2 * _parallel.MIN_PIECE
+    assert pieces == ([2, 2] if split else [])  # one part per thread, or one product
 
 
-def test_matmul_rows_keeps_numpys_dtype_rule():
+def test_split_matmul_keeps_numpys_dtype_rule():
     a, b = np.ones((600, 3), np.float32), np.ones((3, 2), np.float64)
-    assert _parallel.matmul_rows(a, b).dtype == np.float64
-    assert _parallel.matmul_rows(a, b.astype(np.float32)).dtype == np.float32
+    assert _parallel.split_matmul(a, b).dtype == np.float64
+    assert _parallel.split_matmul(a, b.astype(np.float32)).dtype == np.float32
 
 
 def test_fast_path_products_never_run_on_blas_threads(two_blas_threads, monkeypatch):

@@ -146,33 +146,41 @@ def map_heads(one_head: Callable[[tuple], None], lead: tuple) -> None:
     map_pieces(lambda _, h: one_head(h), heads, worker_count(len(heads)))
 
 
-MIN_PIECE_ROWS = 256  # matmul_rows gives each thread at least this many rows of a
+MIN_PIECE = 256  # split_matmul gives each thread at least this many rows (or columns)
 
 
-def matmul_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """a @ b with a's rows split evenly over BLAS's threads, each piece on one BLAS thread.
+def split_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a @ b split evenly over BLAS's threads, each part an ordinary product on one thread.
 
-    Shapes: a (M, K), b (K, N) -> (M, N). Why not let BLAS split the product itself: after a
-    threaded product, OpenBLAS's own threads keep spinning on their cores for a while (about
-    a quarter of a second here: benchmarks/blas_spin.py), waiting for more work, and the
-    attention's threads, which start next, would share the cores with them. Measured here,
-    that cost MultiHeadAttention's attention steps about a third more time. With every
-    product of a fast path split here, BLAS never starts its own threads there; each half
-    runs as fast as BLAS's own split.
-    One piece per thread, so the split, and the last bits of the result, can differ with the
+    Shapes: a (M, K), b (K, N) -> (M, N). The split is by a's rows, or, when there are too
+    few rows for two parts and b has more columns, by b's columns (the weight gradient
+    dout^T @ x of a narrow layer has few rows).
+    Why not let BLAS split the product itself: after a threaded product, OpenBLAS's own
+    threads keep spinning on their cores for a while (about a quarter of a second here:
+    benchmarks/blas_spin.py), waiting for more work, and the attention's threads, which
+    start next, would share the cores with them. Measured here, that cost
+    MultiHeadAttention's attention steps about a third more time. With every product of a
+    fast path split here, BLAS never starts its own threads there; each part runs as fast
+    as BLAS's own split.
+    One part per thread, so the split, and the last bits of the result, can differ with the
     thread count, as BLAS's own split can.
     """
-    M = a.shape[0]
-    workers = worker_count(max(1, M // MIN_PIECE_ROWS))
-    if workers < 2:  # one thread's worth of rows: one product, BLAS's threads not started
+    (M, _), N = a.shape, b.shape[1]
+    by_rows = M >= min(N, 2 * MIN_PIECE)
+    workers = worker_count(max(1, max(M, N) // MIN_PIECE))
+    if workers < 2:  # one thread's worth: one product, BLAS's threads not started
         with one_blas_thread():
             return np.matmul(a, b)
-    out = np.empty((M, b.shape[1]), np.result_type(a, b))
-    bounds = [M * w // workers for w in range(workers + 1)]
+    out = np.empty((M, N), np.result_type(a, b))
+    size = M if by_rows else N
+    bounds = [size * w // workers for w in range(workers + 1)]
 
     def piece(_, w):
-        r = slice(bounds[w], bounds[w + 1])
-        np.matmul(a[r], b, out=out[r])  # (rows, K) @ (K, N) -> (rows, N)
+        part = slice(bounds[w], bounds[w + 1])
+        if by_rows:
+            np.matmul(a[part], b, out=out[part])  # (rows, K) @ (K, N) -> (rows, N)
+        else:
+            np.matmul(a, b[:, part], out=out[:, part])  # (M, K) @ (K, cols) -> (M, cols)
 
     map_pieces(piece, range(workers), workers)
     return out

@@ -5,8 +5,8 @@ one (3 d_out, d_in) weight, so three GEMMs become one larger, faster one; the gr
 stacked weight splits back into the three. With one weight it is one Linear layer (the fast
 paths run out_proj with it too). Torch layout throughout: weight (d_out, d_in).
 
-The maths is ops/linear.py's (and so are the argument checks); each product is split by rows
-over the threads (fast/_parallel.py, matmul_rows): BLAS itself then never starts its own
+The maths is ops/linear.py's (and so are the argument checks); each product is split over
+the threads (fast/_parallel.py, split_matmul): BLAS itself then never starts its own
 threads, whose spinning after a product would slow the attention threads that run next.
 
 Forward (walked backwards in fused_linear_backward), N = prod(...) rows:
@@ -26,7 +26,7 @@ import numpy as np
 from .. import _guard
 from .._checks import as_float_array, as_grad
 from ..ops.linear import check_linear_args
-from ._parallel import matmul_rows
+from ._parallel import split_matmul
 
 
 def fused_linear_forward(x, weights, biases=None):
@@ -59,8 +59,8 @@ def fused_linear_forward(x, weights, biases=None):
     bias = None if biases is None else np.concatenate(biases)  # (sum d_out_i,)
     x, weight, bias = check_linear_args(x, weight, bias)
     d_out, d_in = weight.shape
-    # 2. out = x @ weight.T + bias, the rows split over the threads    (N, sum d_out_i)
-    out = matmul_rows(x.reshape(-1, d_in), weight.T).reshape(*x.shape[:-1], d_out)
+    # 2. out = x @ weight.T + bias, split over the threads             (N, sum d_out_i)
+    out = split_matmul(x.reshape(-1, d_in), weight.T).reshape(*x.shape[:-1], d_out)
     if bias is not None:
         out = out + bias if np.result_type(out, bias) != out.dtype else np.add(out, bias, out=out)
     x = _guard.private(x, x_in)  # the caller's x may change before the backward
@@ -78,9 +78,9 @@ def fused_linear_backward(dout, cache):
     dout = as_grad(dout, x.shape[:-1] + (weight.shape[0],), np.result_type(x, weight))
     x2 = x.reshape(-1, x.shape[-1])  # (N, d_in)
     d2 = dout.reshape(-1, weight.shape[0])  # (N, sum d_out_i)
-    # 2. the two products, each split by rows over the threads
-    dx = matmul_rows(d2, weight).reshape(x.shape)  # (N, sum d_out) @ (sum d_out, d_in)
-    dweight = matmul_rows(d2.T, x2)  # (sum d_out, N) @ (N, d_in) -> (sum d_out, d_in)
+    # 2. the two products, each split over the threads
+    dx = split_matmul(d2, weight).reshape(x.shape)  # (N, sum d_out) @ (sum d_out, d_in)
+    dweight = split_matmul(d2.T, x2)  # (sum d_out, N) @ (N, d_in) -> (sum d_out, d_in)
     dbias = d2.sum(axis=0) if has_bias else None  # (sum d_out_i,)
     # 1. the stacked rows go back to their own weights (views, no copy)
     dweights = np.split(dweight, splits, axis=0)  # (sum d_out_i, d_in) -> n x (d_out_i, d_in)
