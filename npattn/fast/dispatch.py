@@ -40,13 +40,14 @@ from .tiled import flash_attention_backward, flash_attention_forward, flash_drop
 ATTN_IMPLS = ("reference", "blocked", "tiled", "auto")
 FAST_IMPLS = ("blocked", "tiled")
 
-# choose_attn_impl's rule, measured on 2 cores (docs/benchmarks/cpu.md and the scaling table
-# there), causal forward + backward, d = 768, 12 heads, medians of interleaved repeats:
+# choose_attn_impl's rule, measured on 2 cores (docs/benchmarks/cpu.md: the main table and
+# the scaling table), causal forward + backward, d = 768, 12 heads, medians of interleaved
+# repeats:
 # - below T = 1024 the two are within a few percent of each other (B = 4, T = 512: blocked
-#   324 ms, tiled 314 ms; B = 1: 110 and 108 ms), and blocked keeps m.attn_weights for the
-#   chapter's small examples;
-# - from T = 1024 tiled is faster whatever the number of heads (B = 1: 194 against 204 ms;
-#   B = 4: 744 against 824 ms) and its memory grows as T, not T^2.
+#   328 ms, tiled 317 ms; B = 1, T = 512: 96 and 94 ms), and blocked keeps m.attn_weights
+#   for the chapter's small examples;
+# - from T = 1024 tiled is faster (B = 1: 232 against 506 ms at T = 1024, 486 against 600 ms
+#   at T = 2048; measured the same way at B = 2 and 4 too) and its memory grows as T, not T^2.
 AUTO_TILED_MIN_TOKENS = 1024  # below this, blocked
 AUTO_MAX_WEIGHTS = 2**28  # blocked stores (B, H, T, T) weights: at most 1 GiB of float32
 CAUSAL_CHECK_ROWS = 256  # rows of the mask buffer compared at a time: no (T, T) temporary
