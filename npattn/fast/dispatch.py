@@ -46,8 +46,10 @@ FAST_IMPLS = ("blocked", "tiled")
 # - below T = 1024 the two are within a few percent of each other (B = 4, T = 512: blocked
 #   328 ms, tiled 317 ms; B = 1, T = 512: 96 and 94 ms), and blocked keeps m.attn_weights
 #   for the chapter's small examples;
-# - from T = 1024 tiled is faster (B = 1: 232 against 506 ms at T = 1024, 486 against 600 ms
-#   at T = 2048; measured the same way at B = 2 and 4 too) and its memory grows as T, not T^2.
+# - from T = 1024 tiled is as fast or faster, whatever the number of heads (B = 1: 232
+#   against 506 ms at T = 1024, 486 against 600 ms at T = 2048; B = 2 and 4 at T = 1024, with
+#   `bench.py --sections main --size B,1024,768,12`: 376 against 391 ms, 737 against 741 ms),
+#   and its memory grows as T, not T^2.
 AUTO_TILED_MIN_TOKENS = 1024  # below this, blocked
 AUTO_MAX_WEIGHTS = 2**28  # blocked stores (B, H, T, T) weights: at most 1 GiB of float32
 CAUSAL_CHECK_ROWS = 256  # rows of the mask buffer compared at a time: no (T, T) temporary
