@@ -38,6 +38,7 @@ from .fused_linear import fused_linear_backward, fused_linear_forward
 from .tiled import flash_attention_backward, flash_attention_forward, flash_dropout_mask
 
 ATTN_IMPLS = ("reference", "blocked", "tiled", "auto")
+MODERN_ATTN_IMPLS = ("reference", "tiled")  # GQA, SWA, Qwen3: fast/modern_tiled.py
 FAST_IMPLS = ("blocked", "tiled")
 
 # choose_attn_impl's rule, measured on 2 cores (docs/benchmarks/cpu.md: the main table and
@@ -55,10 +56,10 @@ AUTO_MAX_WEIGHTS = 2**28  # blocked stores (B, H, T, T) weights: at most 1 GiB o
 CAUSAL_CHECK_ROWS = 256  # rows of the mask buffer compared at a time: no (T, T) temporary
 
 
-def check_attn_impl(attn_impl) -> str:
-    """attn_impl if it is one of ATTN_IMPLS, else a ValueError naming the choices."""
-    if not isinstance(attn_impl, str) or attn_impl not in ATTN_IMPLS:
-        raise ValueError(f"attn_impl must be one of {ATTN_IMPLS}, got {attn_impl!r}")
+def check_attn_impl(attn_impl, choices: tuple = ATTN_IMPLS) -> str:
+    """attn_impl if it is one of `choices`, else a ValueError naming them."""
+    if not isinstance(attn_impl, str) or attn_impl not in choices:
+        raise ValueError(f"attn_impl must be one of {choices}, got {attn_impl!r}")
     return attn_impl
 
 

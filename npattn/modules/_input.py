@@ -14,7 +14,7 @@ from .._checks import (
     check_probability,
     physical_memory_bytes,
 )
-from ..fast.dispatch import check_attn_impl
+from ..fast.dispatch import ATTN_IMPLS, check_attn_impl
 
 
 def prepare_input(x, d_in: int, dtype, context_length: int | None = None) -> np.ndarray:
@@ -94,13 +94,15 @@ def attend_mask(mask_buffer: np.ndarray, T: int) -> np.ndarray:
     return mask_buffer[:T, :T] == 0  # (context_length, context_length) -> (T, T)
 
 
-def attn_impl_property() -> property:
-    """`m.attn_impl`, checked whenever it is set: in the constructor or later."""
+def attn_impl_property(choices: tuple = ATTN_IMPLS) -> property:
+    """`m.attn_impl`, checked against `choices` whenever it is set: in the constructor or
+    later. The chapter's classes take every choice; the modern ones "reference" or "tiled"."""
 
     def fget(self) -> str:
         return self._attn_impl
 
     def fset(self, value) -> None:
-        self._attn_impl = check_attn_impl(value)
+        self._attn_impl = check_attn_impl(value, choices)
 
-    return property(fget, fset, doc='"reference" (default), "blocked", "tiled" or "auto"')
+    doc = "one of " + ", ".join(f'"{c}"' for c in choices) + f' ("{choices[0]}" is the default)'
+    return property(fget, fset, doc=doc)

@@ -9,6 +9,8 @@ E = head_dim = d_out // H, d_in / d_out as in the chapter.
 from __future__ import annotations
 
 from .._checks import check_positive_int, make_rng
+from ..fast.dispatch import MODERN_ATTN_IMPLS
+from ..fast.modern_tiled import tiled_attention_backward, tiled_attention_forward
 from ..ops.heads import (
     merge_heads_backward,
     merge_heads_forward,
@@ -16,7 +18,7 @@ from ..ops.heads import (
     split_heads_forward,
 )
 from ..ops.sdpa import sdpa_backward, sdpa_forward
-from ._input import check_attention_args
+from ._input import attn_impl_property, check_attention_args
 from ._kv import (
     CacheView,
     KVCacheMixin,
@@ -44,8 +46,17 @@ class GroupedQueryAttention(KVCacheMixin, Module):
         5. SDPA, each key/value head repeated for its group (enable_gqa)   (B, H, T, E)
         6. merge heads                 (B, H, T, E) -> (B, T, d_out)
         7. context_vec = out_proj(context)                                  (B, T, d_out)
+
+    attn_impl: "reference" (the default: the steps above), or the opt-in "tiled", which runs
+    steps 4-5 as flash_attention_forward (npattn/fast/modern_tiled.py): the causal mask and
+    the key padding are passed as is_causal (or a window of T) and a (B, 1, 1, S) mask, so no
+    (B, H, T, S) weights and no (T, S) mask are formed: memory linear in T. The numbers are
+    the reference's; attn_weights and dropout_mask are None, and dropout draws its own masks
+    (not the reference's). The KV-cache path (use_cache=True) runs as above whatever
+    attn_impl says.
     """
 
+    attn_impl = attn_impl_property(MODERN_ATTN_IMPLS)  # npattn/fast/dispatch.py
     cache_k, cache_v = CacheView(0), CacheView(1)  # (B, G, S_cached, E), read-only views
 
     def __init__(
@@ -58,8 +69,10 @@ class GroupedQueryAttention(KVCacheMixin, Module):
         qkv_bias: bool = False,
         *,
         rng=None,
+        attn_impl: str = "reference",
     ):
         super().__init__()
+        self.attn_impl = attn_impl
         self.d_in, self.d_out, _, self.dropout, self.num_heads = check_attention_args(
             d_in, d_out, dropout=dropout, num_heads=num_heads, qkv_bias=qkv_bias
         )
@@ -108,34 +121,44 @@ class GroupedQueryAttention(KVCacheMixin, Module):
         kpm = None
         if key_padding_mask is not None:
             kpm = check_key_padding_mask(key_padding_mask, B, S, "x_kv" if cross else "x (no x_kv)")
-        if cross:
-            mask = None if kpm is None else kpm[:, None, None, :]  # (B, 1, 1, S), not causal
-        else:
-            mask = attention_mask(0, T, 0, S, kpm=kpm)
-        # 5. SDPA; key/value head g serves query heads g * H/G .. (g + 1) * H/G - 1
         dropout_p = self.dropout if self.training else 0.0
-        context, sdpa_cache = sdpa_forward(
-            queries, keys, values, mask, dropout_p, enable_gqa=True, rng=self.rng
-        )  # (B, H, T, E)
+        if self.attn_impl == "tiled":  # 4.-5. opt-in, no (T, S) array: fast/modern_tiled.py
+            context, sdpa_cache = tiled_attention_forward(
+                queries, keys, values, kpm, causal=not cross, dropout_p=dropout_p,
+                rng=self.rng, enable_gqa=True,
+            )  # fmt: skip
+        else:
+            if cross:
+                mask = None if kpm is None else kpm[:, None, None, :]  # (B, 1, 1, S), not causal
+            else:
+                mask = attention_mask(0, T, 0, S, kpm=kpm)
+            # 5. SDPA; key/value head g serves query heads g * H/G .. (g + 1) * H/G - 1
+            context, sdpa_cache = sdpa_forward(
+                queries, keys, values, mask, dropout_p, enable_gqa=True, rng=self.rng
+            )  # (B, H, T, E)
         # 6. merge heads                   (B, H, T, E) -> (B, T, d_out)
         context, merge_cache = merge_heads_forward(context)
         # 7. output projection             (B, T, d_out) -> (B, T, d_out)
         context_vec = self.out_proj(context)
-        self.attn_weights = sdpa_cache.attn_weights  # (B, H, T, S), before dropout
-        self.dropout_mask = sdpa_cache.keep  # keep-mask, or None
+        reference = self.attn_impl == "reference"
+        self.attn_weights = sdpa_cache.attn_weights if reference else None  # (B, H, T, S)
+        self.dropout_mask = sdpa_cache.keep if reference else None  # keep-mask, or None
         self.reset_cache()
-        self._cache = (q_split, k_split, v_split, sdpa_cache, merge_cache, cross)
+        self._cache = (q_split, k_split, v_split, sdpa_cache, merge_cache, cross, reference)
         return context_vec
 
     def backward(self, dcontext_vec):
         """dx, or (dx, dx_kv) after a cross-attention forward."""
-        q_split, k_split, v_split, sdpa_cache, merge_cache, cross = self._require_full_forward()
+        q_split, k_split, v_split, sdpa_cache, merge_cache, cross, reference = (
+            self._require_full_forward()
+        )
         # 7.
         dcontext = self.out_proj.backward(dcontext_vec)  # (B, T, d_out)
         # 6.
         dcontext = merge_heads_backward(dcontext, merge_cache)  # (B, H, T, E)
         # 5. a key/value head fed its whole group: sdpa_backward sums the group's gradients
-        dqueries, dkeys, dvalues = sdpa_backward(dcontext, sdpa_cache)  # (B, H | G, ., E)
+        sdpa_bwd = sdpa_backward if reference else tiled_attention_backward
+        dqueries, dkeys, dvalues = sdpa_bwd(dcontext, sdpa_cache)  # (B, H | G, ., E)
         # 2.
         dqueries = split_heads_backward(dqueries, q_split)  # (B, T, H * E)
         dkeys = split_heads_backward(dkeys, k_split)  # (B, S, G * E)

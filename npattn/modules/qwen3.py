@@ -14,6 +14,8 @@ from .._checks import (
     check_real,
     make_rng,
 )
+from ..fast.dispatch import MODERN_ATTN_IMPLS
+from ..fast.modern_tiled import tiled_attention_backward, tiled_attention_forward
 from ..ops.heads import (
     merge_heads_backward,
     merge_heads_forward,
@@ -22,6 +24,7 @@ from ..ops.heads import (
 )
 from ..ops.rope import compute_rope_params, rope_backward, rope_forward
 from ..ops.sdpa import sdpa_backward, sdpa_forward
+from ._input import attn_impl_property
 from ._kv import CacheView, KVCacheMixin, attention_mask, check_key_padding_mask, check_tokens
 from .base import Module
 from .linear import Linear
@@ -49,8 +52,16 @@ class Qwen3Attention(KVCacheMixin, Module):
         7. SDPA, each key/value head repeated for its group       (B, H, T, E)
         8. merge heads                         (B, H, T, E) -> (B, T, H * E)
         9. out = out_proj(context)             (B, T, H * E) -> (B, T, d_in)
+
+    attn_impl: "reference" (the default: the steps above), or the opt-in "tiled", which runs
+    steps 6-7 as flash_attention_forward (npattn/fast/modern_tiled.py): the causal mask and
+    the key padding are passed as is_causal (or a window of T) and a (B, 1, 1, S) mask, so no
+    (B, H, T, S) weights and no (T, S) mask are formed: memory linear in T. The numbers are
+    the reference's; attn_weights is None. The KV-cache path (use_cache=True) runs as above
+    whatever attn_impl says.
     """
 
+    attn_impl = attn_impl_property(MODERN_ATTN_IMPLS)  # npattn/fast/dispatch.py
     cache_k, cache_v = CacheView(0), CacheView(1)  # (B, G, S_cached, E), read-only views
 
     def __init__(
@@ -65,8 +76,10 @@ class Qwen3Attention(KVCacheMixin, Module):
         context_length: int = 4096,
         rope_freq_config=None,
         rng=None,
+        attn_impl: str = "reference",
     ):
         super().__init__()
+        self.attn_impl = attn_impl
         self.d_in = check_positive_int(d_in, "d_in")
         self.num_heads = check_positive_int(num_heads, "num_heads")
         self.num_kv_groups = check_positive_int(num_kv_groups, "num_kv_groups")
@@ -144,20 +157,28 @@ class Qwen3Attention(KVCacheMixin, Module):
         S = keys.shape[2]
         # 6. mask                          (T, S), or (B, 1, T, S) with key padding
         kpm = None if key_padding_mask is None else check_key_padding_mask(key_padding_mask, B, S)
-        mask = attention_mask(0, T, 0, S, kpm=kpm)
-        # 7. SDPA with GQA                 (B, H, T, E)
-        context, sdpa_cache = sdpa_forward(queries, keys, values, mask, enable_gqa=True)
+        if self.attn_impl == "tiled":  # 6.-7. opt-in, no (T, S) array: fast/modern_tiled.py
+            context, sdpa_cache = tiled_attention_forward(
+                queries, keys, values, kpm, enable_gqa=True
+            )
+        else:
+            mask = attention_mask(0, T, 0, S, kpm=kpm)
+            # 7. SDPA with GQA             (B, H, T, E)
+            context, sdpa_cache = sdpa_forward(queries, keys, values, mask, enable_gqa=True)
         # 8. merge heads                   (B, H, T, E) -> (B, T, H * E)
         context, merge_cache = merge_heads_forward(context)
         # 9. output projection             (B, T, H * E) -> (B, T, d_in)
         out = self.out_proj(context)
-        self.attn_weights = sdpa_cache.attn_weights  # (B, H, T, S)
+        reference = self.attn_impl == "reference"
+        self.attn_weights = sdpa_cache.attn_weights if reference else None  # (B, H, T, S)
         self.reset_cache()
-        self._cache = (q_split, k_split, v_split, q_rope, k_rope, sdpa_cache, merge_cache)
+        self._cache = (
+            q_split, k_split, v_split, q_rope, k_rope, sdpa_cache, merge_cache, reference
+        )  # fmt: skip
         return out
 
     def backward(self, dout):
-        q_split, k_split, v_split, q_rope, k_rope, sdpa_cache, merge_cache = (
+        q_split, k_split, v_split, q_rope, k_rope, sdpa_cache, merge_cache, reference = (
             self._require_full_forward()
         )
         # 9.
@@ -165,7 +186,8 @@ class Qwen3Attention(KVCacheMixin, Module):
         # 8.
         dcontext = merge_heads_backward(dcontext, merge_cache)  # (B, H, T, E)
         # 7. a key/value head fed its whole group: sdpa_backward sums the group's gradients
-        dqueries, dkeys, dvalues = sdpa_backward(dcontext, sdpa_cache)
+        sdpa_bwd = sdpa_backward if reference else tiled_attention_backward
+        dqueries, dkeys, dvalues = sdpa_bwd(dcontext, sdpa_cache)
         # 4. RoPE's backward: the rotation by -theta
         dqueries = rope_backward(dqueries, q_rope)  # (B, H, T, E)
         dkeys = rope_backward(dkeys, k_rope)  # (B, G, T, E)

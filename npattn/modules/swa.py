@@ -8,6 +8,8 @@ W = sliding_window_size (None: plain causal).
 from __future__ import annotations
 
 from .._checks import check_positive_int, make_rng
+from ..fast.dispatch import MODERN_ATTN_IMPLS
+from ..fast.modern_tiled import tiled_attention_backward, tiled_attention_forward
 from ..ops.heads import (
     merge_heads_backward,
     merge_heads_forward,
@@ -15,7 +17,7 @@ from ..ops.heads import (
     split_heads_forward,
 )
 from ..ops.sdpa import sdpa_backward, sdpa_forward
-from ._input import check_attention_args
+from ._input import attn_impl_property, check_attention_args
 from ._kv import CacheView, KVCacheMixin, attention_mask, check_key_padding_mask, check_tokens
 from .base import Module
 from .linear import Linear
@@ -37,8 +39,17 @@ class MultiHeadAttentionWithSWA(KVCacheMixin, Module):
         7. context_vec = out_proj(context)                             (B, T, d_out)
     The cache keeps the last W positions after each call; a chunk of T tokens attends to at
     most W + T - 1 keys.
+
+    attn_impl: "reference" (the default: the steps above), or the opt-in "tiled", which runs
+    steps 4-5 as flash_attention_forward(..., window=W) (npattn/fast/modern_tiled.py): tiles
+    wholly outside the window are skipped and no (B, H, T, S) weights or (T, S) mask are formed
+    (key padding is passed as a (B, 1, 1, S) mask), so memory is linear in T, and so is time
+    for a fixed W. The numbers are the reference's; attn_weights and dropout_mask are None,
+    and dropout draws its own masks (not the reference's). The KV-cache path (use_cache=True)
+    runs as above whatever attn_impl says.
     """
 
+    attn_impl = attn_impl_property(MODERN_ATTN_IMPLS)  # npattn/fast/dispatch.py
     cache_k, cache_v = CacheView(0), CacheView(1)  # (B, H, min(S_cached, W), E), read-only
 
     def __init__(
@@ -51,8 +62,10 @@ class MultiHeadAttentionWithSWA(KVCacheMixin, Module):
         sliding_window_size: int | None = None,
         *,
         rng=None,
+        attn_impl: str = "reference",
     ):
         super().__init__()
+        self.attn_impl = attn_impl
         self.d_in, self.d_out, _, self.dropout, self.num_heads = check_attention_args(
             d_in, d_out, dropout=dropout, num_heads=num_heads, qkv_bias=qkv_bias
         )
@@ -94,28 +107,35 @@ class MultiHeadAttentionWithSWA(KVCacheMixin, Module):
         S = keys.shape[2]
         # 4. mask                          (T, S), or (B, 1, T, S) with key padding
         kpm = None if key_padding_mask is None else check_key_padding_mask(key_padding_mask, B, S)
-        mask = attention_mask(0, T, 0, S, window=W, kpm=kpm)
-        # 5. SDPA                          (B, H, T, E)
         dropout_p = self.dropout if self.training else 0.0
-        context, sdpa_cache = sdpa_forward(queries, keys, values, mask, dropout_p, rng=self.rng)
+        if self.attn_impl == "tiled":  # 4.-5. opt-in, no (T, S) array: fast/modern_tiled.py
+            context, sdpa_cache = tiled_attention_forward(
+                queries, keys, values, kpm, window=W, dropout_p=dropout_p, rng=self.rng
+            )
+        else:
+            mask = attention_mask(0, T, 0, S, window=W, kpm=kpm)
+            # 5. SDPA                      (B, H, T, E)
+            context, sdpa_cache = sdpa_forward(queries, keys, values, mask, dropout_p, rng=self.rng)
         # 6. merge heads                   (B, H, T, E) -> (B, T, d_out)
         context, merge_cache = merge_heads_forward(context)
         # 7. output projection             (B, T, d_out) -> (B, T, d_out)
         context_vec = self.out_proj(context)
-        self.attn_weights = sdpa_cache.attn_weights  # (B, H, T, S), before dropout
-        self.dropout_mask = sdpa_cache.keep  # keep-mask, or None
+        reference = self.attn_impl == "reference"
+        self.attn_weights = sdpa_cache.attn_weights if reference else None  # (B, H, T, S)
+        self.dropout_mask = sdpa_cache.keep if reference else None  # keep-mask, or None
         self.reset_cache()
-        self._cache = (q_split, k_split, v_split, sdpa_cache, merge_cache)
+        self._cache = (q_split, k_split, v_split, sdpa_cache, merge_cache, reference)
         return context_vec
 
     def backward(self, dcontext_vec):
-        q_split, k_split, v_split, sdpa_cache, merge_cache = self._require_full_forward()
+        q_split, k_split, v_split, sdpa_cache, merge_cache, reference = self._require_full_forward()
         # 7.
         dcontext = self.out_proj.backward(dcontext_vec)  # (B, T, d_out)
         # 6.
         dcontext = merge_heads_backward(dcontext, merge_cache)  # (B, H, T, E)
         # 5.
-        dqueries, dkeys, dvalues = sdpa_backward(dcontext, sdpa_cache)  # (B, H, T, E) each
+        sdpa_bwd = sdpa_backward if reference else tiled_attention_backward
+        dqueries, dkeys, dvalues = sdpa_bwd(dcontext, sdpa_cache)  # (B, H, T, E) each
         # 2.
         dqueries = split_heads_backward(dqueries, q_split)  # (B, T, d_out)
         dkeys = split_heads_backward(dkeys, k_split)
