@@ -146,3 +146,16 @@ def test_gpu_section_measures_the_names_asked_for(bench):
         paths, _, _ = cuda.measure(size, "cpu", None, False, 1, 0, names={name}, log=logs.append)
         assert [p.name for p in paths] == [name]
         assert paths[0].times["fwd_bwd"], name
+
+
+def test_modern_tiled_prints_both_impls_of_both_classes():
+    cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "modern_tiled.py"), "--Ts", "64"]
+    cmd += ["--repeats", "1", "--threads", "1", "--settle-s", "0"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [line.split(" | ")[1] for line in done.stdout.splitlines() if line.startswith("| 64")]
+    assert rows == [
+        f"{cls} ({impl})"
+        for cls in ("GroupedQueryAttention", "MultiHeadAttentionWithSWA")
+        for impl in ("reference", "tiled")
+    ]

@@ -1,0 +1,79 @@
+"""The modern classes with attn_impl="reference" and "tiled": time and peak memory against T.
+
+    python benchmarks/modern_tiled.py                 # T = 1024, 4096; 3 repeats
+    python benchmarks/modern_tiled.py --Ts 512,2048 --repeats 5
+
+GroupedQueryAttention (12 heads, 4 key/value groups) and MultiHeadAttentionWithSWA (12 heads,
+a window of 512), d = 768, B = 1, float32, causal, forward+backward for a random upstream
+gradient. Time: medians of interleaved repeats (benchmarks/timing.py, with its pause before
+each run); peak memory: the resident set added by one forward+backward, measured after the
+timings. Prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+D, HEADS, GROUPS, WINDOW = 768, 12, 4, 512
+
+
+def build(name: str, impl: str, rng: int = 0):
+    import numpy as np
+
+    import npattn
+
+    if name == "GroupedQueryAttention":
+        m = npattn.GroupedQueryAttention(D, D, 0.0, HEADS, GROUPS, rng=rng, attn_impl=impl)
+    else:
+        m = npattn.MultiHeadAttentionWithSWA(
+            D, D, 0.0, HEADS, sliding_window_size=WINDOW, rng=rng, attn_impl=impl
+        )
+    return m.astype(np.float32).eval()
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--Ts", default="1024,4096", help="comma-separated sequence lengths")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument("--settle-s", type=float, default=0.3, help="pause before each timed run")
+    args = p.parse_args(argv)
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(args.threads)  # before numpy loads its BLAS
+    sys.path[:0] = [HERE, ROOT]
+    import numpy as np
+    from timing import Path, peak_rss_bytes, return_freed_memory, run_interleaved
+
+    rows = []
+    for T in (int(t) for t in args.Ts.split(",")):
+        rng = np.random.default_rng(T)
+        x, g = (rng.standard_normal((1, T, D), dtype=np.float32) for _ in "xg")
+        paths = []
+        for name in ("GroupedQueryAttention", "MultiHeadAttentionWithSWA"):
+            for impl in ("reference", "tiled"):
+                m = build(name, impl)
+
+                def fwd_bwd(m=m, x=x, g=g):
+                    m(x)
+                    m.backward(g)
+
+                paths.append(Path(f"{name} ({impl})", "npattn", None, fwd_bwd))
+        run_interleaved(paths, args.repeats, 1, log=lambda _: None, settle_s=args.settle_s)
+        return_freed_memory()
+        for path in paths:
+            peak = peak_rss_bytes(path.fwd_bwd)
+            mem = "n/a" if peak is None else f"{peak / 2**20:,.0f}"
+            rows.append(f"| {T} | {path.name} | {path.median_ms('fwd_bwd'):,.0f} | {mem} |")
+    print(f"B = 1, d = {D}, {HEADS} heads; GQA with {GROUPS} key/value groups; SWA window {WINDOW}")
+    print(f"{args.threads} threads, medians of {args.repeats} interleaved repeats")
+    print("| T | class (attn_impl) | fwd+bwd (ms) | peak memory (MiB) |")
+    print("|---:|:--|---:|---:|")
+    print("\n".join(rows))
+
+
+if __name__ == "__main__":
+    main()
