@@ -20,9 +20,9 @@ SDPA, takes is_causal or attn_mask, not both, while window= composes with a mask
 
 from __future__ import annotations
 
-from .tiled import flash_attention_backward, flash_attention_forward
+from .tiled import flash_attention_forward
 
-__all__ = ["tiled_attention_backward", "tiled_attention_forward"]
+__all__ = ["tiled_attention_forward"]
 
 
 def tiled_attention_forward(
@@ -43,7 +43,8 @@ def tiled_attention_forward(
     Shapes: queries (B, H, T, E), keys (B, G, S, E), values (B, G, S, Ev), kpm (B, S) boolean
     True = a real key, or None -> context (B, H, T, Ev), FlashCache. Causal needs S = T (the
     full forward, positions 0 .. T - 1); a window only with causal. Dropout draws its own
-    tile masks from rng (not the reference's mask).
+    tile masks from rng (not the reference's mask). The backward is flash_attention_backward
+    (or dispatch.attention_backward, which picks it from the cache's type).
     """
     T = queries.shape[-2]
     attn_mask = None if kpm is None else kpm[:, None, None, :]  # (B, S) -> (B, 1, 1, S)
@@ -61,12 +62,3 @@ def tiled_attention_forward(
         rng=rng,
         window=window,
     )
-
-
-def tiled_attention_backward(dcontext, cache):
-    """Gradients of tiled_attention_forward: flash_attention_backward, GQA groups summed.
-
-    Shapes: dcontext (B, H, T, Ev) -> dqueries (B, H, T, E), dkeys (B, G, S, E),
-    dvalues (B, G, S, Ev).
-    """
-    return flash_attention_backward(dcontext, cache)

@@ -76,12 +76,11 @@ def _hidden_pattern(offset: int, rows: int, cols: int, window) -> np.ndarray:
     """hidden()'s mask, which depends on the tile's offset from the diagonal, not its place:
     built once per shape (every diagonal tile of a causal run shares one), read-only."""
     diff = np.arange(offset, offset + rows)[:, None] - np.arange(cols)  # (rows, cols): a - b
-    seen = diff >= 0
+    unseen = diff < 0  # key after the query
     if window is not None:
-        seen &= diff < window
-    seen = ~seen
-    seen.flags.writeable = False
-    return seen
+        unseen |= diff >= window  # or a window's length or more before it
+    unseen.flags.writeable = False
+    return unseen
 
 
 def tile_scores(qx, kx, mask, causal, window, r: slice, c: slice, out) -> np.ndarray:

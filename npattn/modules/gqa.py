@@ -9,15 +9,15 @@ E = head_dim = d_out // H, d_in / d_out as in the chapter.
 from __future__ import annotations
 
 from .._checks import check_positive_int, make_rng
-from ..fast.dispatch import MODERN_ATTN_IMPLS
-from ..fast.modern_tiled import tiled_attention_backward, tiled_attention_forward
+from ..fast.dispatch import MODERN_ATTN_IMPLS, attention_backward
+from ..fast.modern_tiled import tiled_attention_forward
 from ..ops.heads import (
     merge_heads_backward,
     merge_heads_forward,
     split_heads_backward,
     split_heads_forward,
 )
-from ..ops.sdpa import sdpa_backward, sdpa_forward
+from ..ops.sdpa import sdpa_forward
 from ._input import attn_impl_property, check_attention_args
 from ._kv import (
     CacheView,
@@ -144,21 +144,19 @@ class GroupedQueryAttention(KVCacheMixin, Module):
         self.attn_weights = sdpa_cache.attn_weights if reference else None  # (B, H, T, S)
         self.dropout_mask = sdpa_cache.keep if reference else None  # keep-mask, or None
         self.reset_cache()
-        self._cache = (q_split, k_split, v_split, sdpa_cache, merge_cache, cross, reference)
+        self._cache = (q_split, k_split, v_split, sdpa_cache, merge_cache, cross)
         return context_vec
 
     def backward(self, dcontext_vec):
         """dx, or (dx, dx_kv) after a cross-attention forward."""
-        q_split, k_split, v_split, sdpa_cache, merge_cache, cross, reference = (
-            self._require_full_forward()
-        )
+        q_split, k_split, v_split, sdpa_cache, merge_cache, cross = self._require_full_forward()
         # 7.
         dcontext = self.out_proj.backward(dcontext_vec)  # (B, T, d_out)
         # 6.
         dcontext = merge_heads_backward(dcontext, merge_cache)  # (B, H, T, E)
-        # 5. a key/value head fed its whole group: sdpa_backward sums the group's gradients
-        sdpa_bwd = sdpa_backward if reference else tiled_attention_backward
-        dqueries, dkeys, dvalues = sdpa_bwd(dcontext, sdpa_cache)  # (B, H | G, ., E)
+        # 5. a key/value head fed its whole group: the backward of whichever op ran (sdpa's or
+        #    the tiled one) sums the group's gradients
+        dqueries, dkeys, dvalues = attention_backward(dcontext, sdpa_cache)  # (B, H | G, ., E)
         # 2.
         dqueries = split_heads_backward(dqueries, q_split)  # (B, T, H * E)
         dkeys = split_heads_backward(dkeys, k_split)  # (B, S, G * E)

@@ -14,8 +14,8 @@ from .._checks import (
     check_real,
     make_rng,
 )
-from ..fast.dispatch import MODERN_ATTN_IMPLS
-from ..fast.modern_tiled import tiled_attention_backward, tiled_attention_forward
+from ..fast.dispatch import MODERN_ATTN_IMPLS, attention_backward
+from ..fast.modern_tiled import tiled_attention_forward
 from ..ops.heads import (
     merge_heads_backward,
     merge_heads_forward,
@@ -23,7 +23,7 @@ from ..ops.heads import (
     split_heads_forward,
 )
 from ..ops.rope import compute_rope_params, rope_backward, rope_forward
-from ..ops.sdpa import sdpa_backward, sdpa_forward
+from ..ops.sdpa import sdpa_forward
 from ._input import attn_impl_property
 from ._kv import CacheView, KVCacheMixin, attention_mask, check_key_padding_mask, check_tokens
 from .base import Module
@@ -172,13 +172,11 @@ class Qwen3Attention(KVCacheMixin, Module):
         reference = self.attn_impl == "reference"
         self.attn_weights = sdpa_cache.attn_weights if reference else None  # (B, H, T, S)
         self.reset_cache()
-        self._cache = (
-            q_split, k_split, v_split, q_rope, k_rope, sdpa_cache, merge_cache, reference
-        )  # fmt: skip
+        self._cache = (q_split, k_split, v_split, q_rope, k_rope, sdpa_cache, merge_cache)
         return out
 
     def backward(self, dout):
-        q_split, k_split, v_split, q_rope, k_rope, sdpa_cache, merge_cache, reference = (
+        q_split, k_split, v_split, q_rope, k_rope, sdpa_cache, merge_cache = (
             self._require_full_forward()
         )
         # 9.
@@ -186,8 +184,7 @@ class Qwen3Attention(KVCacheMixin, Module):
         # 8.
         dcontext = merge_heads_backward(dcontext, merge_cache)  # (B, H, T, E)
         # 7. a key/value head fed its whole group: sdpa_backward sums the group's gradients
-        sdpa_bwd = sdpa_backward if reference else tiled_attention_backward
-        dqueries, dkeys, dvalues = sdpa_bwd(dcontext, sdpa_cache)
+        dqueries, dkeys, dvalues = attention_backward(dcontext, sdpa_cache)  # sdpa's or tiled
         # 4. RoPE's backward: the rotation by -theta
         dqueries = rope_backward(dqueries, q_rope)  # (B, H, T, E)
         dkeys = rope_backward(dkeys, k_rope)  # (B, G, T, E)

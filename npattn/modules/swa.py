@@ -8,15 +8,15 @@ W = sliding_window_size (None: plain causal).
 from __future__ import annotations
 
 from .._checks import check_positive_int, make_rng
-from ..fast.dispatch import MODERN_ATTN_IMPLS
-from ..fast.modern_tiled import tiled_attention_backward, tiled_attention_forward
+from ..fast.dispatch import MODERN_ATTN_IMPLS, attention_backward
+from ..fast.modern_tiled import tiled_attention_forward
 from ..ops.heads import (
     merge_heads_backward,
     merge_heads_forward,
     split_heads_backward,
     split_heads_forward,
 )
-from ..ops.sdpa import sdpa_backward, sdpa_forward
+from ..ops.sdpa import sdpa_forward
 from ._input import attn_impl_property, check_attention_args
 from ._kv import CacheView, KVCacheMixin, attention_mask, check_key_padding_mask, check_tokens
 from .base import Module
@@ -124,18 +124,18 @@ class MultiHeadAttentionWithSWA(KVCacheMixin, Module):
         self.attn_weights = sdpa_cache.attn_weights if reference else None  # (B, H, T, S)
         self.dropout_mask = sdpa_cache.keep if reference else None  # keep-mask, or None
         self.reset_cache()
-        self._cache = (q_split, k_split, v_split, sdpa_cache, merge_cache, reference)
+        self._cache = (q_split, k_split, v_split, sdpa_cache, merge_cache)
         return context_vec
 
     def backward(self, dcontext_vec):
-        q_split, k_split, v_split, sdpa_cache, merge_cache, reference = self._require_full_forward()
+        q_split, k_split, v_split, sdpa_cache, merge_cache = self._require_full_forward()
         # 7.
         dcontext = self.out_proj.backward(dcontext_vec)  # (B, T, d_out)
         # 6.
         dcontext = merge_heads_backward(dcontext, merge_cache)  # (B, H, T, E)
         # 5.
-        sdpa_bwd = sdpa_backward if reference else tiled_attention_backward
-        dqueries, dkeys, dvalues = sdpa_bwd(dcontext, sdpa_cache)  # (B, H, T, E) each
+        # the backward of whichever op ran: sdpa's or the tiled one
+        dqueries, dkeys, dvalues = attention_backward(dcontext, sdpa_cache)  # (B, H, T, E) each
         # 2.
         dqueries = split_heads_backward(dqueries, q_split)  # (B, T, d_out)
         dkeys = split_heads_backward(dkeys, k_split)
