@@ -18,9 +18,10 @@ import argparse
 import os
 import sys
 
+from timing import pin_threads
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 OPENBLAS_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 
 
@@ -41,12 +42,6 @@ def parse_args(argv=None):
     p.add_argument("--no-compile", action="store_true", help="CUDA: eager only")
     p.add_argument("--out", default=os.path.join(ROOT, "docs", "benchmarks"))
     return p.parse_args(argv)
-
-
-def pin_threads(n: int) -> None:
-    """Set the thread counts before numpy or torch load their thread pools."""
-    for var in THREAD_VARS:
-        os.environ[var] = str(n)
 
 
 def main(argv=None) -> None:

@@ -17,6 +17,8 @@ import os
 import sys
 import time
 
+from timing import pin_threads
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 PAUSES = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.6, 0.8)
@@ -27,8 +29,7 @@ def main(argv=None) -> None:
     p.add_argument("--repeats", type=int, default=9)
     p.add_argument("--threads", type=int, default=os.cpu_count())
     args = p.parse_args(argv)
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[var] = str(args.threads)  # before numpy loads its BLAS
+    pin_threads(args.threads)  # before numpy loads its BLAS
     sys.path.insert(0, ROOT)
     import numpy as np
 

@@ -29,8 +29,9 @@ import statistics
 import sys
 import time
 
+from timing import pin_threads
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 BOOK = "book-style torch, cache"
 
 
@@ -234,8 +235,7 @@ def profile(module, x, prompt, tokens, top=12) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    for var in THREAD_VARS:
-        os.environ[var] = str(args.threads)  # before numpy or torch is imported
+    pin_threads(args.threads)  # before numpy or torch is imported
     sys.path.insert(0, ROOT)
     import numpy as np
     import torch

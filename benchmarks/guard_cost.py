@@ -15,6 +15,8 @@ import argparse
 import os
 import sys
 
+from timing import pin_threads
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
@@ -26,8 +28,7 @@ def main(argv=None) -> None:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=os.cpu_count())
     args = p.parse_args(argv)
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[var] = str(args.threads)  # before numpy loads its BLAS
+    pin_threads(args.threads)  # before numpy loads its BLAS
     sys.path[:0] = [HERE, ROOT]
     from paths import Size, numpy_inputs
     from timing import Path, peak_rss_bytes, return_freed_memory, run_interleaved

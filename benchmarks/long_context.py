@@ -35,6 +35,8 @@ import subprocess
 import sys
 import time
 
+from timing import pin_threads
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 HEADS, HEAD_DIM = 4, 64
@@ -57,11 +59,6 @@ def parse_args(argv=None):
     p.add_argument("--out", default=os.path.join(ROOT, "docs", "benchmarks"))
     p.add_argument("--child", help=argparse.SUPPRESS)  # "path,T,window": one memory run
     return p.parse_args(argv)
-
-
-def pin_threads(n: int) -> None:
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[var] = str(n)
 
 
 def make_run(path: str, T: int, window: int | None):
@@ -306,7 +303,9 @@ def main(argv=None) -> None:
     if "profile" in sections:
         import tiled_profile
 
-        parts += ["", tiled_profile.section(PROFILE_T, log)]
+        tiled, sdpa = make_run("tiled", PROFILE_T, None), make_run("sdpa", PROFILE_T, None)
+        shape = f"B = 1, {HEADS} heads of {HEAD_DIM}"
+        parts += ["", tiled_profile.section(PROFILE_T, shape, tiled, sdpa, log)]
     if "window" in sections:
         md, results = section_window(args, log)
         parts += ["", md]

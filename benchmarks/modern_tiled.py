@@ -16,6 +16,8 @@ import argparse
 import os
 import sys
 
+from timing import pin_threads
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 D, HEADS, GROUPS, WINDOW = 768, 12, 4, 512
@@ -42,8 +44,7 @@ def main(argv=None) -> None:
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--settle-s", type=float, default=0.3, help="pause before each timed run")
     args = p.parse_args(argv)
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[var] = str(args.threads)  # before numpy loads its BLAS
+    pin_threads(args.threads)  # before numpy loads its BLAS
     sys.path[:0] = [HERE, ROOT]
     import numpy as np
     from timing import Path, peak_rss_bytes, return_freed_memory, run_interleaved

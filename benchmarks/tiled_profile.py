@@ -1,18 +1,17 @@
 """Where the tiled path's time goes: its matrix products, its exp passes, and the rest.
 
-Used by long_context.py (section `profile`). One causal forward+backward at B = 1, 4 heads
-of 64, float32, on one thread (BLAS too), with numpy's matmul and exp timed call by call:
-`npattn.fast.tiled_kernels` calls them as np.matmul and np.exp, so for the run its `np` is a
-stand-in that times those two and passes everything else through. The rest (masking, the
-elementwise products, the running sums, Python's own work) is the total less the two.
+Used by long_context.py (section `profile`), on its runs (make_run): one causal
+forward+backward, float32, on one thread (BLAS too), with numpy's matmul and exp timed call
+by call. `npattn.fast.tiled_kernels` calls them as np.matmul and np.exp, so for the run its
+`np` is a stand-in that times those two and passes everything else through. The rest
+(masking, the elementwise products, the running sums, Python's own work) is the total less
+the two.
 """
 
 from __future__ import annotations
 
 import time
 from collections import defaultdict
-
-HEADS, HEAD_DIM = 4, 64
 
 
 class _Timed:
@@ -39,20 +38,13 @@ class _Timed:
         return self._time("exp", self._np.exp, args, kwargs)
 
 
-def profile(T: int, block_size=None) -> dict:
-    """{kind: (seconds, calls, FLOPs)} for "products", "exp" and "total", on one thread."""
+def profile(run) -> dict:
+    """{kind: (seconds, calls, FLOPs)} for "products", "exp" and "total" of run() (the tiled
+    path's forward+backward), on one thread."""
     import numpy as np
     from threadpoolctl import threadpool_limits
 
-    from npattn import functional as F
     from npattn.fast import tiled_kernels
-
-    rng = np.random.default_rng(T)
-    q, k, v, g = (rng.standard_normal((1, HEADS, T, HEAD_DIM), dtype=np.float32) for _ in "qkvg")
-
-    def run():
-        out, cache = F.flash_attention_forward(q, k, v, is_causal=True, block_size=block_size)
-        F.flash_attention_backward(g, cache)
 
     totals = defaultdict(lambda: (0.0, 0, 0.0))
     with threadpool_limits(limits=1, user_api="blas"):  # one thread: pieces run in turn
@@ -67,35 +59,32 @@ def profile(T: int, block_size=None) -> dict:
     return dict(totals)
 
 
-def torch_sdpa_ms(T: int, repeats: int = 3) -> float | None:
-    """torch SDPA's causal forward+backward at the same size, on one thread (median, ms)."""
-    try:
-        import torch
-    except ImportError:
-        return None
+def one_thread_ms(run, repeats: int = 3) -> float:
+    """run()'s median time in ms with torch on one thread (the first run is a warm-up)."""
+    import torch
+
     threads = torch.get_num_threads()
-    gen = torch.Generator().manual_seed(T)
-    q, k, v, g = (torch.randn(1, HEADS, T, HEAD_DIM, generator=gen) for _ in "qkvg")
-    for t in (q, k, v):
-        t.requires_grad_()
     times = []
     torch.set_num_threads(1)
     try:
-        for _ in range(repeats + 1):  # the first is a warm-up
+        for _ in range(repeats + 1):
             t0 = time.perf_counter()
-            out = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
-            out.backward(g)
+            run()
             times.append(time.perf_counter() - t0)
     finally:
         torch.set_num_threads(threads)
     return 1e3 * sorted(times[1:])[len(times[1:]) // 2]
 
 
-def section(T: int, log=print) -> str:
-    """The profile as a Markdown table, with the products' rate and torch SDPA's time."""
+def section(T: int, shape: str, tiled_run, sdpa_run=None, log=print) -> str:
+    """The profile of tiled_run() as a Markdown table, with the products' rate, and
+    sdpa_run()'s time on one thread (torch SDPA at the same size) where given.
+
+    shape: the runs' sizes in words, for the text, e.g. "B = 1, 4 heads of 64".
+    """
     log(f"profile: tiled path, T={T}, one thread")
-    p = profile(T)
-    sdpa_ms = torch_sdpa_ms(T)
+    p = profile(tiled_run)
+    sdpa_ms = None if sdpa_run is None else one_thread_ms(sdpa_run)
     total = p["total"][0]
     rest = total - p["products"][0] - p["exp"][0]
     rows = [
@@ -106,7 +95,7 @@ def section(T: int, log=print) -> str:
     lines = [
         f"## Where the tiled path's time goes: T = {T}, one thread",
         "",
-        f"One causal forward+backward, B = 1, {HEADS} heads of {HEAD_DIM}, float32, on one thread "
+        f"One causal forward+backward, {shape}, float32, on one thread "
         "(BLAS too), with every np.matmul and np.exp inside the tile loops timed "
         "(`benchmarks/tiled_profile.py`).",
         "",

@@ -23,6 +23,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 STATUS = "/proc/self/status"
+THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def pin_threads(n: int) -> None:
+    """Set the thread counts of numpy's BLAS, torch and MKL to n; call it before numpy or
+    torch is imported, since they read these when they load their thread pools."""
+    for var in THREAD_VARS:
+        os.environ[var] = str(n)
 
 
 @dataclass
