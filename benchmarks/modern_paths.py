@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 
-from paths import Size, _torch_path, numpy_inputs
+from paths import Size, _torch_path, torch_inputs
 from timing import Path
 
 GQA = "GQA"
@@ -78,9 +78,7 @@ def modern_paths(
         log(f"  skipped every modern path: {e}")
         return []
     dtype = dtype or torch.float32
-    x, g = (torch.from_numpy(a).to(device, dtype) for a in numpy_inputs(size))
-    x.requires_grad_()
-    sync = torch.cuda.synchronize if str(device).startswith("cuda") else (lambda: None)
+    x, g, sync = torch_inputs(size, device, dtype)
     paths = []
     try:
         builders = _builders(size, dtype)

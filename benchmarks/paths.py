@@ -79,6 +79,17 @@ def _torch_path(name, module, x, g, sync, grad_ok=True, note="") -> Path:
     return Path(name, "torch", fwd, fwd_bwd if grad_ok else None, sync, note, state)
 
 
+def torch_inputs(size: Size, device, dtype) -> tuple:
+    """(x, g, sync): numpy_inputs(size) as torch tensors on `device` in `dtype`, x recording
+    its gradient, and the device's synchronize (a no-op on the CPU)."""
+    import torch
+
+    x, g = (torch.from_numpy(a).to(device, dtype) for a in numpy_inputs(size))
+    x.requires_grad_()
+    sync = torch.cuda.synchronize if str(device).startswith("cuda") else (lambda: None)
+    return x, g, sync
+
+
 def torch_paths(size: Size, device="cpu", dtype=None, names=None, log=print) -> list[Path]:
     """Ch03 MHA, the wrapper and every bonus variant with the Ch03 weights (where they run).
 
@@ -93,9 +104,7 @@ def torch_paths(size: Size, device="cpu", dtype=None, names=None, log=print) -> 
         log(f"  skipped every torch path: {e}")
         return []
     dtype = dtype or torch.float32
-    x, g = (torch.from_numpy(a).to(device, dtype) for a in numpy_inputs(size))
-    x.requires_grad_()
-    sync = torch.cuda.synchronize if str(device).startswith("cuda") else (lambda: None)
+    x, g, sync = torch_inputs(size, device, dtype)
     mha = torch_mha(size, device, dtype)
     paths = [_torch_path(CH03, mha, x, g, sync)]
     try:
