@@ -250,3 +250,19 @@ def test_sdpa_with_a_sliding_window_softcap_and_sinks_agrees_with_torch(with_sin
     if sinks is None:
         empty = ~np.broadcast_to(mask, out.shape[:-1] + (S,)).any(-1)
         assert np.all(out[empty] == 0)
+
+
+TILED = [name for name in NAMES if name != "MultiHeadLatentAttention"]  # attn_impl="tiled"
+
+
+@pytest.mark.parametrize("name", TILED)
+@given(cfg=modern_configs(), data=st.data())
+def test_the_tiled_modern_classes_agree_with_torch_autograd_in_float64(name, cfg, data):
+    """attn_impl="tiled" (mask described to the tiled op, its recomputing backward) against
+    torch_port's autograd, random upstream gradient, key padding included."""
+    ref, port = pair(name, cfg, rope=rope_setting(name, data))
+    ref.attn_impl = "tiled"
+    kpm = data.draw(padding_masks(cfg["B"], cfg["T"]))
+    both = run_both(ref.eval(), port.eval(), inputs(cfg), cfg["seed"], key_padding_mask=kpm)
+    assert_agree(both, F64)
+    assert ref.attn_weights is None
