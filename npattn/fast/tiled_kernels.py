@@ -207,12 +207,12 @@ def forward_tiles(
                 acc[:, :Ev] += np.matmul(p, v_h[c, :Ev], out=prod[:rows, :Ev])
         if sink is not None:
             # 6b. the sink joins the denominator: l += exp(sink - m), shifted to the larger of
-            #     m and the sink (finite, so a fully masked row gets l = 1: out 0, lse = sink)
+            #     the shift and the sink (a fully masked row gets l = 1: out 0, lse = sink)
             sink_r = sink[h][r]  # (rows, 1)
-            m_new = np.maximum(m, sink_r)
-            acc *= np.exp(m - m_new)  # 0 where m was -inf
-            acc[:, Ev:] += np.exp(sink_r - m_new)
-            m = m_new
+            shift = np.where(np.isneginf(m), 0, m)  # what acc was shifted by: 0 while m = -inf
+            m = np.maximum(shift, sink_r)
+            acc *= np.exp(shift - m)  # <= 1
+            acc[:, Ev:] += np.exp(sink_r - m)
         # 6. out = acc / l, lse = m + log(l); a fully masked row has l = 0: out 0, lse 0
         l_safe = np.where(acc[:, Ev:] == 0, 1, acc[:, Ev:])  # (rows, 1)
         np.divide(acc[:, :Ev], l_safe, out=out[h][r])
