@@ -1,8 +1,9 @@
 """The tiled op's loops: one head's tiles at a time, pieces of work side by side on threads.
 
 flash_attention_forward/backward check their arguments and build the arrays below, then call
-forward_tiles and backward_tiles. The maths is the tiled op's (its steps 1-6); what is
-arranged here, step by step (docs/backward/tiled.md, "How the loops are arranged"):
+forward_tiles and backward_tiles. The maths is the tiled op's (its steps 1-6, with 1b
+soft-capping and 6b the sink when they are given); what is arranged here, step by step
+(docs/backward/tiled.md, "How the loops are arranged"):
 
 1. Pieces of work on threads. The forward's piece is (head h, query block i): it writes only
    its rows of out and lse. The backward's piece is (head h, part n): the key blocks
@@ -25,6 +26,9 @@ arranged here, step by step (docs/backward/tiled.md, "How the loops are arranged
    The forward uses qx[..., :E] as q * scale before lse is known, and writes -lse after;
    in between, its last column holds -m for the folded tiles (forward_tiles), written
    whenever m changes.
+   With a softcap, tanh comes between the product and the shift, so neither pass folds the
+   shift into the product: the backward subtracts lse after capping, and the forward takes
+   every tile's row max (no -m column).
 4. Only the key blocks a query block can see: causal stops at the diagonal, and a sliding
    window of w keys starts w - 1 keys before the block's first query, so a row block meets
    at most ceil((Br + w - 1) / Bc) + 1 key blocks and the cost grows as T * w, not T^2.
