@@ -77,10 +77,10 @@ def scaling(args) -> None:
 def sdpa(args) -> None:
     import numpy as np
     import torch
+    from timing import Path, run_interleaved
 
     import npattn
     import torch_port
-    from timing import Path, run_interleaved
 
     B, T = 4, 512
     rng = np.random.default_rng(0)

@@ -15,6 +15,11 @@ import numpy as np
 
 from .. import _guard
 from .._checks import as_array, check_bool, make_rng
+from ..modules._input import attn_impl_property
+from ..modules._kv import CacheView, KVCacheMixin, check_tokens
+from ..modules.base import Module
+from ..modules.linear import Linear
+from ..modules.rmsnorm import RMSNorm
 from ..ops.heads import (
     merge_heads_backward,
     merge_heads_forward,
@@ -22,11 +27,6 @@ from ..ops.heads import (
     split_heads_forward,
 )
 from ..ops.rope import rope_apply_backward, rope_apply_forward
-from ..modules._input import attn_impl_property
-from ..modules._kv import CacheView, KVCacheMixin, check_tokens
-from ..modules.base import Module
-from ..modules.linear import Linear
-from ..modules.rmsnorm import RMSNorm
 from .attend import ATTENTION_IMPLS, attention_backward, attention_forward, attention_inference
 from .config import AttentionConfig
 from .mask import Mask
