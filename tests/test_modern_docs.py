@@ -16,7 +16,17 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 MODERN = sorted((DOCS / "modern").glob("*.md"))
-STAGES = ["rope", "rmsnorm", "gqa", "mla", "sliding_window", "softcap", "sinks", "qwen3"]
+STAGES = [
+    "attention",
+    "rope",
+    "rmsnorm",
+    "gqa",
+    "mla",
+    "sliding_window",
+    "softcap",
+    "sinks",
+    "qwen3",
+]
 
 
 def _load(name, path):
