@@ -11,6 +11,7 @@ plain NumPy, every stage with a hand-written backward pass.
 """
 
 from . import functional, gradcheck
+from ._grad import is_grad_enabled, no_grad
 from .modules import (
     CausalAttention,
     GroupedQueryAttention,
@@ -44,5 +45,7 @@ __all__ = [
     "SelfAttention_v2",
     "functional",
     "gradcheck",
+    "is_grad_enabled",
+    "no_grad",
     "simple_self_attention",
 ]

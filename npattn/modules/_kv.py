@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import _guard
+from .. import _grad, _guard
 from .._checks import as_array, as_float_array, check_ndim
 from ..ops.dropout import dropout_forward
 from ..ops.masks import position_mask
@@ -116,7 +116,15 @@ class KVCacheMixin:
 
     The class lists its cache attributes in _kv_names (CacheView descriptors reading the
     arrays of self._kv, batch on axis 0) and their sequence axis in _kv_axis.
+    A cached call is inference only: the class's forward(x, use_cache=True) runs under
+    npattn.no_grad() (npattn/_grad.py), so neither the module nor any child keeps a backward
+    cache or copies a weight.
     """
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "forward" in cls.__dict__:  # each class that defines forward, subclasses included
+            cls.forward = _grad.no_grad_when_cached(cls.__dict__["forward"])
 
     _kv_names: tuple = ("cache_k", "cache_v")
     _kv_axis: int = 2  # (B, G, S, E)

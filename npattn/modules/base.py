@@ -20,8 +20,10 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from .. import _grad
 from .._checks import to_numpy
 
+_NO_GRAD = object()  # stored instead of a cache by a forward under npattn.no_grad()
 _forward_ids = itertools.count(1)  # every cache a forward stores gets the next number
 _this_thread = threading.local()  # .last: module -> number of this thread's last forward on it
 
@@ -56,7 +58,7 @@ class Module:
         self._buffer_names: list[str] = []
         self.training = True
         self._grads: dict[str, np.ndarray] = {}  # this module's own parameters only
-        self._cache = None
+        self._drop_cache()
 
     def __setattr__(self, name, value):
         if isinstance(value, Module):
@@ -169,16 +171,25 @@ class Module:
     def _invalidate(self) -> None:
         """Drop caches that depend on parameter values (none here; subclasses may add)."""
         for _, m in self.named_modules():
-            m._cache = None
+            m._drop_cache()
+
+    def _drop_cache(self) -> None:
+        """Forget the last forward's cache: a backward raises until the next forward."""
+        self.__dict__["_cache_entry"] = (0, None)
 
     @property
     def _cache(self):
-        """The last forward's cache (None before any forward); setting it records which
-        forward made it, so _require_cache can tell another thread's cache from ours."""
-        return self.__dict__.get("_cache_entry", (0, None))[1]
+        """The last forward's cache (None before any forward, or after one under no_grad);
+        setting it records which forward made it, so _require_cache can tell another
+        thread's cache from ours. Under npattn.no_grad() (npattn/_grad.py) whatever is set
+        is dropped: only the fact that the forward ran under no_grad is kept."""
+        cache = self.__dict__.get("_cache_entry", (0, None))[1]
+        return None if cache is _NO_GRAD else cache
 
     @_cache.setter
     def _cache(self, cache) -> None:
+        if not _grad.is_grad_enabled():
+            cache = _NO_GRAD  # nothing for a backward: neither the cache nor its arrays
         forward_id = next(_forward_ids) if cache is not None else 0
         self.__dict__["_cache_entry"] = (forward_id, cache)  # one store: id and cache together
         if cache is not None:
@@ -186,6 +197,8 @@ class Module:
 
     def _require_cache(self):
         forward_id, cache = self.__dict__.get("_cache_entry", (0, None))
+        if cache is _NO_GRAD:
+            raise RuntimeError(f"{type(self).__name__}.backward: {_grad.NO_GRAD_FORWARD}")
         if cache is None:
             raise RuntimeError(
                 f"{type(self).__name__}.backward called before forward (or after the "

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import _guard
+from .. import _grad, _guard
 from .._checks import as_float_array, as_grad, check_min_ndim, check_real
 
 DEFAULT_EPS = 1e-6  # Qwen3's q_norm / k_norm
@@ -26,6 +26,7 @@ def rmsnorm_forward(x, scale, eps: float = DEFAULT_EPS):
     Shapes: x (..., E), scale (E,) -> out (..., E), dtype of x and scale together.
     Returns (out, cache) with cache = (x_hat, rstd, scale); scale is a private copy where the
     caller holds it (npattn/_guard.py), so changing it later cannot change the backward.
+    Under npattn.no_grad() the cache is None.
     """
     scale_in = scale
     x = as_float_array(x, "x")
@@ -49,6 +50,8 @@ def rmsnorm_forward(x, scale, eps: float = DEFAULT_EPS):
     x_hat = x * rstd
     # 4. out = x_hat * scale                     (..., E) * (E,)
     out = x_hat * scale
+    if not _grad.is_grad_enabled():
+        return out, None  # no backward can follow: no cache, no copy
     scale = _guard.private(scale, scale_in)  # the caller may update it in place (an SGD step)
     return out, (x_hat, rstd, scale)  # x_hat (..., E), rstd (..., 1), scale (E,)
 
@@ -58,7 +61,7 @@ def rmsnorm_backward(dout, cache):
 
     Shapes: dout (..., E) -> dx (..., E), dscale (E,).
     """
-    x_hat, rstd, scale = cache
+    x_hat, rstd, scale = _grad.require(cache, "rmsnorm_backward")
     dout = as_grad(dout, x_hat.shape, x_hat.dtype)
     # 4. out = x_hat * scale: scale is shared by every vector, so its gradient is summed
     dscale = np.sum(dout * x_hat, axis=tuple(range(dout.ndim - 1)))  # (..., E) -> (E,)

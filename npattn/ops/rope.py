@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import _grad
 from .._checks import (
     as_array,
     as_float_array,
@@ -156,7 +157,8 @@ def rope_forward(x, cos, sin, offset: int = 0, *, positions=None, interleaved: b
     None (then offset, offset + 1, ..., offset + T - 1: an offset for cached decoding) or
     integers (T,), or broadcastable to x.shape[:-1] (e.g. (B, 1, T) for x (B, H, T, E))
     -> out (..., T, E), in the dtype of x.
-    Returns (out, cache) with cache = (cos_t, sin_t, interleaved, x.shape).
+    Returns (out, cache) with cache = (cos_t, sin_t, interleaved, x.shape), or None under
+    npattn.no_grad().
     """
     x = as_float_array(x, "x")
     check_min_ndim(x, "x", 2, "(..., T, E)")
@@ -181,7 +183,7 @@ def rope_forward(x, cos, sin, offset: int = 0, *, positions=None, interleaved: b
     rotate = rotate_pairs if interleaved else rotate_half
     # 2. out = x * cos + rotate(x) * sin                                 (..., T, E)
     out = x * cos_t + rotate(x) * sin_t
-    return out, (cos_t, sin_t, interleaved, x.shape)  # cos_t, sin_t: (..., T, E)
+    return out, _grad.keep((cos_t, sin_t, interleaved, x.shape))  # cos_t, sin_t: (..., T, E)
 
 
 def rope_backward(dout, cache):
@@ -189,7 +191,7 @@ def rope_backward(dout, cache):
 
     Shapes: dout (..., T, E) -> dx (..., T, E).
     """
-    cos_t, sin_t, interleaved, shape = cache
+    cos_t, sin_t, interleaved, shape = _grad.require(cache, "rope_backward")
     dout = as_grad(dout, shape, cos_t.dtype)
     rotate = rotate_pairs if interleaved else rotate_half
     # 2. out = x * cos + rotate(x) * sin, and rotate^T = -rotate:
