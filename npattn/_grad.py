@@ -37,11 +37,11 @@ def is_grad_enabled() -> bool:
 class no_grad(contextlib.ContextDecorator):
     """Forwards in this block (this thread only) keep no cache and make no copy.
 
-        with npattn.no_grad():
-            y = m(x)            # m.backward(dy) now raises RuntimeError
+    with npattn.no_grad():
+        y = m(x)            # m.backward(dy) now raises RuntimeError
 
-        @npattn.no_grad()
-        def generate(m, x): ...
+    @npattn.no_grad()
+    def generate(m, x): ...
     """
 
     def __enter__(self):
