@@ -115,7 +115,7 @@ def test_a_child_backward_after_no_grad_names_no_grad(module):
     m = copy.deepcopy(module)
     with npattn.no_grad():
         m(_x().astype(np.float32))
-    for name, child in m.named_modules():
+    for _, child in m.named_modules():
         if isinstance(child, npattn.Linear):
             with pytest.raises(RuntimeError, match=r"npattn\.no_grad\(\)"):
                 child.backward(np.ones((B, T, child.out_features)))
