@@ -157,16 +157,27 @@ class Module:
     @property
     def dtype(self) -> np.dtype:
         """The dtype the module computes in: that of its first parameter."""
-        for _, m in self.named_modules():  # stops at the first parameter: cheap per call
-            for n in m._param_names:
-                first = getattr(m, n)
-                if not isinstance(first, np.ndarray):
-                    raise TypeError(
-                        f"parameter {n!r} must be a numpy array, got {type(first).__name__} "
-                        f"(set parameters with load_state_dict)"
-                    )
-                return first.dtype
-        raise AttributeError(f"{type(self).__name__} has no parameters, so no dtype")
+        found = self._first_parameter()  # stops at the first parameter: cheap per call
+        if found is None:
+            raise AttributeError(f"{type(self).__name__} has no parameters, so no dtype")
+        n, first = found
+        if not isinstance(first, np.ndarray):
+            raise TypeError(
+                f"parameter {n!r} must be a numpy array, got {type(first).__name__} "
+                f"(set parameters with load_state_dict)"
+            )
+        return first.dtype
+
+    def _first_parameter(self):
+        """(name, array) of the first parameter in state_dict order, or None; no generator
+        over the whole tree, as `dtype` is read on every forward."""
+        for n in self._param_names:
+            return n, getattr(self, n)
+        for child in self._children.values():
+            found = child._first_parameter()
+            if found is not None:
+                return found
+        return None
 
     def _invalidate(self) -> None:
         """Drop caches that depend on parameter values (none here; subclasses may add)."""
@@ -188,8 +199,9 @@ class Module:
 
     @_cache.setter
     def _cache(self, cache) -> None:
-        if not _grad.is_grad_enabled():
-            cache = _NO_GRAD  # nothing for a backward: neither the cache nor its arrays
+        if not _grad.is_grad_enabled():  # nothing for a backward: neither cache nor arrays
+            self.__dict__["_cache_entry"] = (0, _NO_GRAD)  # checked first by _require_cache
+            return
         forward_id = next(_forward_ids) if cache is not None else 0
         self.__dict__["_cache_entry"] = (forward_id, cache)  # one store: id and cache together
         if cache is not None:
