@@ -21,6 +21,8 @@ import contextlib
 import functools
 import threading
 
+import numpy as np
+
 _state = threading.local()  # .enabled: bool (True unless set); .saved: the states no_grad replaced
 
 NO_GRAD_FORWARD = (
@@ -78,7 +80,7 @@ def no_grad_when_cached(forward):
         use_cache = kwargs.get("use_cache", False)
         if index is not None and len(args) > index:
             use_cache = args[index]
-        if use_cache is True or (type(use_cache).__name__ == "bool_" and use_cache):
+        if isinstance(use_cache, (bool, np.bool_)) and use_cache:  # a non-bool: forward says
             with no_grad():
                 return forward(self, *args, **kwargs)
         return forward(self, *args, **kwargs)

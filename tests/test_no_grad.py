@@ -12,6 +12,7 @@ from helpers import upstream
 from test_guard import MODULES, modern_modules
 
 import npattn
+from npattn import functional as F
 from npattn.ops.linear import linear_backward, linear_forward
 from npattn.ops.rmsnorm import rmsnorm_backward, rmsnorm_forward
 from npattn.ops.rope import compute_rope_params, rope_backward, rope_forward
@@ -157,33 +158,71 @@ def test_a_full_forward_after_cached_calls_keeps_its_cache_again():
     assert m.backward(upstream(y.shape)).shape == x.shape
 
 
-def test_ops_return_no_cache_and_their_backward_names_no_grad():
+def _op_cases():
+    """(name, forward() -> (out, cache), backward(dout, cache)) for every op with a cache."""
     rng = np.random.default_rng(0)
     x, w, scale = rng.standard_normal((2, 3, 4)), rng.standard_normal((5, 4)), np.ones(4)
     q, k, v = (rng.standard_normal((2, 2, 3, 4)) for _ in range(3))
+    scores, mask = rng.standard_normal((2, 3, 3)), np.tril(np.ones((3, 3), dtype=bool))
+    keep = rng.random((2, 3, 4)) > 0.5
     cos, sin = compute_rope_params(4, 10_000.0, 8)
-    cases = [
-        (lambda: linear_forward(x, w), linear_backward),
-        (lambda: rmsnorm_forward(x, scale), rmsnorm_backward),
-        (lambda: rope_forward(q, cos, sin), rope_backward),
-    ]
-    for forward, backward in cases:
-        out, ref_cache = forward()
-        with npattn.no_grad():
-            out_ng, cache = forward()
-        np.testing.assert_array_equal(out_ng, out)
-        assert cache is None
-        with pytest.raises(RuntimeError, match=r"npattn\.no_grad\(\)"):
-            backward(np.ones_like(out), cache)
-    out, _ = sdpa_forward(q, k, v, is_causal=True)
+
+    def simple():
+        out, _, cache = F.simple_attention_forward(x)
+        return out, cache
+
+    return {
+        "linear": (lambda: linear_forward(x, w), linear_backward),
+        "fused_linear": (lambda: F.fused_linear_forward(x, [w, w]), F.fused_linear_backward),
+        "rmsnorm": (lambda: rmsnorm_forward(x, scale), rmsnorm_backward),
+        "rope": (lambda: rope_forward(q, cos, sin), rope_backward),
+        "mask_scores": (lambda: F.mask_scores_forward(scores, mask), F.mask_scores_backward),
+        "mask_renormalize": (
+            lambda: F.mask_renormalize_forward(np.abs(scores), mask),
+            F.mask_renormalize_backward,
+        ),
+        "softcap": (lambda: F.softcap_forward(scores, 2.0), F.softcap_backward),
+        "simple": (simple, F.simple_attention_backward),
+        "dropout": (lambda: F.dropout_forward(x, 0.5, keep=keep), F.dropout_backward),
+        "sdpa": (lambda: sdpa_forward(q, k, v, is_causal=True), sdpa_backward),
+        "causal_sdpa": (lambda: F.causal_sdpa_forward(q, k, v), F.causal_sdpa_backward),
+        "flash": (
+            lambda: F.flash_attention_forward(q, k, v, is_causal=True, block_size=2),
+            F.flash_attention_backward,
+        ),
+    }
+
+
+OPS = _op_cases()
+
+
+@pytest.mark.parametrize("name", OPS)
+def test_ops_keep_no_cache_and_their_backward_names_no_grad(name):
+    """Under no_grad an op returns the same output, and a cache that is None or keeps only
+    what the op shows (sdpa's and the blocked op's attn_weights): its backward raises."""
+    forward, backward = OPS[name]
+    out, ref_cache = forward()
+    dout = upstream(out.shape)
+    backward(dout, ref_cache)  # outside no_grad: the cache serves a backward
     with npattn.no_grad():
-        out_ng, cache = sdpa_forward(q, k, v, is_causal=True)
+        out_ng, cache = forward()
     np.testing.assert_array_equal(out_ng, out)
-    assert cache.q is None and cache.k is None and cache.v is None
-    assert cache.attn_weights is not None  # what it shows
-    for c in (cache, None):
+    for c in {id(cache): cache, id(None): None}.values():
         with pytest.raises(RuntimeError, match=r"npattn\.no_grad\(\)"):
-            sdpa_backward(np.ones_like(out), c)
+            backward(dout, c)
+
+
+def test_the_attention_ops_still_show_their_weights_under_no_grad():
+    q, k, v = (np.random.default_rng(i).standard_normal((2, 2, 3, 4)) for i in range(3))
+    for forward in (
+        lambda: sdpa_forward(q, k, v, is_causal=True),
+        lambda: F.causal_sdpa_forward(q, k, v),
+    ):
+        _, ref = forward()
+        with npattn.no_grad():
+            _, cache = forward()
+        assert cache.q is None and cache.k is None and cache.v is None
+        np.testing.assert_array_equal(cache.attn_weights, ref.attn_weights)
 
 
 def test_no_copy_is_made_under_no_grad():

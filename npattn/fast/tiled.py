@@ -33,7 +33,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .. import _guard
+from .. import _grad, _guard
 from .._checks import (
     as_grad,
     check_attn_mask,
@@ -156,6 +156,8 @@ def flash_attention_forward(
     attn_mask = _guard.private(attn_mask, *given)
     out_kept, lse = _guard.private(out, out), _guard.readonly(lse)
     qx, kx, vx = (_guard.readonly(a) for a in folded)
+    if not _grad.is_grad_enabled():  # no backward can follow: out is the caller's, uncopied
+        qx = kx = vx = None
     shapes = (q.shape, k.shape, v.shape)
     cache = FlashCache(
         shapes, out_kept, lse, attn_mask, is_causal, scale, groups, blocks, dropout, window,
@@ -170,6 +172,8 @@ def flash_attention_backward(dout, cache: FlashCache):
     Shapes: dout (..., L, Ev) -> dq (..., L, E), dk (..., S, E), dv (..., S, Ev), in the shapes
     q, k and v were given (GQA heads and broadcast batch dims summed back).
     """
+    if cache is None or cache.folded[0] is None:
+        _grad.require(None, "flash_attention_backward")
     shapes, out, lse, attn_mask, is_causal, scale, groups, blocks, dropout, window, folded = cache
     (q_shape, k_shape, v_shape), (qx, kx, vx) = shapes, folded
     dout = as_grad(dout, out.shape, out.dtype)
