@@ -4,10 +4,11 @@ A forward keeps a cache for its backward: the inputs and weights the backward re
 private copies where the caller could change them (npattn/_guard.py). Inside no_grad():
 - modules store no cache (Module._cache records only that the forward ran under no_grad, so
   a backward raises RuntimeError naming npattn.no_grad());
-- ops make no copy and return None as their cache (linear, RMSNorm, RoPE, masks, softcap),
-  or, where a module reads what the op shows (sdpa's attn_weights and keep-mask, dropout's
-  keep-mask), a cache with the backward's arrays set to None; their backward raises the
-  same RuntimeError.
+- ops make no copy and return None as their cache (linear, fused_linear, RMSNorm, RoPE,
+  dropout, the masks, softcap, simple attention), or, where a module reads what the op
+  shows (the attention ops' attn_weights and keep-mask), a cache whose backward arrays are
+  None (q, k, v; the tiled op's folded columns); their backward raises the same
+  RuntimeError.
 A cached call (forward(x, use_cache=True)) runs under no_grad whatever the caller chose: it
 is inference only.
 
