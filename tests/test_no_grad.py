@@ -4,6 +4,7 @@ decoding (use_cache=True), which runs under it."""
 from __future__ import annotations
 
 import copy
+import pickle
 import threading
 
 import numpy as np
@@ -233,3 +234,13 @@ def test_no_copy_is_made_under_no_grad():
         m = npattn.Linear(4, 3, rng=0)
         m(x)
         assert m._cache is None and m.weight.flags.writeable  # neither copied nor frozen
+
+
+def test_a_copy_or_pickle_of_a_no_grad_module_still_names_no_grad():
+    m = npattn.GroupedQueryAttention(D, D, 0.0, 2, 1, rng=0)
+    with npattn.no_grad():
+        m(_x())
+    for twin in (copy.deepcopy(m), pickle.loads(pickle.dumps(m))):
+        assert twin._cache is None
+        with pytest.raises(RuntimeError, match=r"npattn\.no_grad\(\)"):
+            twin.backward(upstream((B, T, D)))

@@ -23,7 +23,16 @@ import numpy as np
 from .. import _grad
 from .._checks import to_numpy
 
-_NO_GRAD = object()  # stored instead of a cache by a forward under npattn.no_grad()
+
+class _NoGrad:
+    """What a forward under npattn.no_grad() stores instead of a cache: one instance, which
+    copy.deepcopy and pickle keep (it is pickled by name)."""
+
+    def __reduce__(self):
+        return "_NO_GRAD"
+
+
+_NO_GRAD = _NoGrad()
 _forward_ids = itertools.count(1)  # every cache a forward stores gets the next number
 _this_thread = threading.local()  # .last: module -> number of this thread's last forward on it
 
