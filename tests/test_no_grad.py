@@ -30,22 +30,36 @@ def _x(seed=1, shape=(B, T, D)):
     return np.random.default_rng(seed).standard_normal(shape)
 
 
-def _weights(m):
-    """The identities of every parameter of m (a weight copy is none of them)."""
-    return {id(a) for a in m.parameters().values()}
+def _reachable_arrays(obj, seen=None):
+    """Every numpy array reachable from obj: attributes of modules and of npattn objects (the
+    KV buffer), tuples, lists and dicts, caches included."""
+    seen = set() if seen is None else seen
+    if id(obj) in seen:
+        return
+    seen.add(id(obj))
+    if isinstance(obj, np.ndarray):
+        yield obj
+    elif isinstance(obj, (tuple, list)):
+        for item in obj:
+            yield from _reachable_arrays(item, seen)
+    elif isinstance(obj, dict):
+        for item in obj.values():
+            yield from _reachable_arrays(item, seen)
+    elif type(obj).__module__.startswith("npattn") and hasattr(obj, "__dict__"):
+        yield from _reachable_arrays(vars(obj), seen)
 
 
-def assert_nothing_kept(m):
-    """No cache in m or any child, and no array of a size of a weight but not one of them."""
+def assert_nothing_kept(m, marked=True):
+    """No cache in m or any child (each marked as having run under no_grad), and no array
+    anywhere in m with a parameter's shape that is not that parameter: no weight copy."""
     for name, child in m.named_modules():
         assert child._cache is None, f"{name or 'the module'} kept a cache"
-        assert child.__dict__["_cache_entry"][1] is not None  # the no_grad marker, not a cache
-    params = _weights(m)
-    shapes = {a.shape for a in m.parameters().values()}
-    for name, child in m.named_modules():
-        for attr, value in vars(child).items():
-            if isinstance(value, np.ndarray) and value.ndim == 2 and id(value) not in params:
-                assert value.shape not in shapes or attr == "mask", f"{name}{attr}"
+        if marked:
+            assert child.__dict__["_cache_entry"][1] is not None, name  # the no_grad marker
+    params = {id(a) for a in m.state_dict().values()}
+    shapes = {a.shape for a in m.parameters().values() if a.ndim == 2}
+    for a in _reachable_arrays(m):
+        assert id(a) in params or a.shape not in shapes, f"an array {a.shape} besides a weight"
 
 
 def test_is_grad_enabled_nests_and_restores():
@@ -103,8 +117,7 @@ def test_outputs_equal_and_nothing_is_kept_under_no_grad(module):
     with npattn.no_grad():
         y_ng = m(x)
     np.testing.assert_array_equal(y_ng, y)  # the same numbers, exactly
-    for name, child in m.named_modules():
-        assert child._cache is None, f"{name or 'the module'} kept a cache"
+    assert_nothing_kept(m, marked=False)  # (the fused paths run no forward of the layers)
     with pytest.raises(RuntimeError, match=r"npattn\.no_grad\(\)"):
         m.backward(upstream(y.shape))
     m(x)  # a forward outside it keeps its cache again
