@@ -11,6 +11,7 @@ plain NumPy, every stage with a hand-written backward pass.
 """
 
 from . import functional, gradcheck
+from ._grad import is_grad_enabled, no_grad
 from .models import Attention, AttentionConfig, QKNorm
 from .modules import (
     CausalAttention,
@@ -54,5 +55,7 @@ __all__ = [
     "YaRN",
     "functional",
     "gradcheck",
+    "is_grad_enabled",
+    "no_grad",
     "simple_self_attention",
 ]
