@@ -11,6 +11,7 @@ plain NumPy, every stage with a hand-written backward pass.
 """
 
 from . import functional, gradcheck
+from .models import LatentAttention, LatentConfig
 from .modules import (
     CausalAttention,
     GroupedQueryAttention,
@@ -32,6 +33,8 @@ __version__ = "0.1.0"
 __all__ = [
     "CausalAttention",
     "GroupedQueryAttention",
+    "LatentAttention",
+    "LatentConfig",
     "Linear",
     "Module",
     "MultiHeadAttention",

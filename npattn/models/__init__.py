@@ -2,5 +2,7 @@
 attention), built from the same ops as the chapter's classes."""
 
 from .config import AttentionConfig, QKNorm
+from .latent import LatentAttention
+from .latent_config import LatentConfig
 
-__all__ = ["AttentionConfig", "QKNorm"]
+__all__ = ["AttentionConfig", "LatentAttention", "LatentConfig", "QKNorm"]
