@@ -7,7 +7,7 @@ Cq = q_lora_rank, Dn = qk_nope_head_dim, Dr = qk_rope_head_dim, Dq = Dn + Dr,
 Dv = v_head_dim, d = hidden_size.
 
 State dict keys and transformers' DeepseekV3Attention (and DeepseekV2Attention) names:
-    W_query.weight      q_proj.weight                (q_lora_rank None)   (H * Dq, d)
+    W_query.weight      q_proj.weight  (no bias)     (q_lora_rank None)   (H * Dq, d)
     W_q_down.weight     q_a_proj.weight  (+ .bias)   (q_lora_rank set)    (Cq, d)
     q_norm.scale        q_a_layernorm.weight                              (Cq,)
     W_q_up.weight       q_b_proj.weight                                   (H * Dq, Cq)
@@ -79,7 +79,7 @@ class LatentAttention(KVCacheMixin, Module):
         H, C, Dq = c.num_heads, c.kv_lora_rank, c.qk_head_dim
         self.rng = make_rng(rng)
         if c.q_lora_rank is None:
-            self.W_query = Linear(c.hidden_size, H * Dq, bias=c.qkv_bias, rng=self.rng)
+            self.W_query = Linear(c.hidden_size, H * Dq, bias=False, rng=self.rng)  # as q_proj
         else:
             self.W_q_down = Linear(c.hidden_size, c.q_lora_rank, bias=c.qkv_bias, rng=self.rng)
             self.q_norm = RMSNorm(c.q_lora_rank, eps=c.norm_eps)

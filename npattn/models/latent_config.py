@@ -27,8 +27,8 @@ class LatentConfig:
     else W_q_down to Cq, an RMSNorm, W_q_up); kv_lora_rank C, the width of the cached latent;
     per head qk_nope_head_dim Dn (keys from the latent) + qk_rope_head_dim Dr (the rotated
     part, one rope key shared by all heads), and v_head_dim Dv.
-    Biases: qkv_bias on W_q_down (or W_query) and W_kv_down; out_bias on out_proj
-    (transformers' attention_bias sets both, and leaves q_proj without one).
+    Biases: qkv_bias on W_q_down and W_kv_down; out_bias on out_proj (transformers'
+    attention_bias sets both); W_query and W_q_up never have one, as q_proj and q_b_proj.
     norm_eps: the eps of q_norm and kv_norm. rope: an npattn.RoPE for the Dr rotated dims
     (interleaved=True for DeepSeek-V3's rope_interleave), or None (no rotation).
     scale: the softmax scale (None: 1 / sqrt(Dn + Dr); YaRN's mscale**2 goes in here).
@@ -88,7 +88,8 @@ class LatentConfig:
     @property
     def softmax_scale(self) -> float:
         """The scale the scores are multiplied by: `scale`, or 1 / sqrt(Dn + Dr)."""
-        return 1.0 / math.sqrt(self.qk_head_dim) if self.scale is None else self.scale
+        # (Dn + Dr) ** -0.5 as transformers writes it (1 / sqrt differs in the last bit)
+        return self.qk_head_dim**-0.5 if self.scale is None else self.scale
 
     def describe(self) -> str:
         """The fields that differ from their defaults, as `name=value, ...`."""
