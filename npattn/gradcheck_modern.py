@@ -1,5 +1,6 @@
 """The modern stages as small float64 examples for `python -m npattn gradcheck`: RoPE, RMSNorm,
-soft-capping, sinks, the sliding-window mask, and the GQA / MLA / SWA / Qwen3 classes.
+soft-capping, sinks, the sliding-window mask, the GQA / MLA / SWA / Qwen3 classes and DeepSeek's
+latent attention (LatentAttention).
 
 The tuples have the formats of stages.op_stages and stages.module_stages:
 (name, forward, backward, inputs, kwargs, wrt) for gradcheck.check_op, (name, module, x) for
@@ -11,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import functional as F
+from .models import LatentAttention, LatentConfig
 from .modules import (
     GroupedQueryAttention,
     MultiHeadAttentionWithSWA,
@@ -18,6 +20,7 @@ from .modules import (
     Qwen3Attention,
     RMSNorm,
 )
+from .ops.rope_config import RoPE
 
 # Llama 3 with Llama 3.1's frequency scaling, its original context short enough to matter
 LLAMA31 = dict(factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0, original_context_length=4)
@@ -129,6 +132,25 @@ def modern_module_cases(seed: int = 0):
     )
     rms = RMSNorm(6)
     rms.load_state_dict({"scale": norm_scales[0].repeat(2)[:6]})
+    # DeepSeek-V3: q LoRA, interleaved RoPE on 2 of each head's 4 query/key dims, biases
+    deepseek = LatentAttention(
+        LatentConfig(
+            6,
+            2,
+            3,
+            3,
+            2,
+            2,
+            2,
+            qkv_bias=True,
+            out_bias=True,
+            rope=RoPE(interleaved=True),
+            dropout=0.25,
+        ),
+        rng=seed,
+    )
+    latent_scales = {"q_norm.scale": norm_scales[0][:3], "kv_norm.scale": norm_scales[1][:3]}
+    deepseek.load_state_dict(dict(deepseek.state_dict(), **latent_scales))
     return [
         ("RMSNorm", rms, x),
         (
@@ -148,6 +170,12 @@ def modern_module_cases(seed: int = 0):
             x,
         ),
         ("Qwen3Attention", qwen3, x),
+        ("LatentAttention, DeepSeek-V3 (q LoRA, interleaved RoPE, dropout)", deepseek, x),
+        (
+            "LatentAttention, no q LoRA, split-halves RoPE",
+            LatentAttention(LatentConfig(6, 3, None, 2, 2, 2, 3, rope=RoPE()), rng=seed),
+            x,
+        ),
         (
             "Qwen3Attention, Llama 3 (no qk_norm)",
             Qwen3Attention(6, 3, 3, 2, False, rope_base=500_000.0, context_length=4, rng=seed),
