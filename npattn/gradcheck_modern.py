@@ -133,22 +133,15 @@ def modern_module_cases(seed: int = 0):
     rms = RMSNorm(6)
     rms.load_state_dict({"scale": norm_scales[0].repeat(2)[:6]})
     # DeepSeek-V3: q LoRA, interleaved RoPE on 2 of each head's 4 query/key dims, biases
+    sizes = dict(hidden_size=6, num_heads=2, kv_lora_rank=3, qk_nope_head_dim=2)
+    sizes.update(qk_rope_head_dim=2, v_head_dim=2)
     deepseek = LatentAttention(
         LatentConfig(
-            6,
-            2,
-            3,
-            3,
-            2,
-            2,
-            2,
-            qkv_bias=True,
-            out_bias=True,
+            **sizes, q_lora_rank=3, qkv_bias=True, out_bias=True, dropout=0.25,
             rope=RoPE(interleaved=True),
-            dropout=0.25,
         ),
         rng=seed,
-    )
+    )  # fmt: skip
     latent_scales = {"q_norm.scale": norm_scales[0][:3], "kv_norm.scale": norm_scales[1][:3]}
     deepseek.load_state_dict(dict(deepseek.state_dict(), **latent_scales))
     return [
