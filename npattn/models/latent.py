@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import _guard
 from .._checks import as_array, make_rng
 from ..modules._kv import (
     KVCacheMixin,
@@ -223,7 +224,7 @@ class LatentAttention(KVCacheMixin, Module):
         context_latent, attn_weights, self.dropout_mask = cached_attention(
             query, key, value, mask, dropout_p, self.rng, c.softmax_scale
         )  # (B, H, T, C)
-        self.attn_weights = attn_weights  # (B, H, T, S)
+        self.attn_weights = _guard.readonly(attn_weights)  # (B, H, T, S), shown
         # W_UV: each head's value from its attended latent
         context = context_latent @ W_UV.swapaxes(-1, -2)  # (B, H, T, C) @ (H, C, Dv)
         # 11.-12. merge heads, out_proj; the staged chunk joins the cache
