@@ -1,6 +1,7 @@
-"""The modern stages as small float64 examples for `python -m npattn gradcheck`: RoPE, RMSNorm,
-soft-capping, sinks, the sliding-window mask, the GQA / MLA / SWA / Qwen3 classes and DeepSeek's
-latent attention (LatentAttention).
+"""The modern stages as small float64 examples for `python -m npattn gradcheck`: RoPE (partial
+and interleaved too), RMSNorm (with Gemma's offset too), soft-capping, sinks, the
+sliding-window mask, the GQA / MLA / SWA / Qwen3 classes and DeepSeek's latent attention
+(LatentAttention).
 
 The tuples have the formats of stages.op_stages and stages.module_stages:
 (name, forward, backward, inputs, kwargs, wrt) for gradcheck.check_op, (name, module, x) for
@@ -20,7 +21,6 @@ from .modules import (
     Qwen3Attention,
     RMSNorm,
 )
-from .ops.rope_config import RoPE
 
 # Llama 3 with Llama 3.1's frequency scaling, its original context short enough to matter
 LLAMA31 = dict(factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0, original_context_length=4)
@@ -33,6 +33,10 @@ def modern_op_cases(seed: int = 0):
     r = rng.standard_normal
     B, H, T, S, E = 2, 2, 4, 5, 4
     cos, sin = F.compute_rope_params(E, context_length=8)
+    partial = F.RoPE(fraction=2 / 3)  # head dim 6: the first 4 dims turn, 2 pass through
+    cos_p, sin_p = partial.tables(6, np.arange(3, 3 + T))  # (T, 4)
+    yarn = F.RoPE(fraction=2 / 3, interleaved=True, scaling=F.YaRN(4.0, 2))
+    cos_y, sin_y = yarn.tables(6, np.array([[0, 1, 2, 3], [5, 6, 7, 8]]))  # (B, T, 4)
     keep = rng.random((B, H, T, S)) >= 0.3
     bool_mask = rng.random((T, S)) > 0.3
     bool_mask[0] = False  # one fully masked row
@@ -55,11 +59,35 @@ def modern_op_cases(seed: int = 0):
             None,
         ),
         (
+            "rope_apply, partial rotary (R = 4 of E = 6), split halves, (B, 1, T, R) tables",
+            F.rope_apply_forward,
+            F.rope_apply_backward,
+            {"x": r((B, H, T, 6))},
+            {"cos_t": cos_p[None, None], "sin_t": sin_p[None, None]},
+            None,
+        ),
+        (
+            "rope_apply, partial rotary (R = 4 of E = 6), interleaved, YaRN tables",
+            F.rope_apply_forward,
+            F.rope_apply_backward,
+            {"x": r((B, T, 6))},
+            {"cos_t": cos_y, "sin_t": sin_y, "interleaved": True},
+            None,
+        ),
+        (
             "rmsnorm",
             F.rmsnorm_forward,
             F.rmsnorm_backward,
             {"x": r((B, T, E)), "scale": r(E)},
             {},
+            None,
+        ),
+        (
+            "rmsnorm, offset 1 (Gemma's 1 + scale)",
+            F.rmsnorm_forward,
+            F.rmsnorm_backward,
+            {"x": r((B, T, E)), "scale": 0.3 * r(E)},
+            {"offset": 1.0},
             None,
         ),
         (
@@ -138,14 +166,17 @@ def modern_module_cases(seed: int = 0):
     deepseek = LatentAttention(
         LatentConfig(
             **sizes, q_lora_rank=3, qkv_bias=True, out_bias=True, dropout=0.25,
-            rope=RoPE(interleaved=True),
+            rope=F.RoPE(interleaved=True),
         ),
         rng=seed,
     )  # fmt: skip
     latent_scales = {"q_norm.scale": norm_scales[0][:3], "kv_norm.scale": norm_scales[1][:3]}
     deepseek.load_state_dict(dict(deepseek.state_dict(), **latent_scales))
+    gemma = RMSNorm(6, offset=1.0)
+    gemma.load_state_dict({"scale": 0.3 * norm_scales[1].repeat(2)[:6]})
     return [
         ("RMSNorm", rms, x),
+        ("RMSNorm, offset 1 (Gemma)", gemma, x),
         (
             "GroupedQueryAttention, 4 heads, 2 groups",
             GroupedQueryAttention(6, 8, 0.25, 4, 2, True, rng=seed),
@@ -166,7 +197,7 @@ def modern_module_cases(seed: int = 0):
         ("LatentAttention, DeepSeek-V3 (q LoRA, interleaved RoPE, dropout)", deepseek, x),
         (
             "LatentAttention, no q LoRA, split-halves RoPE",
-            LatentAttention(LatentConfig(6, 3, None, 2, 2, 2, 3, rope=RoPE()), rng=seed),
+            LatentAttention(LatentConfig(6, 3, None, 2, 2, 2, 3, rope=F.RoPE()), rng=seed),
             x,
         ),
         (

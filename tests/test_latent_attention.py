@@ -14,7 +14,7 @@ from tolerances import F64, FD
 
 import npattn
 from npattn.gradcheck import check_module
-from npattn.ops.rope_config import RoPE, YaRN, yarn_get_mscale
+from npattn.ops.rope_config import yarn_get_mscale
 
 torch = pytest.importorskip("torch", reason="torch is not installed (pip install '.[torch]')")
 import torch_port as tp  # noqa: E402
@@ -22,9 +22,9 @@ import torch_port as tp  # noqa: E402
 CHUNKED_F64 = dict(rtol=1e-12, atol=1e-12)  # cached decoding vs the full forward
 B, T, D, H, C, CQ, DN, DR, DV = 2, 5, 16, 2, 5, 6, 4, 4, 3
 ROPES = {
-    "interleaved": RoPE(interleaved=True),
-    "halves": RoPE(theta=500.0),
-    "partial": RoPE(fraction=0.5, interleaved=True),  # rotates 2 of the 4 rope dims
+    "interleaved": npattn.RoPE(interleaved=True),
+    "halves": npattn.RoPE(theta=500.0),
+    "partial": npattn.RoPE(fraction=0.5, interleaved=True),  # rotates 2 of the 4 rope dims
     None: None,
 }
 
@@ -82,7 +82,7 @@ def assert_close(actual, expected, tol=F64, what=""):
         (dict(scale=0.0), ValueError, "scale"),
         (dict(dropout=1.5), ValueError, "dropout"),
         (dict(rope="rope"), TypeError, "rope"),
-        (dict(qk_rope_head_dim=3, rope=RoPE()), ValueError, "even"),
+        (dict(qk_rope_head_dim=3, rope=npattn.RoPE()), ValueError, "even"),
     ],
 )
 def test_config_errors_name_the_field(kwargs, error, match):
@@ -356,7 +356,7 @@ def npattn_from_hf(layer, cfg):
 )
 def test_matches_transformers_deepseek_v3(q_lora, interleave, bias, impl):
     layer, _, modeling = hf_layer(q_lora, interleave, bias, impl)
-    rope = RoPE(theta=10_000.0, interleaved=interleave)
+    rope = npattn.RoPE(theta=10_000.0, interleaved=interleave)
     cfg = npattn.LatentConfig(D, H, q_lora, C, DN, DR, DV, qkv_bias=bias, out_bias=bias, rope=rope)
     m = npattn_from_hf(layer, cfg)
     x, _, kpm = inputs()
@@ -390,7 +390,7 @@ def test_matches_transformers_yarn_mscale():
     yarn = dict(factor=4.0, original_max_position_embeddings=8, mscale=1.0, mscale_all_dim=0.8)
     params = {"rope_type": "yarn", "rope_theta": 10_000.0, "beta_fast": 32.0, "beta_slow": 1.0}
     layer, hf_config, modeling = hf_layer(CQ, True, False, "eager", dict(params, **yarn))
-    rope = RoPE(interleaved=True, scaling=YaRN(**yarn))
+    rope = npattn.RoPE(interleaved=True, scaling=npattn.YaRN(**yarn))
     mscale = yarn_get_mscale(yarn["factor"], yarn["mscale_all_dim"])
     cfg = npattn.LatentConfig(
         D, H, CQ, C, DN, DR, DV, rope=rope, scale=(DN + DR) ** -0.5 * mscale**2
@@ -418,7 +418,7 @@ def test_matches_transformers_yarn_mscale():
 def test_default_rotary_tables_match_transformers():
     layer, hf_config, modeling = hf_layer(CQ, True, False, "eager")
     position_ids = np.stack([np.arange(0, 20), np.arange(30, 50)])
-    cos, sin = RoPE().tables(DR, position_ids)  # (B, T, Dr), float64
+    cos, sin = npattn.RoPE().tables(DR, position_ids)  # (B, T, Dr), float64
     hf_cos, hf_sin = modeling.DeepseekV3RotaryEmbedding(hf_config)(
         torch.zeros(1), torch.from_numpy(position_ids)
     )
