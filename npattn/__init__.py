@@ -12,7 +12,7 @@ plain NumPy, every stage with a hand-written backward pass.
 
 from . import functional, gradcheck
 from ._grad import is_grad_enabled, no_grad
-from .models import Attention, AttentionConfig, QKNorm
+from .models import Attention, AttentionConfig, LatentAttention, LatentConfig, QKNorm
 from .modules import (
     CausalAttention,
     GroupedQueryAttention,
@@ -38,6 +38,8 @@ __all__ = [
     "CausalAttention",
     "DynamicNTK",
     "GroupedQueryAttention",
+    "LatentAttention",
+    "LatentConfig",
     "Linear",
     "LinearScaling",
     "Llama3",

@@ -1,6 +1,7 @@
 """torch_port: the chapter's attention classes, the bonus notebook's variants and the
-attention of today's open models (GQA, MLA, sliding window, Qwen3/Llama 3) as torch
-nn.Modules with a KV cache, weight exchange with npattn, and a kit for testing your own attention.
+attention of today's open models (GQA, MLA, sliding window, Qwen3/Llama 3, DeepSeek's latent
+attention) as torch nn.Modules with a KV cache, weight exchange with npattn, and a kit for
+testing your own attention.
 
     import torch_port
     mha = torch_port.MultiHeadAttention(d_in=3, d_out=4, context_length=6, dropout=0.0,
@@ -16,6 +17,7 @@ also needs npattn, and the kit hypothesis too.
 
 import importlib
 
+from .latent import LatentAttention
 from .modern import (
     GroupedQueryAttention,
     MultiHeadAttentionWithSWA,
@@ -67,6 +69,7 @@ def __getattr__(name: str):
 __all__ = [
     "CausalAttention",
     "GroupedQueryAttention",
+    "LatentAttention",
     "MHAEinsum",
     "MHAPyTorchClass",
     "MHAPyTorchFlexAttention",

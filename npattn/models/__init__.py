@@ -6,5 +6,7 @@ attention), built from the same ops and modules as the chapter's classes."""
 from .. import modules as _modules  # noqa: F401, I001
 from .attention import Attention
 from .config import AttentionConfig, QKNorm
+from .latent import LatentAttention
+from .latent_config import LatentConfig
 
-__all__ = ["Attention", "AttentionConfig", "QKNorm"]
+__all__ = ["Attention", "AttentionConfig", "LatentAttention", "LatentConfig", "QKNorm"]

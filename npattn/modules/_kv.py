@@ -81,8 +81,9 @@ def cached_attention(
     query heads (no repeated copy of the cache), and no backward cache is kept.
 
     Shapes: queries (B, H, T, E), keys (B, G, S, E), values (B, G, S, Ev) with G dividing H,
-    mask (T, S) True = attend, or None when every key is attended (one query at the newest
-    position) -> context (B, H, T, Ev), attn_weights (B, H, T, S) before dropout, keep-mask
+    mask (T, S) True = attend (or broadcastable to the scores' (B, G, H / G, T, S), e.g.
+    (B, 1, 1, T, S) for key padding), or None when every key is attended (one query at the
+    newest position) -> context (B, H, T, Ev), attn_weights (B, H, T, S) before dropout, keep-mask
     or None. scale defaults to 1 / sqrt(E).
     The same numbers as sdpa_forward(..., enable_gqa=True): query head h uses key/value head
     h // (H / G), as repeat_interleave orders them.
