@@ -1,0 +1,284 @@
+"""check(name, fn): search for the smallest input where fn disagrees with npattn, and say why.
+
+The search is Hypothesis's (`hypothesis.find`): it draws the exercise's integer parameters
+(sizes, switches, a seed), keeps the first input on which the student's function is wrong,
+and shrinks it to the smallest. The comparison runs in float64 at RTOL = 1e-9, so a missing
+eps or a missing scale is caught, not forgiven. Whatever the student's function does (raise,
+return the wrong shape, a list, NaN, modify its input), the verdict is a Result, never an
+exception.
+"""
+
+from __future__ import annotations
+
+import random
+import traceback
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ._core import Exercise
+
+RTOL = 1e-9  # relative tolerance against the float64 reference
+ATOL = 1e-12  # absolute floor, times max(1, max |expected|) of the output
+MAX_EXAMPLES = 150  # inputs the search tries before it declares the function correct
+SHOW_VALUES = 12  # arrays up to this many entries are printed in full in a verdict
+
+
+@dataclass
+class Failure:
+    """What went wrong on one input."""
+
+    kind: str  # raised | type | count | shape | nonfinite | value | modified
+    text: str  # one sentence, ready for the message
+    output: str | None = None  # the output's name, where one output is at fault
+    index: tuple | None = None
+    expected: float | None = None
+    got: float | None = None
+
+
+@dataclass
+class Result:
+    """The verdict of check(): passed, the recognised mistake's id (or None), and a message."""
+
+    name: str
+    passed: bool
+    mistake: str | None = None
+    message: str = ""
+    inputs: dict | None = field(default=None, repr=False)  # the smallest failing input
+    failure: Failure | None = field(default=None, repr=False)
+
+    def __bool__(self) -> bool:
+        return self.passed
+
+    def __str__(self) -> str:
+        return self.message
+
+    def _repr_markdown_(self) -> str:
+        head, _, rest = self.message.partition("\n")
+        body = rest.replace("\n", "  \n")
+        return f"**{head}**  \n{body}" if body else f"**{head}**"
+
+
+def _outputs(value, n: int):
+    """The student's return value as a tuple of n outputs, or a Failure."""
+    if n == 1:
+        if isinstance(value, tuple) and len(value) == 1:
+            value = value[0]
+        value = (value,)
+    elif not isinstance(value, (tuple, list)):
+        return Failure("count", f"returned one {type(value).__name__}; expected a tuple of {n}")
+    elif len(value) != n:
+        return Failure("count", f"returned {len(value)} values; expected {n}")
+    return tuple(value)
+
+
+def _as_float(value, name: str):
+    if isinstance(value, np.ndarray) and value.dtype.kind in "fiub":
+        return value.astype(np.float64, copy=False)
+    try:
+        arr = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        return Failure("type", f"{name} is a {type(value).__name__}, not a numpy array", name)
+    if not isinstance(value, (np.ndarray, np.generic, float, int)):
+        return Failure("type", f"{name} is a {type(value).__name__}; return a numpy array", name)
+    return arr
+
+
+def compare(names, got, expected) -> Failure | None:
+    """The first output of `got` that differs from `expected`, as a Failure; None if all agree."""
+    for name, g, e in zip(names, got, expected):
+        g = _as_float(g, name)
+        if isinstance(g, Failure):
+            return g
+        if g.shape != e.shape:
+            return Failure("shape", f"{name} has shape {g.shape}; expected {e.shape}", name)
+        bad_finite = ~np.isfinite(g) & np.isfinite(e)
+        if bad_finite.any():
+            idx = tuple(int(i) for i in np.argwhere(bad_finite)[0])
+            return Failure(
+                "nonfinite",
+                f"{name} is {g[idx]} at index {idx}, where {float(e[idx]) + 0.0:.10g} was expected "
+                f"({int(bad_finite.sum())} of {g.size} entries are NaN or inf)",
+                name,
+                idx,
+                float(e[idx]),
+                float(g[idx]),
+            )
+        atol = ATOL * max(1.0, float(np.max(np.abs(e), initial=0.0, where=np.isfinite(e))))
+        wrong = ~np.isclose(g, e, rtol=RTOL, atol=atol, equal_nan=True)
+        if wrong.any():
+            err = np.where(wrong, np.abs(np.nan_to_num(g - e, nan=np.inf)), -1)
+            idx = tuple(int(i) for i in np.unravel_index(np.argmax(err), err.shape))
+            return Failure(
+                "value",
+                f"{name} is wrong at index {idx}: expected {float(e[idx]) + 0.0:.10g}, got "
+                f"{float(g[idx]) + 0.0:.10g} ({int(wrong.sum())} of {g.size} entries differ; this is "
+                "the largest difference)",
+                name,
+                idx,
+                float(e[idx]),
+                float(g[idx]),
+            )
+    return None
+
+
+def _copy(inputs: dict) -> dict:
+    return {k: v.copy() if isinstance(v, np.ndarray) else v for k, v in inputs.items()}
+
+
+def _where_raised(exc: BaseException) -> str:
+    """' (line N: `code`)' of the innermost frame outside npattn, or ''."""
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if "npattn" not in f.filename]
+    if not frames:
+        return ""
+    f = frames[-1]
+    return f" (line {f.lineno}: `{(f.line or '').strip()}`)"
+
+
+def run(fn, ex: Exercise, inputs: dict):
+    """(outputs, None) or (None, Failure): call fn on copies of the inputs, catching all."""
+    given = _copy(inputs)
+    try:
+        with np.errstate(all="ignore"):
+            value = fn(*given.values())
+    except Exception as exc:  # the student's error is the verdict, never the checker's
+        msg = str(exc).splitlines()[0] if str(exc) else ""
+        text = f"raised {type(exc).__name__}{': ' + msg if msg else ''}{_where_raised(exc)}"
+        return None, Failure("raised", text)
+    for k, v in inputs.items():
+        if isinstance(v, np.ndarray) and not np.array_equal(given[k], v, equal_nan=True):
+            return None, Failure("modified", f"modified its input `{k}` in place", k)
+    out = _outputs(value, len(ex.outputs))
+    return (None, out) if isinstance(out, Failure) else (out, None)
+
+
+def evaluate(fn, ex: Exercise, inputs: dict):
+    """(student outputs or None, Failure or None) on one input."""
+    got, failure = run(fn, ex, inputs)
+    if failure is not None:
+        return None, failure
+    with np.errstate(all="ignore"):
+        expected = ex.reference(**_copy(inputs))
+    return got, compare(ex.outputs, got, expected)
+
+
+def _same(names, a, b) -> bool:
+    """Do two functions' outputs agree (NaN equal to NaN, shapes equal)?"""
+    for g, e in zip(a, b):
+        g, e = _as_float(g, ""), _as_float(e, "")
+        if isinstance(g, Failure) or isinstance(e, Failure) or g.shape != e.shape:
+            return False
+        atol = ATOL * max(1.0, float(np.max(np.abs(e), initial=0.0, where=np.isfinite(e))))
+        if not np.allclose(g, e, rtol=1e-7, atol=atol, equal_nan=True):
+            return False
+    return True
+
+
+def _matches(fn, m, ex: Exercise, probes) -> bool:
+    for p in probes:
+        inputs = ex.inputs(p)
+        got, failure = run(fn, ex, inputs)
+        want, wfailure = run(m.fn, ex, inputs)
+        if failure is not None or wfailure is not None or not _same(ex.outputs, got, want):
+            return False
+    return True
+
+
+def recognise(fn, ex: Exercise, params: dict):
+    """The catalogued mistake whose outputs are the student's, on the failing input and two
+    more of its size; of several, the one that also matches on inputs of the largest sizes
+    (a small input can hide the difference between two mistakes). None when none matches."""
+    probes = [params] + [{**params, "seed": params["seed"] + i} for i in (1, 2)]
+    large = {k: (hi if hi > 1 else params[k]) for k, (lo, hi) in ex.params.items()}
+    large = [{**large, "seed": params["seed"] + i} for i in (0, 1)]
+    candidates = [m for m in ex.mistakes if _matches(fn, m, ex, probes)]
+    for m in candidates:
+        if _matches(fn, m, ex, large):
+            return m
+    return candidates[0] if candidates else None
+
+
+def _show(value) -> str:
+    if isinstance(value, np.ndarray):
+        if value.size <= SHOW_VALUES:
+            text = np.array2string(value, precision=4, separator=", ", suppress_small=False)
+            return f"shape {value.shape} = " + " ".join(text.split())
+        return f"shape {value.shape}"
+    return repr(value)
+
+
+def describe_input(ex: Exercise, params: dict, inputs: dict) -> str:
+    sizes = ", ".join(f"{k}={v}" for k, v in params.items())
+    lines = [f"Smallest failing input ({sizes}):"]
+    lines += [f"    {k}: {_show(v)}" for k, v in inputs.items()]
+    return "\n".join(lines)
+
+
+def _search(fn, ex: Exercise, seed: int, max_examples: int):
+    """The smallest failing parameters, or None if every input tried passes."""
+    try:
+        import hypothesis
+        from hypothesis import HealthCheck, Phase, Verbosity, settings
+        from hypothesis import strategies as st
+    except ImportError as e:  # an optional dependency: `pip install npattn[exercises]`
+        raise ImportError(
+            "npattn.exercises.check needs hypothesis: pip install 'npattn[exercises]' "
+            "(or pip install hypothesis)"
+        ) from e
+    strategy = st.fixed_dictionaries(
+        {k: st.integers(lo, hi) for k, (lo, hi) in ex.params.items()}
+        | {"seed": st.integers(0, 2**16)}
+    )
+
+    def fails(p) -> bool:
+        return evaluate(fn, ex, ex.inputs(p))[1] is not None
+
+    config = settings(
+        max_examples=max_examples,
+        database=None,
+        derandomize=False,
+        deadline=None,
+        phases=[Phase.generate, Phase.shrink],
+        suppress_health_check=list(HealthCheck),
+        verbosity=Verbosity.quiet,
+        print_blob=False,
+    )
+    try:
+        return hypothesis.find(strategy, fails, settings=config, random=random.Random(seed))
+    except hypothesis.errors.NoSuchExample:
+        return None
+
+
+def check(name: str, fn, *, seed: int = 0, max_examples: int = MAX_EXAMPLES) -> Result:
+    """Check the student's `fn` for exercise `name` against npattn's reference.
+
+    Returns a Result: .passed, .mistake (the id of a recognised mistake, or None) and
+    .message, which names the smallest failing input, the wrong output and where, and, for a
+    recognised mistake, its name and a hint. The search is deterministic for a given seed.
+    """
+    from . import get
+
+    ex = get(name)
+    if not callable(fn):
+        msg = f"{ex.name}: not yet. check() needs a function, got a {type(fn).__name__}."
+        return Result(ex.name, False, None, msg)
+    params = _search(fn, ex, seed, max_examples)
+    if params is None:
+        msg = (
+            f"{ex.name}: correct. It agrees with npattn on every input tried "
+            f"({max_examples} drawn by Hypothesis, seed {seed}), to rtol {RTOL:g} in float64."
+        )
+        return Result(ex.name, True, None, msg)
+    inputs = ex.inputs(params)
+    _, failure = evaluate(fn, ex, inputs)
+    if failure is None:  # a function that is right and wrong on the same input
+        failure = Failure("flaky", "gave different answers on the same input")
+    lines = [f"{ex.name}: not yet.", describe_input(ex, params, inputs), ""]
+    lines.append(f"Your function {failure.text}." if failure.kind in ("raised", "count",
+                 "modified", "flaky") else f"Your {failure.text}.")  # fmt: skip
+    m = recognise(fn, ex, params) if failure.kind not in ("raised", "flaky") else None
+    if m is not None:
+        lines += ["", f"This looks like a known mistake: {m.name} [{m.id}].", f"Hint: {m.hint}"]
+    else:
+        lines += ["", f"Hint: `python -m npattn exercises hint {ex.name}`, or read docs/{ex.docs}."]
+    return Result(ex.name, False, None if m is None else m.id, "\n".join(lines), inputs, failure)
