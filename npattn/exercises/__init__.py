@@ -34,7 +34,7 @@ NAMES = (
     "sdpa_backward",
     "masked_sdpa_backward",
     "online_softmax_attention",
-    "tiled_backward_D",
+    "tiled_sdpa_backward",
     "rope_backward",
     "rmsnorm_backward",
     "gqa_kv_backward",
