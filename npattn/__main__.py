@@ -47,7 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m npattn",
         description="npattn: LLM attention in NumPy, every backward by hand.",
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{demo,gradcheck,decode,exercises}")
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="{demo,gradcheck,decode,exercises}"
+    )
     demo = sub.add_parser("demo", help="walk through chapter 3, printing the chapter's numbers")
     demo.add_argument("--plot", metavar="DIR", help="also write attention heatmaps to DIR")
     demo.add_argument(

@@ -13,8 +13,11 @@ from __future__ import annotations
 import random
 import traceback
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
+
+import npattn
 
 from ._core import Exercise
 
@@ -112,8 +115,8 @@ def compare(names, got, expected) -> Failure | None:
             return Failure(
                 "value",
                 f"{name} is wrong at index {idx}: expected {float(e[idx]) + 0.0:.10g}, got "
-                f"{float(g[idx]) + 0.0:.10g} ({int(wrong.sum())} of {g.size} entries differ; this is "
-                "the largest difference)",
+                f"{float(g[idx]) + 0.0:.10g} ({int(wrong.sum())} of {g.size} entries differ; "
+                "this is the largest difference)",
                 name,
                 idx,
                 float(e[idx]),
@@ -126,9 +129,14 @@ def _copy(inputs: dict) -> dict:
     return {k: v.copy() if isinstance(v, np.ndarray) else v for k, v in inputs.items()}
 
 
+LIBRARIES = tuple(str(Path(m.__file__).resolve().parent) for m in (np, npattn))
+
+
 def _where_raised(exc: BaseException) -> str:
-    """' (line N: `code`)' of the innermost frame outside npattn, or ''."""
-    frames = [f for f in traceback.extract_tb(exc.__traceback__) if "npattn" not in f.filename]
+    """' (line N: `code`)' of the innermost frame in the student's code (outside numpy and
+    npattn), or ''."""
+    tb = traceback.extract_tb(exc.__traceback__)
+    frames = [f for f in tb if not str(Path(f.filename).resolve()).startswith(LIBRARIES)]
     if not frames:
         return ""
     f = frames[-1]
@@ -290,8 +298,11 @@ def check(name: str, fn, *, seed: int = 0, max_examples: int = MAX_EXAMPLES) -> 
     if failure is None:  # a function that is right and wrong on the same input
         failure = Failure("flaky", "gave different answers on the same input")
     lines = [f"{ex.name}: not yet.", describe_input(ex, params, inputs), ""]
-    lines.append(f"Your function {failure.text}." if failure.kind in ("raised", "count",
-                 "modified", "flaky") else f"Your {failure.text}.")  # fmt: skip
+    lines.append(
+        f"Your function {failure.text}."
+        if failure.kind in ("raised", "count", "modified", "flaky")
+        else f"Your {failure.text}."
+    )
     m = recognise(fn, ex, params) if failure.kind != "flaky" else None
     if m is not None:
         lines += ["", f"This looks like a known mistake: {m.name} [{m.id}].", f"Hint: {m.hint}"]

@@ -46,29 +46,43 @@ def make_inputs(p, rng):
     return {"attn_scores": scores}
 
 
-@mistake("diagonal_masked", "the diagonal is masked too", "np.triu(..., k=1) keeps the "
-         "diagonal: token i attends to itself.")  # fmt: skip
+@mistake(
+    "diagonal_masked",
+    "the diagonal is masked too",
+    "np.triu(..., k=1) keeps the diagonal: token i attends to itself.",
+)
 def _diagonal_masked(attn_scores):
     T = attn_scores.shape[-1]
     masked, _ = F.mask_scores_forward(attn_scores, F.causal_mask(T) & ~np.eye(T, dtype=bool))
     return F.softmax(masked)
 
 
-@mistake("zero_not_minus_inf", "masked scores set to 0 instead of -inf", "exp(0) = 1, so a "
-         "score of 0 still gets weight; -inf gets exactly 0.")  # fmt: skip
+@mistake(
+    "zero_not_minus_inf",
+    "masked scores set to 0 instead of -inf",
+    "exp(0) = 1, so a score of 0 still gets weight; -inf gets exactly 0.",
+)
 def _zero_not_minus_inf(attn_scores):
     return F.softmax(attn_scores * F.causal_mask(attn_scores.shape[-1]))
 
 
-@mistake("masked_after_softmax", "masked after the softmax, without renormalising", "Zeroing "
-         "weights after the softmax leaves rows that sum to less than 1: mask the scores "
-         "before the softmax (or renormalise each row).")  # fmt: skip
+@mistake(
+    "masked_after_softmax",
+    "masked after the softmax, without renormalising",
+    "Zeroing "
+    "weights after the softmax leaves rows that sum to less than 1: mask the scores "
+    "before the softmax (or renormalise each row).",
+)
 def _masked_after_softmax(attn_scores):
     return F.softmax(attn_scores) * F.causal_mask(attn_scores.shape[-1])
 
 
-@mistake("future_kept", "the past is masked instead of the future", "Query i may see keys "
-         "j <= i: the mask is True above the diagonal (np.triu(..., k=1)), not below.")  # fmt: skip
+@mistake(
+    "future_kept",
+    "the past is masked instead of the future",
+    "Query i may see keys "
+    "j <= i: the mask is True above the diagonal (np.triu(..., k=1)), not below.",
+)
 def _future_kept(attn_scores):
     T = attn_scores.shape[-1]
     masked, _ = F.mask_scores_forward(attn_scores, F.causal_mask(T).T)

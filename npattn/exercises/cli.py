@@ -133,9 +133,13 @@ def cmd_check(args) -> int:
     print(result)
     ws = Path(args.file).resolve().parent
     record = ws / ".status.json"
-    state = "passed" if result.passed else f"not yet ({result.mistake})" if result.mistake else (
-        "not yet"
-    )  # fmt: skip
+    state = (
+        "passed"
+        if result.passed
+        else f"not yet ({result.mistake})"
+        if result.mistake
+        else ("not yet")
+    )
     _write(record, {**_read(record), ex.name: state})
     return 0 if result.passed else 1
 

@@ -39,26 +39,40 @@ def make_inputs(p, rng):
     return {"dout": rng.standard_normal(shape), "keep": rng.random(shape) >= prob, "p": prob}
 
 
-@mistake("no_scale", "the 1 / (1 - p) scale is missing", "Kept values were scaled up by "
-         "1 / (1 - p) in the forward; their gradient is scaled the same way.")  # fmt: skip
+@mistake(
+    "no_scale",
+    "the 1 / (1 - p) scale is missing",
+    "Kept values were scaled up by "
+    "1 / (1 - p) in the forward; their gradient is scaled the same way.",
+)
 def _no_scale(dout, keep, p):
     return dout * keep
 
 
-@mistake("scale_by_1_minus_p", "scaled by (1 - p) instead of 1 / (1 - p)", "Inverted dropout "
-         "divides by the keep probability 1 - p.")  # fmt: skip
+@mistake(
+    "scale_by_1_minus_p",
+    "scaled by (1 - p) instead of 1 / (1 - p)",
+    "Inverted dropout divides by the keep probability 1 - p.",
+)
 def _scale_by_1_minus_p(dout, keep, p):
     return dout * keep * (1.0 - p)
 
 
-@mistake("scale_by_p", "scaled by 1 / p instead of 1 / (1 - p)", "p is the probability of "
-         "dropping; a value is kept with probability 1 - p.")  # fmt: skip
+@mistake(
+    "scale_by_p",
+    "scaled by 1 / p instead of 1 / (1 - p)",
+    "p is the probability of dropping; a value is kept with probability 1 - p.",
+)
 def _scale_by_p(dout, keep, p):
     return dout * keep / p
 
 
-@mistake("mask_inverted", "the gradient flows through the dropped entries", "keep is True "
-         "where the value was kept: the gradient goes there, and is 0 where it was dropped.")  # fmt: skip
+@mistake(
+    "mask_inverted",
+    "the gradient flows through the dropped entries",
+    "keep is True "
+    "where the value was kept: the gradient goes there, and is 0 where it was dropped.",
+)
 def _mask_inverted(dout, keep, p):
     return dout * ~keep / (1.0 - p)
 

@@ -1,7 +1,5 @@
 """Exercise: the backward of GQA's key/value head repetition."""
 
-import numpy as np
-
 from .. import functional as F
 from ._core import Exercise, mistake
 
@@ -44,23 +42,33 @@ def make_inputs(p, rng):
     }
 
 
-@mistake("tiled_grouping", "heads grouped as repeat/tile (every G-th head)", "repeat_interleave"
-         " puts a key head's copies next to each other: reshape to (B, G, H // G, S, E), not "
-         "(B, H // G, G, S, E).")  # fmt: skip
+@mistake(
+    "tiled_grouping",
+    "heads grouped as repeat/tile (every G-th head)",
+    "repeat_interleave"
+    " puts a key head's copies next to each other: reshape to (B, G, H // G, S, E), not "
+    "(B, H // G, G, S, E).",
+)
 def _tiled_grouping(dk_repeated, num_kv_groups):
     B, H, S, E = dk_repeated.shape
     return dk_repeated.reshape(B, H // num_kv_groups, num_kv_groups, S, E).sum(axis=1)
 
 
-@mistake("mean_over_group", "the group's gradients averaged", "Each copy contributes its whole "
-         "gradient to the loss: sum them, do not average.")  # fmt: skip
+@mistake(
+    "mean_over_group",
+    "the group's gradients averaged",
+    "Each copy contributes its whole gradient to the loss: sum them, do not average.",
+)
 def _mean_over_group(dk_repeated, num_kv_groups):
     B, H, S, E = dk_repeated.shape
     return dk_repeated.reshape(B, num_kv_groups, H // num_kv_groups, S, E).mean(axis=2)
 
 
-@mistake("first_copy_only", "only the first copy's gradient", "Every query head of the group "
-         "used the key head: add all H // G gradients.")  # fmt: skip
+@mistake(
+    "first_copy_only",
+    "only the first copy's gradient",
+    "Every query head of the group used the key head: add all H // G gradients.",
+)
 def _first_copy_only(dk_repeated, num_kv_groups):
     return dk_repeated[:, :: dk_repeated.shape[1] // num_kv_groups]
 

@@ -53,23 +53,33 @@ def make_inputs(p, rng):
     }
 
 
-@mistake("new_token_left_out", "the new token's own key and value are left out", "Append "
-         "k_new and v_new to the cache before attending: a token attends to itself.")  # fmt: skip
+@mistake(
+    "new_token_left_out",
+    "the new token's own key and value are left out",
+    "Append k_new and v_new to the cache before attending: a token attends to itself.",
+)
 def _new_token_left_out(q, k_cache, v_cache, k_new, v_new):
     return F.scaled_dot_product_attention(q, k_cache, v_cache)
 
 
-@mistake("causal_top_left", "a causal mask on the one-row query", "With one query and "
-         "S0 + 1 keys, a top-left causal mask keeps only key 0. The cache holds only the past: "
-         "use no mask (or a mask at absolute positions).")  # fmt: skip
+@mistake(
+    "causal_top_left",
+    "a causal mask on the one-row query",
+    "With one query and "
+    "S0 + 1 keys, a top-left causal mask keeps only key 0. The cache holds only the past: "
+    "use no mask (or a mask at absolute positions).",
+)
 def _causal_top_left(q, k_cache, v_cache, k_new, v_new):
     keys = np.concatenate([k_cache, k_new], axis=-2)
     values = np.concatenate([v_cache, v_new], axis=-2)
     return F.scaled_dot_product_attention(q, keys, values, is_causal=True)
 
 
-@mistake("no_scale", "the scores are not scaled", "Decoding computes the same attention as "
-         "the full forward: scale the scores by 1 / sqrt(E).")  # fmt: skip
+@mistake(
+    "no_scale",
+    "the scores are not scaled",
+    "Decoding computes the same attention as the full forward: scale the scores by 1 / sqrt(E).",
+)
 def _no_scale(q, k_cache, v_cache, k_new, v_new):
     keys = np.concatenate([k_cache, k_new], axis=-2)
     values = np.concatenate([v_cache, v_new], axis=-2)

@@ -50,29 +50,42 @@ def make_inputs(p, rng):
     }
 
 
-@mistake("dweight_transposed", "dweight in the (d_in, d_out) layout", "torch's weight is "
-         "(d_out, d_in), and its gradient has its shape: dout^T @ x, not x^T @ dout.")  # fmt: skip
+@mistake(
+    "dweight_transposed",
+    "dweight in the (d_in, d_out) layout",
+    "torch's weight is (d_out, d_in), and its gradient has its shape: dout^T @ x, not x^T @ dout.",
+)
 def _dweight_transposed(x, weight, dout):
     dx, dweight, dbias = linear_backward(x, weight, dout)
     return dx, dweight.T, dbias
 
 
-@mistake("dbias_mean", "dbias averaged over the rows", "The bias is added to every row, so "
-         "its gradient is the sum of dout over the rows, not the mean.")  # fmt: skip
+@mistake(
+    "dbias_mean",
+    "dbias averaged over the rows",
+    "The bias is added to every row, so "
+    "its gradient is the sum of dout over the rows, not the mean.",
+)
 def _dbias_mean(x, weight, dout):
     dx, dweight, dbias = linear_backward(x, weight, dout)
     return dx, dweight, dout.reshape(-1, dout.shape[-1]).mean(axis=0)
 
 
-@mistake("dweight_mean", "dweight averaged over the rows", "The weight is used by every row: "
-         "its gradient sums the rows' contributions.")  # fmt: skip
+@mistake(
+    "dweight_mean",
+    "dweight averaged over the rows",
+    "The weight is used by every row: its gradient sums the rows' contributions.",
+)
 def _dweight_mean(x, weight, dout):
     dx, dweight, dbias = linear_backward(x, weight, dout)
     return dx, dweight / max(1, x.size // x.shape[-1]), dbias
 
 
-@mistake("dbias_last_axis", "dbias summed over d_out", "dbias has one entry per output "
-         "feature (d_out,): sum over the leading axes, keep the last.")  # fmt: skip
+@mistake(
+    "dbias_last_axis",
+    "dbias summed over d_out",
+    "dbias has one entry per output feature (d_out,): sum over the leading axes, keep the last.",
+)
 def _dbias_last_axis(x, weight, dout):
     dx, dweight, _ = linear_backward(x, weight, dout)
     return dx, dweight, dout.sum(axis=-1)

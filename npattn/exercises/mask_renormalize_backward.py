@@ -58,28 +58,41 @@ def _forward(attn_weights, mask):
     return masked, np.where(r == 0, 1.0, r)
 
 
-@mistake("mask_not_applied", "the masked entries get a gradient", "The masked weights did not "
-         "reach the output: multiply the gradient by the mask at the end.")  # fmt: skip
+@mistake(
+    "mask_not_applied",
+    "the masked entries get a gradient",
+    "The masked weights did not reach the output: multiply the gradient by the mask at the end.",
+)
 def _mask_not_applied(attn_weights, mask, dout):
     masked, r = _forward(attn_weights, mask)
     return (dout - np.sum(dout * masked / r, axis=-1, keepdims=True)) / r
 
 
-@mistake("row_sum_ignored", "the row sum is treated as a constant", "r depends on every kept "
-         "weight of the row: dmasked = (dout - sum(dout * out)) / r, not dout / r.")  # fmt: skip
+@mistake(
+    "row_sum_ignored",
+    "the row sum is treated as a constant",
+    "r depends on every kept "
+    "weight of the row: dmasked = (dout - sum(dout * out)) / r, not dout / r.",
+)
 def _row_sum_ignored(attn_weights, mask, dout):
     _, r = _forward(attn_weights, mask)
     return dout / r * mask
 
 
-@mistake("renormalisation_ignored", "the renormalisation is left out", "The forward divides "
-         "by the row sum: its backward divides too, and subtracts sum(dout * out).")  # fmt: skip
+@mistake(
+    "renormalisation_ignored",
+    "the renormalisation is left out",
+    "The forward divides by the row sum: its backward divides too, and subtracts sum(dout * out).",
+)
 def _renormalisation_ignored(attn_weights, mask, dout):
     return dout * mask
 
 
-@mistake("nan_on_empty_rows", "a fully masked row divides by 0", "A row with every entry "
-         "masked has sum 0: use 1 in its place (its output is 0), not NaN.")  # fmt: skip
+@mistake(
+    "nan_on_empty_rows",
+    "a fully masked row divides by 0",
+    "A row with every entry masked has sum 0: use 1 in its place (its output is 0), not NaN.",
+)
 def _nan_on_empty_rows(attn_weights, mask, dout):
     masked = attn_weights * mask
     r = masked.sum(axis=-1, keepdims=True)

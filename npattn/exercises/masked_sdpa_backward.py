@@ -62,15 +62,23 @@ def make_inputs(p, rng):
     }
 
 
-@mistake("mask_ignored", "the mask is left out", "The forward's softmax only ran over the keys"
-         " the mask allows: recompute the weights with the masked scores set to -inf.")  # fmt: skip
+@mistake(
+    "mask_ignored",
+    "the mask is left out",
+    "The forward's softmax only ran over the keys"
+    " the mask allows: recompute the weights with the masked scores set to -inf.",
+)
 def _mask_ignored(q, k, v, mask, dout):
     _, cache = F.sdpa_forward(q, k, v)
     return F.sdpa_backward(dout, cache)
 
 
-@mistake("nan_on_masked_rows", "a fully masked row gives NaN", "For a row with no key, "
-         "max is -inf and -inf - (-inf) is NaN: use 0 as its max and 1 as its sum.")  # fmt: skip
+@mistake(
+    "nan_on_masked_rows",
+    "a fully masked row gives NaN",
+    "For a row with no key, "
+    "max is -inf and -inf - (-inf) is NaN: use 0 as its max and 1 as its sum.",
+)
 def _nan_on_masked_rows(q, k, v, mask, dout):
     scale = 1.0 / np.sqrt(q.shape[-1])
     scores = np.where(mask, q @ np.swapaxes(k, -1, -2) * scale, -np.inf)
@@ -81,8 +89,11 @@ def _nan_on_masked_rows(q, k, v, mask, dout):
     return dS @ k * scale, np.swapaxes(dS, -1, -2) @ q * scale, np.swapaxes(P, -1, -2) @ dout
 
 
-@mistake("mask_as_zero_scores", "masked scores set to 0 instead of -inf", "A score of 0 "
-         "still gets weight exp(0) = 1 in the softmax: masked scores must be -inf.")  # fmt: skip
+@mistake(
+    "mask_as_zero_scores",
+    "masked scores set to 0 instead of -inf",
+    "A score of 0 still gets weight exp(0) = 1 in the softmax: masked scores must be -inf.",
+)
 def _mask_as_zero_scores(q, k, v, mask, dout):
     scale = 1.0 / np.sqrt(q.shape[-1])
     P = F.softmax(q @ np.swapaxes(k, -1, -2) * scale * mask)  # masked scores are 0, not -inf
@@ -103,8 +114,12 @@ EXERCISE = Exercise(
     reference=reference,
     make_inputs=make_inputs,
     params={
-        "H": (1, 2), "L": (1, 4), "S": (1, 5), "E": (1, 3), "holes": (0, 1),
+        "H": (1, 2),
+        "L": (1, 4),
+        "S": (1, 5),
+        "E": (1, 3),
+        "holes": (0, 1),
         "masked_row": (0, 1),
-    },  # fmt: skip
+    },
     mistakes=(_mask_ignored, _nan_on_masked_rows, _mask_as_zero_scores),
 )

@@ -59,25 +59,36 @@ def _weights(q, c_kv, W, scale):
     return F.softmax(q_lat @ np.swapaxes(c_kv, -1, -2)[:, None] * scale)
 
 
-@mistake("scale_by_latent", "scaled by 1 / sqrt(C) instead of 1 / sqrt(E)", "Absorbing W_UK "
-         "changes where the product is computed, not its value: keep the plain form's scale, "
-         "1 / sqrt(head_dim).")  # fmt: skip
+@mistake(
+    "scale_by_latent",
+    "scaled by 1 / sqrt(C) instead of 1 / sqrt(E)",
+    "Absorbing W_UK "
+    "changes where the product is computed, not its value: keep the plain form's scale, "
+    "1 / sqrt(head_dim).",
+)
 def _scale_by_latent(q, c_kv, W_UK):
     H, E = q.shape[1], q.shape[-1]
     return _weights(q, c_kv, W_UK.reshape(H, E, -1), 1.0 / np.sqrt(c_kv.shape[-1]))
 
 
-@mistake("heads_interleaved", "W_UK split into heads as (E, H, C)", "The keys are split as "
-         "(B, S, H, E): head h owns rows h * E .. h * E + E - 1 of W_UK, so reshape to "
-         "(H, E, C).")  # fmt: skip
+@mistake(
+    "heads_interleaved",
+    "W_UK split into heads as (E, H, C)",
+    "The keys are split as "
+    "(B, S, H, E): head h owns rows h * E .. h * E + E - 1 of W_UK, so reshape to "
+    "(H, E, C).",
+)
 def _heads_interleaved(q, c_kv, W_UK):
     H, E = q.shape[1], q.shape[-1]
     W = W_UK.reshape(E, H, -1).transpose(1, 0, 2)
     return _weights(q, c_kv, W, 1.0 / np.sqrt(E))
 
 
-@mistake("no_softmax", "the scores are returned without the softmax", "Attention weights are "
-         "the softmax of the scores over the keys.")  # fmt: skip
+@mistake(
+    "no_softmax",
+    "the scores are returned without the softmax",
+    "Attention weights are the softmax of the scores over the keys.",
+)
 def _no_softmax(q, c_kv, W_UK):
     H, E = q.shape[1], q.shape[-1]
     return q @ W_UK.reshape(H, E, -1) @ np.swapaxes(c_kv, -1, -2)[:, None] / np.sqrt(E)

@@ -78,34 +78,47 @@ def _online(q, k, v, block_size, rescale_l=True, rescale_acc=True, use_max=True)
     return acc / l
 
 
-@mistake("acc_not_rescaled", "acc is not rescaled when the max grows", "When m grows, the "
-         "output summed so far was weighted by exp(s - m_old): multiply acc by "
-         "exp(m_old - m_new) too, not only l.")  # fmt: skip
+@mistake(
+    "acc_not_rescaled",
+    "acc is not rescaled when the max grows",
+    "When m grows, the "
+    "output summed so far was weighted by exp(s - m_old): multiply acc by "
+    "exp(m_old - m_new) too, not only l.",
+)
 def _acc_not_rescaled(q, k, v, block_size):
     return _online(q, k, v, block_size, rescale_acc=False)
 
 
-@mistake("l_not_rescaled", "the running sum l is not rescaled", "l was summed relative to the "
-         "old max: multiply it by exp(m_old - m_new) before adding the block's sum.")  # fmt: skip
+@mistake(
+    "l_not_rescaled",
+    "the running sum l is not rescaled",
+    "l was summed relative to the "
+    "old max: multiply it by exp(m_old - m_new) before adding the block's sum.",
+)
 def _l_not_rescaled(q, k, v, block_size):
     return _online(q, k, v, block_size, rescale_l=False)
 
 
-@mistake("no_running_max", "no running max: exp overflows", "exp of a score of 1000 is inf: "
-         "subtract the running max, and rescale what was summed when it grows.")  # fmt: skip
+@mistake(
+    "no_running_max",
+    "no running max: exp overflows",
+    "exp of a score of 1000 is inf: "
+    "subtract the running max, and rescale what was summed when it grows.",
+)
 def _no_running_max(q, k, v, block_size):
     return _online(q, k, v, block_size, use_max=False)
 
 
-@mistake("blocks_averaged", "each block normalised on its own, then averaged", "Blocks are not"
-         " equal: a block's share is its sum of exp relative to the others'. Keep m, l, acc "
-         "across blocks and divide once at the end.")  # fmt: skip
+@mistake(
+    "blocks_averaged",
+    "each block normalised on its own, then averaged",
+    "Blocks are not"
+    " equal: a block's share is its sum of exp relative to the others'. Keep m, l, acc "
+    "across blocks and divide once at the end.",
+)
 def _blocks_averaged(q, k, v, block_size):
-    S = k.shape[-2]
-    outs = [
-        F.scaled_dot_product_attention(q, k[..., j : j + block_size, :], v[..., j : j + block_size, :])
-        for j in range(0, S, block_size)
-    ]  # fmt: skip
+    blocks = [slice(j, j + block_size) for j in range(0, k.shape[-2], block_size)]
+    outs = [F.scaled_dot_product_attention(q, k[..., b, :], v[..., b, :]) for b in blocks]
     return sum(outs) / len(outs)
 
 
@@ -121,7 +134,13 @@ EXERCISE = Exercise(
     solution=online_softmax_attention,
     reference=reference,
     make_inputs=make_inputs,
-    params={"H": (1, 2), "L": (1, 3), "S": (1, 7), "E": (1, 3), "block_size": (1, 3),
-            "big": (0, 1)},  # fmt: skip
+    params={
+        "H": (1, 2),
+        "L": (1, 3),
+        "S": (1, 7),
+        "E": (1, 3),
+        "block_size": (1, 3),
+        "big": (0, 1),
+    },
     mistakes=(_acc_not_rescaled, _l_not_rescaled, _no_running_max, _blocks_averaged),
 )

@@ -53,29 +53,42 @@ def make_inputs(p, rng):
     }
 
 
-@mistake("eps_missing", "eps is left out", "The forward used sqrt(mean(x**2) + eps): the "
-         "backward's rstd must be the same number.")  # fmt: skip
+@mistake(
+    "eps_missing",
+    "eps is left out",
+    "The forward used sqrt(mean(x**2) + eps): the backward's rstd must be the same number.",
+)
 def _eps_missing(x, scale, dy, eps):
     return rmsnorm_backward(x, scale, dy, 0.0)
 
 
-@mistake("rstd_constant", "rstd treated as a constant", "rstd depends on x too: dx = rstd * "
-         "(dx_hat - x_hat * mean(dx_hat * x_hat)), not rstd * dx_hat.")  # fmt: skip
+@mistake(
+    "rstd_constant",
+    "rstd treated as a constant",
+    "rstd depends on x too: dx = rstd * "
+    "(dx_hat - x_hat * mean(dx_hat * x_hat)), not rstd * dx_hat.",
+)
 def _rstd_constant(x, scale, dy, eps):
     _, dscale = rmsnorm_backward(x, scale, dy, eps)
     rstd = 1.0 / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps)
     return rstd * dy * scale, dscale
 
 
-@mistake("scale_left_out", "dx forgets the scale", "y = x_hat * scale, so dx_hat = dy * scale "
-         "before the normalisation's backward.")  # fmt: skip
+@mistake(
+    "scale_left_out",
+    "dx forgets the scale",
+    "y = x_hat * scale, so dx_hat = dy * scale before the normalisation's backward.",
+)
 def _scale_left_out(x, scale, dy, eps):
     dx, dscale = rmsnorm_backward(x, np.ones_like(scale), dy, eps)
     return dx, dscale
 
 
-@mistake("layernorm_mean", "a LayerNorm backward (the mean subtracted)", "RMSNorm does not "
-         "centre x: there is no mean(dx_hat) term.")  # fmt: skip
+@mistake(
+    "layernorm_mean",
+    "a LayerNorm backward (the mean subtracted)",
+    "RMSNorm does not centre x: there is no mean(dx_hat) term.",
+)
 def _layernorm_mean(x, scale, dy, eps):
     dx, dscale = rmsnorm_backward(x, scale, dy, eps)
     rstd = 1.0 / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps)

@@ -45,27 +45,41 @@ def make_inputs(p, rng):
     return {"dy": rng.standard_normal((p["B"], p["H"], T, E)), "cos": cos, "sin": sin}
 
 
-@mistake("forward_rotation", "the forward rotation (+theta) again", "The transpose of a "
-         "rotation is the rotation the other way: dx = dy * cos - rotate_half(dy * sin).")  # fmt: skip
+@mistake(
+    "forward_rotation",
+    "the forward rotation (+theta) again",
+    "The transpose of a "
+    "rotation is the rotation the other way: dx = dy * cos - rotate_half(dy * sin).",
+)
 def _forward_rotation(dy, cos, sin):
     return dy * cos + F.rotate_half(dy) * sin
 
 
-@mistake("interleaved_layout", "the interleaved layout (pairs 2i, 2i + 1)", "This RoPE pairs "
-         "dim i with dim i + E/2 (split halves), not neighbours.")  # fmt: skip
+@mistake(
+    "interleaved_layout",
+    "the interleaved layout (pairs 2i, 2i + 1)",
+    "This RoPE pairs dim i with dim i + E/2 (split halves), not neighbours.",
+)
 def _interleaved_layout(dy, cos, sin):
     _, cache = F.rope_forward(np.zeros_like(dy), cos, sin, interleaved=True)
     return F.rope_backward(dy, cache)
 
 
-@mistake("cos_only", "only the cos term", "x also reaches y through rotate_half(x) * sin: "
-         "its term is -rotate_half(dy * sin).")  # fmt: skip
+@mistake(
+    "cos_only",
+    "only the cos term",
+    "x also reaches y through rotate_half(x) * sin: its term is -rotate_half(dy * sin).",
+)
 def _cos_only(dy, cos, sin):
     return dy * cos
 
 
-@mistake("sin_not_rotated", "the sin term is not rotated", "In the forward, sin multiplies "
-         "rotate_half(x), not x: its gradient goes back through the rotation.")  # fmt: skip
+@mistake(
+    "sin_not_rotated",
+    "the sin term is not rotated",
+    "In the forward, sin multiplies "
+    "rotate_half(x), not x: its gradient goes back through the rotation.",
+)
 def _sin_not_rotated(dy, cos, sin):
     return dy * cos - dy * sin
 

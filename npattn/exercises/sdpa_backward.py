@@ -65,32 +65,45 @@ def _grads(q, k, v, dout, scale):
     return F.sdpa_backward(dout, cache)
 
 
-@mistake("no_scale", "the 1 / sqrt(E) scale is missing from dq and dk", "The scores were "
-         "q @ k^T * scale: both dq and dk carry the scale.")  # fmt: skip
+@mistake(
+    "no_scale",
+    "the 1 / sqrt(E) scale is missing from dq and dk",
+    "The scores were q @ k^T * scale: both dq and dk carry the scale.",
+)
 def _no_scale(q, k, v, dout):
     dq, dk, dv = sdpa_backward(q, k, v, dout)
     scale = 1.0 / np.sqrt(q.shape[-1])
     return dq / scale, dk / scale, dv
 
 
-@mistake("scale_on_dq_only", "dk misses the scale", "Both q and k meet the scale in the "
-         "scores: dk = dS^T @ q * scale too.")  # fmt: skip
+@mistake(
+    "scale_on_dq_only",
+    "dk misses the scale",
+    "Both q and k meet the scale in the scores: dk = dS^T @ q * scale too.",
+)
 def _scale_on_dq_only(q, k, v, dout):
     dq, dk, dv = sdpa_backward(q, k, v, dout)
     return dq, dk * np.sqrt(q.shape[-1]), dv
 
 
-@mistake("scale_squared", "scaled by 1 / E instead of 1 / sqrt(E)", "The scale is "
-         "1 / sqrt(E), and it appears once in dq and once in dk.")  # fmt: skip
+@mistake(
+    "scale_squared",
+    "scaled by 1 / E instead of 1 / sqrt(E)",
+    "The scale is 1 / sqrt(E), and it appears once in dq and once in dk.",
+)
 def _scale_squared(q, k, v, dout):
     dq, dk, dv = sdpa_backward(q, k, v, dout)
     scale = 1.0 / np.sqrt(q.shape[-1])
     return dq * scale, dk * scale, dv
 
 
-@mistake("softmax_diagonal_only", "the softmax backward keeps only the diagonal", "dS = P * "
-         "(dP - rowsum(dP * P)): the row-sum term comes from every weight sharing one "
-         "denominator.")  # fmt: skip
+@mistake(
+    "softmax_diagonal_only",
+    "the softmax backward keeps only the diagonal",
+    "dS = P * "
+    "(dP - rowsum(dP * P)): the row-sum term comes from every weight sharing one "
+    "denominator.",
+)
 def _softmax_diagonal_only(q, k, v, dout):
     scale = 1.0 / np.sqrt(q.shape[-1])
     _, cache = F.sdpa_forward(q, k, v)
@@ -112,8 +125,14 @@ EXERCISE = Exercise(
     reference=reference,
     make_inputs=make_inputs,
     params={
-        "lead": (0, 2), "B": (1, 2), "H": (1, 3), "L": (1, 4), "S": (1, 5), "E": (1, 4),
-        "Ev": (1, 3), "big": (0, 1),
-    },  # fmt: skip
+        "lead": (0, 2),
+        "B": (1, 2),
+        "H": (1, 3),
+        "L": (1, 4),
+        "S": (1, 5),
+        "E": (1, 4),
+        "Ev": (1, 3),
+        "big": (0, 1),
+    },
     mistakes=(_no_scale, _scale_on_dq_only, _scale_squared, _softmax_diagonal_only),
 )

@@ -51,28 +51,41 @@ def make_inputs(p, rng):
     return dict(zip(("x", "W_query", "W_key", "W_value"), [x, *Ws]))
 
 
-@mistake("no_scale", "the scores are not scaled", "Divide the scores by sqrt(d_k) before the "
-         "softmax, or large d_k makes the softmax nearly one-hot.")  # fmt: skip
+@mistake(
+    "no_scale",
+    "the scores are not scaled",
+    "Divide the scores by sqrt(d_k) before the "
+    "softmax, or large d_k makes the softmax nearly one-hot.",
+)
 def _no_scale(x, W_query, W_key, W_value):
     return F.scaled_dot_product_attention(*_project(x, W_query, W_key, W_value), scale=1.0)
 
 
-@mistake("scale_by_d", "the scores are divided by d_k, not sqrt(d_k)", "The scale is "
-         "1 / sqrt(d_k): it keeps the variance of a dot product of d_k terms near 1.")  # fmt: skip
+@mistake(
+    "scale_by_d",
+    "the scores are divided by d_k, not sqrt(d_k)",
+    "The scale is 1 / sqrt(d_k): it keeps the variance of a dot product of d_k terms near 1.",
+)
 def _scale_by_d(x, W_query, W_key, W_value):
     q, k, v = _project(x, W_query, W_key, W_value)
     return F.scaled_dot_product_attention(q, k, v, scale=1.0 / k.shape[-1])
 
 
-@mistake("scale_by_d_in", "the scale uses d_in instead of d_out", "d_k is the size of a key, "
-         "keys.shape[-1] = d_out, not the input size d_in.")  # fmt: skip
+@mistake(
+    "scale_by_d_in",
+    "the scale uses d_in instead of d_out",
+    "d_k is the size of a key, keys.shape[-1] = d_out, not the input size d_in.",
+)
 def _scale_by_d_in(x, W_query, W_key, W_value):
     q, k, v = _project(x, W_query, W_key, W_value)
     return F.scaled_dot_product_attention(q, k, v, scale=1.0 / np.sqrt(x.shape[-1]))
 
 
-@mistake("softmax_over_queries", "the softmax runs over the queries (axis 0)", "Each query's "
-         "weights over the keys are a row: softmax along axis=-1.")  # fmt: skip
+@mistake(
+    "softmax_over_queries",
+    "the softmax runs over the queries (axis 0)",
+    "Each query's weights over the keys are a row: softmax along axis=-1.",
+)
 def _softmax_over_queries(x, W_query, W_key, W_value):
     q, k, v = _project(x, W_query, W_key, W_value)
     return F.softmax(q @ k.T / np.sqrt(k.shape[-1]), axis=0) @ v

@@ -43,34 +43,52 @@ def make_inputs(p, rng):
     return {"inputs": inputs}
 
 
-@mistake("no_softmax", "the scores are used without a softmax", "The weights must be "
-         "positive and sum to 1 over each row: take the softmax of the scores first.")  # fmt: skip
+@mistake(
+    "no_softmax",
+    "the scores are used without a softmax",
+    "The weights must be "
+    "positive and sum to 1 over each row: take the softmax of the scores first.",
+)
 def _no_softmax(inputs):
     return (inputs @ inputs.T) @ inputs
 
 
-@mistake("sum_normalised", "scores divided by their sum instead of a softmax", "Dividing by "
-         "the row sum is the chapter's first try; it fails for negative scores. Use the "
-         "softmax.")  # fmt: skip
+@mistake(
+    "sum_normalised",
+    "scores divided by their sum instead of a softmax",
+    "Dividing by "
+    "the row sum is the chapter's first try; it fails for negative scores. Use the "
+    "softmax.",
+)
 def _sum_normalised(inputs):
     s = inputs @ inputs.T
     return (s / s.sum(axis=-1, keepdims=True)) @ inputs
 
 
-@mistake("softmax_over_columns", "the softmax runs down the columns", "Each query's weights "
-         "are one row of the (T, T) matrix: normalise along axis=-1, not axis=0.")  # fmt: skip
+@mistake(
+    "softmax_over_columns",
+    "the softmax runs down the columns",
+    "Each query's weights are one row of the (T, T) matrix: normalise along axis=-1, not axis=0.",
+)
 def _softmax_over_columns(inputs):
     return F.softmax(inputs @ inputs.T, axis=0) @ inputs
 
 
-@mistake("scaled", "the scores are scaled by 1/sqrt(d)", "Simplified attention has no scale;"
-         " the 1/sqrt(d_k) comes with trainable weights in section 3.4.")  # fmt: skip
+@mistake(
+    "scaled",
+    "the scores are scaled by 1/sqrt(d)",
+    "Simplified attention has no scale;"
+    " the 1/sqrt(d_k) comes with trainable weights in section 3.4.",
+)
 def _scaled(inputs):
     return F.softmax(inputs @ inputs.T / np.sqrt(inputs.shape[-1])) @ inputs
 
 
-@mistake("naive_softmax", "the softmax overflows", "exp of a large score is inf, and inf / inf"
-         " is NaN: subtract each row's max before the exp.")  # fmt: skip
+@mistake(
+    "naive_softmax",
+    "the softmax overflows",
+    "exp of a large score is inf, and inf / inf is NaN: subtract each row's max before the exp.",
+)
 def _naive_softmax(inputs):
     return F.softmax_naive(inputs @ inputs.T) @ inputs
 

@@ -60,31 +60,47 @@ def make_inputs(p, rng):
     }
 
 
-@mistake("dsinks_sign", "dsinks has the wrong sign", "The sink's upstream gradient is 0, so "
-         "its softmax gradient is p_sink * (0 - dot) = -p_sink * dot.")  # fmt: skip
+@mistake(
+    "dsinks_sign",
+    "dsinks has the wrong sign",
+    "The sink's upstream gradient is 0, so "
+    "its softmax gradient is p_sink * (0 - dot) = -p_sink * dot.",
+)
 def _dsinks_sign(attn_scores, sinks, dattn_weights):
     dattn_scores, dsinks = sinks_backward(attn_scores, sinks, dattn_weights)
     return dattn_scores, -dsinks
 
 
-@mistake("dsinks_mean", "dsinks averaged over batch and rows", "One sink logit is used by "
-         "every row of its head: add the rows' gradients, do not average them.")  # fmt: skip
+@mistake(
+    "dsinks_mean",
+    "dsinks averaged over batch and rows",
+    "One sink logit is used by "
+    "every row of its head: add the rows' gradients, do not average them.",
+)
 def _dsinks_mean(attn_scores, sinks, dattn_weights):
     dattn_scores, dsinks = sinks_backward(attn_scores, sinks, dattn_weights)
     B, _, L, _ = attn_scores.shape
     return dattn_scores, dsinks / (B * L)
 
 
-@mistake("sink_left_out", "the scores' gradient ignores the sink", "The weights sum to "
-         "1 - p_sink, not 1: use the forward's weights (with the sink in the denominator) in "
-         "the softmax backward.")  # fmt: skip
+@mistake(
+    "sink_left_out",
+    "the scores' gradient ignores the sink",
+    "The weights sum to "
+    "1 - p_sink, not 1: use the forward's weights (with the sink in the denominator) in "
+    "the softmax backward.",
+)
 def _sink_left_out(attn_scores, sinks, dattn_weights):
     _, dsinks = sinks_backward(attn_scores, sinks, dattn_weights)
     return F.softmax_backward(dattn_weights, F.softmax(attn_scores)), dsinks
 
 
-@mistake("dsinks_zero", "no gradient for the sinks", "The sinks are learned: each one gets "
-         "-sum(p_sink * rowsum(dattn_weights * attn_weights)) over its head's rows.")  # fmt: skip
+@mistake(
+    "dsinks_zero",
+    "no gradient for the sinks",
+    "The sinks are learned: each one gets "
+    "-sum(p_sink * rowsum(dattn_weights * attn_weights)) over its head's rows.",
+)
 def _dsinks_zero(attn_scores, sinks, dattn_weights):
     dattn_scores, dsinks = sinks_backward(attn_scores, sinks, dattn_weights)
     return dattn_scores, np.zeros_like(dsinks)
@@ -102,7 +118,13 @@ EXERCISE = Exercise(
     solution=sinks_backward,
     reference=reference,
     make_inputs=make_inputs,
-    params={"B": (1, 2), "H": (1, 3), "L": (1, 3), "S": (1, 4), "big": (0, 1),
-            "masked_row": (0, 1)},  # fmt: skip
+    params={
+        "B": (1, 2),
+        "H": (1, 3),
+        "L": (1, 3),
+        "S": (1, 4),
+        "big": (0, 1),
+        "masked_row": (0, 1),
+    },
     mistakes=(_dsinks_sign, _dsinks_mean, _sink_left_out, _dsinks_zero),
 )

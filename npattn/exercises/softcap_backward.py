@@ -43,26 +43,35 @@ def make_inputs(p, rng):
     }
 
 
-@mistake("times_cap", "multiplied by cap", "The inner division by cap gives a factor 1 / cap "
-         "that cancels the outer cap: dscores = dout * (1 - t**2).")  # fmt: skip
+@mistake(
+    "times_cap",
+    "multiplied by cap",
+    "The inner division by cap gives a factor 1 / cap "
+    "that cancels the outer cap: dscores = dout * (1 - t**2).",
+)
 def _times_cap(scores, dout, cap):
     return softcap_backward(scores, dout, cap) * cap
 
 
-@mistake("over_cap", "divided by cap", "The outer multiplication by cap also has a "
-         "derivative: cap * (1 / cap) = 1.")  # fmt: skip
+@mistake(
+    "over_cap",
+    "divided by cap",
+    "The outer multiplication by cap also has a derivative: cap * (1 / cap) = 1.",
+)
 def _over_cap(scores, dout, cap):
     return softcap_backward(scores, dout, cap) / cap
 
 
-@mistake("tanh_not_squared", "1 - tanh instead of 1 - tanh**2", "d tanh(u) / du = "
-         "1 - tanh(u)**2.")  # fmt: skip
+@mistake("tanh_not_squared", "1 - tanh instead of 1 - tanh**2", "d tanh(u) / du = 1 - tanh(u)**2.")
 def _tanh_not_squared(scores, dout, cap):
     return dout * (1 - np.tanh(scores / cap))
 
 
-@mistake("cap_forgotten_inside", "tanh(scores) instead of tanh(scores / cap)", "The forward "
-         "was tanh(scores / cap): the derivative is taken at scores / cap.")  # fmt: skip
+@mistake(
+    "cap_forgotten_inside",
+    "tanh(scores) instead of tanh(scores / cap)",
+    "The forward was tanh(scores / cap): the derivative is taken at scores / cap.",
+)
 def _cap_forgotten_inside(scores, dout, cap):
     return dout * (1 - np.tanh(scores) ** 2)
 

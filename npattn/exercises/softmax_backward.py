@@ -44,32 +44,49 @@ def make_inputs(p, rng):
     return {"y": F.softmax(x), "dy": rng.standard_normal(shape)}
 
 
-@mistake("diagonal_only", "only the diagonal of the Jacobian", "Every y_i depends on every x_j "
-         "through the row's sum: the off-diagonal terms -y_i y_j are missing.")  # fmt: skip
+@mistake(
+    "diagonal_only",
+    "only the diagonal of the Jacobian",
+    "Every y_i depends on every x_j "
+    "through the row's sum: the off-diagonal terms -y_i y_j are missing.",
+)
 def _diagonal_only(y, dy):
     return y * (1 - y) * dy
 
 
-@mistake("missing_row_sum", "the row-sum term is missing", "dx = y * dy is only the "
-         "delta_ij part; subtract y times sum(dy * y) over the row.")  # fmt: skip
+@mistake(
+    "missing_row_sum",
+    "the row-sum term is missing",
+    "dx = y * dy is only the delta_ij part; subtract y times sum(dy * y) over the row.",
+)
 def _missing_row_sum(y, dy):
     return y * dy
 
 
-@mistake("sum_wrong_axis", "the sum runs over the wrong axis", "The softmax normalises along "
-         "the last axis, so the sum of dy * y runs along axis=-1, keepdims=True.")  # fmt: skip
+@mistake(
+    "sum_wrong_axis",
+    "the sum runs over the wrong axis",
+    "The softmax normalises along "
+    "the last axis, so the sum of dy * y runs along axis=-1, keepdims=True.",
+)
 def _sum_wrong_axis(y, dy):
     return y * (dy - np.sum(dy * y, axis=-2, keepdims=True))
 
 
-@mistake("sign_flipped", "the sign is flipped", "dx = y * (dy - sum(dy * y)): the row sum "
-         "is subtracted from dy, not the other way round.")  # fmt: skip
+@mistake(
+    "sign_flipped",
+    "the sign is flipped",
+    "dx = y * (dy - sum(dy * y)): the row sum is subtracted from dy, not the other way round.",
+)
 def _sign_flipped(y, dy):
     return y * (np.sum(dy * y, axis=-1, keepdims=True) - dy)
 
 
-@mistake("dy_sum", "sum(dy) instead of sum(dy * y)", "The row term weights each dy_i by y_i: "
-         "sum(dy * y), not sum(dy).")  # fmt: skip
+@mistake(
+    "dy_sum",
+    "sum(dy) instead of sum(dy * y)",
+    "The row term weights each dy_i by y_i: sum(dy * y), not sum(dy).",
+)
 def _dy_sum(y, dy):
     return y * (dy - np.sum(dy, axis=-1, keepdims=True))
 

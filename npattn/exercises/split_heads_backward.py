@@ -18,8 +18,7 @@ def split_heads_backward(dout):
 '''
 
 HINTS = (
-    "A reshape and a transpose move numbers without changing them: the backward moves them "
-    "back.",
+    "A reshape and a transpose move numbers without changing them: the backward moves them back.",
     "Undo the steps in reverse order: first the transpose (swap H and T back), then the reshape.",
     "dout.transpose(0, 2, 1, 3) is (B, T, H, E); reshape it to (B, T, H * E).",
 )
@@ -40,22 +39,33 @@ def make_inputs(p, rng):
     return {"dout": rng.standard_normal((p["B"], p["H"], p["T"], p["E"]))}
 
 
-@mistake("reshape_only", "a reshape without the transpose", "dout is (B, H, T, E): reshaping "
-         "it straight to (B, T, H * E) mixes tokens and heads. Transpose H and T back first.")  # fmt: skip
+@mistake(
+    "reshape_only",
+    "a reshape without the transpose",
+    "dout is (B, H, T, E): reshaping "
+    "it straight to (B, T, H * E) mixes tokens and heads. Transpose H and T back first.",
+)
 def _reshape_only(dout):
     B, H, T, E = dout.shape
     return dout.reshape(B, T, H * E)
 
 
-@mistake("heads_inside", "head and feature axes swapped", "Within d_out, head h owns the "
-         "columns h * E .. h * E + E - 1: the order is (H, E), not (E, H).")  # fmt: skip
+@mistake(
+    "heads_inside",
+    "head and feature axes swapped",
+    "Within d_out, head h owns the "
+    "columns h * E .. h * E + E - 1: the order is (H, E), not (E, H).",
+)
 def _heads_inside(dout):
     B, H, T, E = dout.shape
     return dout.transpose(0, 2, 3, 1).reshape(B, T, H * E)
 
 
-@mistake("not_reshaped", "the heads are not merged back", "The forward's input was "
-         "(B, T, d_out): after the transpose, reshape to (B, T, H * E).")  # fmt: skip
+@mistake(
+    "not_reshaped",
+    "the heads are not merged back",
+    "The forward's input was (B, T, d_out): after the transpose, reshape to (B, T, H * E).",
+)
 def _not_reshaped(dout):
     return dout.transpose(0, 2, 1, 3)
 

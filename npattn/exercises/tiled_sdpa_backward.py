@@ -1,4 +1,4 @@
-"""Exercise: the tiled (FlashAttention) backward, with the log-sum-exp and D = rowsum(dout * out)."""
+"""Exercise: the tiled (FlashAttention) backward, from the lse and D = rowsum(dout * out)."""
 
 import numpy as np
 
@@ -57,8 +57,15 @@ def make_inputs(p, rng):
     v = rng.standard_normal((p["H"], S, E))
     out, cache = F.flash_attention_forward(q, k, v, block_size=p["block_size"])
     dout = rng.standard_normal(out.shape)
-    return {"q": q, "k": k, "v": v, "out": out, "lse": np.array(cache.lse), "dout": dout,
-            "block_size": p["block_size"]}  # fmt: skip
+    return {
+        "q": q,
+        "k": k,
+        "v": v,
+        "out": out,
+        "lse": np.array(cache.lse),
+        "dout": dout,
+        "block_size": p["block_size"],
+    }
 
 
 def _tiled(q, k, v, out, lse, dout, block_size, D_from="out", use_lse=True, scale_on=True):
@@ -79,21 +86,32 @@ def _tiled(q, k, v, out, lse, dout, block_size, D_from="out", use_lse=True, scal
     return dq, dk, dv
 
 
-@mistake("D_per_block", "D from one block's rowsum(dP * P)", "A block sees only part of the "
-         "row: rowsum(dP * P) needs every key. Use D = rowsum(dout * out), which is the "
-         "whole row's sum.")  # fmt: skip
+@mistake(
+    "D_per_block",
+    "D from one block's rowsum(dP * P)",
+    "A block sees only part of the "
+    "row: rowsum(dP * P) needs every key. Use D = rowsum(dout * out), which is the "
+    "whole row's sum.",
+)
 def _D_per_block(q, k, v, out, lse, dout, block_size):
     return _tiled(q, k, v, out, lse, dout, block_size, D_from="block")
 
 
-@mistake("block_softmax", "each block softmaxed on its own", "The weights of a block are "
-         "exp(s - lse) with the whole row's lse, not a softmax over the block alone.")  # fmt: skip
+@mistake(
+    "block_softmax",
+    "each block softmaxed on its own",
+    "The weights of a block are "
+    "exp(s - lse) with the whole row's lse, not a softmax over the block alone.",
+)
 def _block_softmax(q, k, v, out, lse, dout, block_size):
     return _tiled(q, k, v, out, lse, dout, block_size, use_lse=False)
 
 
-@mistake("no_scale", "the 1 / sqrt(E) scale is missing from dq and dk", "The scores were "
-         "q @ k^T * scale: dq and dk both carry the scale.")  # fmt: skip
+@mistake(
+    "no_scale",
+    "the 1 / sqrt(E) scale is missing from dq and dk",
+    "The scores were q @ k^T * scale: dq and dk both carry the scale.",
+)
 def _no_scale(q, k, v, out, lse, dout, block_size):
     return _tiled(q, k, v, out, lse, dout, block_size, scale_on=False)
 
@@ -110,7 +128,13 @@ EXERCISE = Exercise(
     solution=tiled_sdpa_backward,
     reference=reference,
     make_inputs=make_inputs,
-    params={"H": (1, 2), "L": (1, 3), "S": (1, 6), "E": (1, 3), "block_size": (1, 3),
-            "big": (0, 1)},  # fmt: skip
+    params={
+        "H": (1, 2),
+        "L": (1, 3),
+        "S": (1, 6),
+        "E": (1, 3),
+        "block_size": (1, 3),
+        "big": (0, 1),
+    },
     mistakes=(_D_per_block, _block_softmax, _no_scale),
 )
