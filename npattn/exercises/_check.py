@@ -65,8 +65,9 @@ class Result:
 def _outputs(value, n: int):
     """The student's return value as a tuple of n outputs, or a Failure."""
     if n == 1:
-        if isinstance(value, tuple) and len(value) == 1:
-            value = value[0]
+        if isinstance(value, tuple) and len(value) != 1:
+            return Failure("count", f"returned {len(value)} values; expected 1 array")
+        value = value[0] if isinstance(value, tuple) else value
         value = (value,)
     elif not isinstance(value, (tuple, list)):
         return Failure("count", f"returned one {type(value).__name__}; expected a tuple of {n}")
