@@ -1,0 +1,101 @@
+"""Write the exercise notebooks, one per part, from npattn.exercises (so they never drift).
+
+    python tools/make_notebooks.py          # writes notebooks/exercises_*.ipynb
+    python tools/make_notebooks.py --check  # exit 1 if a notebook on disk is out of date
+
+Each exercise is a heading with its docs page, its hints folded away, the stub to fill in, and
+a cell calling check(). build(part, solved=True) fills in the reference solutions instead of
+the stubs: the tests execute those notebooks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import nbformat  # noqa: E402
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook  # noqa: E402
+
+from npattn.exercises import PARTS, all_exercises  # noqa: E402
+
+OUT = ROOT / "notebooks"
+FILES = {part: f"exercises_{i}_{part}.ipynb" for i, part in enumerate(PARTS, 1)}
+
+INTRO = """\
+# Exercises: {title}
+
+Write each function in the cell under its heading, then run the `check` cell below it. The
+checker (npattn.exercises.check) searches with Hypothesis for the smallest input on which
+your function disagrees with npattn, and says which output is wrong, where, and, if it
+recognises the mistake, its name and a hint. Hints are folded under each exercise; the
+solution is one command away (`python -m npattn exercises solution NAME`), so try first.
+
+The same exercises from a terminal: `python -m npattn exercises list`.
+"""
+
+
+def _exercise_cells(number: int, ex, solved: bool) -> list:
+    hints = "\n".join(
+        f"<details><summary>Hint {i}</summary>\n\n{h}\n\n</details>\n"
+        for i, h in enumerate(ex.hints, 1)
+    )
+    text = f"## {number}. {ex.title}\n\nRead first: `docs/{ex.docs}`.\n\n{hints}"
+    code = ex.solution_source if solved else ex.stub_source
+    return [  # fixed cell ids, so that a rebuild changes nothing that did not change
+        new_markdown_cell(text, id=f"{ex.name}-text"),
+        new_code_cell(code.rstrip("\n"), id=f"{ex.name}-code"),
+        new_code_cell(f'check("{ex.name}", {ex.name})', id=f"{ex.name}-check"),
+    ]
+
+
+def build(part: str, solved: bool = False):
+    """The notebook of one part (a key of npattn.exercises.PARTS)."""
+    cells = [
+        new_markdown_cell(INTRO.format(title=PARTS[part]), id="intro"),
+        new_code_cell("import numpy as np\n\nfrom npattn.exercises import check", id="imports"),
+    ]
+    numbered = list(enumerate(all_exercises(), 1))
+    for number, ex in numbered:
+        if ex.part == part:
+            cells += _exercise_cells(number, ex, solved)
+    nb = new_notebook(cells=cells)
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
+    nb.metadata["language_info"] = {"name": "python"}
+    return nb
+
+
+def render(part: str, solved: bool = False) -> str:
+    return nbformat.writes(build(part, solved)) + "\n"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="only report stale notebooks")
+    args = parser.parse_args(argv)
+    stale = []
+    for part, name in FILES.items():
+        path = OUT / name
+        text = render(part)
+        if args.check:
+            if not path.exists() or path.read_text() != text:
+                stale.append(str(path.relative_to(ROOT)))
+        else:
+            OUT.mkdir(exist_ok=True)
+            path.write_text(text)
+            print(f"wrote {path.relative_to(ROOT)}")
+    if stale:
+        print("out of date (run python tools/make_notebooks.py): " + ", ".join(stale))
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
