@@ -260,3 +260,20 @@ def test_cli_list_without_a_workspace(tmp_path, monkeypatch, capsys):
     assert code == 0 and "no workspace" in out
     assert [line.split()[1] for line in out.splitlines() if ". " in line] == list(NAMES)
     assert solution("dropout_backward").startswith("import numpy as np")
+
+
+# the docs
+
+
+def test_each_page_with_an_exercise_links_to_it_and_the_list_is_current():
+    index = (ROOT / "docs" / "exercises" / "index.md").read_text()
+    for ex in all_exercises():
+        page = ex.docs_path().read_text()
+        assert f"(../exercises/index.md#{ex.name})" in page.replace("\n", " "), ex.docs
+        assert f'<a id="{ex.name}"></a>`{ex.name}`' in index
+        assert f"[{ex.docs}](../{ex.docs})" in index
+    assert "exercises/index.md" in (ROOT / "mkdocs.yml").read_text()
+    tool = subprocess.run(
+        [sys.executable, "tools/make_notebooks.py", "--check"], cwd=ROOT, capture_output=True
+    )
+    assert tool.returncode == 0, tool.stdout.decode()
