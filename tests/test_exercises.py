@@ -277,3 +277,19 @@ def test_each_page_with_an_exercise_links_to_it_and_the_list_is_current():
         [sys.executable, "tools/make_notebooks.py", "--check"], cwd=ROOT, capture_output=True
     )
     assert tool.returncode == 0, tool.stdout.decode()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        ([], "the following arguments are required: ACTION"),
+        (["start"], "the following arguments are required: NAME"),
+        (["hint", "softmax_backward", "--level", "x"], "invalid int value: 'x'"),
+        (["bogus"], "invalid choice: 'bogus'"),
+    ],
+)
+def test_cli_usage_errors_are_one_line(capsys, argv, message):
+    with pytest.raises(SystemExit) as exit_:
+        main(["exercises", *argv])
+    _, err = capsys.readouterr()
+    assert exit_.value.code == 2 and err.count("\n") == 1 and message in err

@@ -150,25 +150,46 @@ def cmd_solution(args) -> int:
     return 0
 
 
+def _one_line_error(message: str):
+    print(f"error: {message} (python -m npattn exercises --help)", file=sys.stderr)
+    sys.exit(2)
+
+
+class _Parser(argparse.ArgumentParser):
+    """A parser whose usage errors are one line, like every other error here."""
+
+    def error(self, message: str):
+        _one_line_error(f"{self.prog}: {message}")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The `exercises` subcommand's own subcommands."""
-    sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    parser.error = lambda message: _one_line_error(message)  # one line, not usage + error
+    sub = parser.add_subparsers(
+        parser_class=_Parser,
+        dest="action",
+        required=True,
+        metavar="ACTION",
+        help="list, start, hint, check, solution",
+    )
     ls = sub.add_parser("list", help="every exercise, with its status in a workspace")
     ls.add_argument("--dir", default=DEFAULT_DIR, help="the workspace (default: exercises/)")
     st = sub.add_parser("start", help="write the stub to DIR/NAME.py (never overwrites)")
-    st.add_argument("name", metavar="NAME")
-    st.add_argument("dir", metavar="DIR", nargs="?", default=DEFAULT_DIR)
+    st.add_argument("name", metavar="NAME", help="the exercise (see `list`)")
+    st.add_argument(
+        "dir", metavar="DIR", nargs="?", default=DEFAULT_DIR, help="default: exercises/"
+    )
     hi = sub.add_parser("hint", help="the next hint (or --all, or --level N)")
-    hi.add_argument("name", metavar="NAME")
+    hi.add_argument("name", metavar="NAME", help="the exercise")
     hi.add_argument("--all", action="store_true", help="every hint at once")
     hi.add_argument("--level", type=int, help="hint number N (1 = gentlest)")
     hi.add_argument("--dir", default=DEFAULT_DIR, help="the workspace that records hints shown")
     ch = sub.add_parser("check", help="check FILE's function NAME (exit 0 iff correct)")
-    ch.add_argument("name", metavar="NAME")
-    ch.add_argument("file", metavar="FILE")
+    ch.add_argument("name", metavar="NAME", help="the exercise")
+    ch.add_argument("file", metavar="FILE", help="a Python file defining the function NAME")
     ch.add_argument("--seed", type=int, default=0, help="seed of the input search (default 0)")
     so = sub.add_parser("solution", help="print the reference solution")
-    so.add_argument("name", metavar="NAME")
+    so.add_argument("name", metavar="NAME", help="the exercise")
 
 
 def main(args) -> int:
