@@ -293,3 +293,39 @@ def test_cli_usage_errors_are_one_line(capsys, argv, message):
         main(["exercises", *argv])
     _, err = capsys.readouterr()
     assert exit_.value.code == 2 and err.count("\n") == 1 and message in err
+
+
+def _raises(*args):
+    raise RuntimeError("not done")
+
+
+def _extra_axis(name):
+    solve = get(name).solution
+
+    def fn(*args):
+        out = solve(*args)
+        return tuple(o[None] for o in out) if isinstance(out, tuple) else out[None]
+
+    return fn
+
+
+def _nan(name):
+    solve = get(name).solution
+
+    def fn(*args):
+        out = solve(*args)
+        return tuple(o * np.nan for o in out) if isinstance(out, tuple) else out * np.nan
+
+    return fn
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_exercise_judges_a_crash_a_wrong_shape_and_nan(name):
+    first = get(name).outputs[0]
+    for fn, expected in [
+        (_raises, "raised RuntimeError: not done"),
+        (_extra_axis(name), f"Your {first} has shape"),
+        (_nan(name), f"Your {first} is nan at index"),
+    ]:
+        result = check(name, fn)
+        assert not result.passed and expected in result.message, result.message

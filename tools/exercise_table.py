@@ -1,6 +1,6 @@
 """Print every exercise's catalogued mistakes and the checker's verdict on each.
 
-    python tools/exercise_table.py [NAME ...]
+    python tools/exercise_table.py [--compact] [NAME ...]
 
 Each mistake's wrong implementation is checked as if a student had written it: the verdict
 should be "not yet" with the mistake's own id. The reference solution should pass.
@@ -13,6 +13,24 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from npattn.exercises import NAMES, check, get  # noqa: E402
+
+
+def compact(names) -> int:
+    """One line per exercise: each mistake's id, marked ok when recognised as itself."""
+    ok = True
+    for name in names:
+        ex = get(name)
+        solved = check(name, ex.solution).passed
+        marks = []
+        for m in ex.mistakes:
+            r = check(name, m.fn)
+            good = not r.passed and r.mistake == m.id
+            ok &= good
+            marks.append(f"{m.id} {'ok' if good else 'MISSED (' + str(r.mistake) + ')'}")
+        ok &= solved
+        print(f"{name:26} solution {'passes' if solved else 'FAILS'}; " + ", ".join(marks))
+    print("every mistake recognised, every solution passes" if ok else "SOME VERDICTS ARE WRONG")
+    return 0 if ok else 1
 
 
 def main(names) -> int:
@@ -35,4 +53,7 @@ def main(names) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:] or NAMES))
+    args = sys.argv[1:]
+    if args[:1] == ["--compact"]:
+        sys.exit(compact(args[1:] or NAMES))
+    sys.exit(main(args or NAMES))
