@@ -155,9 +155,9 @@ def test_an_unknown_mistake_is_still_explained():
 def test_a_result_prints_in_a_terminal_and_a_notebook():
     result = check("gqa_kv_backward", get("gqa_kv_backward").mistakes[0].fn)
     assert str(result) == result.message and not result
-    markdown = result._repr_markdown_()
-    assert markdown.startswith("**gqa_kv_backward: not yet.**")
-    assert "tiled_grouping" in markdown
+    page = result._repr_html_()
+    assert page.startswith("<p><strong") and "gqa_kv_backward: not yet.</strong>" in page
+    assert "tiled_grouping" in page and "(B, G, H // G, S, E)" in page
     assert bool(check("gqa_kv_backward", get("gqa_kv_backward").solution, max_examples=5))
 
 

@@ -10,6 +10,7 @@ exception.
 
 from __future__ import annotations
 
+import html
 import random
 import traceback
 from dataclasses import dataclass, field
@@ -56,10 +57,12 @@ class Result:
     def __str__(self) -> str:
         return self.message
 
-    def _repr_markdown_(self) -> str:
+    def _repr_html_(self) -> str:
+        """The verdict in a notebook: the first line bold (green or red), the rest as text."""
         head, _, rest = self.message.partition("\n")
-        body = rest.replace("\n", "  \n")
-        return f"**{head}**  \n{body}" if body else f"**{head}**"
+        colour = "#1a7f37" if self.passed else "#b3261e"
+        body = f'<pre style="white-space: pre-wrap">{html.escape(rest)}</pre>' if rest else ""
+        return f'<p><strong style="color: {colour}">{html.escape(head)}</strong></p>{body}'
 
 
 def _outputs(value, n: int):
