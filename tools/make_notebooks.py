@@ -40,6 +40,10 @@ The same exercises from a terminal: `python -m npattn exercises list`.
 """
 
 
+# the exercises' cells use numpy; this cell imports it once for all of them
+IMPORTS = "import numpy as np  # noqa: F401\n\nfrom npattn.exercises import check"
+
+
 def _exercise_cells(number: int, ex, solved: bool) -> list:
     hints = "\n".join(
         f"<details><summary>Hint {i}</summary>\n\n{h}\n\n</details>\n"
@@ -47,6 +51,7 @@ def _exercise_cells(number: int, ex, solved: bool) -> list:
     )
     text = f"## {number}. {ex.title}\n\nRead first: `docs/{ex.docs}`.\n\n{hints}"
     code = ex.solution_source if solved else ex.stub_source
+    code = code.replace("import numpy as np\n", "", 1).lstrip("\n")  # the notebook's first cell
     return [  # fixed cell ids, so that a rebuild changes nothing that did not change
         new_markdown_cell(text, id=f"{ex.name}-text"),
         new_code_cell(code.rstrip("\n"), id=f"{ex.name}-code"),
@@ -58,7 +63,7 @@ def build(part: str, solved: bool = False):
     """The notebook of one part (a key of npattn.exercises.PARTS)."""
     cells = [
         new_markdown_cell(INTRO.format(title=PARTS[part]), id="intro"),
-        new_code_cell("import numpy as np\n\nfrom npattn.exercises import check", id="imports"),
+        new_code_cell(IMPORTS, id="imports"),
     ]
     numbered = list(enumerate(all_exercises(), 1))
     for number, ex in numbered:
