@@ -118,6 +118,7 @@ def test_a_verdict_names_the_output_its_index_and_both_values():
 
     result = check("sdpa_backward", wrong_dk_only)
     assert not result.passed and result.failure.output == "dk"
+    assert "(dq and dv are right.)" in result.message
     idx, want, got = result.failure.index, result.failure.expected, result.failure.got
     assert f"dk is wrong at index {idx}" in result.message
     assert f"expected {want:.10g}" in result.message and f"got {got:.10g}" in result.message

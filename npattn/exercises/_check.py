@@ -38,6 +38,7 @@ class Failure:
     index: tuple | None = None
     expected: float | None = None
     got: float | None = None
+    right: list = field(default_factory=list)  # the outputs that agree, when several
 
 
 @dataclass
@@ -99,40 +100,50 @@ def _low_precision(value) -> str:
 
 
 def compare(names, got, expected) -> Failure | None:
-    """The first output of `got` that differs from `expected`, as a Failure; None if all agree."""
-    for name, given, e in zip(names, got, expected):
-        g = _as_float(given, name)
-        if isinstance(g, Failure):
-            return g
-        if g.shape != e.shape:
-            return Failure("shape", f"{name} has shape {g.shape}; expected {e.shape}", name)
-        bad_finite = ~np.isfinite(g) & np.isfinite(e)
-        if bad_finite.any():
-            idx = tuple(int(i) for i in np.argwhere(bad_finite)[0])
-            return Failure(
-                "nonfinite",
-                f"{name} is {g[idx]} at index {idx}, where {float(e[idx]) + 0.0:.10g} was expected "
-                f"({int(bad_finite.sum())} of {g.size} entries are NaN or inf)",
-                name,
-                idx,
-                float(e[idx]),
-                float(g[idx]),
-            )
-        atol = ATOL * max(1.0, float(np.max(np.abs(e), initial=0.0, where=np.isfinite(e))))
-        wrong = ~np.isclose(g, e, rtol=RTOL, atol=atol, equal_nan=True)
-        if wrong.any():
-            err = np.where(wrong, np.abs(np.nan_to_num(g - e, nan=np.inf)), -1)
-            idx = tuple(int(i) for i in np.unravel_index(np.argmax(err), err.shape))
-            return Failure(
-                "value",
-                f"{name} is wrong at index {idx}: expected {float(e[idx]) + 0.0:.10g}, got "
-                f"{float(g[idx]) + 0.0:.10g} ({int(wrong.sum())} of {g.size} entries differ; "
-                f"this is the largest difference{_low_precision(given)})",
-                name,
-                idx,
-                float(e[idx]),
-                float(g[idx]),
-            )
+    """The first output of `got` that differs from `expected`, as a Failure (its .right names
+    the outputs that agree); None if all agree."""
+    failures = [_compare_one(name, g, e) for name, g, e in zip(names, got, expected)]
+    wrong = [f for f in failures if f is not None]
+    if not wrong:
+        return None
+    wrong[0].right = [n for n, f in zip(names, failures) if f is None]
+    return wrong[0]
+
+
+def _compare_one(name, given, e) -> Failure | None:
+    """How output `name` differs from the expected array e, or None if it agrees."""
+    g = _as_float(given, name)
+    if isinstance(g, Failure):
+        return g
+    if g.shape != e.shape:
+        return Failure("shape", f"{name} has shape {g.shape}; expected {e.shape}", name)
+    bad_finite = ~np.isfinite(g) & np.isfinite(e)
+    if bad_finite.any():
+        idx = tuple(int(i) for i in np.argwhere(bad_finite)[0])
+        return Failure(
+            "nonfinite",
+            f"{name} is {g[idx]} at index {idx}, where {float(e[idx]) + 0.0:.10g} was expected "
+            f"({int(bad_finite.sum())} of {g.size} entries are NaN or inf)",
+            name,
+            idx,
+            float(e[idx]),
+            float(g[idx]),
+        )
+    atol = ATOL * max(1.0, float(np.max(np.abs(e), initial=0.0, where=np.isfinite(e))))
+    wrong = ~np.isclose(g, e, rtol=RTOL, atol=atol, equal_nan=True)
+    if wrong.any():
+        err = np.where(wrong, np.abs(np.nan_to_num(g - e, nan=np.inf)), -1)
+        idx = tuple(int(i) for i in np.unravel_index(np.argmax(err), err.shape))
+        return Failure(
+            "value",
+            f"{name} is wrong at index {idx}: expected {float(e[idx]) + 0.0:.10g}, got "
+            f"{float(g[idx]) + 0.0:.10g} ({int(wrong.sum())} of {g.size} entries differ; "
+            f"this is the largest difference{_low_precision(given)})",
+            name,
+            idx,
+            float(e[idx]),
+            float(g[idx]),
+        )
     return None
 
 
@@ -324,6 +335,9 @@ def check(name: str, fn, *, seed: int = 0, max_examples: int = MAX_EXAMPLES) -> 
         if failure.kind in ("raised", "count", "modified", "flaky")
         else f"Your {failure.text}."
     )
+    if failure.right:
+        are = "is" if len(failure.right) == 1 else "are"
+        lines.append(f"({' and '.join(failure.right)} {are} right.)")
     m = recognise(fn, ex, params) if failure.kind != "flaky" else None
     if m is not None:
         lines += ["", f"This looks like a known mistake: {m.name} [{m.id}].", f"Hint: {m.hint}"]
