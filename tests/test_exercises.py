@@ -10,7 +10,7 @@ import pytest
 from exercise_solutions import ALTERNATIVES
 
 from npattn.__main__ import main
-from npattn.exercises import NAMES, PARTS, Result, all_exercises, check, get, solution
+from npattn.exercises import NAMES, PARTS, Result, all_exercises, check, get, hint, solution
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = 40  # inputs tried for a correct answer (the default, 150, is for students)
@@ -263,6 +263,9 @@ def test_cli_list_without_a_workspace(tmp_path, monkeypatch, capsys):
     assert code == 0 and "no workspace" in out
     assert [line.split()[1] for line in out.splitlines() if ". " in line] == list(NAMES)
     assert solution("dropout_backward").startswith("import numpy as np")
+    assert hint("dropout_backward", 2) == get("dropout_backward").hints[1]
+    with pytest.raises(ValueError, match="has hints 1 to 3, got level 4"):
+        hint("dropout_backward", 4)
 
 
 # the docs

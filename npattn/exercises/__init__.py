@@ -57,10 +57,18 @@ def all_exercises() -> list:
     return [get(n) for n in NAMES]
 
 
+def hint(name: str, level: int = 1) -> str:
+    """Hint number `level` (1 = gentlest) of exercise `name`."""
+    hints = get(name).hints
+    if not 1 <= level <= len(hints):
+        raise ValueError(f"{name} has hints 1 to {len(hints)}, got level {level}")
+    return hints[level - 1]
+
+
 def solution(name: str) -> str:
     """The reference solution's source, for when you ask for it."""
     return get(name).solution_source
 
 
 __all__ = ["NAMES", "PARTS", "Exercise", "Mistake", "Result", "all_exercises", "check", "get"]
-__all__ += ["solution"]
+__all__ += ["hint", "solution"]
