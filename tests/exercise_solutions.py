@@ -197,6 +197,56 @@ def masked_sdpa_backward_rows(q, k, v, mask, dout):
     return dq, dk, dv
 
 
+def mha_backward_per_head(x, W_query, W_key, W_value, W_out, num_heads, dout):
+    """Head by head, each with its own row block of the weights (the wrapper's view)."""
+    T = x.shape[1]
+    E = W_query.shape[0] // num_heads
+    causal = np.tril(np.ones((T, T), dtype=bool))
+    dx = np.zeros_like(x)
+    dWq, dWk, dWv = np.zeros_like(W_query), np.zeros_like(W_key), np.zeros_like(W_value)
+    contexts = []
+    dcontext = dout @ W_out  # (B, T, d_out)
+    for h in range(num_heads):
+        rows = slice(h * E, (h + 1) * E)
+        Wq, Wk, Wv = W_query[rows], W_key[rows], W_value[rows]
+        q, k, v = x @ Wq.T, x @ Wk.T, x @ Wv.T  # (B, T, E)
+        P = _softmax(np.where(causal, q @ k.swapaxes(1, 2) / np.sqrt(E), -np.inf))
+        contexts.append(P @ v)
+        dc = dcontext[..., rows]
+        dv = P.swapaxes(1, 2) @ dc
+        dP = dc @ v.swapaxes(1, 2)
+        dS = P * (dP - (dP * P).sum(-1, keepdims=True)) / np.sqrt(E)
+        dq, dk = dS @ k, dS.swapaxes(1, 2) @ q
+        dx += dq @ Wq + dk @ Wk + dv @ Wv
+        dWq[rows] = np.einsum("bte,bti->ei", dq, x)
+        dWk[rows] = np.einsum("bte,bti->ei", dk, x)
+        dWv[rows] = np.einsum("bte,bti->ei", dv, x)
+    context = np.concatenate(contexts, axis=-1)  # (B, T, d_out)
+    dW_out = np.einsum("bto,bti->oi", dout, context)
+    return dx, dWq, dWk, dWv, dW_out
+
+
+def mha_backward_einsum(x, W_query, W_key, W_value, W_out, num_heads, dout):
+    B, T, _ = x.shape
+    H, E = num_heads, W_query.shape[0] // num_heads
+    Wq, Wk, Wv = (W.reshape(H, E, -1) for W in (W_query, W_key, W_value))  # (H, E, d_in)
+    q, k, v = (np.einsum("bti,hei->bhte", x, W) for W in (Wq, Wk, Wv))
+    S = np.einsum("bhte,bhse->bhts", q, k) / np.sqrt(E)
+    P = _softmax(np.where(np.tri(T, dtype=bool), S, -np.inf))
+    ctx = np.einsum("bhts,bhse->bhte", P, v)
+    Wo = W_out.reshape(-1, H, E)  # (d_out, H, E): out_proj's columns by head
+    dW_out = np.einsum("bto,bhte->ohe", dout, ctx).reshape(W_out.shape)
+    dctx = np.einsum("bto,ohe->bhte", dout, Wo)
+    dv = np.einsum("bhts,bhte->bhse", P, dctx)
+    dP = np.einsum("bhte,bhse->bhts", dctx, v)
+    dS = P * (dP - np.einsum("bhts,bhts->bht", dP, P)[..., None]) / np.sqrt(E)
+    dq = np.einsum("bhts,bhse->bhte", dS, k)
+    dk = np.einsum("bhts,bhte->bhse", dS, q)
+    dx = sum(np.einsum("bhte,hei->bti", d, W) for d, W in ((dq, Wq), (dk, Wk), (dv, Wv)))
+    dWs = [np.einsum("bhte,bti->hei", d, x).reshape(-1, x.shape[-1]) for d in (dq, dk, dv)]
+    return dx, *dWs, dW_out
+
+
 def online_softmax_attention_rows(q, k, v, block_size):
     """Row by row, with a scalar running max and sum."""
     scale = 1 / np.sqrt(q.shape[-1])
@@ -403,6 +453,7 @@ ALTERNATIVES = {
     "split_heads_backward": (split_heads_backward_loops, split_heads_backward_einsum),
     "sdpa_backward": (sdpa_backward_einsum, sdpa_backward_rows),
     "masked_sdpa_backward": (masked_sdpa_backward_einsum, masked_sdpa_backward_rows),
+    "mha_backward": (mha_backward_per_head, mha_backward_einsum),
     "online_softmax_attention": (online_softmax_attention_rows, online_softmax_attention_lse),
     "tiled_sdpa_backward": (tiled_sdpa_backward_einsum, tiled_sdpa_backward_query_blocks),
     "rope_backward": (rope_backward_pairs, rope_backward_complex),

@@ -33,6 +33,7 @@ NAMES = (
     "split_heads_backward",
     "sdpa_backward",
     "masked_sdpa_backward",
+    "mha_backward",
     "online_softmax_attention",
     "tiled_sdpa_backward",
     "rope_backward",
