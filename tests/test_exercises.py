@@ -98,6 +98,7 @@ def _modifies(y, dy):
         (lambda y, dy: (_softmax_bwd(y, dy), y), "returned 2 values; expected 1"),
         (_modifies, "modified its input `dy` in place"),
         (lambda y: y, "raised TypeError"),
+        (lambda y, dy: sys.exit(3), "raised SystemExit: 3"),
         (lambda y, dy: _softmax_bwd(y, dy) + 0j, "dx has dtype complex128; return real numbers"),
         (lambda y, dy: _softmax_bwd(y, dy).astype(np.float32), "float32: compute in float64"),
     ],

@@ -76,7 +76,7 @@ def run(fn, ex: Exercise, inputs: dict):
     try:
         with np.errstate(all="ignore"):
             value = fn(*given.values())
-    except Exception as exc:  # the student's error is the verdict, never the checker's
+    except (Exception, SystemExit) as exc:  # the student's error is the verdict, not ours
         msg = str(exc).splitlines()[0] if str(exc) else ""
         text = f"raised {type(exc).__name__}{': ' + msg if msg else ''}{_where_raised(exc)}"
         return None, Failure("raised", text)
