@@ -280,6 +280,7 @@ def test_each_page_with_an_exercise_links_to_it_and_the_list_is_current():
         assert f'<a id="{ex.name}"></a>`{ex.name}`' in index
         assert f"[{ex.docs}](../{ex.docs})" in index
     assert "exercises/index.md" in (ROOT / "mkdocs.yml").read_text()
+    assert f"holds {len(NAMES)} exercises" in (ROOT / "README.md").read_text()
     tool = subprocess.run(
         [sys.executable, "tools/make_notebooks.py", "--check"], cwd=ROOT, capture_output=True
     )
