@@ -48,20 +48,22 @@ def cmd_list(args) -> int:
     from . import PARTS, all_exercises
 
     ws = Path(args.dir)
-    status = _read(ws / ".status.json") if ws.is_dir() else None
+    record = _read(ws / ".status.json") if ws.is_dir() else None
+    exercises = all_exercises()
+    states = {}
+    if record is not None:  # the last verdict, or whether the file was started
+        for ex in exercises:
+            started = "started" if (ws / f"{ex.name}.py").exists() else "-"
+            states[ex.name] = record.get(ex.name, started)
+    width = max(map(len, states.values()), default=0)
     part = None
-    for i, ex in enumerate(all_exercises(), 1):
+    for i, ex in enumerate(exercises, 1):
         if ex.part != part:
             part = ex.part
             print(f"{'' if i == 1 else chr(10)}{PARTS[part]}")
-        line = f"  {i:2}. {ex.name:28} {ex.title}"
-        if status is not None:
-            state = status.get(ex.name)
-            if state is None:
-                state = "started" if (ws / f"{ex.name}.py").exists() else "-"
-            line = f"  {i:2}. {ex.name:28} {state:34} {ex.title}"
-        print(line)
-    if status is None:
+        state = f"{states[ex.name]:{width}} " if states else ""
+        print(f"  {i:2}. {ex.name:26} {state}{ex.title}")
+    if record is None:
         print(f"\n(no workspace at {ws}/: `python -m npattn exercises start NAME` makes one)")
     return 0
 
