@@ -145,6 +145,7 @@ FAMILIES = {
                 "factor": 4.0,
                 "original_max_position_embeddings": 8,
             },
+            max_position_embeddings=32,
         ),
     ),
     "gemma2": (
@@ -311,7 +312,9 @@ def hf_position_embeddings(case: Case, rope, position_ids: torch.Tensor):
 
 
 def hf_mask(case: Case, x, attention_mask_2d, cache, position_ids):
-    """The 4-D mask the model builds for this layer (full or sliding-window)."""
+    """The 4-D mask the model builds for this layer (full or sliding-window). layer_idx names
+    the cache layer to read the past length from: the model reads its first layer of the
+    type, which in a full model has seen the same tokens; here only this layer runs."""
     from transformers import masking_utils
 
     fn = (
@@ -325,6 +328,7 @@ def hf_mask(case: Case, x, attention_mask_2d, cache, position_ids):
         attention_mask=attention_mask_2d,
         cache=cache,
         position_ids=position_ids,
+        layer_idx=case.layer_idx,
     )
 
 
@@ -395,3 +399,141 @@ def rel_err(a, b) -> float:
     scale = b.abs().max().item()
     diff = (a - b).abs().max().item()
     return diff / scale if scale > 0 else diff
+
+
+# ---- the quantities compared, for torch_port.Attention ("torch") and npattn.Attention ("npattn")
+
+D_MODEL = 64
+QUANTITIES = ("out", "dx", "param grads", "cached decoding", "left-padded decoding")
+
+
+def inputs(B: int, T: int, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(B, T, D_MODEL, generator=g, dtype=torch.float64)
+    upstream = torch.randn(B, T, D_MODEL, generator=g, dtype=torch.float64)  # never all ones
+    return x, upstream
+
+
+def hf_grads(case: Case, x, upstream, position_ids, rope):
+    """transformers' output, dL/dx and dL/dparam for L = sum(out * upstream)."""
+    layer = case.layer
+    x = x.clone().requires_grad_(True)
+    with float64_transformers(case.family):
+        out = hf_forward(case, x, position_ids, rope)
+    names = [n for n, _ in layer.named_parameters()]
+    grads = torch.autograd.grad(out, [x, *layer.parameters()], upstream)
+    return out.detach(), grads[0], dict(zip(names, grads[1:]))
+
+
+def torch_grads(case: Case, x, upstream, position_ids):
+    """torch_port.Attention's output, dL/dx and the parameter gradients pulled back through
+    weight_map to transformers' names (autograd through the map)."""
+    from torch.func import functional_call
+
+    import torch_port.hf as tph
+
+    m = tph.to_torch(case.layer)
+    params = hf_params(case.layer)
+    mapped = tph.weight_map(case.layer)(params)
+    x = x.clone().requires_grad_(True)
+    out = functional_call(m, mapped, (x,), {"positions": position_ids})
+    grads = torch.autograd.grad(out, [x, *params.values()], upstream)
+    return out.detach(), grads[0], dict(zip(params, grads[1:]))
+
+
+def npattn_grads(case: Case, x, upstream, position_ids):
+    """npattn.Attention's output, its hand-written dL/dx, and its parameter gradients pulled
+    back through weight_map to transformers' names (the map's vector-Jacobian product)."""
+    import torch_port.hf as tph
+
+    ref = tph.to_npattn(case.layer)
+    out = ref.forward(x.numpy(), positions=position_ids.numpy())
+    dx = ref.backward(upstream.numpy())
+    grads = ref.grads
+    params = hf_params(case.layer)
+    mapped = tph.weight_map(case.layer)(params)
+    keys = list(mapped)
+    pulled = torch.autograd.grad(
+        [mapped[k] for k in keys],
+        list(params.values()),
+        [torch.from_numpy(np.asarray(grads[k], dtype=np.float64)) for k in keys],
+    )
+    return torch.from_numpy(out), torch.from_numpy(dx), dict(zip(params, pulled))
+
+
+def grad_errors(case: Case, impl: str, B=2, T=7, start=3, seed=1) -> dict:
+    """out, dx and the worst parameter gradient's relative error against transformers, at
+    positions start .. start + T - 1."""
+    import torch_port.hf as tph
+
+    rope = tph.config_of(case.layer).rope
+    x, upstream = inputs(B, T, seed)
+    position_ids = (torch.arange(T) + start)[None].expand(B, T)
+    ref = hf_grads(case, x, upstream, position_ids, rope)
+    run = torch_grads if impl == "torch" else npattn_grads
+    got = run(case, x, upstream, position_ids)
+    errs = {"out": rel_err(got[0], ref[0]), "dx": rel_err(got[1], ref[1])}
+    errs["param grads"] = max(rel_err(got[2][n], ref[2][n]) for n in ref[2])
+    return errs
+
+
+def _ours(case: Case, impl: str):
+    import torch_port.hf as tph
+
+    if impl == "torch":
+        m = tph.to_torch(case.layer)
+
+        def step(x, positions, kpm):
+            with torch.no_grad():
+                return m(x, use_cache=True, positions=positions, key_padding_mask=kpm)
+
+        return step
+    ref = tph.to_npattn(case.layer)
+
+    def step(x, positions, kpm):
+        kpm = None if kpm is None else kpm.numpy()
+        out = ref.forward(
+            x.numpy(), use_cache=True, positions=positions.numpy(), key_padding_mask=kpm
+        )
+        return torch.from_numpy(out)
+
+    return step
+
+
+def decode_error(case: Case, impl: str, pads=None, prefill=5, steps=4, start=0, seed=2):
+    """Prefill `prefill` tokens, then decode `steps` one at a time, through transformers'
+    DynamicCache and through ours; the worst relative error over the real query rows.
+    pads: left padding per batch row (a 2-D attention_mask, position_ids = cumsum - 1)."""
+    import torch_port.hf as tph
+
+    rope = tph.config_of(case.layer).rope
+    B = 2
+    T = prefill + steps
+    x, _ = inputs(B, T, seed)
+    if pads is None:
+        mask2d = None
+        position_ids = (torch.arange(T) + start)[None].expand(B, T)
+    else:
+        mask2d, position_ids = left_padded(B, T, pads)
+    cache = new_cache(case)
+    ours = _ours(case, impl)
+    bounds = [(0, prefill)] + [(t, t + 1) for t in range(prefill, T)]
+    worst = 0.0
+    for a, b in bounds:
+        sub_mask = None if mask2d is None else mask2d[:, :b]
+        chunk = x[:, a:b].contiguous()  # (B, b - a, d); GPT-2's Conv1D needs a contiguous view
+        with torch.no_grad(), float64_transformers(case.family):
+            ref = hf_forward(case, chunk, position_ids[:, a:b], rope, sub_mask, cache)
+        kpm = None if sub_mask is None else sub_mask.bool()
+        got = ours(chunk, position_ids[:, a:b], kpm)
+        real = torch.ones(B, b - a, dtype=torch.bool) if mask2d is None else mask2d[:, a:b] == 1
+        worst = max(worst, rel_err(got[real], ref[real]))
+    return worst
+
+
+def agreement(case: Case, impl: str) -> dict:
+    """Every quantity in QUANTITIES: max relative error against transformers, float64."""
+    errs = grad_errors(case, impl)
+    errs["cached decoding"] = decode_error(case, impl)
+    errs["left-padded decoding"] = decode_error(case, impl, pads=(0, 3))
+    return errs
