@@ -25,14 +25,18 @@ from .modules import (
     SelfAttention_v1,
     SelfAttention_v2,
 )
+from .ops.rope_config import DynamicNTK, LinearScaling, Llama3, RoPE, YaRN
 from .ops.simple import simple_self_attention
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CausalAttention",
+    "DynamicNTK",
     "GroupedQueryAttention",
     "Linear",
+    "LinearScaling",
+    "Llama3",
     "Module",
     "MultiHeadAttention",
     "MultiHeadAttentionWithSWA",
@@ -40,8 +44,10 @@ __all__ = [
     "MultiHeadLatentAttention",
     "Qwen3Attention",
     "RMSNorm",
+    "RoPE",
     "SelfAttention_v1",
     "SelfAttention_v2",
+    "YaRN",
     "functional",
     "gradcheck",
     "simple_self_attention",

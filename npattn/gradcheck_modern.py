@@ -1,4 +1,5 @@
-"""The modern stages as small float64 examples for `python -m npattn gradcheck`: RoPE, RMSNorm,
+"""The modern stages as small float64 examples for `python -m npattn gradcheck`: RoPE (partial
+and interleaved too), RMSNorm (with Gemma's offset too),
 soft-capping, sinks, the sliding-window mask, and the GQA / MLA / SWA / Qwen3 classes.
 
 The tuples have the formats of stages.op_stages and stages.module_stages:
@@ -30,6 +31,10 @@ def modern_op_cases(seed: int = 0):
     r = rng.standard_normal
     B, H, T, S, E = 2, 2, 4, 5, 4
     cos, sin = F.compute_rope_params(E, context_length=8)
+    partial = F.RoPE(fraction=2 / 3)  # head dim 6: the first 4 dims turn, 2 pass through
+    cos_p, sin_p = partial.tables(6, np.arange(3, 3 + T))  # (T, 4)
+    yarn = F.RoPE(fraction=2 / 3, interleaved=True, scaling=F.YaRN(4.0, 2))
+    cos_y, sin_y = yarn.tables(6, np.array([[0, 1, 2, 3], [5, 6, 7, 8]]))  # (B, T, 4)
     keep = rng.random((B, H, T, S)) >= 0.3
     bool_mask = rng.random((T, S)) > 0.3
     bool_mask[0] = False  # one fully masked row
@@ -52,11 +57,35 @@ def modern_op_cases(seed: int = 0):
             None,
         ),
         (
+            "rope_apply, partial rotary (R = 4 of E = 6), split halves, (B, 1, T, R) tables",
+            F.rope_apply_forward,
+            F.rope_apply_backward,
+            {"x": r((B, H, T, 6))},
+            {"cos_t": cos_p[None, None], "sin_t": sin_p[None, None]},
+            None,
+        ),
+        (
+            "rope_apply, partial rotary (R = 4 of E = 6), interleaved, YaRN tables",
+            F.rope_apply_forward,
+            F.rope_apply_backward,
+            {"x": r((B, T, 6))},
+            {"cos_t": cos_y, "sin_t": sin_y, "interleaved": True},
+            None,
+        ),
+        (
             "rmsnorm",
             F.rmsnorm_forward,
             F.rmsnorm_backward,
             {"x": r((B, T, E)), "scale": r(E)},
             {},
+            None,
+        ),
+        (
+            "rmsnorm, offset 1 (Gemma's 1 + scale)",
+            F.rmsnorm_forward,
+            F.rmsnorm_backward,
+            {"x": r((B, T, E)), "scale": 0.3 * r(E)},
+            {"offset": 1.0},
             None,
         ),
         (
@@ -129,8 +158,11 @@ def modern_module_cases(seed: int = 0):
     )
     rms = RMSNorm(6)
     rms.load_state_dict({"scale": norm_scales[0].repeat(2)[:6]})
+    gemma = RMSNorm(6, offset=1.0)
+    gemma.load_state_dict({"scale": 0.3 * norm_scales[1].repeat(2)[:6]})
     return [
         ("RMSNorm", rms, x),
+        ("RMSNorm, offset 1 (Gemma)", gemma, x),
         (
             "GroupedQueryAttention, 4 heads, 2 groups",
             GroupedQueryAttention(6, 8, 0.25, 4, 2, True, rng=seed),
