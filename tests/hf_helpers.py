@@ -26,6 +26,8 @@ from unittest import mock
 import numpy as np
 import torch
 
+import npattn
+
 # family -> (module under transformers.models, config class, attention class, rotary class,
 #            RMSNorm class used by the attention's q_norm / k_norm, its formula, config kwargs)
 FAMILIES = {
@@ -234,6 +236,37 @@ FAMILIES = {
     ),
 }
 
+if hasattr(npattn, "LatentConfig"):  # DeepSeek-V3's latent attention: npattn.LatentAttention
+    FAMILIES["deepseek_v3"] = (
+        "deepseek_v3",
+        "DeepseekV3Config",
+        "DeepseekV3Attention",
+        "DeepseekV3RotaryEmbedding",
+        ("DeepseekV3RMSNorm", "w*x"),
+        dict(
+            hidden_size=64,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+            q_lora_rank=24,
+            kv_lora_rank=16,
+            qk_nope_head_dim=8,
+            qk_rope_head_dim=8,
+            v_head_dim=12,
+            attention_bias=True,
+            rope_interleave=True,
+            num_hidden_layers=1,
+            max_position_embeddings=32,
+            rope_parameters={
+                "rope_type": "yarn",
+                "rope_theta": 10_000.0,
+                "factor": 4.0,
+                "original_max_position_embeddings": 8,
+                "mscale": 1.0,
+                "mscale_all_dim": 0.8,
+            },
+        ),
+    )
+
 # the layer indices each family is tested at: every layer type it has
 LAYERS = {"gemma2": (0, 1), "gemma3": (0, 1), "gpt_oss": (0, 1), "qwen2": (1,), "gpt2": (1,)}
 
@@ -300,11 +333,18 @@ def hf_rotary_tables(case: Case, x: torch.Tensor, position_ids: torch.Tensor):
     return rotary(x, position_ids)
 
 
+def rope_dim(case: Case) -> int:
+    """The head width RoPE's tables are computed for (DeepSeek-V3: the rope part, Dr)."""
+    layer = case.layer
+    if case.family == "deepseek_v3":
+        return layer.qk_rope_head_dim
+    return layer.head_dim if hasattr(layer, "head_dim") else layer.head_size
+
+
 def hf_position_embeddings(case: Case, rope, position_ids: torch.Tensor):
     """(cos, sin) for the layer from npattn's float64 RoPE tables, in transformers' layout:
     (B, T, R); gpt-oss's layer takes the R/2 angles once, not concatenated twice."""
-    E = case.layer.head_dim if hasattr(case.layer, "head_dim") else case.layer.head_size
-    cos, sin = (torch.from_numpy(t) for t in rope.tables(E, position_ids.numpy()))
+    cos, sin = (torch.from_numpy(t) for t in rope.tables(rope_dim(case), position_ids.numpy()))
     if case.family == "gpt_oss":
         half = cos.shape[-1] // 2
         cos, sin = cos[..., :half], sin[..., :half]
@@ -529,6 +569,11 @@ def decode_error(case: Case, impl: str, pads=None, prefill=5, steps=4, start=0, 
         real = torch.ones(B, b - a, dtype=torch.bool) if mask2d is None else mask2d[:, a:b] == 1
         worst = max(worst, rel_err(got[real], ref[real]))
     return worst
+
+
+def has_npattn(case: Case) -> bool:
+    """Whether this npattn has the family's class (npattn.Attention, or LatentAttention)."""
+    return hasattr(npattn, "LatentAttention" if case.family == "deepseek_v3" else "Attention")
 
 
 def agreement(case: Case, impl: str) -> dict:
