@@ -11,6 +11,7 @@ plain NumPy, every stage with a hand-written backward pass.
 """
 
 from . import functional, gradcheck
+from .models import Attention, AttentionConfig, QKNorm
 from .modules import (
     CausalAttention,
     GroupedQueryAttention,
@@ -31,6 +32,8 @@ from .ops.simple import simple_self_attention
 __version__ = "0.1.0"
 
 __all__ = [
+    "Attention",
+    "AttentionConfig",
     "CausalAttention",
     "DynamicNTK",
     "GroupedQueryAttention",
@@ -42,6 +45,7 @@ __all__ = [
     "MultiHeadAttentionWithSWA",
     "MultiHeadAttentionWrapper",
     "MultiHeadLatentAttention",
+    "QKNorm",
     "Qwen3Attention",
     "RMSNorm",
     "RoPE",

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import functional as F
+from .models import Attention, AttentionConfig, QKNorm
 from .modules import (
     GroupedQueryAttention,
     MultiHeadAttentionWithSWA,
@@ -188,6 +189,46 @@ def modern_module_cases(seed: int = 0):
         (
             "Qwen3Attention, Llama 3.1 (frequency scaling)",
             Qwen3Attention(6, 2, 1, 4, False, **LLAMA31_SETTINGS, rng=seed),
+            x,
+        ),
+        *attention_module_cases(x, seed),
+    ]
+
+
+def attention_module_cases(x, seed: int = 0):
+    """(name, module, x) for npattn.Attention with the options real models switch on; every
+    parameter random (norm scales and sinks too), so no gradient is trivially 0 or 1."""
+    from .ops.rope_config import RoPE
+
+    def attention(**options):
+        m = Attention(AttentionConfig(hidden_size=6, **options), rng=seed)
+        rng = np.random.default_rng(seed + 2)
+        m.load_state_dict({k: rng.normal(0, 0.5, v.shape) for k, v in m.state_dict().items()})
+        return m
+
+    every_option = dict(num_heads=4, num_kv_heads=2, head_dim=4, qkv_bias=True, out_bias=True,
+                        scale=0.7, window=3, softcap=2.0, sinks=True)  # fmt: skip
+    return [
+        (
+            "Attention, GQA + biases + window 3 + softcap + sinks + partial RoPE",
+            attention(**every_option, rope=RoPE(fraction=0.5), dropout=0.25),
+            x,
+        ),
+        (
+            "Attention, QK-norm over the whole width (OLMo 2)",
+            attention(num_heads=2, head_dim=4, qk_norm=QKNorm(width="all"), rope=RoPE()),
+            x,
+        ),
+        (
+            "Attention, QK-norm (1 + w) per head, interleaved RoPE (Gemma 3)",
+            attention(
+                num_heads=2,
+                num_kv_heads=1,
+                head_dim=4,
+                rope=RoPE(interleaved=True),
+                qk_norm=QKNorm(offset=1.0),
+                scale=0.4,
+            ),  # fmt: skip
             x,
         ),
     ]
