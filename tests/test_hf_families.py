@@ -89,6 +89,13 @@ def test_weight_map_gives_npattn_keys_and_shapes(case):
         assert mapped[k].shape == v.shape, k
         assert torch.equal(mapped[k], v), k
     assert m.config == cfg
+    if H.has_npattn(case):
+        ref = tph.to_npattn(case.layer)
+        assert ref.config == cfg and type(ref).__name__ == type(m).__name__
+        assert list(ref.state_dict()) == list(mapped)
+        for k, v in ref.state_dict().items():
+            assert v.dtype == np.float64
+            np.testing.assert_array_equal(v, mapped[k].detach().numpy(), err_msg=k)
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -99,9 +106,10 @@ def test_output_and_gradients(case, impl):
 
 
 @pytest.mark.parametrize("impl", IMPLS)
-def test_cached_decoding(case, impl):
+@pytest.mark.parametrize("start", [0, 4])
+def test_cached_decoding(case, impl, start):
     needs(case, impl)
-    assert H.decode_error(case, impl, start=0) < TOL
+    assert H.decode_error(case, impl, start=start) < TOL
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -215,3 +223,31 @@ def test_npattn_tables_feed_the_layer_in_float64():
     assert cos.dtype == sin.dtype == torch.float64
     np.testing.assert_allclose(cos[0, :, 0].numpy(), np.cos(np.arange(5)), rtol=1e-15)
     np.testing.assert_allclose(sin[0, :, 0].numpy(), np.sin(np.arange(5)), rtol=1e-15)
+
+
+@pytest.mark.parametrize(
+    "family, overrides, match",
+    [
+        (
+            "phi3",
+            {
+                "rope_parameters": {
+                    "rope_type": "longrope",
+                    "rope_theta": 10_000.0,
+                    "short_factor": [1.0] * 8,
+                    "long_factor": [2.0] * 8,
+                    "factor": 4.0,
+                    "original_max_position_embeddings": 16,
+                },
+                "max_position_embeddings": 64,
+            },
+            "longrope",
+        ),
+        ("gemma3", {"use_bidirectional_attention": True}, "bidirectional"),
+        ("gpt2", {"add_cross_attention": True}, "cross-attention"),
+    ],
+)
+def test_unsupported_settings_are_named(family, overrides, match):
+    case = H.make_case(family, H.LAYERS.get(family, (0,))[0], **overrides)
+    with pytest.raises(tph.UnsupportedLayerError, match=match):
+        tph.config_of(case.layer)

@@ -52,6 +52,7 @@ def x_of(B, T, d, seed=1):
 def test_state_dict_keys_and_order():
     m = torch_port.Attention(FULL)
     assert list(m.state_dict()) == [
+        "sinks",
         "W_query.weight",
         "W_query.bias",
         "W_key.weight",
@@ -62,13 +63,14 @@ def test_state_dict_keys_and_order():
         "out_proj.bias",
         "q_norm.scale",
         "k_norm.scale",
-        "sinks",
     ]
     assert m.q_norm.scale.shape == (8,) and m.sinks.shape == (4,)
     assert torch.equal(m.q_norm.scale, torch.zeros(8))  # offset 1: (1 + w) starts at 1
     olmo = torch_port.Attention(dataclasses.replace(FULL, qk_norm=QKNorm(width="all")))
     assert olmo.q_norm.scale.shape == (32,) and olmo.k_norm.scale.shape == (16,)
     assert m.config is FULL
+    if hasattr(npattn, "Attention"):
+        assert list(npattn.Attention(FULL).state_dict()) == list(m.state_dict())
 
 
 @pytest.mark.parametrize("window", [None, 3])

@@ -58,9 +58,10 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleaved: b
 class Attention(KVCacheMixin, nn.Module):
     """The attention layer of a decoder, every option read from `config` (npattn's dataclass).
 
-    Children, in state_dict order: W_query, W_key, W_value, out_proj (nn.Linear, with biases as
-    config.qkv_bias / out_bias say), q_norm and k_norm (RMSNorm, parameter `scale`) when
-    config.qk_norm, and `sinks` (H,) when config.sinks.
+    state_dict, in npattn.Attention's order: `sinks` (H,) when config.sinks (the module's own
+    parameter comes first, as in torch), then the children W_query, W_key, W_value, out_proj
+    (nn.Linear, with biases as config.qkv_bias / out_bias say), and q_norm, k_norm (RMSNorm,
+    parameter `scale`) when config.qk_norm.
     Shapes: x (B, T, d) -> (B, T, d). Cache: cache_k, cache_v (B, G, S_cached, E), keys after
     RoPE; `cache_start` is the slot of cache_k's first key (a window drops older ones).
     """
@@ -81,8 +82,7 @@ class Attention(KVCacheMixin, nn.Module):
             self.q_norm = RMSNorm(q_width, norm.eps, offset=norm.offset, dtype=dtype)
             self.k_norm = RMSNorm(k_width, norm.eps, offset=norm.offset, dtype=dtype)
         if config.sinks:
-            self.sinks = nn.Parameter(torch.zeros(H, dtype=dtype))
-            self._register_state_dict_hook(_sinks_last)
+            self.sinks = nn.Parameter(torch.zeros(H, dtype=dtype))  # first in the state_dict
         self.dropout = nn.Dropout(config.dropout)  # no parameters: not in the state_dict
         self._init_cache()
         self.cache_start = 0
@@ -243,8 +243,3 @@ class Attention(KVCacheMixin, nn.Module):
                 f"{tuple(got) if hasattr(got, '__len__') else got}"
             )
         return key_padding_mask
-
-
-def _sinks_last(module, state_dict, prefix, local_metadata):
-    """Move `sinks` after the children's entries: npattn's state_dict order."""
-    state_dict[prefix + "sinks"] = state_dict.pop(prefix + "sinks")

@@ -88,11 +88,11 @@ def _phi3(q_width: int, kv_width: int):
     return weight_map
 
 
-ORDER = ("W_query", "W_key", "W_value", "out_proj", "q_norm", "k_norm", "sinks")
+ORDER = ("sinks", "W_query", "W_key", "W_value", "out_proj", "q_norm", "k_norm")
 
 
 def _ordered(out: dict) -> dict:
-    """npattn's state_dict order: the projections, the norms, the sinks."""
+    """npattn's state_dict order: the sinks, the projections, the norms."""
 
     def rank(key: str) -> tuple[int, bool]:
         return ORDER.index(key.split(".")[0]), key.endswith(".bias")  # weight before bias
