@@ -251,3 +251,20 @@ def test_unsupported_settings_are_named(family, overrides, match):
     case = H.make_case(family, H.LAYERS.get(family, (0,))[0], **overrides)
     with pytest.raises(tph.UnsupportedLayerError, match=match):
         tph.config_of(case.layer)
+
+
+@pytest.mark.parametrize("scale_weights", [True, False])
+@pytest.mark.parametrize("inverse_idx", [True, False])
+@pytest.mark.parametrize("layer_idx", [0, 1])
+def test_gpt2_scale_variants(scale_weights, inverse_idx, layer_idx):
+    """GPT-2's scale: 1/sqrt(E) or 1 (scale_attn_weights), over layer_idx + 1
+    (scale_attn_by_inverse_layer_idx), as the layer computes it; and the outputs agree."""
+    case = H.make_case(
+        "gpt2",
+        layer_idx,
+        scale_attn_weights=scale_weights,
+        scale_attn_by_inverse_layer_idx=inverse_idx,
+    )
+    cfg = tph.config_of(case.layer)
+    assert cfg.softmax_scale == case.layer.scaling
+    assert H.grad_errors(case, "torch")["out"] < TOL
