@@ -87,10 +87,6 @@ class Attention(KVCacheMixin, nn.Module):
         self._init_cache()
         self.cache_start = 0
 
-    @property
-    def d_in(self) -> int:
-        return self.config.hidden_size
-
     def reset_cache(self) -> None:
         """Empty the cache: the next cached chunk starts at slot and position 0."""
         super().reset_cache()
