@@ -55,6 +55,28 @@ def test_source_directives_resolve(page):
         assert block.startswith('```py title="npattn/'), block[:80]
 
 
+# a path into the repository named in prose or code: tests/..., npattn/..., benchmarks/...
+CITED_PATH = re.compile(r"(?<![\w/.-])((?:tests|tools|benchmarks|docs)/[\w./-]*\w)")
+
+
+@pytest.mark.parametrize(
+    "page", [*PAGES, ROOT / "README.md"], ids=lambda p: str(p.relative_to(ROOT))
+)
+def test_cited_repository_files_exist(page):
+    """Every tests/..., tools/..., benchmarks/... path a page (or the README) cites exists,
+    in the repository or (a link) beside the page."""
+    missing = [
+        path for path in CITED_PATH.findall(page.read_text())
+        if not any((base / path).exists() for base in (ROOT, page.parent))
+    ]  # fmt: skip
+    assert not missing, missing
+
+
+def test_cited_paths_are_found():
+    text = "checked in tests/test_sdpa.py and (tests/no_such.py), not in xtests/a.py"
+    assert CITED_PATH.findall(text) == ["tests/test_sdpa.py", "tests/no_such.py"]
+
+
 def test_fenced_blocks_are_found_with_their_lines():
     text = "intro\n```python\nx = 1\n```\n\n  ```python title='t'\n  y = 2\n  ```\n```py\nz\n```\n"
     blocks = pycode.fenced_blocks(text)

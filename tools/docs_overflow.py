@@ -34,10 +34,7 @@ window.addEventListener("load", () => setTimeout(() => {
     const text = el.textContent.slice(0, 70);
     if (over > 1) bad.push({tag: el.tagName, px: Math.round(over), text});
   }
-  const pre = document.createElement("pre");
-  pre.id = "overflow-report";
-  pre.textContent = JSON.stringify(bad);
-  document.body.appendChild(pre);
+  report(bad);
 }, 200));
 """
 
@@ -47,15 +44,21 @@ def browser() -> str | None:
     return next((shutil.which(b) for b in BROWSERS if shutil.which(b)), None)
 
 
-def overflowing(site: Path, width: int = 1280, pages=None) -> dict[str, list[dict]]:
-    """{page: [{tag, px, text}, ...]} for each page with something too wide.
+def run_in_pages(site: Path, width: int, script: str, pages=None, height: int = 1600) -> dict:
+    """{page: JSON value} that `script` reports in each page of the built site.
 
-    pages: paths relative to the site ("backward/sdpa.html"); default every page.
+    The script runs in the page after load and stores its answer with `report(value)`.
+    pages: paths relative to the site ("backward/sdpa.html"); default every page but 404.html.
     """
     exe = browser()
     if exe is None:
         raise RuntimeError("no chromium on PATH")
     found = {}
+    wrapper = (
+        "function report(v) { const pre = document.createElement('pre');"
+        " pre.id = 'page-report'; pre.textContent = JSON.stringify(v);"
+        " document.body.appendChild(pre); }\n" + script
+    )
     with tempfile.TemporaryDirectory() as tmp:
         copy = Path(tmp) / "site"
         shutil.copytree(site, copy)
@@ -63,19 +66,27 @@ def overflowing(site: Path, width: int = 1280, pages=None) -> dict[str, list[dic
             name = str(page.relative_to(copy))
             if page.name == "404.html" or (pages is not None and name not in pages):
                 continue
-            script = f"<script>{MEASURE}</script></body>"
-            page.write_text(page.read_text().replace("</body>", script))
+            tag = f"<script>{wrapper}</script></body>"
+            page.write_text(page.read_text().replace("</body>", tag))
             out = subprocess.run(
-                [exe, "--headless", "--no-sandbox", "--disable-gpu", f"--window-size={width},1600",
+                [exe, "--headless", "--no-sandbox", "--disable-gpu",
+                 f"--window-size={width},{height}", "--hide-scrollbars",
                  "--virtual-time-budget=3000", "--dump-dom", page.as_uri()],
                 capture_output=True, text=True, timeout=120,
             ).stdout  # fmt: skip
-            m = re.search(r'<pre id="overflow-report">(.*?)</pre>', out, re.S)
-            no_report = [{"tag": "page", "px": -1, "text": "the page did not report"}]
-            bad = json.loads(html.unescape(m.group(1))) if m else no_report
-            if bad:
-                found[name] = bad
+            m = re.search(r'<pre id="page-report">(.*?)</pre>', out, re.S)
+            found[name] = json.loads(html.unescape(m.group(1))) if m else None
     return found
+
+
+def overflowing(site: Path, width: int = 1280, pages=None) -> dict[str, list[dict]]:
+    """{page: [{tag, px, text}, ...]} for each page with something too wide.
+
+    pages: paths relative to the site ("backward/sdpa.html"); default every page.
+    """
+    no_report = [{"tag": "page", "px": -1, "text": "the page did not report"}]
+    found = run_in_pages(site, width, MEASURE, pages)
+    return {name: bad if bad is not None else no_report for name, bad in found.items() if bad != []}
 
 
 def main(argv=None) -> int:
