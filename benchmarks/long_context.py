@@ -244,7 +244,8 @@ def section_window(args, log) -> tuple[str, dict]:
         f"## Sliding window of {W} keys: cost against T",
         "",
         f"The tiled path with `window={W}` (query i sees keys i - {W - 1} .. i) skips every "
-        "tile wholly outside the window, so its work grows as T * window, not T^2. Causal, "
+        "tile wholly outside the window, so its work grows as $T w$ (w = window), not $T^2$. "
+        "Causal, "
         f"B = 1, H = {HEADS}, head dim {HEAD_DIM}, float32, forward+backward; time: median of "
         "interleaved repeats; peak memory: a fresh process per measurement. The causal path "
         f"without a window runs up to T = {causal_max}.",
