@@ -44,11 +44,49 @@ def browser() -> str | None:
     return next((shutil.which(b) for b in BROWSERS if shutil.which(b)), None)
 
 
+# Headless Chromium lays a page out at least 500 px wide, whatever --window-size says: a
+# narrower width (a phone's 390 px) is measured in an iframe of that width, inside a wrapper
+# page that copies the iframe's report out (file:// pages may read each other only with
+# --allow-file-access-from-files).
+MIN_WINDOW = 500
+WRAPPER = """<!doctype html><html><body style="margin:0">
+<iframe id="page" src="{src}" width="{width}" height="{height}" style="border:0"></iframe>
+<script>
+const poll = setInterval(() => {{
+  let doc = null;
+  try {{ doc = document.getElementById("page").contentDocument; }} catch (e) {{ return; }}
+  const found = doc && doc.getElementById("page-report");
+  if (!found) return;
+  clearInterval(poll);
+  const pre = document.createElement("pre");
+  pre.id = "page-report";
+  pre.textContent = found.textContent;
+  document.body.appendChild(pre);
+}}, 50);
+</script></body></html>"""
+
+
+def chromium_args(exe: str, width: int, height: int) -> list[str]:
+    size = f"--window-size={max(width, MIN_WINDOW)},{height}"
+    return [exe, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+            "--allow-file-access-from-files", size]  # fmt: skip
+
+
+def wrap_narrow(page: Path, width: int, height: int) -> Path:
+    """The page itself, or below MIN_WINDOW a wrapper page showing it in a `width` iframe."""
+    if width >= MIN_WINDOW:
+        return page
+    wrapper = page.with_name(f"_narrow_{page.name}")
+    wrapper.write_text(WRAPPER.format(src=page.name, width=width, height=height))
+    return wrapper
+
+
 def run_in_pages(site: Path, width: int, script: str, pages=None, height: int = 1600) -> dict:
     """{page: JSON value} that `script` reports in each page of the built site.
 
     The script runs in the page after load and stores its answer with `report(value)`.
     pages: paths relative to the site ("backward/sdpa.html"); default every page but 404.html.
+    A width under 500 px (a phone) is laid out in an iframe of that width (MIN_WINDOW).
     """
     exe = browser()
     if exe is None:
@@ -68,15 +106,28 @@ def run_in_pages(site: Path, width: int, script: str, pages=None, height: int = 
                 continue
             tag = f"<script>{wrapper}</script></body>"
             page.write_text(page.read_text().replace("</body>", tag))
+            target = wrap_narrow(page, width, height)
             out = subprocess.run(
-                [exe, "--headless", "--no-sandbox", "--disable-gpu",
-                 f"--window-size={width},{height}", "--hide-scrollbars",
-                 "--virtual-time-budget=3000", "--dump-dom", page.as_uri()],
+                [*chromium_args(exe, width, height), "--virtual-time-budget=3000",
+                 "--dump-dom", target.as_uri()],
                 capture_output=True, text=True, timeout=120,
             ).stdout  # fmt: skip
             m = re.search(r'<pre id="page-report">(.*?)</pre>', out, re.S)
             found[name] = json.loads(html.unescape(m.group(1))) if m else None
     return found
+
+
+def screenshot(site: Path, page: str, width: int, height: int, out: Path) -> None:
+    """A PNG of one page of the built site at `width` px (a phone's 390 px works too)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        copy = Path(tmp) / "site"
+        shutil.copytree(site, copy)
+        target = wrap_narrow(copy / page, width, height)
+        subprocess.run(
+            [*chromium_args(browser(), width, height), "--virtual-time-budget=3000",
+             f"--screenshot={out}", target.as_uri()],
+            capture_output=True, timeout=120, check=True,
+        )  # fmt: skip
 
 
 def overflowing(site: Path, width: int = 1280, pages=None) -> dict[str, list[dict]]:

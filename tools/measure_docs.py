@@ -40,6 +40,59 @@ window.addEventListener("load", () => setTimeout(() => {
 """
 
 
+# everything the browser tests check on one page, at one window width (tests/test_docs.py)
+PAGE_CHECK = """
+window.addEventListener("load", () => document.fonts.ready.then(() => setTimeout(() => {
+  const inner = document.querySelector(".md-content__inner");
+  const right = inner.getBoundingClientRect().right;
+  const over = [];
+  const sel = ".md-typeset .math-display, .md-typeset pre > code, .md-typeset table:not([class])";
+  for (const el of document.querySelectorAll(sel)) {
+    const box = el.getBoundingClientRect();
+    const px = Math.max(el.scrollWidth - el.clientWidth, box.right - right);
+    if (px > 1) over.push({tag: el.tagName, px: Math.round(px), text: el.textContent.slice(0, 60)});
+  }
+  const ws = (el) => getComputedStyle(el).whiteSpace;
+  const code = [...document.querySelectorAll(".md-typeset .highlight:not(.output) pre > code")];
+  const output = [...document.querySelectorAll(".md-typeset .output pre > code")];
+  const imgs = [...document.querySelectorAll(".md-typeset img")];
+  const tables = [...document.querySelectorAll(".md-typeset table:not([class])")];
+  const scrollbox = (t) => { for (let e = t.parentElement; e; e = e.parentElement) {
+    if (e === document.body) return false;
+    if (["auto", "scroll"].includes(getComputedStyle(e).overflowX)) return true; } return false; };
+  const maths = document.querySelectorAll("math").length;
+  const formulas = [];
+  for (const box of document.querySelectorAll(".md-typeset .math-display math")) {
+    let left = Infinity, right = -Infinity;
+    for (const child of box.children) {
+      const r = child.getBoundingClientRect();
+      left = Math.min(left, r.left);
+      right = Math.max(right, r.right);
+    }
+    const text = box.textContent.slice(0, 60);
+    if (right > left) formulas.push({px: Math.round(right - left), text});
+  }
+  report({
+    formulas,
+    doc_width: document.documentElement.scrollWidth,
+    overflow: over,
+    wrapping_code: code.filter((c) => ws(c) !== "pre").length,
+    unwrapped_output: output.filter((c) => ws(c) !== "pre-wrap").length,
+    unlinked_figures: imgs.filter((i) => !i.closest("a.figure-link")).length,
+    tables_without_scroll_box: tables.filter((t) => !scrollbox(t)).length,
+    maths,
+    math_font: maths ? document.fonts.check('16px "STIX Two Math"') &&
+      getComputedStyle(document.querySelector("math")).fontFamily.includes("STIX Two Math") : null,
+  });
+}, 200)));
+"""
+
+
+def page_checks(site: Path, width: int, pages=None) -> dict[str, dict]:
+    """{page: the PAGE_CHECK report}, every page of the built site at one window width."""
+    return run_in_pages(site, width, PAGE_CHECK, pages)
+
+
 def formula_widths(site: Path, width: int = 390, pages=None) -> dict[str, list[dict]]:
     """{page: [{px, text}, ...]}: the drawn width of every display formula of each page."""
     return {k: v or [] for k, v in run_in_pages(site, width, MEASURE, pages).items()}
