@@ -384,3 +384,11 @@ def test_sdpa_page_walks_the_backward_with_computed_numbers(site):
         assert f"{step.name} = {step.formula}" in html, step.name
     first = f"{walk.steps[-1].analytic[1, 0]:.4f}"  # dk of "journey", printed in the build
     assert first in html
+
+
+def test_benchmarks_page_has_one_title_and_its_maths_rendered(site):
+    """The included result files are sections of the page, and T^2 is maths, not text."""
+    html = (site / "benchmarks.html").read_text()
+    assert len(re.findall(r"<h1[ >]", html)) == 1
+    text = re.sub(r"<math.*?</math>|<code.*?</code>", "", html, flags=re.S)
+    assert "T^2" not in text and "T^p" not in text
