@@ -21,7 +21,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from .. import _grad
-from .._checks import to_numpy
+from .._checks import check_bool, check_float_dtype, to_numpy
 
 
 class _NoGrad:
@@ -48,7 +48,9 @@ def _state_array(value, key: str, ref: np.ndarray) -> np.ndarray:
     if value is None:
         raise TypeError(f"state_dict[{key!r}] must be an array, got None")
     try:
-        arr = np.array(to_numpy(value), copy=True, order="C")  # torch tensors: detached, CPU
+        arr = np.array(
+            to_numpy(value, f"state_dict[{key!r}]"), copy=True, order="C"
+        )  # torch tensors: detached, CPU
     except (TypeError, ValueError) as e:  # a ragged list, say
         raise TypeError(f"state_dict[{key!r}] must be an array of numbers: {e}") from e
     if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_) or np.iscomplexobj(arr):
@@ -132,12 +134,7 @@ class Module:
         dtype must be a floating dtype (float16, float32, float64): an integer module would
         hold truncated weights, so anything else raises TypeError.
         """
-        try:
-            dtype = np.dtype(dtype)
-        except Exception as e:  # np.dtype(",") raises SyntaxError, np.dtype("f9") TypeError
-            raise TypeError(f"dtype must be a numpy floating dtype, got {dtype!r}") from e
-        if not np.issubdtype(dtype, np.floating):
-            raise TypeError(f"dtype must be a floating dtype such as np.float32, got {dtype}")
+        dtype = check_float_dtype(dtype)
         for _, m in self.named_modules():
             for n in m._param_names + m._buffer_names:
                 a = getattr(m, n)
@@ -147,8 +144,9 @@ class Module:
         return self
 
     def train(self, mode: bool = True) -> Module:
+        mode = check_bool(mode, "mode")  # a string such as "no" must not count as True
         for _, m in self.named_modules():
-            m.training = bool(mode)
+            m.training = mode
         return self
 
     def eval(self) -> Module:

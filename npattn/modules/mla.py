@@ -149,7 +149,8 @@ class MultiHeadLatentAttention(KVCacheMixin, Module):
         if self.W_UV.bias is not None:  # b_UV,h times the row's weight sum (1 without dropout)
             weight_sum = 1.0
             if self.dropout_mask is not None:
-                keep_scale = 1.0 / (1.0 - self.dropout)  # dropout's kept-value scale
+                # dropout's kept-value scale; p = 1 drops every weight (sdpa_forward's rule)
+                keep_scale = 1.0 / (1.0 - self.dropout) if self.dropout < 1.0 else 0.0
                 weight_sum = (self.attn_weights * self.dropout_mask).sum(-1, keepdims=True)
                 weight_sum *= keep_scale  # (B, H, T, 1)
             context = context + self.W_UV.bias.reshape(H, 1, E) * weight_sum
