@@ -3,6 +3,8 @@ call that fails leaves the module as if it had never been made (docs/safety.md).
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 from helpers import upstream
@@ -125,3 +127,209 @@ def test_absorbed_mla_with_dropout_1_and_biases_drops_everything():
     x = upstream((1, 3, 4), 6).astype(np.float32)
     m.rng, plain.rng = np.random.default_rng(1), np.random.default_rng(1)
     np.testing.assert_allclose(m(x, use_cache=True), plain(x, use_cache=True), atol=1e-6)
+
+
+# -- no corruption: every check before any state changes ----------------------------------------
+
+
+def _latent(dropout=0.0):
+    cfg = npattn.LatentConfig(
+        hidden_size=4, num_heads=2, q_lora_rank=None, kv_lora_rank=3, qk_nope_head_dim=2,
+        qk_rope_head_dim=2, v_head_dim=2, rope=npattn.RoPE(), dropout=dropout,
+    )  # fmt: skip
+    return npattn.LatentAttention(cfg, rng=0)
+
+
+MODULES = {  # (B, T, 4) -> (B, T, 4), dropout where the class has it
+    "Attention": lambda: npattn.Attention(
+        npattn.AttentionConfig(
+            hidden_size=4,
+            num_heads=2,
+            num_kv_heads=1,
+            dropout=0.3,
+            sinks=True,
+            softcap=5.0,
+            rope=npattn.RoPE(),
+        ),
+        rng=0,
+    ),
+    "GroupedQueryAttention": lambda: npattn.GroupedQueryAttention(4, 4, 0.3, 2, 1, rng=0),
+    "MultiHeadAttentionWithSWA": lambda: npattn.MultiHeadAttentionWithSWA(
+        4, 4, 0.3, 2, sliding_window_size=2, rng=0
+    ),
+    "Qwen3Attention": lambda: npattn.Qwen3Attention(4, 2, 1, 2, context_length=8, rng=0),
+    "MultiHeadLatentAttention": lambda: npattn.MultiHeadLatentAttention(
+        4, 4, 0.3, 2, latent_dim=3, rng=0
+    ),
+    "MultiHeadAttention": lambda: npattn.MultiHeadAttention(4, 4, 8, 0.3, 2, rng=0),
+    "LatentAttention": lambda: _latent(0.3),
+}
+PADDED = [n for n in MODULES if n != "MultiHeadAttention"]  # the classes with key padding
+
+
+def make(name, seed=0):
+    m = MODULES[name]().astype(np.float64)
+    m.rng = np.random.default_rng(seed)
+    return m
+
+
+def x_of(seed, T=3, B=2):
+    return upstream((B, T, 4), seed)
+
+
+@pytest.mark.parametrize("name", PADDED)
+@pytest.mark.parametrize("bad", ["shape", "dtype"])
+def test_a_bad_key_padding_mask_leaves_the_last_forward_for_its_backward(name, bad):
+    m, ref = make(name), make(name)
+    x, dy = x_of(1), upstream((2, 3, 4), 2)
+    m(x)
+    ref(x)
+    kpm = np.ones((2, 5), bool) if bad == "shape" else np.ones((2, 3))
+    with pytest.raises((ValueError, TypeError), match="key_padding_mask"):
+        m(x_of(3), key_padding_mask=kpm)
+    np.testing.assert_array_equal(m.backward(dy), ref.backward(dy))
+    for key, g in ref.grads.items():
+        np.testing.assert_array_equal(m.grads[key], g, err_msg=key)
+
+
+@pytest.mark.parametrize("name", ["Attention", "MultiHeadLatentAttention", "LatentAttention"])
+def test_a_backward_that_raises_overwrites_no_gradient(name):
+    """Another thread's forward on one child (W_query's, or the last projection) replaced its
+    cache: the backward raises before any child's backward has run."""
+    m = make(name)
+    m(x_of(1))
+    m.backward(upstream((2, 3, 4), 2))
+    before = {k: g.copy() for k, g in m.grads.items()}
+    m(x_of(3))  # this thread's forward; its backward is to be refused
+    child = next(c for n, c in m.named_modules() if n.startswith(("W_query", "W_q")))
+    t = threading.Thread(target=lambda: child(upstream((2, 3, 4), 4)))
+    t.start()
+    t.join()
+    with pytest.raises(RuntimeError, match="another thread's forward"):
+        m.backward(upstream((2, 3, 4), 5))
+    assert before.keys() == m.grads.keys()
+    for key, g in before.items():
+        np.testing.assert_array_equal(m.grads[key], g, err_msg=key)
+
+
+def _failing_out_proj(m):
+    def fail(*args, **kwargs):
+        raise MemoryError("out_proj failed")
+
+    m.out_proj.forward = fail
+
+
+@pytest.mark.parametrize("name", MODULES)
+@pytest.mark.parametrize("use_cache", [False, True])
+def test_a_call_that_fails_late_leaves_the_shown_weights_and_the_cache(name, use_cache):
+    m = make(name).train()
+    m(x_of(1), use_cache=use_cache)
+    shown = (m.attn_weights, m.dropout_mask)
+    assert shown[0] is not None and (shown[1] is not None or name == "Qwen3Attention")
+    state = (m.ptr_current_pos, m.cache_nbytes)
+    _failing_out_proj(m)
+    with pytest.raises(MemoryError):
+        m(x_of(2, T=1), use_cache=use_cache)
+    assert m.attn_weights is shown[0] and m.dropout_mask is shown[1]
+    assert (m.ptr_current_pos, m.cache_nbytes) == state
+
+
+# -- decoding: the cache is never emptied silently, one thread decodes ----------------------------
+
+
+def test_one_token_decoding_respects_a_changed_mask_buffer():
+    m = make("MultiHeadAttention").eval()
+    mask = m.mask.copy()
+    mask[:, 0] = 1.0  # key 0 hidden from every query but the first
+    mask[0, 0] = 0.0
+    m.mask = mask
+    x = x_of(1, T=4)
+    full = m(x)
+    m.reset_cache()
+    steps = np.concatenate([m(x[:, i : i + 1], use_cache=True) for i in range(4)], axis=1)
+    np.testing.assert_allclose(steps, full, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", MODULES)
+@pytest.mark.parametrize("change", ["astype", "load_state_dict", "astype float32"])
+def test_new_parameters_mid_decoding_keep_the_cache_and_stop_decoding(name, change):
+    m = make(name).eval()
+    m(x_of(1, T=2), use_cache=True)
+    held = (m.ptr_current_pos, m.cache_nbytes)
+    if change == "astype":
+        m.astype(np.float64)
+    elif change == "astype float32":
+        m.astype(np.float32)
+    else:
+        m.load_state_dict(m.state_dict())
+    assert (m.ptr_current_pos, m.cache_nbytes) == held  # nothing emptied behind the caller
+    with pytest.raises(RuntimeError, match="reset_cache"):
+        m(x_of(2, T=1), use_cache=True)
+    assert (m.ptr_current_pos, m.cache_nbytes) == held
+    m.reset_cache()
+    assert m(x_of(2, T=1), use_cache=True).shape == (2, 1, 4) and m.ptr_current_pos == 1
+
+
+@pytest.mark.parametrize("name", ["GroupedQueryAttention", "MultiHeadAttentionWithSWA"])
+def test_a_setter_mid_decoding_stops_decoding_until_a_reset(name):
+    m = make(name).eval()
+    m(x_of(1, T=2), use_cache=True)
+    m.dropout = 0.0
+    with pytest.raises(RuntimeError, match="parameters changed"):
+        m(x_of(2, T=1), use_cache=True)
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_decoding_from_a_second_thread_raises_until_a_reset(name):
+    m, ref = make(name).eval(), make(name).eval()
+    x = x_of(1, T=3)
+    m(x[:, :2], use_cache=True)
+    ref(x[:, :2], use_cache=True)
+    errors = []
+
+    def other():
+        try:
+            m(x_of(5, T=1), use_cache=True)
+        except RuntimeError as e:
+            errors.append(e)
+
+    t = threading.Thread(target=other)
+    t.start()
+    t.join()
+    assert len(errors) == 1 and "another thread" in str(errors[0])
+    np.testing.assert_array_equal(m(x[:, 2:], use_cache=True), ref(x[:, 2:], use_cache=True))
+
+    def take_over():
+        m.reset_cache()
+        errors.append(m(x[:, :1], use_cache=True))
+
+    t = threading.Thread(target=take_over)
+    t.start()
+    t.join()
+    assert errors[-1].shape == (2, 1, 4)
+
+
+@pytest.mark.parametrize("name", ["Attention", "MultiHeadLatentAttention", "MultiHeadAttention"])
+def test_reset_cache_from_another_thread_waits_for_a_running_call(name):
+    m = make(name).eval()
+    m(x_of(1, T=2), use_cache=True)
+    project = m.out_proj.forward
+    resets = []
+
+    def reset():
+        m.reset_cache()
+        resets.append(m.ptr_current_pos)
+
+    def out_proj_with_a_reset(context):
+        t = threading.Thread(target=reset)
+        t.start()
+        t.join(timeout=0.5)  # the reset waits for this call to finish
+        resets.append(t)
+        return project(context)
+
+    m.out_proj.forward = out_proj_with_a_reset
+    out = m(x_of(2, T=1), use_cache=True)
+    resets[0].join()
+    del m.out_proj.forward
+    assert out.shape == (2, 1, 4) and resets[1:] == [0]
+    assert m.ptr_current_pos == 0 and m.cache_nbytes == 0

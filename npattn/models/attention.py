@@ -131,6 +131,8 @@ class Attention(KVCacheMixin, Module):
         x = check_tokens(x, c.hidden_size, self.dtype)
         B, T = x.shape[:2]
         use_cache = check_bool(use_cache, "use_cache")
+        if use_cache:
+            self._check_decoding()
         if x_kv is not None:
             if use_cache:
                 raise ValueError("x_kv (cross-attention) cannot be combined with use_cache=True")
@@ -234,17 +236,15 @@ class Attention(KVCacheMixin, Module):
             # 7. mask, described: slots start .. start + T - 1 against the last S slots
             mask = Mask(start, T, start + T - S, S, c.causal, c.window, padding)
             # 8. attention, forward only
-            context, attn_weights, self.dropout_mask = attention_inference(
+            context, attn_weights, keep = attention_inference(
                 queries, keys, values, mask, scale=c.softmax_scale, softcap=c.softcap,
                 sinks=sinks, dropout_p=self._dropout_p(), rng=self.rng,
             )  # fmt: skip
-            self.attn_weights = _guard.readonly(attn_weights)
             # 9.-10.
             context = context.transpose(0, 2, 1, 3).reshape(B, T, -1)  # merge heads
             out = self.out_proj(context)  # (B, T, H * E) -> (B, T, d_out)
-            self._kv.commit()  # everything succeeded: the chunk joins the cache
-            self.ptr_current_pos += T
-            self._cache = None  # inference only: no backward
+            # everything succeeded: the chunk joins the cache, the weights are shown
+            self._commit_cached(T, (_guard.readonly(attn_weights), keep))
             return out
         # 7. mask, described: causal by slot, the window, key padding   (drawn by step 8)
         S = keys.shape[2]

@@ -5,10 +5,12 @@ state_dict() walks the tree exactly as torch does (own parameters, own buffers, 
 child with a "name." prefix), so keys and order match the chapter's torch classes.
 
 Threads: a module keeps one cache, its last forward's. A backward in a thread whose own last
-forward on the module was overwritten by another thread's forward raises RuntimeError rather
-than using the other thread's data (two threads sharing one module give wrong gradients
-otherwise); use one module per thread (copy.deepcopy). A backward in a thread that ran no
-forward on the module uses the last forward, whichever thread ran it.
+forward on the module, or on any module below it, was overwritten by another thread's forward
+raises RuntimeError rather than using the other thread's data (two threads sharing one module
+give wrong gradients otherwise); the whole tree is checked before any backward runs, so no
+gradient is overwritten by a backward that then raises. Use one module per thread
+(copy.deepcopy). A backward in a thread that ran no forward on the module uses the last
+forward, whichever thread ran it.
 """
 
 from __future__ import annotations
@@ -223,13 +225,17 @@ class Module:
                 f"{type(self).__name__}.backward called before forward (or after the "
                 f"parameters changed): run forward first"
             )
-        mine = _last_forwards().get(self)
-        if mine is not None and mine != forward_id:
-            raise RuntimeError(
-                f"{type(self).__name__}.backward: another thread's forward replaced this "
-                f"thread's cache since its forward; a module keeps one cache, so use one module "
-                f"per thread (copy.deepcopy)"
-            )
+        last = _last_forwards()
+        for prefix, m in self.named_modules():  # self and every child, before any backward
+            mine = last.get(m)  # this thread's last forward on m
+            current = m.__dict__.get("_cache_entry", (0, None))[0]  # 0: none kept (no_grad,
+            if mine is not None and current and current != mine:  # a fused path): skipped
+                where = f" (its child {prefix[:-1]!r})" if prefix else ""
+                raise RuntimeError(
+                    f"{type(self).__name__}.backward: another thread's forward replaced this "
+                    f"thread's cache{where} since its forward; a module keeps one cache, so use "
+                    f"one module per thread (copy.deepcopy)"
+                )
         return cache
 
     def __repr__(self) -> str:

@@ -118,6 +118,7 @@ class MultiHeadAttention(KVCacheMixin, Module):
     """
 
     attn_impl = attn_impl_property()  # npattn/fast/dispatch.py
+    _custom_mask = True  # one-token cached calls read the mask buffer too: it may be changed
     cache_k, cache_v = CacheView(0), CacheView(1)  # (B, H, S_cached, E), read-only views
 
     def __init__(
@@ -175,11 +176,11 @@ class MultiHeadAttention(KVCacheMixin, Module):
         # 3. attention per head, the buffer as a mask    (B, H, T, E)
         mask = attend_mask(self.mask, T)  # (T, T), True = attend
         context, sdpa_cache = sdpa_forward(queries, keys, values, mask, dropout_p, rng=self.rng)
-        self.attn_weights = sdpa_cache.attn_weights  # (B, H, T, T), before dropout
         # 4. merge heads                                 (B, H, T, E) -> (B, T, d_out)
         context, merge_cache = merge_heads_forward(_guard.readonly(context))  # ours alone
         # 5. output projection                           (B, T, d_out) -> (B, T, d_out)
         context_vec = self.out_proj(context)
+        self.attn_weights = sdpa_cache.attn_weights  # (B, H, T, T), before dropout
         self.reset_cache()  # a full forward empties the KV cache
         self._cache = (impl, sdpa_cache, (split_cache, merge_cache))
         return context_vec
@@ -212,7 +213,7 @@ class MultiHeadAttention(KVCacheMixin, Module):
         and is handed its gradients in the backward, like W_query, W_key and W_value.
         """
         qkv_layers = (self.W_query, self.W_key, self.W_value)
-        context, fast_cache, self.attn_weights = fused_attention_forward(
+        context, fast_cache, attn_weights = fused_attention_forward(
             impl, x, qkv_layers, self.num_heads, self.mask, dropout_p, self.rng
         )  # context (B, T, d_out); attn_weights (B, H, T, T) or None from the tiled path
         out_proj = self.out_proj
@@ -221,6 +222,7 @@ class MultiHeadAttention(KVCacheMixin, Module):
         context_vec, out_cache = fused_linear_forward(context, [out_proj.weight], biases)
         for layer in (*qkv_layers, out_proj):
             layer.forget_forward()  # computed here, not by the layer: no backward of its own
+        self.attn_weights = attn_weights
         self.reset_cache()  # a full forward empties the KV cache
         self._cache = (impl, fast_cache.attention, (fast_cache, out_cache))
         return context_vec
