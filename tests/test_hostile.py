@@ -16,8 +16,9 @@ from npattn.ops.sinks import softmax_with_sink_backward, softmax_with_sink_forwa
 from npattn.ops.softcap import softcap_forward
 
 torch = pytest.importorskip("torch")
+import torch_port as tp  # noqa: E402
 
-# -- numerics ----------------------------------------------------------------------------------
+# -- numerics -----------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("dtype", [int, np.int32, "bool", object, "U3", "float99", ","])
@@ -99,7 +100,7 @@ def test_rope_flags_and_configs_are_checked():
         npattn.Qwen3Attention(8, 2, 1, head_dim=4, context_length=8, rope_freq_config=bad)
 
 
-# -- flags and tensors -------------------------------------------------------------------------
+# -- flags and tensors --------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("mode", ["no", 0, 1, None, 1.0])
@@ -234,7 +235,7 @@ def test_a_call_that_fails_late_leaves_the_shown_weights_and_the_cache(name, use
     assert (m.ptr_current_pos, m.cache_nbytes) == state
 
 
-# -- decoding: the cache is never emptied silently, one thread decodes ----------------------------
+# -- decoding: the cache is never emptied silently, one thread decodes --------------------------
 
 
 def test_one_token_decoding_respects_a_changed_mask_buffer():
@@ -333,3 +334,97 @@ def test_reset_cache_from_another_thread_waits_for_a_running_call(name):
     del m.out_proj.forward
     assert out.shape == (2, 1, 4) and resets[1:] == [0]
     assert m.ptr_current_pos == 0 and m.cache_nbytes == 0
+
+
+# -- the read-only guard ------------------------------------------------------------------------
+
+
+def test_a_read_only_input_that_owns_its_memory_is_still_copied_into_the_cache():
+    m, ref = make("GroupedQueryAttention"), make("GroupedQueryAttention")
+    x = x_of(1)
+    x.flags.writeable = False  # owns its memory: the caller can flip it back
+    dy = upstream((2, 3, 4), 2)
+    m(x)
+    ref(x.copy())
+    x.flags.writeable = True
+    x[:] = 7.0
+    np.testing.assert_array_equal(m.backward(dy), ref.backward(dy))
+    from npattn import _guard
+
+    a = np.ones(3)
+    a.flags.writeable = False
+    assert _guard.private(a, a) is not a
+    frozen = np.frombuffer(b"\0" * 24)  # bytes: nobody can write, no copy needed
+    assert _guard.private(frozen, frozen) is frozen
+
+
+# -- allocations checked before they are made ---------------------------------------------------
+
+HUGE_T = 400_000  # (1, 2, T, T) float64 scores: 2.5 TB
+
+
+@pytest.mark.parametrize("name", PADDED)  # MultiHeadAttention: T <= its context_length
+def test_scores_too_large_for_memory_raise_a_named_error_and_change_nothing(name):
+    m, ref = make(name), make(name)
+    if name == "Qwen3Attention":
+        m = npattn.Qwen3Attention(4, 2, 1, 2, context_length=HUGE_T, rng=0).astype(np.float64)
+        ref = npattn.Qwen3Attention(4, 2, 1, 2, context_length=HUGE_T, rng=0).astype(np.float64)
+    x, dy = x_of(1), upstream((2, 3, 4), 2)
+    m(x)
+    ref(x)
+    for use_cache in (False, True):
+        with pytest.raises(ValueError, match="x asks for attention scores"):
+            m(np.zeros((1, HUGE_T, 4)), use_cache=use_cache)
+    np.testing.assert_array_equal(m.backward(dy), ref.backward(dy))
+    for key, g in ref.grads.items():
+        np.testing.assert_array_equal(m.grads[key], g, err_msg=key)
+
+
+def test_sdpa_checks_the_scores_allocation():
+    q = np.zeros((1, 1, HUGE_T, 2))
+    with pytest.raises(ValueError, match="query and key asks for attention scores"):
+        npattn.functional.sdpa_forward(q, q, q)
+
+
+# -- torch_port ---------------------------------------------------------------------------------
+
+
+def _port(name):
+    if name == "GroupedQueryAttention":
+        return tp.GroupedQueryAttention(4, 4, 0.0, 2, 1)
+    if name == "MultiHeadLatentAttention":
+        return tp.MultiHeadLatentAttention(4, 4, 0.0, 2, latent_dim=3)
+    if name == "MultiHeadAttentionWithSWA":
+        return tp.MultiHeadAttentionWithSWA(4, 4, 0.0, 2, sliding_window_size=2)
+    return tp.MultiHeadAttention(4, 4, 6, 0.0, 2)
+
+
+PORTS = ["GroupedQueryAttention", "MultiHeadLatentAttention", "MultiHeadAttentionWithSWA",
+         "MultiHeadAttention"]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", PORTS)
+@pytest.mark.parametrize("shape", [(0, 3, 4), (2, 0, 4)])
+def test_torch_port_refuses_empty_inputs_as_npattn_does(name, shape):
+    if name == "MultiHeadAttention" and shape[0] == 0:  # the chapter's class: an empty output
+        assert _port(name)(torch.zeros(shape)).shape == make(name)(np.zeros(shape)).shape
+        return
+    if name == "MultiHeadAttention":
+        with pytest.raises(ValueError, match="at least one .*token"):
+            _port(name)(torch.zeros(shape))
+        return
+    with pytest.raises(ValueError, match="at least one sequence and one token"):
+        _port(name)(torch.zeros(shape))
+    with pytest.raises(ValueError, match="at least one sequence and one token"):
+        make(name)(np.zeros(shape))
+
+
+@pytest.mark.parametrize("name", PORTS)
+def test_torch_port_takes_tensors_and_bools(name):
+    m = _port(name)
+    with pytest.raises(TypeError, match="x must be a torch tensor"):
+        m(np.zeros((1, 2, 4), np.float32))
+    for flag in ("no", 1, None):
+        with pytest.raises(TypeError, match="use_cache"):
+            m(torch.zeros(1, 2, 4), use_cache=flag)
+    assert m.ptr_current_pos == 0

@@ -17,8 +17,9 @@ import numpy as np
 
 from .. import _guard
 from .._checks import as_array, check_bool, make_rng
+from ..fast.dispatch import AUTO_TILED_MIN_TOKENS
 from ..modules._input import attn_impl_property
-from ..modules._kv import CacheView, KVCacheMixin, check_tokens
+from ..modules._kv import CacheView, KVCacheMixin, check_scores, check_tokens
 from ..modules.base import Module
 from ..modules.linear import Linear
 from ..modules.rmsnorm import RMSNorm
@@ -142,6 +143,11 @@ class Attention(KVCacheMixin, Module):
             if x_kv.shape[0] != B:
                 raise ValueError(f"x_kv must have x's batch size {B}, got {x_kv.shape[0]}")
         start = self.ptr_current_pos if use_cache else 0
+        impl = self.attn_impl
+        tiled = impl == "tiled" or (impl == "auto" and T >= AUTO_TILED_MIN_TOKENS)
+        if use_cache or not tiled:  # the (B, H, T, S) scores are formed
+            S = x_kv.shape[1] if x_kv is not None else start + T
+            check_scores(B, c.num_heads, T, S, x.dtype, "x_kv" if x_kv is not None else "x")
         if use_cache and len(self._kv) and self._kv.arrays[0].shape[0] != B:
             raise ValueError(
                 f"x has batch size {B} but the cache holds {self._kv.arrays[0].shape[0]} "

@@ -30,6 +30,7 @@ from ..modules._kv import (
     attention_mask,
     cached_attention,
     check_key_padding_mask,
+    check_scores,
     check_tokens,
 )
 from ..modules.base import Module
@@ -127,6 +128,7 @@ class LatentAttention(KVCacheMixin, Module):
         B, T = x.shape[:2]
         use_cache = self._check_call(B, use_cache, None)
         start = self.ptr_current_pos if use_cache else 0
+        check_scores(B, H, T, start + T, x.dtype)
         pos = self._positions(positions, B, T, start)
         kpm = None
         if key_padding_mask is not None:  # with the cache: one entry per cached + new token

@@ -29,13 +29,13 @@ import weakref
 import numpy as np
 
 from .. import _grad, _guard
-from .._checks import as_array, as_float_array, check_ndim
+from .._checks import as_array, as_float_array, check_allocation, check_ndim
 from ..ops.dropout import dropout_forward, dropout_keep_mask
 from ..ops.masks import position_mask
 from ..ops.softmax import softmax_inplace
 from ._kv_buffer import CacheView, KVBuffer
 
-__all__ = ["CacheView", "KVBuffer", "KVCacheMixin", "cached_attention"]
+__all__ = ["CacheView", "KVBuffer", "KVCacheMixin", "cached_attention", "check_scores"]
 
 _locks: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # module -> its RLock
 _locks_lock = threading.Lock()
@@ -86,6 +86,12 @@ def check_tokens(x, d_in: int, dtype, name: str = "x") -> np.ndarray:
     if 0 in x.shape:
         raise ValueError(f"{name} must have at least one sequence and one token: got {x.shape}")
     return _guard.private(x.astype(dtype, copy=False), x_in)
+
+
+def check_scores(B: int, H: int, T: int, S: int, dtype, name: str = "x") -> None:
+    """ValueError naming `name` when one (B, H, T, S) array of attention scores would not
+    fit in this machine's memory: checked before anything is computed or changed."""
+    check_allocation((B, H, T, S), np.dtype(dtype).itemsize, name, "attention scores")
 
 
 def check_key_padding_mask(key_padding_mask, B: int, S: int, source: str = "x") -> np.ndarray:

@@ -18,7 +18,14 @@ from ..ops.heads import (
 )
 from ..ops.sdpa import sdpa_backward, sdpa_forward
 from ._input import check_attention_args
-from ._kv import CacheView, KVCacheMixin, attention_mask, check_key_padding_mask, check_tokens
+from ._kv import (
+    CacheView,
+    KVCacheMixin,
+    attention_mask,
+    check_key_padding_mask,
+    check_scores,
+    check_tokens,
+)
 from .base import Module
 from .linear import Linear
 
@@ -84,6 +91,7 @@ class MultiHeadLatentAttention(KVCacheMixin, Module):
         x = check_tokens(x, self.d_in, self.dtype)
         B, T = x.shape[:2]
         use_cache = self._check_call(B, use_cache, key_padding_mask)
+        check_scores(B, self.num_heads, T, self.ptr_current_pos * use_cache + T, x.dtype)
         kpm = None  # checked here, before any child layer runs (S = T in a full forward)
         if key_padding_mask is not None:
             kpm = check_key_padding_mask(key_padding_mask, B, T)

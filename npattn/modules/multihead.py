@@ -34,7 +34,7 @@ from ._input import (
     check_attention_args,
     prepare_input,
 )
-from ._kv import CacheView, KVCacheMixin
+from ._kv import CacheView, KVCacheMixin, check_scores
 from .attention import CausalAttention
 from .base import Module, ModuleList
 from .linear import Linear
@@ -163,6 +163,8 @@ class MultiHeadAttention(KVCacheMixin, Module):
             return self._forward_cached(x)
         dropout_p = self.dropout if self.training else 0.0
         impl = resolve_attn_impl(self.attn_impl, T, B * H)
+        if impl == "reference":
+            check_scores(B, H, T, T, x.dtype)  # before anything is computed
         if impl != "reference":  # opt-in speed: npattn/fast/dispatch.py
             return self._forward_fast(impl, x, dropout_p)
         # 1. projections                                 (B, T, d_in) -> (B, T, d_out)
@@ -233,6 +235,7 @@ class MultiHeadAttention(KVCacheMixin, Module):
         Shapes: x (B, T, d_in) at positions ptr_current_pos .. -> context_vec (B, T, d_out).
         """
         start, T, H = self.ptr_current_pos, x.shape[1], self.num_heads
+        check_scores(x.shape[0], H, T, start + T, x.dtype)
         if start + T > self.context_length:
             raise ValueError(
                 f"positions {start}..{start + T - 1} run past context_length="

@@ -25,6 +25,7 @@ import numpy as np
 from .. import _grad, _guard
 from .._checks import (
     as_grad,
+    check_allocation,
     check_attn_mask,
     check_dropout_mask,
     check_probability,
@@ -102,6 +103,7 @@ def sdpa_forward(
     k, v = repeat_kv(k, groups), repeat_kv(v, groups)
     L, S = q.shape[-2], k.shape[-2]
     scores_shape = np.broadcast_shapes(q.shape[:-2], k.shape[:-2]) + (L, S)
+    check_allocation(scores_shape, dtype.itemsize, "query and key", "attention scores")
     attn_mask = check_attn_mask(attn_mask, is_causal, scores_shape)
     keep = check_dropout_mask(dropout_mask, dropout_p, scores_shape)
     if sinks is not None:  # checked here too, so that a mismatch names query and key
