@@ -428,3 +428,92 @@ def test_torch_port_takes_tensors_and_bools(name):
         with pytest.raises(TypeError, match="use_cache"):
             m(torch.zeros(1, 2, 4), use_cache=flag)
     assert m.ptr_current_pos == 0
+
+
+# -- NaN semantics: a masked position contributes nothing ------------------------------------------
+
+
+def _sdpa(q, k, v, mask, softcap=None):
+    return npattn.functional.sdpa_forward(q, k, v, mask, softcap=softcap)
+
+
+def _tiled(q, k, v, mask, softcap=None):
+    return npattn.functional.flash_attention_forward(q, k, v, mask, block_size=2, softcap=softcap)
+
+
+OPS = {"sdpa": (_sdpa, npattn.functional.sdpa_backward), "tiled": (_tiled, None)}
+
+
+@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("mask_kind", ["bool", "float"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("softcap", [None, 3.0])
+def test_a_masked_non_finite_key_or_value_contributes_nothing_forward_and_backward(
+    op, mask_kind, bad, softcap
+):
+    """Key 2 of 5 holds NaN / inf in its key and value and is masked for every query: the
+    result is that of the 4 other keys, and key 2's gradients are 0."""
+    q, k, v = upstream((1, 2, 3, 4), 1), upstream((1, 2, 4, 4), 2), upstream((1, 2, 4, 4), 3)
+    k5, v5 = (np.insert(a, 2, bad, axis=2) for a in (k, v))  # (1, 2, 5, 4): key 2 is bad
+    keep = np.ones((3, 5), bool)
+    keep[:, 2] = False
+    mask = keep if mask_kind == "bool" else np.where(keep, 0.0, -np.inf)
+    forward = OPS[op][0]
+    out, cache = forward(q, k5, v5, mask, softcap)
+    ref, ref_cache = forward(q, k, v, None, softcap)
+    np.testing.assert_allclose(out, ref, rtol=1e-12, atol=1e-12)
+    dout = upstream(out.shape, 4)
+    backward = OPS[op][1] or npattn.functional.flash_attention_backward
+    dq, dk, dv = backward(dout, cache)
+    rq, rk, rv = backward(dout, ref_cache)
+    np.testing.assert_allclose(dq, rq, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(np.delete(dk, 2, axis=2), rk, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(np.delete(dv, 2, axis=2), rv, rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(dk[:, :, 2], 0.0)
+    np.testing.assert_array_equal(dv[:, :, 2], 0.0)
+
+
+def test_an_attended_nan_still_propagates():
+    q, k, v = (upstream((1, 1, 3, 4), s) for s in (1, 2, 3))
+    v[0, 0, 1, 0] = np.nan
+    out, _ = npattn.functional.sdpa_forward(q, k, v, is_causal=True)
+    assert np.all(np.isfinite(out[0, 0, 0])) and np.isnan(out[0, 0, 1:, 0]).all()
+    assert np.all(np.isfinite(out[0, 0, 1:, 1:]))
+
+
+CAUSAL = {
+    **{f"{n} reference": (lambda n=n: MODULES[n]()) for n in MODULES},
+    **{
+        f"{n} tiled": (lambda n=n: _with_impl(MODULES[n](), "tiled"))
+        for n in [
+            "Attention",
+            "GroupedQueryAttention",
+            "MultiHeadAttentionWithSWA",
+            "Qwen3Attention",
+            "MultiHeadAttention",
+        ]  # fmt: skip
+    },
+    "MultiHeadAttention blocked": lambda: _with_impl(MODULES["MultiHeadAttention"](), "blocked"),
+    "CausalAttention": lambda: npattn.CausalAttention(4, 4, 8, 0.3, rng=0),
+    "MultiHeadAttentionWrapper": lambda: npattn.MultiHeadAttentionWrapper(4, 2, 8, 0.3, 2, rng=0),
+}
+
+
+def _with_impl(m, impl):
+    m.attn_impl = impl
+    return m
+
+
+@pytest.mark.parametrize("name", CAUSAL)
+@pytest.mark.parametrize("use_cache", [False, True])
+def test_a_nan_in_a_later_token_leaves_earlier_tokens_finite(name, use_cache):
+    """Causal attention: the last token is masked for every earlier one, on every path (the
+    full forward, a cached chunk, the tiled and blocked kernels, the chapter's classes)."""
+    m = CAUSAL[name]().astype(np.float64).eval()
+    x = x_of(1, T=5)
+    x[:, 4, 1] = np.nan
+    if use_cache and not hasattr(m, "reset_cache"):
+        pytest.skip("no KV cache")
+    out = m(x, use_cache=True) if use_cache else m(x)
+    assert np.all(np.isfinite(out[:, :4])), name
+    assert np.isnan(out[:, 4]).any()  # the NaN token itself: propagated

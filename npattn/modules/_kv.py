@@ -33,6 +33,7 @@ from .._checks import as_array, as_float_array, check_allocation, check_ndim
 from ..ops.dropout import dropout_forward, dropout_keep_mask
 from ..ops.masks import position_mask
 from ..ops.softmax import softmax_inplace
+from ..ops.weighted import weighted_sum
 from ._kv_buffer import CacheView, KVBuffer
 
 __all__ = ["CacheView", "KVBuffer", "KVCacheMixin", "cached_attention", "check_scores"]
@@ -153,7 +154,7 @@ def cached_attention(
     keep = dropout_keep_mask(attn_weights.shape, dropout_p, rng) if dropout_p > 0.0 else None
     dropped, _ = dropout_forward(attn_weights, dropout_p, keep=keep)
     # 5. context = dropped @ v
-    context = dropped @ values  # (B, G, n * T, S) @ (B, G, S, Ev) -> (B, G, n * T, Ev)
+    context = weighted_sum(dropped, values)  # (B, G, n * T, S) @ (B, G, S, Ev) -> (.., Ev)
     context = context.reshape(B, H, T, values.shape[-1])  # -> (B, H, T, Ev)
     attn_weights = attn_weights.reshape(B, H, T, S)
     keep = None if keep is None else keep.reshape(B, H, T, S)
