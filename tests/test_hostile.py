@@ -66,17 +66,24 @@ def test_infinite_sinks_give_their_limits_forward_and_backward():
     assert np.all(np.isfinite(softmax_with_sink_backward(np.ones_like(w), cache)[0]))
 
 
-def test_an_infinite_sink_in_a_module_gives_no_nan():
+@pytest.mark.parametrize("impl", ["reference", "tiled"])
+def test_an_infinite_sink_in_a_module_gives_no_nan(impl):
     config = npattn.AttentionConfig(hidden_size=4, num_heads=2, num_kv_heads=1, sinks=True)
-    m = npattn.Attention(config, rng=0).astype(np.float64)
+    m = npattn.Attention(config, rng=0, attn_impl=impl).astype(np.float64)
+    ref = npattn.Attention(config, rng=0).astype(np.float64)
     sd = m.state_dict()
     sd["sinks"] = np.array([np.inf, -np.inf])
     m.load_state_dict(sd)
-    x = upstream((1, 3, 4), 3)
-    assert np.all(np.isfinite(m(x)))
-    assert np.all(np.isfinite(m.backward(upstream((1, 3, 4), 4))))
+    ref.load_state_dict(sd)
+    x, dy = upstream((1, 3, 4), 3), upstream((1, 3, 4), 4)
+    out = m(x)
+    assert np.all(np.isfinite(out))
+    np.testing.assert_allclose(out, ref(x), rtol=1e-12, atol=1e-12)
+    dx = m.backward(dy)
+    assert np.all(np.isfinite(dx)) and np.all(np.isfinite(m.grads["sinks"]))
+    np.testing.assert_allclose(dx, ref.backward(dy), rtol=1e-12, atol=1e-12)
     m.reset_cache()
-    assert np.all(np.isfinite(m(x, use_cache=True)))
+    np.testing.assert_allclose(m(x, use_cache=True), out, rtol=1e-12, atol=1e-12)
 
 
 def test_rope_offset_of_a_small_int_type_does_not_wrap_around():
@@ -517,3 +524,24 @@ def test_a_nan_in_a_later_token_leaves_earlier_tokens_finite(name, use_cache):
     out = m(x, use_cache=True) if use_cache else m(x)
     assert np.all(np.isfinite(out[:, :4])), name
     assert np.isnan(out[:, 4]).any()  # the NaN token itself: propagated
+
+
+# -- setters name the attribute that was set -------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", [0, -1, 1.5, "x", True])
+def test_setting_sliding_window_size_names_it(value):
+    m = make("MultiHeadAttentionWithSWA")
+    with pytest.raises((TypeError, ValueError), match="^sliding_window_size ") as e:
+        m.sliding_window_size = value
+    assert "window " not in str(e.value).replace("sliding_window_size", "")
+    assert m.sliding_window_size == 2
+
+
+@pytest.mark.parametrize("name", ["GroupedQueryAttention", "MultiHeadAttentionWithSWA"])
+@pytest.mark.parametrize("value", [2, -0.1, float("nan"), "x", None])
+def test_setting_dropout_names_it(name, value):
+    m = make(name)
+    with pytest.raises((TypeError, ValueError), match="^dropout ") as e:
+        m.dropout = value
+    assert not str(e.value).startswith("p ") and m.dropout == 0.3

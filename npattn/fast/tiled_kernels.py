@@ -215,14 +215,20 @@ def forward_tiles(
             # 6b. the sink joins the denominator: l += exp(sink - m), shifted to the larger of
             #     the shift and the sink (a fully masked row gets l = 1: out 0, lse = sink)
             sink_r = sink[h][r]  # (rows, 1)
+            taken = np.isposinf(sink_r)  # a +inf sink takes the whole row: out 0, lse inf
+            if taken.any():
+                sink_r = np.where(taken, -np.inf, sink_r)  # its limit is set after step 6
             shift = np.where(np.isneginf(m), 0, m)  # what acc was shifted by: 0 while m = -inf
             m = np.maximum(shift, sink_r)
             acc *= np.exp(shift - m)  # <= 1
-            acc[:, Ev:] += np.exp(sink_r - m)
+            acc[:, Ev:] += np.exp(sink_r - m)  # 0 for a -inf sink: no sink at all
         # 6. out = acc / l, lse = m + log(l); a fully masked row has l = 0: out 0, lse 0
         l_safe = np.where(acc[:, Ev:] == 0, 1, acc[:, Ev:])  # (rows, 1)
         np.divide(acc[:, :Ev], l_safe, out=out[h][r])
         lse[h][r] = np.where(np.isneginf(m), 0, m) + np.log(l_safe)
+        if sink is not None and taken.any():  # +inf sink: p_sink = 1, every weight 0
+            out[h][r][taken[:, 0]] = 0
+            lse[h][r][taken[:, 0]] = np.inf
 
     pieces = [
         (h, i)  # the longest rows first: causal row block i meets i + 1 key blocks
