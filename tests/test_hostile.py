@@ -545,3 +545,18 @@ def test_setting_dropout_names_it(name, value):
     with pytest.raises((TypeError, ValueError), match="^dropout ") as e:
         m.dropout = value
     assert not str(e.value).startswith("p ") and m.dropout == 0.3
+
+
+def test_a_copy_of_a_decoding_module_decodes_on_in_another_thread():
+    """copy.deepcopy is the way to give a thread its own module: the copy has no owner."""
+    import copy
+
+    m = make("GroupedQueryAttention").eval()
+    x = x_of(1, T=3)
+    m(x[:, :2], use_cache=True)
+    twin = copy.deepcopy(m)
+    out = {}
+    t = threading.Thread(target=lambda: out.setdefault("y", twin(x[:, 2:], use_cache=True)))
+    t.start()
+    t.join()
+    np.testing.assert_array_equal(out["y"], m(x[:, 2:], use_cache=True))

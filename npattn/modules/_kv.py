@@ -196,6 +196,13 @@ class KVCacheMixin:
         self._kv_owner = None  # the thread whose cached calls fill the cache
         self._kv_stale = False  # parameters changed since the cache was filled
 
+    def __getstate__(self):
+        """A copy (copy.deepcopy, pickle) keeps the cache but no owner thread: the first
+        thread that decodes with the copy owns it (thread ids mean nothing elsewhere)."""
+        state = dict(self.__dict__)
+        state["_kv_owner"] = None
+        return state
+
     def _check_decoding(self) -> None:
         """The checks of a cached call on the held cache: made before anything changes."""
         if not self.ptr_current_pos:
