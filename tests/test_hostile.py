@@ -560,3 +560,12 @@ def test_a_copy_of_a_decoding_module_decodes_on_in_another_thread():
     t.start()
     t.join()
     np.testing.assert_array_equal(out["y"], m(x[:, 2:], use_cache=True))
+
+
+@pytest.mark.parametrize("dtype", ["float99", int, ","])
+def test_the_chapter_inputs_take_a_float_dtype(dtype):
+    from npattn.chapter.data import chapter_batch, chapter_inputs
+
+    for make_inputs in (chapter_inputs, chapter_batch):
+        with pytest.raises(TypeError, match="dtype"):
+            make_inputs(dtype)
