@@ -252,6 +252,9 @@ def backward_tiles(
     E, dtype, (Br, Bc) = E1 - 1, qx.dtype, blocks
     cap = None if softcap is None else dtype.type(softcap)
     heads, n_keys = _heads(qx.shape[:-2]), -(-S // Bc)
+    # a NaN or inf key or value can reach a masked entry of dS as 0 * NaN: only then is each
+    # tile checked (one pass over k and v here instead of one per tile)
+    finite = bool(np.isfinite(kx).all() and np.isfinite(vx).all() and np.isfinite(qx).all())
     # each head's key blocks are dealt out to `parts` pieces in turn (j = n, n + parts, ...),
     # about BACKWARD_PIECES pieces in all, so that a thread slowed by another program holds
     # up little; piece n adds into the n-th dq, and the dqs are summed in order at the end.
@@ -320,7 +323,7 @@ def backward_tiles(
                 np.multiply(t, t, out=t)
                 np.subtract(1, t, out=t)
                 dS *= t
-            if not np.isfinite(dS).all():  # 0 * NaN from a masked NaN key or value: 0
+            if not finite and not np.isfinite(dS).all():  # 0 * NaN from a masked NaN: 0
                 np.copyto(dS, 0, where=P == 0)
             # 1. dq_i += dS @ k_j (scaled by the caller); dk_j += dS^T @ (q_i * scale)
             dq_h[r] += weighted_sum(dS, kx_h[c, :E], row_prod[:rows])
