@@ -13,7 +13,7 @@ import os
 import numpy as np
 
 
-def to_numpy(x):
+def to_numpy(x, name: str = "x"):
     """x itself, or a torch tensor as a numpy array: detached, on the CPU, bfloat16 as float32.
 
     torch's .numpy() refuses a tensor that requires grad; npattn reads its values (as
@@ -21,6 +21,8 @@ def to_numpy(x):
     so bfloat16 becomes float32, which holds every bfloat16 value exactly.
     """
     if type(x).__module__.split(".")[0] == "torch" and hasattr(x, "detach"):
+        if getattr(getattr(x, "device", None), "type", None) == "meta":
+            raise TypeError(f"{name} must be an array with values, got a torch 'meta' tensor")
         x = x.detach().cpu()
         if str(x.dtype) == "torch.bfloat16":
             x = x.float()
@@ -31,7 +33,7 @@ def to_numpy(x):
 def as_array(x, name: str) -> np.ndarray:
     """x as an ndarray (a torch tensor through to_numpy), or a TypeError naming it."""
     try:
-        arr = np.asarray(to_numpy(x))
+        arr = np.asarray(to_numpy(x, name))
     except (TypeError, ValueError) as e:  # e.g. a ragged list
         raise TypeError(f"{name} must be an array, got {type(x).__name__}: {e}") from e
     if arr.dtype == object:
@@ -43,7 +45,7 @@ def as_float_array(x, name: str, dtype=None) -> np.ndarray:
     """Return x as a floating ndarray (no copy when it already is one)."""
     if type(x) is np.ndarray and x.dtype.kind == "f" and (dtype is None or x.dtype == dtype):
         return x  # already what is asked for: no conversion, no check to make (decoding)
-    x = to_numpy(x)
+    x = to_numpy(x, name)
     if isinstance(x, np.ndarray) and dtype is None:
         arr = x
     else:
@@ -163,6 +165,18 @@ def check_bool(flag, name: str) -> bool:
     if not isinstance(flag, (bool, np.bool_)):
         raise TypeError(f"{name} must be True or False, got {flag!r}")
     return bool(flag)
+
+
+def check_float_dtype(dtype, name: str = "dtype") -> np.dtype:
+    """dtype as a numpy floating dtype (float16, float32, float64), else TypeError naming it:
+    an integer module would truncate its inputs and weights."""
+    try:
+        dtype = np.dtype(dtype)
+    except Exception as e:  # np.dtype(",") raises SyntaxError, np.dtype("f9") TypeError
+        raise TypeError(f"{name} must be a numpy floating dtype, got {dtype!r}") from e
+    if not np.issubdtype(dtype, np.floating):
+        raise TypeError(f"{name} must be a floating dtype such as np.float32, got {dtype}")
+    return dtype
 
 
 def physical_memory_bytes() -> int | None:

@@ -5,8 +5,10 @@ inplace operation") if one changes before the backward. npattn goes one step fur
 makes the change impossible, at the price of a copy:
 - `private(a, given)`: `a` may be kept in a cache. When it shares memory with `given`, an
   argument the caller still holds (x, a weight, a mask), the cache keeps a copy; when it does
-  not (a fresh cast, a result the op made), or when its memory is read-only for everyone (a
-  view of an array marked read-only), `a` itself. Either way it is marked read-only.
+  not (a fresh cast, a result the op made), or when nobody can make its memory writable
+  again (it lies in a read-only buffer such as bytes), `a` itself. Either way it is marked
+  read-only. An array marked read-only that owns its memory is copied all the same: its
+  owner may set it writable again.
 - `readonly(a)`: an array the op made and also shows to the caller (m.attn_weights, a cache's
   fields) is marked read-only, so writing into it raises numpy's "read-only" ValueError rather
   than changing a later backward.
@@ -39,11 +41,20 @@ def _shares(a: np.ndarray, given) -> bool:
 
 
 def _frozen(a: np.ndarray) -> bool:
-    """Whether nobody can write into a's memory: it belongs to a read-only numpy array."""
+    """Whether nobody can write into a's memory: it lies in a read-only buffer (bytes, say).
+
+    A numpy array that owns its memory is never frozen, even marked read-only: whoever holds
+    it may set flags.writeable = True again.
+    """
     owner = a
     while isinstance(owner.base, np.ndarray):
         owner = owner.base
-    return owner.base is None and not owner.flags.writeable  # no other buffer behind it
+    if owner.base is None or owner.flags.writeable:
+        return False  # numpy's own memory: its owner may make it writable again
+    try:
+        return memoryview(owner.base).readonly  # bytes: nobody can write
+    except TypeError:  # not a buffer numpy can tell about
+        return False
 
 
 def readonly(a):

@@ -10,7 +10,15 @@ non-contiguous or read-only array, a torch tensor that requires grad. Then:
 - no argument changed;
 - a module that refused a call still computes what a fresh one does.
 
-    CI=true python tests/test_fuzz.py      # runs the test and prints its counts
+A second test plays random call sequences on the modules with a KV cache (the modern classes,
+npattn.Attention, npattn.LatentAttention, MultiHeadAttention): cached calls, resets, full
+forwards, backward, load_state_dict, astype, and bad calls among them. A twin module gets
+every call but the refused ones; after each call both must agree (outputs, errors, cache,
+shown weights, gradients): a refused call leaves the module as if it had never been made.
+Every refusal is the project's own ValueError, TypeError or RuntimeError, and finite inputs
+give finite outputs.
+
+    CI=true python tests/test_fuzz.py      # runs both tests and prints their counts
 """
 
 from __future__ import annotations
@@ -40,7 +48,8 @@ import torch_port as tp  # noqa: E402
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROJECT_DIRS = tuple(os.path.join(ROOT, d) + os.sep for d in ("npattn", "torch_port"))
 PROJECT_ERRORS = (ValueError, TypeError, KeyError, RuntimeError, FileNotFoundError)
-MAX_EXAMPLES = int(os.environ.get("NPATTN_FUZZ_EXAMPLES", 300))  # 300: a few seconds
+THOROUGH = os.environ.get("HYPOTHESIS_PROFILE") == "thorough"  # the long run: 10x the examples
+MAX_EXAMPLES = int(os.environ.get("NPATTN_FUZZ_EXAMPLES", 3000 if THOROUGH else 300))
 COUNTS: collections.Counter = collections.Counter()  # outcome -> examples, for __main__
 
 B, T, D, H, CTX = 2, 3, 4, 2, 5
@@ -324,7 +333,8 @@ TARGETS = {
             x_kv=_x(B, 4, D),
             key_padding_mask=np.ones((B, 4), bool),
         ),  # fmt: skip
-        {},
+        # x_kv=None is self-attention: the mask, sized for x_kv, is then the one at fault
+        {"x_kv": ("key_padding_mask",)},
     ),
     "qwen3(x, use_cache)": (
         lambda _module, x, use_cache: _module(x, use_cache),
@@ -335,6 +345,79 @@ TARGETS = {
         lambda _module, dout: _module.backward(dout),
         lambda: dict(_module=_ran(_modern("MultiHeadLatentAttention")), dout=_x(B, T, D)),
         {"dout": ("dout", "dcontext")},
+    ),
+    "AttentionConfig": (
+        npattn.AttentionConfig,
+        lambda: dict(
+            hidden_size=D,
+            num_heads=H,
+            num_kv_heads=1,
+            head_dim=2,
+            qkv_bias=True,
+            out_bias=False,
+            dropout=0.1,
+            qk_norm=npattn.QKNorm(),
+            rope=npattn.RoPE(),
+            scale=None,
+            window=3,
+            softcap=5.0,
+            sinks=True,
+            causal=True,
+            d_out=None,
+        ),  # fmt: skip
+        {},
+    ),
+    "Attention": (
+        npattn.Attention,
+        lambda: dict(config=_attention_config(), rng=0, attn_impl="tiled"),
+        {},
+    ),
+    "attention(x, use_cache, positions, key_padding_mask)": (
+        lambda _module, x, use_cache, positions, key_padding_mask: _module(
+            x, use_cache, positions=positions, key_padding_mask=key_padding_mask
+        ),
+        lambda: dict(
+            _module=npattn.Attention(_attention_config(), rng=0).astype(np.float64),
+            x=_x(B, T, D),
+            use_cache=True,
+            positions=np.arange(T),
+            key_padding_mask=np.ones((B, T), bool),
+        ),  # fmt: skip
+        {},
+    ),
+    "LatentConfig": (
+        npattn.LatentConfig,
+        lambda: dict(
+            hidden_size=D,
+            num_heads=H,
+            q_lora_rank=3,
+            kv_lora_rank=3,
+            qk_nope_head_dim=2,
+            qk_rope_head_dim=2,
+            v_head_dim=2,
+            qkv_bias=False,
+            out_bias=False,
+            norm_eps=1e-6,
+            rope=npattn.RoPE(),
+            scale=None,
+            dropout=0.1,
+        ),  # fmt: skip
+        {},
+    ),
+    "latent(x, use_cache, positions, key_padding_mask)": (
+        lambda _module, x, use_cache, positions, key_padding_mask: _module(
+            x, use_cache, positions=positions, key_padding_mask=key_padding_mask
+        ),
+        lambda: dict(
+            _module=npattn.LatentAttention(
+                npattn.LatentConfig(D, H, None, 3, 2, 2, 2, rope=npattn.RoPE()), rng=0
+            ).astype(np.float64),
+            x=_x(B, T, D),
+            use_cache=False,
+            positions=np.arange(T),
+            key_padding_mask=np.ones((B, T), bool),
+        ),  # fmt: skip
+        {},
     ),
     "MultiHeadAttention": (
         npattn.MultiHeadAttention,
@@ -384,6 +467,13 @@ TARGETS = {
         {},
     ),
 }
+
+
+def _attention_config():
+    return npattn.AttentionConfig(
+        hidden_size=D, num_heads=H, num_kv_heads=1, head_dim=2, sinks=True, softcap=5.0,
+        window=3, rope=npattn.RoPE(), qk_norm=npattn.QKNorm(), dropout=0.1,
+    )  # fmt: skip
 
 
 def _rope():
@@ -482,6 +572,232 @@ def test_bad_arguments_get_the_projects_own_errors(data):
     COUNTS["examples"] += 1
 
 
+# -- decoding sequences -------------------------------------------------------------------------
+
+SEQ_EXAMPLES = int(os.environ.get("NPATTN_FUZZ_SEQUENCES", 600 if THOROUGH else 60))
+SEQ_COUNTS: collections.Counter = collections.Counter()  # op outcome -> count, for __main__
+
+
+def _latent_attention():
+    cfg = npattn.LatentConfig(
+        hidden_size=D, num_heads=H, q_lora_rank=3, kv_lora_rank=3, qk_nope_head_dim=2,
+        qk_rope_head_dim=2, v_head_dim=2, rope=npattn.RoPE(), dropout=0.2,
+    )  # fmt: skip
+    return npattn.LatentAttention(cfg, rng=0)
+
+
+def _attention(impl="reference"):
+    cfg = npattn.AttentionConfig(
+        hidden_size=D, num_heads=H, num_kv_heads=1, head_dim=2, dropout=0.2, sinks=True,
+        softcap=5.0, window=3, rope=npattn.RoPE(fraction=1.0), qk_norm=npattn.QKNorm(),
+        qkv_bias=True,
+    )  # fmt: skip
+    return npattn.Attention(cfg, rng=0, attn_impl=impl)
+
+
+def _absorbed_mla():
+    m = npattn.MultiHeadLatentAttention(D, D, 0.2, H, qkv_bias=True, latent_dim=3, rng=0)
+    m.absorbed = True
+    return m
+
+
+DECODERS = {  # (B, T, D) -> (B, T, D), a KV cache, dropout where the class has one
+    "Attention": _attention,
+    "Attention tiled": lambda: _attention("tiled"),
+    "LatentAttention": _latent_attention,
+    "GroupedQueryAttention": lambda: npattn.GroupedQueryAttention(D, D, 0.2, H, 1, rng=0),
+    "MultiHeadAttentionWithSWA": lambda: npattn.MultiHeadAttentionWithSWA(
+        D, D, 0.2, H, sliding_window_size=2, rng=0
+    ),
+    "Qwen3Attention": lambda: npattn.Qwen3Attention(D, H, 1, 2, context_length=CTX * 3, rng=0),
+    "MultiHeadLatentAttention": lambda: npattn.MultiHeadLatentAttention(
+        D, D, 0.2, H, latent_dim=3, rng=0
+    ),
+    "MultiHeadLatentAttention absorbed": _absorbed_mla,
+    "MultiHeadAttention": lambda: npattn.MultiHeadAttention(D, D, CTX * 3, 0.2, H, rng=0),
+}
+PADDING = ("Attention", "LatentAttention", "GroupedQueryAttention", "MultiHeadAttentionWithSWA",
+           "Qwen3Attention", "MultiHeadLatentAttention")  # fmt: skip
+POSITIONS = ("Attention", "LatentAttention", "GroupedQueryAttention", "Qwen3Attention")
+
+
+def _observed(m) -> list:
+    """What a user can see of a module: cache, position, shown weights, mode, dtype, grads."""
+    cache = [m._kv.held(i) for i in range(len(m._kv_names))]  # the held positions
+    grads = m.grads
+    return [
+        m.ptr_current_pos, m.cache_nbytes, m.training, m.dtype,
+        [None if c is None else np.array(c) for c in cache],
+        None if m.attn_weights is None else np.array(m.attn_weights),
+        None if m.dropout_mask is None else np.array(m.dropout_mask),
+        {k: np.array(g) for k, g in sorted(grads.items())},
+    ]  # fmt: skip
+
+
+def _agree(a, b, what: str) -> None:
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        assert isinstance(a, np.ndarray) and isinstance(b, np.ndarray), what
+        assert a.dtype == b.dtype and a.shape == b.shape, what
+        np.testing.assert_array_equal(a, b, err_msg=what)
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), what
+        for i, (x, y) in enumerate(zip(a, b)):
+            _agree(x, y, f"{what}[{i}]")
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), what
+        for k in a:
+            _agree(a[k], b[k], f"{what}[{k}]")
+    else:
+        assert a == b, f"{what}: {a!r} != {b!r}"
+
+
+def _output(result):
+    """A call's array result, or None (astype and train return the module itself)."""
+    return result if isinstance(result, np.ndarray) else None
+
+
+def _run(call):
+    """(result, None) or (None, exception)."""
+    try:
+        return call(), None
+    except Exception as e:  # noqa: BLE001 - every exception is checked by the caller
+        return None, e
+
+
+def _check_refusal(e: BaseException) -> None:
+    assert isinstance(e, (ValueError, TypeError, RuntimeError)), f"{type(e).__name__}: {e}"
+    last = traceback.extract_tb(e.__traceback__)[-1].filename
+    assert last.startswith(PROJECT_DIRS), f"{type(e).__name__} raised in {last}: {e}"
+
+
+@st.composite
+def _ops(draw, name):
+    """One call: (kind, arguments), drawn from good calls and bad ones."""
+    kind = draw(
+        st.sampled_from(
+            ["decode"] * 4
+            + ["full", "backward"] * 3
+            + ["reset", "load", "astype", "train"]
+            + ["bad"] * 4
+        )
+    )
+    seed = draw(st.integers(0, 2**16))
+    if kind in ("decode", "full"):
+        T = draw(st.integers(1, 3))
+        B = draw(st.sampled_from([B_SEQ, B_SEQ, 1]))
+        extra = {}
+        if kind == "full" and name in PADDING and draw(st.booleans()):
+            kpm = np.random.default_rng(seed).random((B, T)) < 0.7
+            kpm[:, 0] = True
+            extra["key_padding_mask"] = kpm
+        return kind, (B, T, seed, extra)
+    if kind == "astype":
+        return kind, draw(st.sampled_from([np.float64, np.float64, np.float32]))
+    if kind == "train":
+        return kind, draw(st.booleans())
+    if kind != "bad":
+        return kind, seed
+    what = ["x", "use_cache", "dout", "state_dict", "dtype", "mode", "batch"]
+    what += ["key_padding_mask"] * (name in PADDING) + ["positions"] * (name in POSITIONS)
+    return kind, (draw(st.sampled_from(what)), draw(bad_values()), seed)
+
+
+B_SEQ = 2
+
+
+def _good_call(m, kind, args, last_T):
+    """The call `kind` on m, as a thunk (the same for m and its twin)."""
+    if kind in ("decode", "full"):
+        B, T, seed, extra = args
+        x = np.random.default_rng(seed).standard_normal((B, T, D))
+        return lambda: m(x, use_cache=kind == "decode", **extra)
+    if kind == "backward":
+        g = np.random.default_rng(args).standard_normal((*last_T, D))  # the last output's
+        return lambda: m.backward(g)
+    if kind == "reset":
+        return m.reset_cache
+    if kind == "load":
+        sd = {k: np.array(v) for k, v in m.state_dict().items()}
+        return lambda: m.load_state_dict(sd)
+    if kind == "astype":
+        return lambda: m.astype(args)
+    return lambda: m.train(args)
+
+
+def _bad_call(m, args, last_T):
+    what, value, seed = args
+    x = np.random.default_rng(seed).standard_normal((B_SEQ, 1, D))
+    x_full = np.random.default_rng(seed).standard_normal((*last_T, D))
+    if what == "x":
+        return lambda: m(value, use_cache=seed % 2 == 0)
+    if what == "use_cache":
+        return lambda: m(x, use_cache=value)
+    if what == "key_padding_mask":  # a full forward of the last one's length
+        return lambda: m(x_full, key_padding_mask=value)
+    if what == "positions":
+        return lambda: m(x, use_cache=True, positions=value)
+    if what == "dout":
+        return lambda: m.backward(value)
+    if what == "state_dict":
+        key = sorted(m.state_dict())[seed % len(m.state_dict())]
+        return lambda: m.load_state_dict({**m.state_dict(), key: value})
+    if what == "dtype":
+        return lambda: m.astype(value)
+    if what == "mode":
+        return lambda: m.train(value)
+    return lambda: m(np.random.default_rng(seed).standard_normal((B_SEQ + 1, 1, D)), True)
+
+
+def _replay(args):
+    """A bad call the module accepted, for the twin: the same value, the same call."""
+    what, value, seed = args
+    return copy.deepcopy(value) if isinstance(value, np.ndarray) else value
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # numpy's, for NaN and inf inputs
+@settings(max_examples=SEQ_EXAMPLES)
+@given(data=st.data())
+def test_decoding_sequences_keep_a_refused_call_invisible(data):
+    name = data.draw(st.sampled_from(sorted(DECODERS)), label="module")
+    m, twin = DECODERS[name]().astype(np.float64), DECODERS[name]().astype(np.float64)
+    ops = data.draw(st.lists(_ops(name), min_size=1, max_size=16), label="calls")
+    last_T = (B_SEQ, 1)
+    for kind, args in ops:
+        if kind == "bad":
+            given_value = _snapshot(args[1])
+            result, error = _run(_bad_call(m, args, last_T))
+            if error is None:  # accepted: a good call after all, which the twin makes too
+                twin_args = (args[0], _replay(args), args[2])
+                twin_result, twin_error = _run(_bad_call(twin, twin_args, last_T))
+                assert twin_error is None, f"{name}: twin refused {args[0]}: {twin_error}"
+                flag = args[0] in ("use_cache", "mode")  # flags: True or False only
+                assert not flag or isinstance(args[1], (bool, np.bool_)), f"{name}: {args}"
+                _agree(_output(result), _output(twin_result), f"{name} accepted {args[0]}")
+                SEQ_COUNTS["bad call accepted"] += 1
+            else:
+                _check_refusal(error)
+                SEQ_COUNTS[f"refused: {type(error).__name__}"] += 1
+            assert _same(given_value, args[1]), f"{name} changed the argument {args[0]}"
+        else:
+            result, error = _run(_good_call(m, kind, args, last_T))
+            twin_result, twin_error = _run(_good_call(twin, kind, args, last_T))
+            assert type(error) is type(twin_error), f"{name} {kind}: {error!r} {twin_error!r}"
+            if error is not None:
+                _check_refusal(error)  # a rule: decoding after new weights, say
+                SEQ_COUNTS[f"{kind}: {type(error).__name__}"] += 1
+            else:
+                if kind in ("decode", "full"):
+                    finite = all(np.isfinite(v).all() for v in m.state_dict().values())
+                    assert not finite or np.all(np.isfinite(result)), f"{name} {kind}: NaN"
+                    if kind == "full":
+                        last_T = result.shape[:2]  # (B, T) of the last full forward
+                _agree(_output(result), _output(twin_result), f"{name} {kind}")
+                SEQ_COUNTS[f"{kind}: ok"] += 1
+        _agree(_observed(m), _observed(twin), f"{name} after {kind}")
+    SEQ_COUNTS["sequences"] += 1
+    SEQ_COUNTS["calls"] += len(ops)
+
+
 if __name__ == "__main__":
     import warnings
 
@@ -490,3 +806,8 @@ if __name__ == "__main__":
     warnings.simplefilter("ignore", RuntimeWarning)  # numpy's, for NaN and inf inputs
     test_bad_arguments_get_the_projects_own_errors()
     print(f"fuzz: {COUNTS.pop('examples')} examples; outcomes: {dict(COUNTS.most_common())}")
+    test_decoding_sequences_keep_a_refused_call_invisible()
+    print(
+        f"decoding: {SEQ_COUNTS.pop('sequences')} sequences, {SEQ_COUNTS.pop('calls')} calls; "
+        f"outcomes: {dict(SEQ_COUNTS.most_common())}"
+    )

@@ -142,16 +142,22 @@ def test_past_context_length_raises_and_keeps_the_cache(name):
     assert m.ptr_current_pos == T_MAX
 
 
-def test_gqa_cross_attention_has_no_cache_and_new_weights_empty_it():
+def test_gqa_cross_attention_has_no_cache_and_new_weights_stop_decoding_until_a_reset():
     m = make("GroupedQueryAttention")
     x = np.random.default_rng(0).standard_normal((1, 3, 5))
     with pytest.raises(ValueError, match="x_kv"):
         m(x, use_cache=True, x_kv=x)
     m(x, use_cache=True)
-    m.load_state_dict(m.state_dict())
-    assert m.cache_nbytes == 0 and m.ptr_current_pos == 0
-    with pytest.raises(RuntimeError, match="before forward"):
+    held = m.cache_nbytes
+    m.load_state_dict(m.state_dict())  # nothing empties the cache behind the caller's back
+    assert m.cache_nbytes == held and m.ptr_current_pos == 3
+    with pytest.raises(RuntimeError, match="reset_cache"):
+        m(x[:, :1], use_cache=True)
+    assert m.cache_nbytes == held and m.ptr_current_pos == 3
+    with pytest.raises(RuntimeError, match="inference only"):
         m.backward(np.ones((1, 3, 8)))
+    m.reset_cache()
+    assert m(x[:, :1], use_cache=True).shape == (1, 1, 8) and m.ptr_current_pos == 1
 
 
 @given(

@@ -24,6 +24,7 @@ class KVCacheMixin:
     """
 
     CACHE_NAMES: tuple[str, ...] = ("cache_k", "cache_v")  # each (B, G, S_cached, E)
+    empty_batch_ok = False  # True: batch 0 gives an empty output (the chapter's classes)
 
     def _init_cache(self) -> None:
         for name in self.CACHE_NAMES:
@@ -52,10 +53,20 @@ class KVCacheMixin:
         self.ptr_current_pos += num_tokens
 
     def _check_call(self, x, use_cache: bool, key_padding_mask, x_kv=None) -> None:
-        """Named errors for a bad x, x_kv or key_padding_mask, or a cache of another batch."""
-        if not torch.is_tensor(x) or x.dim() != 3 or x.shape[-1] != self.d_in:
+        """Named errors for a bad x, x_kv, use_cache or key_padding_mask, or a cache of
+        another batch; an empty x (no sequence or no token) is refused, as npattn does."""
+        check_tensor(x, "x")
+        if not isinstance(use_cache, bool):
+            raise TypeError(f"use_cache must be True or False, got {use_cache!r}")
+        if x_kv is not None:
+            check_tensor(x_kv, "x_kv")
+        if x.dim() != 3 or x.shape[-1] != self.d_in:
             shape = tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
             raise ValueError(f"x must have shape (B, T, d_in={self.d_in}), got {shape}")
+        if 0 in x.shape and not (self.empty_batch_ok and x.shape[0] == 0 and x.shape[1]):
+            raise ValueError(
+                f"x must have at least one sequence and one token: got {tuple(x.shape)}"
+            )
         source = x if x_kv is None else x_kv
         if x_kv is not None and (
             not torch.is_tensor(x_kv) or x_kv.dim() != 3 or x_kv.shape[::2] != x.shape[::2]
@@ -84,6 +95,12 @@ class KVCacheMixin:
                 f"x has batch size {x.shape[0]} but the cache holds batch size "
                 f"{cached.shape[0]}: call reset_cache() before changing the batch"
             )
+
+
+def check_tensor(x, name: str) -> None:
+    """TypeError unless x is a torch tensor (a numpy array is not converted here)."""
+    if not torch.is_tensor(x):
+        raise TypeError(f"{name} must be a torch tensor, got {type(x).__name__}")
 
 
 def append(cached: torch.Tensor | None, new: torch.Tensor, dim: int) -> torch.Tensor:

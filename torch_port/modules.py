@@ -31,6 +31,8 @@ class _KeepWeights(nn.Module):
 
 
 def _check_tokens(x: torch.Tensor, context_length: int) -> None:
+    if not torch.is_tensor(x):
+        raise TypeError(f"x must be a torch tensor, got {type(x).__name__}")
     if x.dim() != 3 or x.shape[1] > context_length:
         raise ValueError(
             f"x must have shape (B, T <= context_length={context_length}, d_in), "
@@ -158,6 +160,8 @@ class MultiHeadAttention(KVCacheMixin, _KeepWeights):
     Shapes: x (B, T, d_in), T <= context_length -> context_vec (B, T, d_out), E = d_out // H.
     Cache: cache_k, cache_v (B, H, S_cached, E), ptr_current_pos + T <= context_length.
     """
+
+    empty_batch_ok = True  # as npattn's MultiHeadAttention: batch 0 gives (0, T, d_out)
 
     def __init__(self, d_in, d_out, context_length, dropout, num_heads, qkv_bias=False):
         super().__init__()

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .._checks import check_float_dtype
+
 TOKENS = ("Your", "journey", "starts", "with", "one", "step")
 
 # one row per token, x^(1) .. x^(6), as the chapter writes them (immutable on purpose)
@@ -39,7 +41,7 @@ def chapter_inputs(dtype=np.float32) -> np.ndarray:
 
     Shapes: -> (T=6, d_in=3).
     """
-    return np.array(CHAPTER_INPUTS, dtype=dtype)
+    return np.array(CHAPTER_INPUTS, dtype=check_float_dtype(dtype))  # ints would truncate
 
 
 def chapter_batch(dtype=np.float32) -> np.ndarray:

@@ -38,6 +38,7 @@ import numpy as np
 from .. import _grad, _guard
 from .._checks import as_grad, check_dropout_mask, check_probability, check_qkv, check_scale
 from ..ops.dropout import dropout_keep_mask
+from ..ops.weighted import weighted_sum
 from ._parallel import map_heads, map_pieces, worker_count
 
 BLOCK_SIZE = 128  # rows per block: small enough to skip most of the triangle, large for BLAS
@@ -128,7 +129,7 @@ def causal_sdpa_forward(
             e = np.exp(w, out=w)
             if keep is None:
                 # 5. with 3's row sums: [e @ v | rowsum(e)] in one product   (rows, Ev + 1)
-                ev = e @ vx[:c1]
+                ev = weighted_sum(e, vx[:c1])  # a masked (0) weight adds nothing
                 inv_sum = 1 / ev[:, Ev:]  # (rows, 1)
                 e *= inv_sum  # 3. attn_weights = e / rowsum(e)
                 np.multiply(ev[:, :Ev], inv_sum, out=out[h][r0:r1])  # out = attn_weights @ v
@@ -137,7 +138,7 @@ def causal_sdpa_forward(
             # 4. dropout (a new array: the weights before dropout are kept)
             dropped = e * keep[h][r0:r1, :c1] * dtype.type(dropout_scale)
             # 5. out = dropped @ v      (rows, c1) @ (c1, Ev) -> (rows, Ev)
-            np.matmul(dropped, v[h][:c1], out=out[h][r0:r1])
+            weighted_sum(dropped, v[h][:c1], out[h][r0:r1])
 
     map_heads(forward_head, tuple(lead))  # heads side by side on BLAS's threads (fast/_parallel.py)
     # out is cached as a copy: the caller owns the returned array and may change it; the
@@ -196,17 +197,19 @@ def causal_sdpa_backward(dout, cache: CausalCache):
                 ds -= D[r0:r1]  # 3.'s dattn_weights - D
             # 3. attn_weights = softmax(attn_scores): dattn_scores = w * (dw - D)
             ds *= attn_weights[h][r0:r1, :c1]
-            # 2. masked entries have weight 0, so their gradient is already 0
+            # 2. masked entries have weight 0, so their gradient is 0 (even against a NaN)
+            if not np.isfinite(ds).all():
+                np.copyto(ds, 0, where=attn_weights[h][r0:r1, :c1] == 0)
             # 1. attn_scores = (q * scale) @ k^T: dq = dattn_scores @ k * scale  (rows, E)
-            np.matmul(ds, k[h][:c1], out=dq[h][r0:r1])
+            weighted_sum(ds, k[h][:c1], dq[h][r0:r1])
         # 1. and 5., by key block [c0, c1): only queries i >= c0 saw these keys
         for c0, c1, _ in _blocks(min(L, S), S, block_size):
             ds = dattn_scores[c0:, c0:c1]  # (L - c0, keys)
-            np.matmul(ds.T, q[h][c0:], out=dk[h][c0:c1])  # (keys, L - c0) @ (L - c0, E)
+            weighted_sum(ds.T, q[h][c0:], dk[h][c0:c1])  # (keys, L - c0) @ (L - c0, E)
             dropped = attn_weights[h][c0:, c0:c1]  # (L - c0, keys)
             if keep is not None:
                 dropped = dropped * keep[h][c0:, c0:c1] * dtype.type(dropout_scale)
-            np.matmul(dropped.T, dout[h][c0:], out=dv[h][c0:c1])  # -> (keys, Ev)
+            weighted_sum(dropped.T, dout[h][c0:], dv[h][c0:c1])  # -> (keys, Ev)
         dq[h] *= dtype.type(scale)
         dk[h] *= dtype.type(scale)  # dattn_scores^T @ (q * scale), the scale applied once
 

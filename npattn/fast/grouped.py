@@ -24,6 +24,7 @@ from ..ops.dropout import dropout_forward, dropout_keep_mask
 from ..ops.sinks import softmax_with_sink_forward
 from ..ops.softcap import softcap_forward
 from ..ops.softmax import softmax_inplace
+from ..ops.weighted import weighted_sum
 
 
 def grouped_attention(
@@ -63,7 +64,7 @@ def grouped_attention(
     keep = dropout_keep_mask(attn_weights.shape, dropout_p, rng) if dropout_p > 0.0 else None
     dropped, _ = dropout_forward(attn_weights, dropout_p, keep=keep)
     # 5. context = dropped @ v
-    context = dropped @ values  # (B, G, n*T, S) @ (B, G, S, Ev) -> (B, G, n*T, Ev)
+    context = weighted_sum(dropped, values)  # (B, G, n*T, S) @ (B, G, S, Ev) -> (.., n*T, Ev)
     context = context.reshape(B, H, T, values.shape[-1])  # -> (B, H, T, Ev)
     attn_weights = attn_weights.reshape(B, H, T, S)
     keep = None if keep is None else keep.reshape(B, H, T, S)

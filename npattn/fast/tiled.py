@@ -223,7 +223,9 @@ def flash_attention_backward(dout, cache: FlashCache):
         #     p_sink = exp(sink - lse) and no value: its dP is 0, so its dS is
         #     p_sink * (0 - D), summed over the rows it was broadcast to
         sink, sinks_shape = sinks
-        dsink = -np.exp(sink - lse) * D[..., None]  # (..., L, 1)
+        with np.errstate(invalid="ignore"):  # inf - inf where the sink is +inf: replaced
+            p_sink = np.exp(np.where(np.isposinf(sink), 0, sink - lse))  # +inf sink: 1
+        dsink = -p_sink * D[..., None]  # (..., L, 1)
         if len(sinks_shape) == 1:  # (H,): heads on axis -3
             dsinks = dsink.sum(axis=tuple(i for i in range(dsink.ndim) if i != dsink.ndim - 3))
         else:

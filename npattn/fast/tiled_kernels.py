@@ -43,6 +43,7 @@ from functools import lru_cache
 
 import numpy as np
 
+from ..ops.weighted import weighted_sum
 from ._parallel import map_pieces, worker_count
 
 BACKWARD_PIECES = 8  # this many backward pieces or more, where MAX_PARTS allows
@@ -111,6 +112,7 @@ def tile_scores(
             np.copyto(s, -np.inf, where=~tile)
         else:
             s += tile
+            np.copyto(s, -np.inf, where=np.isneginf(tile))  # NaN + -inf: masked all the same
     unseen = hidden(r.start, r.stop, c.start, c.stop, causal, window)
     if unseen is not None:
         np.copyto(s, -np.inf, where=unseen)
@@ -176,7 +178,7 @@ def forward_tiles(
                     stale = False
                 with np.errstate(over="ignore", invalid="ignore"):  # checked just below
                     p = np.exp(tile_scores(qx_h, kx_h, mask_h, causal, window, r, c, t), out=t)
-                    part = None if keep is not None else np.matmul(p, v_h[c], out=prod[:rows])
+                    part = None if keep is not None else weighted_sum(p, v_h[c], prod[:rows])
                 if keep is None:
                     # 5. [p @ v_j | rowsum(p)] in one product                (rows, Ev + 1)
                     if np.all(part[:, Ev] <= guard):  # else: scores far above m, redo below
@@ -188,7 +190,7 @@ def forward_tiles(
                     if np.all(l_part <= guard):
                         acc[:, Ev:] += l_part
                         p *= keep
-                        acc[:, :Ev] += np.matmul(p, v_h[c, :Ev], out=prod[:rows, :Ev])
+                        acc[:, :Ev] += weighted_sum(p, v_h[c, :Ev], prod[:rows, :Ev])
                         stale = _rescale_large_rows(m, acc, guard)
                         continue
             # 1-2. s = masked (q_i * scale) @ k_j^T, soft-capped first (1b)    (rows, cols)
@@ -203,24 +205,30 @@ def forward_tiles(
             m, fold, stale = m_new, cap is None, True
             if keep is None:
                 # 5. acc += p @ [v_j | 1]: p @ v_j and rowsum(p) in one product
-                acc += np.matmul(p, v_h[c], out=prod[:rows])
+                acc += weighted_sum(p, v_h[c], prod[:rows])  # masked: nothing
             else:
                 # 4. l sums the undropped p; the product takes p * keep / (1 - p)
                 acc[:, Ev:] += p.sum(axis=-1, keepdims=True)
                 p *= keep
-                acc[:, :Ev] += np.matmul(p, v_h[c, :Ev], out=prod[:rows, :Ev])
+                acc[:, :Ev] += weighted_sum(p, v_h[c, :Ev], prod[:rows, :Ev])
         if sink is not None:
             # 6b. the sink joins the denominator: l += exp(sink - m), shifted to the larger of
             #     the shift and the sink (a fully masked row gets l = 1: out 0, lse = sink)
             sink_r = sink[h][r]  # (rows, 1)
+            taken = np.isposinf(sink_r)  # a +inf sink takes the whole row: out 0, lse inf
+            if taken.any():
+                sink_r = np.where(taken, -np.inf, sink_r)  # its limit is set after step 6
             shift = np.where(np.isneginf(m), 0, m)  # what acc was shifted by: 0 while m = -inf
             m = np.maximum(shift, sink_r)
             acc *= np.exp(shift - m)  # <= 1
-            acc[:, Ev:] += np.exp(sink_r - m)
+            acc[:, Ev:] += np.exp(sink_r - m)  # 0 for a -inf sink: no sink at all
         # 6. out = acc / l, lse = m + log(l); a fully masked row has l = 0: out 0, lse 0
         l_safe = np.where(acc[:, Ev:] == 0, 1, acc[:, Ev:])  # (rows, 1)
         np.divide(acc[:, :Ev], l_safe, out=out[h][r])
         lse[h][r] = np.where(np.isneginf(m), 0, m) + np.log(l_safe)
+        if sink is not None and taken.any():  # +inf sink: p_sink = 1, every weight 0
+            out[h][r][taken[:, 0]] = 0
+            lse[h][r][taken[:, 0]] = np.inf
 
     pieces = [
         (h, i)  # the longest rows first: causal row block i meets i + 1 key blocks
@@ -244,6 +252,9 @@ def backward_tiles(
     E, dtype, (Br, Bc) = E1 - 1, qx.dtype, blocks
     cap = None if softcap is None else dtype.type(softcap)
     heads, n_keys = _heads(qx.shape[:-2]), -(-S // Bc)
+    # a NaN or inf key or value can reach a masked entry of dS as 0 * NaN: only then is each
+    # tile checked (one pass over k and v here instead of one per tile)
+    finite = bool(np.isfinite(kx).all() and np.isfinite(vx).all() and np.isfinite(qx).all())
     # each head's key blocks are dealt out to `parts` pieces in turn (j = n, n + parts, ...),
     # about BACKWARD_PIECES pieces in all, so that a thread slowed by another program holds
     # up little; piece n adds into the n-th dq, and the dqs are summed in order at the end.
@@ -294,13 +305,13 @@ def backward_tiles(
             dS = dS_buf[:rows, :cols]
             if keep is None:
                 # 5. dv_j += P^T @ dout_i                       (cols, rows) @ (rows, Ev)
-                dv_j += np.matmul(P.T, doutx[r, :Ev], out=col_prod[:cols, :Ev])
+                dv_j += weighted_sum(P.T, doutx[r, :Ev], col_prod[:cols, :Ev])
                 # 5, 3. dP - D = [dout_i | -D_i] @ [v_j | 1]^T  (rows, Ev + 1) @ (Ev + 1, cols)
                 np.matmul(doutx[r], vx_h[c].T, out=dS)
             else:
                 # 5. with dropout: dv_j += dropped^T @ dout_i, dropped = P * keep / (1 - p)
                 np.multiply(P, keep, out=dS)
-                dv_j += np.matmul(dS.T, doutx[r, :Ev], out=col_prod[:cols, :Ev])
+                dv_j += weighted_sum(dS.T, doutx[r, :Ev], col_prod[:cols, :Ev])
                 # 5, 4, 3. dP - D = (dout_i @ v_j^T) * keep / (1 - p) - D_i
                 np.matmul(doutx[r, :Ev], vx_h[c, :Ev].T, out=dS)
                 dS *= keep
@@ -312,9 +323,11 @@ def backward_tiles(
                 np.multiply(t, t, out=t)
                 np.subtract(1, t, out=t)
                 dS *= t
+            if not finite and not np.isfinite(dS).all():  # 0 * NaN from a masked NaN: 0
+                np.copyto(dS, 0, where=P == 0)
             # 1. dq_i += dS @ k_j (scaled by the caller); dk_j += dS^T @ (q_i * scale)
-            dq_h[r] += np.matmul(dS, kx_h[c, :E], out=row_prod[:rows])
-            dk_j += np.matmul(dS.T, qx_h[r, :E], out=col_prod[:cols, :E])
+            dq_h[r] += weighted_sum(dS, kx_h[c, :E], row_prod[:rows])
+            dk_j += weighted_sum(dS.T, qx_h[r, :E], col_prod[:cols, :E])
 
     map_pieces(piece, pieces, worker_count(len(pieces)))
     for part in dqs[1:]:

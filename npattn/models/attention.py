@@ -17,8 +17,9 @@ import numpy as np
 
 from .. import _guard
 from .._checks import as_array, check_bool, make_rng
+from ..fast.dispatch import AUTO_TILED_MIN_TOKENS
 from ..modules._input import attn_impl_property
-from ..modules._kv import CacheView, KVCacheMixin, check_tokens
+from ..modules._kv import CacheView, KVCacheMixin, check_scores, check_tokens
 from ..modules.base import Module
 from ..modules.linear import Linear
 from ..modules.rmsnorm import RMSNorm
@@ -131,6 +132,8 @@ class Attention(KVCacheMixin, Module):
         x = check_tokens(x, c.hidden_size, self.dtype)
         B, T = x.shape[:2]
         use_cache = check_bool(use_cache, "use_cache")
+        if use_cache:
+            self._check_decoding()
         if x_kv is not None:
             if use_cache:
                 raise ValueError("x_kv (cross-attention) cannot be combined with use_cache=True")
@@ -140,6 +143,11 @@ class Attention(KVCacheMixin, Module):
             if x_kv.shape[0] != B:
                 raise ValueError(f"x_kv must have x's batch size {B}, got {x_kv.shape[0]}")
         start = self.ptr_current_pos if use_cache else 0
+        impl = self.attn_impl
+        tiled = impl == "tiled" or (impl == "auto" and T >= AUTO_TILED_MIN_TOKENS)
+        if use_cache or not tiled:  # the (B, H, T, S) scores are formed
+            S = x_kv.shape[1] if x_kv is not None else start + T
+            check_scores(B, c.num_heads, T, S, x.dtype, "x_kv" if x_kv is not None else "x")
         if use_cache and len(self._kv) and self._kv.arrays[0].shape[0] != B:
             raise ValueError(
                 f"x has batch size {B} but the cache holds {self._kv.arrays[0].shape[0]} "
@@ -234,17 +242,15 @@ class Attention(KVCacheMixin, Module):
             # 7. mask, described: slots start .. start + T - 1 against the last S slots
             mask = Mask(start, T, start + T - S, S, c.causal, c.window, padding)
             # 8. attention, forward only
-            context, attn_weights, self.dropout_mask = attention_inference(
+            context, attn_weights, keep = attention_inference(
                 queries, keys, values, mask, scale=c.softmax_scale, softcap=c.softcap,
                 sinks=sinks, dropout_p=self._dropout_p(), rng=self.rng,
             )  # fmt: skip
-            self.attn_weights = _guard.readonly(attn_weights)
             # 9.-10.
             context = context.transpose(0, 2, 1, 3).reshape(B, T, -1)  # merge heads
             out = self.out_proj(context)  # (B, T, H * E) -> (B, T, d_out)
-            self._kv.commit()  # everything succeeded: the chunk joins the cache
-            self.ptr_current_pos += T
-            self._cache = None  # inference only: no backward
+            # everything succeeded: the chunk joins the cache, the weights are shown
+            self._commit_cached(T, (_guard.readonly(attn_weights), keep))
             return out
         # 7. mask, described: causal by slot, the window, key padding   (drawn by step 8)
         S = keys.shape[2]

@@ -30,6 +30,7 @@ from ..modules._kv import (
     attention_mask,
     cached_attention,
     check_key_padding_mask,
+    check_scores,
     check_tokens,
 )
 from ..modules.base import Module
@@ -127,6 +128,7 @@ class LatentAttention(KVCacheMixin, Module):
         B, T = x.shape[:2]
         use_cache = self._check_call(B, use_cache, None)
         start = self.ptr_current_pos if use_cache else 0
+        check_scores(B, H, T, start + T, x.dtype)
         pos = self._positions(positions, B, T, start)
         kpm = None
         if key_padding_mask is not None:  # with the cache: one entry per cached + new token
@@ -221,14 +223,14 @@ class LatentAttention(KVCacheMixin, Module):
                 mask = mask[:, :, None]  # (B, 1, T, S) -> (B, 1, 1, T, S)
         # 10. attention on the latents, at the scale of the full form
         dropout_p = c.dropout if self.training else 0.0
-        context_latent, attn_weights, self.dropout_mask = cached_attention(
+        context_latent, attn_weights, keep = cached_attention(
             query, key, value, mask, dropout_p, self.rng, c.softmax_scale
-        )  # (B, H, T, C)
-        self.attn_weights = _guard.readonly(attn_weights)  # (B, H, T, S), shown
+        )  # (B, H, T, C); attn_weights (B, H, T, S), shown once the call succeeded
         # W_UV: each head's value from its attended latent
         context = context_latent @ W_UV.swapaxes(-1, -2)  # (B, H, T, C) @ (H, C, Dv)
         # 11.-12. merge heads, out_proj; the staged chunk joins the cache
-        return self._finish_cached(context)  # (B, H, T, Dv) -> (B, T, d)
+        shown = (_guard.readonly(attn_weights), keep)
+        return self._finish_cached(context, shown)  # (B, H, T, Dv) -> (B, T, d)
 
     def backward(self, dout):
         q_split, kv_split, q_rope_cache, k_rope_cache, sdpa_cache, merge_cache = (

@@ -5,10 +5,12 @@ state_dict() walks the tree exactly as torch does (own parameters, own buffers, 
 child with a "name." prefix), so keys and order match the chapter's torch classes.
 
 Threads: a module keeps one cache, its last forward's. A backward in a thread whose own last
-forward on the module was overwritten by another thread's forward raises RuntimeError rather
-than using the other thread's data (two threads sharing one module give wrong gradients
-otherwise); use one module per thread (copy.deepcopy). A backward in a thread that ran no
-forward on the module uses the last forward, whichever thread ran it.
+forward on the module, or on any module below it, was overwritten by another thread's forward
+raises RuntimeError rather than using the other thread's data (two threads sharing one module
+give wrong gradients otherwise); the whole tree is checked before any backward runs, so no
+gradient is overwritten by a backward that then raises. Use one module per thread
+(copy.deepcopy). A backward in a thread that ran no forward on the module uses the last
+forward, whichever thread ran it.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from .. import _grad
-from .._checks import to_numpy
+from .._checks import check_bool, check_float_dtype, to_numpy
 
 
 class _NoGrad:
@@ -48,7 +50,9 @@ def _state_array(value, key: str, ref: np.ndarray) -> np.ndarray:
     if value is None:
         raise TypeError(f"state_dict[{key!r}] must be an array, got None")
     try:
-        arr = np.array(to_numpy(value), copy=True, order="C")  # torch tensors: detached, CPU
+        arr = np.array(
+            to_numpy(value, f"state_dict[{key!r}]"), copy=True, order="C"
+        )  # torch tensors: detached, CPU
     except (TypeError, ValueError) as e:  # a ragged list, say
         raise TypeError(f"state_dict[{key!r}] must be an array of numbers: {e}") from e
     if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_) or np.iscomplexobj(arr):
@@ -132,12 +136,7 @@ class Module:
         dtype must be a floating dtype (float16, float32, float64): an integer module would
         hold truncated weights, so anything else raises TypeError.
         """
-        try:
-            dtype = np.dtype(dtype)
-        except Exception as e:  # np.dtype(",") raises SyntaxError, np.dtype("f9") TypeError
-            raise TypeError(f"dtype must be a numpy floating dtype, got {dtype!r}") from e
-        if not np.issubdtype(dtype, np.floating):
-            raise TypeError(f"dtype must be a floating dtype such as np.float32, got {dtype}")
+        dtype = check_float_dtype(dtype)
         for _, m in self.named_modules():
             for n in m._param_names + m._buffer_names:
                 a = getattr(m, n)
@@ -147,8 +146,9 @@ class Module:
         return self
 
     def train(self, mode: bool = True) -> Module:
+        mode = check_bool(mode, "mode")  # a string such as "no" must not count as True
         for _, m in self.named_modules():
-            m.training = bool(mode)
+            m.training = mode
         return self
 
     def eval(self) -> Module:
@@ -225,13 +225,17 @@ class Module:
                 f"{type(self).__name__}.backward called before forward (or after the "
                 f"parameters changed): run forward first"
             )
-        mine = _last_forwards().get(self)
-        if mine is not None and mine != forward_id:
-            raise RuntimeError(
-                f"{type(self).__name__}.backward: another thread's forward replaced this "
-                f"thread's cache since its forward; a module keeps one cache, so use one module "
-                f"per thread (copy.deepcopy)"
-            )
+        last = _last_forwards()
+        for prefix, m in self.named_modules():  # self and every child, before any backward
+            mine = last.get(m)  # this thread's last forward on m
+            current = m.__dict__.get("_cache_entry", (0, None))[0]  # 0: none kept (no_grad,
+            if mine is not None and current and current != mine:  # a fused path): skipped
+                where = f" (its child {prefix[:-1]!r})" if prefix else ""
+                raise RuntimeError(
+                    f"{type(self).__name__}.backward: another thread's forward replaced this "
+                    f"thread's cache{where} since its forward; a module keeps one cache, so use "
+                    f"one module per thread (copy.deepcopy)"
+                )
         return cache
 
     def __repr__(self) -> str:

@@ -18,7 +18,14 @@ from ..ops.heads import (
 )
 from ..ops.sdpa import sdpa_backward, sdpa_forward
 from ._input import check_attention_args
-from ._kv import CacheView, KVCacheMixin, attention_mask, check_key_padding_mask, check_tokens
+from ._kv import (
+    CacheView,
+    KVCacheMixin,
+    attention_mask,
+    check_key_padding_mask,
+    check_scores,
+    check_tokens,
+)
 from .base import Module
 from .linear import Linear
 
@@ -84,6 +91,10 @@ class MultiHeadLatentAttention(KVCacheMixin, Module):
         x = check_tokens(x, self.d_in, self.dtype)
         B, T = x.shape[:2]
         use_cache = self._check_call(B, use_cache, key_padding_mask)
+        check_scores(B, self.num_heads, T, self.ptr_current_pos * use_cache + T, x.dtype)
+        kpm = None  # checked here, before any child layer runs (S = T in a full forward)
+        if key_padding_mask is not None:
+            kpm = check_key_padding_mask(key_padding_mask, B, T)
         # 1. queries                       (B, T, d_in) -> (B, T, d_out)
         queries = self.W_query(x)
         # 2. the latent                    (B, T, d_in) -> (B, T, C)
@@ -105,7 +116,6 @@ class MultiHeadLatentAttention(KVCacheMixin, Module):
         if use_cache:  # 6.-9. forward only, reading the cache in place; commits the latent
             return self._attend_cached(queries, keys, values)
         # 6. mask                          (T, S), or (B, 1, T, S) with key padding
-        kpm = None if key_padding_mask is None else check_key_padding_mask(key_padding_mask, B, S)
         mask = attention_mask(0, T, 0, S, kpm=kpm)
         # 7. SDPA                          (B, H, T, E)
         dropout_p = self.dropout if self.training else 0.0
@@ -143,18 +153,20 @@ class MultiHeadLatentAttention(KVCacheMixin, Module):
         # 5.-7. attention on the latents: one latent "head" read by all H query heads, at the
         #    scale of the plain form (head dim E, not C)
         latent = c_kv[:, None]  # (B, S, C) -> (B, 1, S, C)
-        context_lat = self._cached_sdpa(q_lat, latent, latent, 1.0 / np.sqrt(E))  # (B,H,T,C)
+        context_lat, shown = self._cached_sdpa(q_lat, latent, latent, 1.0 / np.sqrt(E))
+        attn_weights, keep = shown  # (B, H, T, S) each; context_lat (B, H, T, C)
         # 8. W_UV folded into out_proj: each head's value from its attended latent
         context = context_lat @ W_UV.swapaxes(-1, -2)  # (B, H, T, C) @ (H, C, E) -> (B,H,T,E)
         if self.W_UV.bias is not None:  # b_UV,h times the row's weight sum (1 without dropout)
             weight_sum = 1.0
-            if self.dropout_mask is not None:
-                keep_scale = 1.0 / (1.0 - self.dropout)  # dropout's kept-value scale
-                weight_sum = (self.attn_weights * self.dropout_mask).sum(-1, keepdims=True)
+            if keep is not None:
+                # dropout's kept-value scale; p = 1 drops every weight (sdpa_forward's rule)
+                keep_scale = 1.0 / (1.0 - self.dropout) if self.dropout < 1.0 else 0.0
+                weight_sum = (attn_weights * keep).sum(-1, keepdims=True)
                 weight_sum *= keep_scale  # (B, H, T, 1)
             context = context + self.W_UV.bias.reshape(H, 1, E) * weight_sum
         # 9. merge heads, out_proj, commit the latent
-        return self._finish_cached(context.astype(queries.dtype, copy=False))
+        return self._finish_cached(context.astype(queries.dtype, copy=False), shown)
 
     def backward(self, dcontext_vec):
         q_split, k_split, v_split, sdpa_cache, merge_cache = self._require_full_forward()

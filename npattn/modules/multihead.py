@@ -34,7 +34,7 @@ from ._input import (
     check_attention_args,
     prepare_input,
 )
-from ._kv import CacheView, KVCacheMixin
+from ._kv import CacheView, KVCacheMixin, check_scores
 from .attention import CausalAttention
 from .base import Module, ModuleList
 from .linear import Linear
@@ -118,6 +118,7 @@ class MultiHeadAttention(KVCacheMixin, Module):
     """
 
     attn_impl = attn_impl_property()  # npattn/fast/dispatch.py
+    _custom_mask = True  # one-token cached calls read the mask buffer too: it may be changed
     cache_k, cache_v = CacheView(0), CacheView(1)  # (B, H, S_cached, E), read-only views
 
     def __init__(
@@ -162,6 +163,8 @@ class MultiHeadAttention(KVCacheMixin, Module):
             return self._forward_cached(x)
         dropout_p = self.dropout if self.training else 0.0
         impl = resolve_attn_impl(self.attn_impl, T, B * H)
+        if impl == "reference":
+            check_scores(B, H, T, T, x.dtype)  # before anything is computed
         if impl != "reference":  # opt-in speed: npattn/fast/dispatch.py
             return self._forward_fast(impl, x, dropout_p)
         # 1. projections                                 (B, T, d_in) -> (B, T, d_out)
@@ -175,11 +178,11 @@ class MultiHeadAttention(KVCacheMixin, Module):
         # 3. attention per head, the buffer as a mask    (B, H, T, E)
         mask = attend_mask(self.mask, T)  # (T, T), True = attend
         context, sdpa_cache = sdpa_forward(queries, keys, values, mask, dropout_p, rng=self.rng)
-        self.attn_weights = sdpa_cache.attn_weights  # (B, H, T, T), before dropout
         # 4. merge heads                                 (B, H, T, E) -> (B, T, d_out)
         context, merge_cache = merge_heads_forward(_guard.readonly(context))  # ours alone
         # 5. output projection                           (B, T, d_out) -> (B, T, d_out)
         context_vec = self.out_proj(context)
+        self.attn_weights = sdpa_cache.attn_weights  # (B, H, T, T), before dropout
         self.reset_cache()  # a full forward empties the KV cache
         self._cache = (impl, sdpa_cache, (split_cache, merge_cache))
         return context_vec
@@ -212,7 +215,7 @@ class MultiHeadAttention(KVCacheMixin, Module):
         and is handed its gradients in the backward, like W_query, W_key and W_value.
         """
         qkv_layers = (self.W_query, self.W_key, self.W_value)
-        context, fast_cache, self.attn_weights = fused_attention_forward(
+        context, fast_cache, attn_weights = fused_attention_forward(
             impl, x, qkv_layers, self.num_heads, self.mask, dropout_p, self.rng
         )  # context (B, T, d_out); attn_weights (B, H, T, T) or None from the tiled path
         out_proj = self.out_proj
@@ -221,6 +224,7 @@ class MultiHeadAttention(KVCacheMixin, Module):
         context_vec, out_cache = fused_linear_forward(context, [out_proj.weight], biases)
         for layer in (*qkv_layers, out_proj):
             layer.forget_forward()  # computed here, not by the layer: no backward of its own
+        self.attn_weights = attn_weights
         self.reset_cache()  # a full forward empties the KV cache
         self._cache = (impl, fast_cache.attention, (fast_cache, out_cache))
         return context_vec
@@ -231,6 +235,7 @@ class MultiHeadAttention(KVCacheMixin, Module):
         Shapes: x (B, T, d_in) at positions ptr_current_pos .. -> context_vec (B, T, d_out).
         """
         start, T, H = self.ptr_current_pos, x.shape[1], self.num_heads
+        check_scores(x.shape[0], H, T, start + T, x.dtype)
         if start + T > self.context_length:
             raise ValueError(
                 f"positions {start}..{start + T - 1} run past context_length="

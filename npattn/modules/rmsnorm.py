@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._checks import as_float_array, check_positive_int, check_real
+from .._checks import as_float_array, check_float_dtype, check_positive_int, check_real
 from ..ops.rmsnorm import DEFAULT_EPS, rmsnorm_backward, rmsnorm_forward
 from .base import Module
 
@@ -26,6 +26,7 @@ class RMSNorm(Module):
         self.offset = check_real(offset, "offset", "a finite float")
         if not np.isfinite(self.offset):
             raise ValueError(f"offset must be finite, got {offset}")
+        dtype = check_float_dtype(dtype)  # an integer scale would truncate every input
         init = np.ones if self.offset == 0 else np.zeros
         self.register_parameter("scale", init(self.emb_dim, dtype=dtype))
 

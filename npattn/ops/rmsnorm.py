@@ -5,7 +5,9 @@ Gemma multiplies by (1 + scale) instead of scale: that is `offset=1.0` (offset 0
 Shapes: x (..., E), scale (E,) -> out (..., E); the mean runs over the last axis.
 
 Forward (walked backwards in rmsnorm_backward):
-    1. ms    = mean(x**2)                (..., 1)
+    1. ms    = mean(x**2)                (..., 1), in float32 for float16 x (steps 1-3),
+                                         as torch and transformers do: x**2 overflows
+                                         float16 from |x| = 256 on
     2. rstd  = 1 / sqrt(ms + eps)        (..., 1)
     3. x_hat = x * rstd                  (..., E)
     4. out   = x_hat * (offset + scale)  (..., E)
@@ -46,19 +48,21 @@ def rmsnorm_forward(x, scale, eps: float = DEFAULT_EPS, offset: float = 0.0):
         raise ValueError(f"offset must be finite, got {offset}")
     dtype = np.result_type(x.dtype, scale.dtype)
     x, scale = x.astype(dtype, copy=False), scale.astype(dtype, copy=False)
+    work = np.dtype(np.float32) if dtype == np.float16 else dtype  # steps 1-3 computed in
+    xw = x.astype(work, copy=False)
     # 1. ms = mean(x**2)                         (..., E) -> (..., 1)
-    ms = np.mean(x * x, axis=-1, keepdims=True)
-    # 2. rstd = 1 / sqrt(ms + eps)               (..., 1)
-    rstd = 1.0 / np.sqrt(ms + dtype.type(eps))
-    # 3. x_hat = x * rstd                        (..., E)
-    x_hat = x * rstd
+    ms = np.mean(xw * xw, axis=-1, keepdims=True)
+    # 2. rstd = 1 / sqrt(ms + eps)               (..., 1), in the work dtype
+    rstd = 1.0 / np.sqrt(ms + work.type(eps))
+    # 3. x_hat = x * rstd                        (..., E), back in x's dtype
+    x_hat = (xw * rstd).astype(dtype, copy=False)
     # 4. out = x_hat * gain, gain = offset + scale     (..., E) * (E,)
     gain = scale if offset == 0 else scale + dtype.type(offset)
     out = x_hat * gain
     if not _grad.is_grad_enabled():
         return out, None  # no backward can follow: no cache, no copy
     gain = _guard.private(gain, scale_in)  # the caller may update scale in place (an SGD step)
-    return out, (x_hat, rstd, gain)  # x_hat (..., E), rstd (..., 1), gain (E,)
+    return out, (x_hat, rstd, gain)  # x_hat (..., E), rstd (..., 1) work dtype, gain (E,)
 
 
 def rmsnorm_backward(dout, cache):
@@ -73,6 +77,8 @@ def rmsnorm_backward(dout, cache):
     dscale = np.sum(dout * x_hat, axis=tuple(range(dout.ndim - 1)))  # (..., E) -> (E,)
     dx_hat = dout * gain  # (..., E)
     # 3.-1. x_hat = x * rstd(x): x feeds x_hat directly and through rstd, giving
-    #       dx = rstd * (dx_hat - x_hat * mean(dx_hat * x_hat))   (docs/modern/rmsnorm.md)
-    dx = rstd * (dx_hat - x_hat * np.mean(dx_hat * x_hat, axis=-1, keepdims=True))
-    return dx, dscale
+    #       dx = rstd * (dx_hat - x_hat * mean(dx_hat * x_hat))   (docs/modern/rmsnorm.md),
+    #       in rstd's dtype (float32 for float16 x, as the forward)
+    xh, dxh = x_hat.astype(rstd.dtype, copy=False), dx_hat.astype(rstd.dtype, copy=False)
+    dx = rstd * (dxh - xh * np.mean(dxh * xh, axis=-1, keepdims=True))
+    return dx.astype(x_hat.dtype, copy=False), dscale

@@ -128,6 +128,7 @@ def _positions(offset, positions, T: int, context_length: int) -> np.ndarray:
     if positions is None:
         if isinstance(offset, bool) or not isinstance(offset, (int, np.integer)):
             raise TypeError(f"offset must be an int, got {type(offset).__name__}")
+        offset = int(offset)  # a Python int: np.int8(127) + T would wrap around
         if offset < 0:
             raise ValueError(f"offset must be >= 0, got {offset}")
         positions = np.arange(offset, offset + T)
@@ -251,6 +252,8 @@ def rope_forward(x, cos, sin, offset: int = 0, *, positions=None, interleaved: b
     cos, sin = _check_table(cos, "cos", E), _check_table(sin, "sin", E)
     if cos.shape != sin.shape:
         raise ValueError(f"cos {tuple(cos.shape)} and sin {tuple(sin.shape)} must match")
+    if not isinstance(interleaved, (bool, np.bool_)):
+        raise TypeError(f"interleaved must be True or False, got {interleaved!r}")
     pos = _positions(offset, positions, x.shape[-2], cos.shape[0])
     try:
         fits = np.broadcast_shapes(pos.shape, x.shape[:-1]) == x.shape[:-1]

@@ -13,6 +13,9 @@ Forward (the step numbers are walked backwards in sdpa_backward and in docs/back
                       when sinks are given (ops/sinks.py)   (..., L, S)
     4. dropped      = attn_weights * keep / (1 - p)        (..., L, S)
     5. out          = dropped @ v                          (..., L, Ev)
+A masked position contributes nothing, forward and backward: its weight is 0, and 0 times a
+NaN or inf value (or key) of that position counts as 0 (ops/weighted.py), while a NaN a row
+does attend still reaches it.
 Argument checks live in npattn/_checks.py, so what follows is the maths.
 """
 
@@ -25,6 +28,7 @@ import numpy as np
 from .. import _grad, _guard
 from .._checks import (
     as_grad,
+    check_allocation,
     check_attn_mask,
     check_dropout_mask,
     check_probability,
@@ -37,6 +41,7 @@ from .masks import causal_mask
 from .sinks import check_sinks, softmax_with_sink_backward, softmax_with_sink_forward
 from .softcap import check_softcap, softcap_backward, softcap_forward
 from .softmax import softmax_backward, softmax_inplace
+from .weighted import weighted_sum, zero_where_unweighted
 
 
 class SDPACache(NamedTuple):
@@ -61,7 +66,10 @@ def apply_attn_mask(attn_scores, attn_mask):
         return attn_scores
     if attn_mask.dtype == np.bool_:
         return np.where(attn_mask, attn_scores, -np.inf).astype(attn_scores.dtype, copy=False)
-    return attn_scores + attn_mask.astype(attn_scores.dtype, copy=False)
+    masked = attn_scores + attn_mask.astype(attn_scores.dtype, copy=False)
+    if not np.isfinite(attn_scores).all():  # NaN + -inf is NaN: a -inf entry masks all the same
+        masked = np.where(np.isneginf(attn_mask), -np.inf, masked).astype(masked.dtype)
+    return masked
 
 
 def sdpa_forward(
@@ -102,6 +110,7 @@ def sdpa_forward(
     k, v = repeat_kv(k, groups), repeat_kv(v, groups)
     L, S = q.shape[-2], k.shape[-2]
     scores_shape = np.broadcast_shapes(q.shape[:-2], k.shape[:-2]) + (L, S)
+    check_allocation(scores_shape, dtype.itemsize, "query and key", "attention scores")
     attn_mask = check_attn_mask(attn_mask, is_causal, scores_shape)
     keep = check_dropout_mask(dropout_mask, dropout_p, scores_shape)
     if sinks is not None:  # checked here too, so that a mismatch names query and key
@@ -131,7 +140,7 @@ def sdpa_forward(
         keep = dropout_keep_mask(attn_weights.shape, dropout_p, rng)  # True = kept
     dropped = attn_weights if keep is None else attn_weights * keep * dtype.type(dropout_scale)
     # 5. out = dropped @ v                          (..., L, S) @ (..., S, Ev) -> (..., L, Ev)
-    out = dropped @ v
+    out = weighted_sum(dropped, v)  # a weight of 0 adds nothing, even times NaN
     if not _grad.is_grad_enabled():
         # no backward can follow: only the shown weights and keep-mask
         q = k = v = softcap_cache = sink_cache = None
@@ -175,7 +184,8 @@ def sdpa_backward(dout, cache: SDPACache):
     dropped = attn_weights if keep is None else attn_weights * keep * dtype.type(dropout_scale)
     # 5. out = dropped @ v
     ddropped = dout @ np.swapaxes(v, -1, -2)  # (..., L, Ev) @ (..., Ev, S) -> (..., L, S)
-    dv = np.swapaxes(dropped, -1, -2) @ dout  # (..., S, L) @ (..., L, Ev) -> (..., S, Ev)
+    ddropped = zero_where_unweighted(ddropped, dropped)  # a masked NaN value: no gradient
+    dv = weighted_sum(np.swapaxes(dropped, -1, -2), dout)  # (..., S, L) @ (..., L, Ev)
     # 4. dropped = attn_weights * keep / (1 - p): the same mask and scale
     dattn_weights = ddropped if keep is None else ddropped * keep * dtype.type(dropout_scale)
     # 3. attn_weights = softmax(attn_scores); masked entries have weight 0, so 0 gradient
@@ -187,10 +197,11 @@ def sdpa_backward(dout, cache: SDPACache):
     # 1b. soft-capping
     if softcap_cache is not None:
         dattn_scores = softcap_backward(dattn_scores, softcap_cache)
+        dattn_scores = zero_where_unweighted(dattn_scores, attn_weights)  # tanh(NaN) masked
     # 1. attn_scores = (q * scale) @ k^T; q * scale is recomputed (L * E), not stored
-    dq = dattn_scores @ k  # (..., L, S) @ (..., S, E) -> (..., L, E)
+    dq = weighted_sum(dattn_scores, k)  # (..., L, S) @ (..., S, E) -> (..., L, E)
     dq *= dtype.type(scale)
-    dk = np.swapaxes(dattn_scores, -1, -2) @ (q * dtype.type(scale))  # (.., S, L) @ (.., L, E)
+    dk = weighted_sum(np.swapaxes(dattn_scores, -1, -2), q * dtype.type(scale))  # (.., S, E)
     # undo the broadcasting of batch dims: each input's gradient sums over what it was reused for
     dq = sum_to_shape(dq, q.shape)
     dk = sum_to_shape(dk, k.shape)

@@ -12,7 +12,9 @@ Forward (walked backwards in softmax_with_sink_backward):
     3. denom     = rowsum(e) + e_sink                      (..., L, 1)
        attn_weights = e / denom, p_sink = e_sink / denom
 It is the softmax of the row [attn_scores, sink] with the sink's column dropped. A row whose
-every score is -inf gives weights 0 (and p_sink = 1).
+every score is -inf gives weights 0 (and p_sink = 1). An infinite sink gives the limit:
++inf takes the whole row (weights 0, p_sink = 1), -inf is no sink (the plain softmax; a row
+that is also fully masked gives weights 0 and p_sink = 0).
 """
 
 from __future__ import annotations
@@ -63,15 +65,26 @@ def softmax_with_sink_forward(attn_scores, sinks, *, copy: bool = True):
     sinks = as_float_array(sinks, "sinks")
     given_shape = sinks.shape
     sink = check_sinks(sinks, attn_scores.shape).astype(attn_scores.dtype, copy=False)
-    # 1. m = max(rowmax, sink): finite because the sink is, so a fully masked row is safe
+    infinite = not np.all(np.isfinite(sink))  # +inf or -inf: the limits, below
+    taken = np.isposinf(sink) if infinite else None  # a +inf sink takes its whole row
+    if infinite:
+        sink = np.where(np.isfinite(sink), sink, -np.inf)  # -inf: no sink at all
+    # 1. m = max(rowmax, sink): finite unless the row and its sink are all -inf (then 0)
     m = np.maximum(np.max(attn_scores, axis=-1, keepdims=True), sink)  # (..., L, 1)
+    if infinite:
+        m = np.where(np.isneginf(m), 0, m)
     # 2. e = exp(scores - m), e_sink = exp(sink - m)
     e = np.exp(attn_scores - m)  # (..., L, S)
     e_sink = np.exp(sink - m)  # (..., L, 1)
     # 3. denom = rowsum(e) + e_sink; weights = e / denom, p_sink = e_sink / denom
     denom = np.sum(e, axis=-1, keepdims=True) + e_sink  # (..., L, 1), >= e_sink > 0
+    if infinite:
+        denom = np.where(denom > 0, denom, 1)  # a row with no key and no sink: weights 0
     attn_weights = e / denom
     p_sink = e_sink / denom
+    if infinite:  # +inf sink: exp(sink - m) / denom -> 1, every weight -> 0
+        attn_weights = np.where(taken, 0, attn_weights).astype(attn_scores.dtype, copy=False)
+        p_sink = np.where(taken, 1, p_sink).astype(attn_scores.dtype, copy=False)
     # the caller gets attn_weights and may change it: the cache keeps its own copy
     # (npattn/_guard.py); sdpa_forward, which returns no weights, skips it (copy=False)
     kept = _guard.private(attn_weights, attn_weights) if copy else _guard.readonly(attn_weights)

@@ -32,12 +32,18 @@ def softcap_forward(scores, cap: float):
     Shapes: scores (..., L, S) -> out (..., L, S). Returns (out, cache) with cache = (t,).
     """
     scores = as_float_array(scores, "scores")
-    cap = scores.dtype.type(check_softcap(cap))
+    dtype = scores.dtype
+    # float16 computes in float32: a cap above 65504 is inf in float16, and inf * tanh(0)
+    # is NaN; out lies in (-cap, cap), so it fits float16 wherever the scores did
+    work = np.dtype(np.float32) if dtype == np.float16 else dtype
+    cap = work.type(check_softcap(cap))
     # 1. t = tanh(scores / cap)
-    t = np.tanh(scores / cap)
+    t = np.tanh(scores.astype(work, copy=False) / cap)
     # 2. out = cap * t
-    out = cap * t
-    return out, _grad.keep((t,))  # t: (..., L, S); None under npattn.no_grad()
+    out = (cap * t).astype(dtype, copy=False)
+    return out, _grad.keep(
+        (t.astype(dtype, copy=False),)
+    )  # t: (..., L, S); None under npattn.no_grad()
 
 
 def softcap_backward(dout, cache):
