@@ -37,6 +37,7 @@ from .errors import (
     KitSetupError,
     Mismatch,
     ReferenceMismatchError,
+    StructuralSizeWarning,
     UnmappedParameterWarning,
 )
 from .oracle import SDPAExample, assert_sdpa_matches, compare_sdpa, plain_sdpa
@@ -54,6 +55,7 @@ __all__ = [
     "ReferenceMismatchError",
     "Report",
     "SDPAExample",
+    "StructuralSizeWarning",
     "UnmappedParameterWarning",
     "assert_decode_matches",
     "assert_matches_reference",

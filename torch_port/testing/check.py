@@ -7,6 +7,7 @@ gradient in the module's own layout (the reference's pulled back through the wei
 from __future__ import annotations
 
 import random
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -15,9 +16,15 @@ from hypothesis import HealthCheck, Phase, find, settings
 from hypothesis import strategies as st
 from hypothesis.errors import NoSuchExample
 
-from .errors import Example, KitSetupError, Mismatch, ReferenceMismatchError
+from .errors import (
+    Example,
+    KitSetupError,
+    Mismatch,
+    ReferenceMismatchError,
+    StructuralSizeWarning,
+)
 from .precision import Judgement, judge, rule_for
-from .setup import MAX_TOKENS, Setup, as_tensor_output, build
+from .setup import Setup, as_tensor_output, build, token_range
 
 
 @dataclass
@@ -28,6 +35,10 @@ class Report:
     examples: int = 0
     unread: tuple = ()
     worst: dict = field(default_factory=dict)
+    sizes: dict = field(default_factory=dict)  # the reference's structural sizes
+    max_tokens: int = 0  # the most tokens drawn
+    boundaries: tuple = ()  # token counts run explicitly, around each structural size
+    not_reached: tuple = ()  # structural sizes past max_tokens, so never crossed
 
     def note(self, judgements) -> None:
         for j in judgements:
@@ -185,9 +196,10 @@ def search(
     """find_mismatch, also returning the Report of the examples that passed."""
     rule = _rule(dtype, factor, floor, rtol, atol)
     setup = build(module, reference, weight_map, forward, dtype, rule, check_backward)
-    report = Report(unread=tuple(setup.weights.warn_unread()))
-    if max_tokens is None:
-        max_tokens = min(setup.context_length or MAX_TOKENS, MAX_TOKENS)
+    report = Report(unread=tuple(setup.weights.warn_unread()), sizes=setup.sizes)
+    max_tokens, boundaries, report.not_reached = token_range(setup.sizes, max_tokens)
+    report.max_tokens, report.boundaries = max_tokens, tuple(boundaries)
+    warn_not_reached(report.not_reached, max_tokens)
     examples = st.builds(
         Example,
         batch=st.integers(1, max_batch),
@@ -203,16 +215,37 @@ def search(
         return found is not None
 
     disagrees(Example(1, 1, seed))  # a setup error surfaces here, before any search
-    example = find_smallest(examples, disagrees, max_examples, seed)
+    ladder = [Example(1, t, seed) for t in boundaries]
+
+    def between(passed, failed):  # the token counts between a passing and a failing rung
+        low = passed.tokens if passed else 0
+        return [Example(1, t, seed) for t in range(low + 1, failed.tokens)]
+
+    example = find_smallest(examples, disagrees, max_examples, seed, ladder, between)
     if example is None:
         return None, report
     return run_example(setup, example, check_backward)[1], report
 
 
-def find_smallest(examples, disagrees, max_examples: int, seed: int):
+def warn_not_reached(not_reached, max_tokens: int) -> None:
+    if not_reached:
+        warnings.warn(
+            f"the reference's {', '.join(not_reached)} lie past the {max_tokens} tokens "
+            f"drawn, so nothing past them is checked; pass max_tokens= to reach them",
+            StructuralSizeWarning,
+            stacklevel=4,
+        )
+
+
+def find_smallest(examples, disagrees, max_examples: int, seed: int, ladder=(), between=None):
     """The smallest example on which `disagrees` is true (Hypothesis's find and shrink), or
     None. Deterministic for a seed, whatever the Hypothesis profile; no database and no
-    explain phase, so a search costs only the examples it runs."""
+    explain phase, so a search costs only the examples it runs.
+
+    ladder: explicit examples run in order when the search finds nothing (the boundaries
+    of the reference's structural sizes, too long for a random draw to hit reliably); the
+    first that disagrees is narrowed by between(last passing rung, it), tried in order.
+    """
     options = settings(
         max_examples=max_examples,
         derandomize=False,  # random=Random(seed) below makes it deterministic, whatever profile
@@ -224,16 +257,25 @@ def find_smallest(examples, disagrees, max_examples: int, seed: int):
     try:
         return find(examples, disagrees, settings=options, random=random.Random(seed))
     except NoSuchExample:
-        return None
+        pass
+    passed = None
+    for rung in ladder:
+        if disagrees(rung):
+            smaller = between(passed, rung) if between else ()
+            return next((ex for ex in smaller if disagrees(ex)), rung)
+        passed = rung
+    return None
 
 
 def find_mismatch(module, reference, weight_map=None, **kwargs) -> Mismatch | None:
     """Search for the smallest Example on which module and reference disagree; None if
     `max_examples` examples agree. Deterministic for a given `seed`.
 
-    Token counts run from 1 to max_tokens (default: the reference's context_length, at
-    most 16). Keywords: forward, max_examples, seed, dtype, rtol, atol, factor, floor,
-    max_batch, max_tokens, check_backward.
+    Token counts run from 1 to max_tokens (default: past twice every structural size of
+    the reference, its window, cache length or tile, at least 16 and at most its
+    context_length); T = W - 1, W, W + 1 and 2W + 1 for each such size W are also run.
+    Keywords: forward, max_examples, seed, dtype, rtol, atol, factor, floor, max_batch,
+    max_tokens, check_backward.
     """
     return search(module, reference, weight_map, **kwargs)[0]
 

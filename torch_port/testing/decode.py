@@ -18,10 +18,17 @@ import numpy as np
 import torch
 from hypothesis import strategies as st
 
-from .check import Report, find_smallest, replay_line
+from .check import Report, find_smallest, replay_line, warn_not_reached
 from .errors import KitSetupError, ReferenceMismatchError
 from .precision import judge, rule_for
-from .setup import MAX_TOKENS, NumpyAtDtype, TorchTwin, as_tensor_output, build, numpy_dtype
+from .setup import (
+    NumpyAtDtype,
+    TorchTwin,
+    as_tensor_output,
+    build,
+    numpy_dtype,
+    token_range,
+)
 
 
 @dataclass(frozen=True)
@@ -37,6 +44,27 @@ class DecodeExample:
             f"x of shape (B={self.batch}, T={sum(self.chunks)}, d_in) from seed {self.seed}, "
             f"fed in chunks of {list(self.chunks)} tokens"
         )
+
+
+def decode_ladder(sizes: dict, max_tokens: int, seed: int, fit) -> list:
+    """Chunkings that cross each structural size W, shortest first: a prefill of W - 1 then
+    single tokens past W, W then one, one chunk of W + 1, W + 1 after one cached token, and
+    W + 1 then W (2W + 1 in all). Each cut to max_tokens."""
+    ladder = []
+    for w in sorted(set(sizes.values())):
+        for chunks in ((w - 1, 1, 1, 1), (w, 1), (w + 1,), (1, w + 1), (w + 1, w)):
+            chunks = fit([n for n in chunks if n > 0])
+            example = DecodeExample(1, chunks, seed)
+            if chunks and example not in ladder:
+                ladder.append(example)
+    return sorted(ladder, key=lambda ex: (sum(ex.chunks), len(ex.chunks)))
+
+
+def shorter_decodes(passed, failed) -> list:
+    """Shorter versions of a failing chunking: its prefixes, then fewer single steps."""
+    chunks = failed.chunks
+    prefixes = [chunks[:n] for n in range(1, len(chunks))]
+    return [DecodeExample(failed.batch, c, failed.seed) for c in prefixes]
 
 
 def default_step(module, x):
@@ -159,7 +187,7 @@ def assert_decode_matches(
     seed: int = 0,
     max_batch: int = 2,
     max_tokens: int | None = None,
-    max_chunk: int = 4,
+    max_chunk: int | None = None,
     rtol=None,
     atol=None,
     factor=None,
@@ -169,16 +197,23 @@ def assert_decode_matches(
 
     step(module, x_chunk) -> Tensor runs one cached call (default module(x, use_cache=True));
     reset(module) empties the cache (default module.reset_cache()). The reference decodes
-    with reference(x, use_cache=True). Chunk sizes run from 1 to max_chunk, in total at most
-    max_tokens (default: the reference's context_length, at most 16). Returns a Report.
+    with reference(x, use_cache=True). Chunk sizes run from 1 to max_chunk (default: 4, or
+    one past the reference's window, cache length or tile), in total at most max_tokens
+    (default: past twice each of those sizes, at least 16, at most the context_length).
+    Chunkings around each size W (a prefill of W - 1 then single tokens, a chunk of W + 1
+    after a cached token, ...) are also run. Returns a Report.
     """
     rule = rule_for(dtype, factor=factor, floor=floor, rtol=rtol, atol=atol)
     setup = _setup(module, reference, weight_map, dtype, rule)
     step_arg, reset_arg = step, reset
     step, reset = step or default_step, reset or default_reset
-    if max_tokens is None:
-        max_tokens = min(setup.context_length or MAX_TOKENS, MAX_TOKENS)
-    report = Report(unread=tuple(setup.weights.warn_unread()))
+    report = Report(unread=tuple(setup.weights.warn_unread()), sizes=setup.sizes)
+    max_tokens, _, report.not_reached = token_range(setup.sizes, max_tokens)
+    warn_not_reached(report.not_reached, max_tokens)
+    inner = [w for k, w in setup.sizes.items() if k not in ("context_length", "cache positions")]
+    if max_chunk is None:
+        max_chunk = min(max([4] + [w + 1 for w in inner]), max_tokens)
+    report.max_tokens = max_tokens
 
     def fit(sizes: list) -> tuple:
         kept, total = [], 0
@@ -205,7 +240,9 @@ def assert_decode_matches(
         return found is not None
 
     disagrees(DecodeExample(1, (1,), seed))  # setup errors surface before the search
-    example = find_smallest(examples, disagrees, max_examples, seed)
+    ladder = decode_ladder(setup.sizes, max_tokens, seed, fit)
+    report.boundaries = tuple(ex.chunks for ex in ladder)
+    example = find_smallest(examples, disagrees, max_examples, seed, ladder, shorter_decodes)
     if example is None:
         return report
     mismatch = run_decode(setup, example, step, reset)[1]

@@ -26,6 +26,10 @@ class UnmappedParameterWarning(UserWarning):
     """Some of the module's parameters are never read by the weight map, so never compared."""
 
 
+class StructuralSizeWarning(UserWarning):
+    """A window, cache length or tile of the reference lies past the tokens drawn."""
+
+
 @dataclass(frozen=True)
 class Example:
     """One generated case: x = default_rng(seed).standard_normal((batch, tokens, d_in)),

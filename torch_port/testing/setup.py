@@ -19,7 +19,66 @@ from .errors import KitSetupError
 from .precision import Rule
 from .weights import MappedWeights, check_configuration
 
-MAX_TOKENS = 16  # the most tokens drawn, unless the reference's context_length is shorter
+MAX_TOKENS = 16  # the most tokens drawn when the reference has no longer structural size
+LONGEST = 1024  # structural sizes above this are reported, not drawn (pass max_tokens=)
+
+
+def structural_sizes(reference) -> dict:
+    """{what: size} for every length at which the reference's behaviour changes: its window
+    (config.window or sliding_window_size), the length its KV cache keeps, its
+    context_length, and the tile of its tiled path. Read from the configuration first.
+
+    A module can be right below such a size and wrong past it (no window, a cache one
+    position short), so the kit draws token counts and chunks on both sides of each.
+    """
+    sizes = {}
+
+    def note(what, size):
+        if isinstance(size, (int, np.integer)) and not isinstance(size, bool) and size > 0:
+            sizes.setdefault(what, int(size))
+
+    for _, m in reference.named_modules():
+        config = getattr(m, "config", None)
+        note("window", getattr(config, "window", None))
+        note("window", getattr(m, "sliding_window_size", None))
+        note("context_length", getattr(config, "context_length", None))
+        note("context_length", getattr(m, "context_length", None))
+        limits = getattr(m, "_kv_limits", None)
+        if callable(limits):
+            window, positions = limits()
+            note("cache length", window)
+            note("cache positions", positions)
+        if getattr(m, "attn_impl", None) == "tiled":
+            from npattn.fast.tiled import DEFAULT_BLOCKS
+
+            block = getattr(m, "block_size", None) or DEFAULT_BLOCKS
+            block = block if isinstance(block, (tuple, list)) else (block, block)
+            note("tile rows", block[0])
+            note("tile columns", block[1])
+    return dict(sorted(sizes.items(), key=lambda kv: (kv[1], kv[0])))
+
+
+def token_range(sizes: dict, max_tokens: int | None) -> tuple[int, list[int], list[str]]:
+    """(most tokens drawn, boundary token counts to run first, sizes left out).
+
+    Boundaries: W - 1, W, W + 1 and 2W + 1 for each size W, up to the context length (the
+    most positions the reference takes) and to max_tokens when given (else LONGEST).
+    """
+    context = sizes.get("context_length") or sizes.get("cache positions")
+    inner = [w for k, w in sizes.items() if k not in ("context_length", "cache positions")]
+    if max_tokens is None:
+        wanted = max([MAX_TOKENS] + [2 * w + 2 for w in inner if w <= LONGEST])
+        limit = min(wanted, context) if context else wanted
+    else:
+        limit = max_tokens
+    if context:
+        limit = min(limit, context)
+    points = set()
+    for w in sizes.values():
+        points.update((w - 1, w, w + 1, 2 * w + 1))
+    boundaries = sorted(t for t in points if 1 <= t <= limit)
+    left_out = sorted(f"{k} {w}" for k, w in sizes.items() if w + 1 > limit and w != context)
+    return limit, boundaries, left_out
 
 
 def default_forward(module, x):
@@ -160,6 +219,7 @@ class Setup:
     device: torch.device
     d_in: int
     context_length: int | None
+    sizes: dict = field(default_factory=dict)
     unread: list = field(default_factory=list)
 
 
@@ -180,7 +240,9 @@ def build(module, reference, weight_map, forward, dtype, rule, check_backward) -
         raise KitSetupError(f"npattn.{type(ref).__name__} has no d_in: the kit cannot draw x")
     params = list(user.parameters())
     device = params[0].device
-    lengths = [getattr(m, "context_length", None) for _, m in ref.named_modules()]
-    context_length = min((n for n in lengths if isinstance(n, int)), default=None)
+    sizes = structural_sizes(ref)
+    context_length = sizes.get("context_length")
     plain = plain_yardstick(ref, dtype, device, rule)
-    return Setup(user, forward, weights, ref, plain, rule, dtype, device, d_in, context_length)
+    return Setup(
+        user, forward, weights, ref, plain, rule, dtype, device, d_in, context_length, sizes
+    )

@@ -1,0 +1,71 @@
+"""The kit's blind spots, each closed: a bug that shows only past a structural size of the
+reference (its window, its cache length), a NaN, an SDPA option never drawn, a verdict that
+depended on the caller's source, a modified reference trusted, a setting lost in conversion.
+Shapes: x (B, T, D) -> (B, T, D)."""
+
+import pytest
+
+torch = pytest.importorskip("torch", reason="torch is not installed (pip install '.[torch]')")
+
+import npattn  # noqa: E402
+import torch_port as tp  # noqa: E402
+from torch_port import testing as tt  # noqa: E402
+
+D, H = 4, 2
+FEW = dict(max_examples=6)
+
+
+class SWAWithBug(tp.MultiHeadAttentionWithSWA):
+    """The sliding-window class with a switch: `window` replaces the one the mask uses (None:
+    no window at all); `keep` trims the cache to that many positions after each call."""
+
+    def __init__(self, window, *, mask_window="same", keep=None):
+        torch.manual_seed(0)
+        super().__init__(D, D, 0.0, H, True, window)
+        self.mask_window, self.keep = mask_window, keep
+
+    def forward(self, x, use_cache=False):
+        W = self.sliding_window_size
+        if self.mask_window != "same":
+            self.sliding_window_size = self.mask_window
+        try:
+            out = super().forward(x, use_cache)
+        finally:
+            self.sliding_window_size = W
+        if use_cache and self.keep is not None and self.cache_k.shape[2] > self.keep:
+            self.cache_k = self.cache_k[:, :, -self.keep :]
+            self.cache_v = self.cache_v[:, :, -self.keep :]
+        return out
+
+
+def swa(window):
+    return npattn.MultiHeadAttentionWithSWA(D, D, 0.0, H, True, window, rng=0)
+
+
+def test_the_reference_sizes_are_read_and_crossed():
+    report = tt.assert_matches_reference(SWAWithBug(17), swa(17), **FEW)
+    assert report.sizes == {"cache length": 17, "window": 17}
+    assert report.max_tokens == 36 and set(report.boundaries) == {16, 17, 18, 35}
+
+
+def test_a_module_without_its_window_is_caught_past_the_window():
+    ref = swa(16)
+    with pytest.raises(tt.ReferenceMismatchError) as info:
+        tt.assert_matches_reference(SWAWithBug(16, mask_window=None), ref, **FEW)
+    assert info.value.mismatch.example.tokens == 17  # the first T the window cuts
+
+
+def test_a_window_one_wider_is_caught():
+    with pytest.raises(tt.ReferenceMismatchError) as info:
+        tt.assert_matches_reference(SWAWithBug(16, mask_window=17), swa(16), **FEW)
+    assert info.value.mismatch.example.tokens == 17  # query 16 sees key 0
+
+
+def test_a_cache_one_position_short_is_caught_past_the_window():
+    W = 17
+    tt.assert_decode_matches(SWAWithBug(W), swa(W), **FEW)
+    module = SWAWithBug(W, keep=W - 2)
+    tt.assert_matches_reference(module, swa(W), **FEW)  # no cache in a full forward
+    with pytest.raises(tt.ReferenceMismatchError) as info:
+        tt.assert_decode_matches(module, swa(W), **FEW)
+    assert sum(info.value.mismatch.example.chunks) >= W  # it needs W - 1 cached positions
