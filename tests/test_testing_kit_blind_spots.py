@@ -69,3 +69,39 @@ def test_a_cache_one_position_short_is_caught_past_the_window():
     with pytest.raises(tt.ReferenceMismatchError) as info:
         tt.assert_decode_matches(module, swa(W), **FEW)
     assert sum(info.value.mismatch.example.chunks) >= W  # it needs W - 1 cached positions
+
+
+def chapter_mha(nan_at=None):
+    torch.manual_seed(0)
+    module = tp.MultiHeadAttention(D, D, 6, 0.0, H, True)
+    if nan_at is not None:
+        with torch.no_grad():
+            getattr(module, nan_at).weight[0, 0] = float("nan")
+    return module
+
+
+def test_nan_in_the_truth_is_no_agreement():
+    """NaN weights make both sides NaN: NaN == NaN must not pass, and the message says the
+    reference itself is broken."""
+    module, ref = chapter_mha("W_value"), npattn.MultiHeadAttention(D, D, 6, 0.0, H, True)
+    for check_backward in (False, True):
+        with pytest.raises(tt.ReferenceMismatchError, match="npattn reference's output holds"):
+            tt.assert_matches_reference(module, ref, check_backward=check_backward, **FEW)
+    found = tt.compare(module, ref, tt.Example(1, 2, 0))
+    assert "reference is broken" in found.detail and found.error != found.error
+
+
+def test_nan_from_the_module_alone_is_named():
+    class NaNAtThree(tp.MultiHeadAttention):
+        def forward(self, x):
+            out = super().forward(x)  # (B, T, D); token 2 made NaN
+            if x.shape[1] < 3:
+                return out
+            return torch.cat([out[:, :2], out[:, 2:3] * float("nan"), out[:, 3:]], dim=1)
+
+    torch.manual_seed(0)
+    module = NaNAtThree(D, D, 6, 0.0, H, True)
+    ref = npattn.MultiHeadAttention(D, D, 6, 0.0, H, True)
+    with pytest.raises(tt.ReferenceMismatchError, match="entries are NaN") as info:
+        tt.assert_matches_reference(module, ref, **FEW)
+    assert info.value.mismatch.example.tokens == 3

@@ -103,6 +103,8 @@ def judge(
         j = Judgement(quantity, float("inf"), None, 0.0, False)
         return j, Mismatch(quantity, example, tuple(truth.shape), float("inf"), detail)
     got = got.astype(np.float64)
+    if not np.isfinite(truth).all():  # no agreement is possible with a broken truth
+        return _broken_truth(quantity, got, truth, example)
     finite_truth = np.nan_to_num(truth, nan=0.0, posinf=0.0, neginf=0.0)
     if scale is None:
         scale = float(np.linalg.norm(finite_truth.ravel()))
@@ -131,6 +133,21 @@ def judge(
         err,
         bound,
     )
+
+
+def _broken_truth(quantity, got, truth, example) -> tuple[Judgement, Mismatch]:
+    """A NaN or inf in the float64 reference's result: the check fails, whatever the module
+    computed (NaN equal to NaN is no agreement), and says that the reference is broken."""
+    bad = np.argwhere(~np.isfinite(truth))
+    i = tuple(int(n) for n in bad[0])
+    detail = (
+        f"the npattn reference's {quantity} holds {len(bad)} non-finite entries of "
+        f"{truth.size} (the first at index {i}: {fmt(float(truth[i]))}), so the reference "
+        f"is broken on this input and nothing can be checked against it: look at the weights "
+        f"it was given (your module's, through the weight map) and its configuration"
+    )
+    j = Judgement(quantity, float("nan"), None, 0.0, False)
+    return j, Mismatch(quantity, example, tuple(truth.shape), float("nan"), detail, float("nan"))
 
 
 def _max_abs(got, truth) -> float:
