@@ -105,3 +105,60 @@ def test_nan_from_the_module_alone_is_named():
     with pytest.raises(tt.ReferenceMismatchError, match="entries are NaN") as info:
         tt.assert_matches_reference(module, ref, **FEW)
     assert info.value.mismatch.example.tokens == 3
+
+
+CALLER = """
+import hashlib
+
+import torch
+
+import npattn
+import torch_port as tp
+from torch_port import testing as tt
+
+{line}
+digest = hashlib.sha256()
+
+
+class Recorder(tp.MultiHeadAttention):
+    def forward(self, x):
+        digest.update(x.detach().numpy().tobytes())  # every input the search tries
+        return super().forward(x)
+
+
+torch.manual_seed(0)
+m = Recorder(4, 4, 64, 0.0, 2, True)
+ref = npattn.MultiHeadAttention(4, 4, 64, 0.0, 2, True)
+for seed in range(8):
+    tt.find_mismatch(m, ref, max_examples=40, check_backward=False, seed=seed)
+print(digest.hexdigest())
+"""
+
+
+def test_the_search_does_not_depend_on_the_callers_source(tmp_path):
+    """Hypothesis draws integers it finds in the source of imported local modules; the kit
+    switches that off, so an unused line in the caller's file changes nothing."""
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    runs = []
+    for name, line in (("caller_a.py", "_unused = (60, 200)"), ("caller_b.py", "")):
+        path = tmp_path / name
+        path.write_text(CALLER.format(line=line))
+        out = subprocess.run(
+            [sys.executable, str(path)], env=env, capture_output=True, text=True, check=True
+        )
+        runs.append(out.stdout.strip())
+    assert runs[0] == runs[1]
+
+
+def test_the_callers_own_hypothesis_keeps_its_constants():
+    from hypothesis.internal.conjecture import providers
+
+    before = providers._get_local_constants
+    tt.find_mismatch(chapter_mha(), npattn.MultiHeadAttention(D, D, 6, 0.0, H, True), **FEW)
+    assert providers._get_local_constants is before
