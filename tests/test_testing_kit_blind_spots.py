@@ -3,6 +3,7 @@ reference (its window, its cache length), a NaN, an SDPA option never drawn, a v
 depended on the caller's source, a modified reference trusted, a setting lost in conversion.
 Shapes: x (B, T, D) -> (B, T, D)."""
 
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch", reason="torch is not installed (pip install '.[torch]')")
@@ -162,3 +163,33 @@ def test_the_callers_own_hypothesis_keeps_its_constants():
     before = providers._get_local_constants
     tt.find_mismatch(chapter_mha(), npattn.MultiHeadAttention(D, D, 6, 0.0, H, True), **FEW)
     assert providers._get_local_constants is before
+
+
+def test_a_reference_with_an_edited_mask_is_refused():
+    """Both sides without the causal mask agree; the kit must not take such a reference."""
+    module, ref = chapter_mha(), npattn.MultiHeadAttention(D, D, 6, 0.0, H, True)
+    with torch.no_grad():
+        module.mask.zero_()
+    ref.mask[...] = 0.0
+    with pytest.raises(tt.KitSetupError, match=r"was modified.*mask \(the causal mask buffer"):
+        tt.assert_matches_reference(module, ref, **FEW)
+
+
+@pytest.mark.parametrize("table", ["cos", "sin"])
+def test_a_reference_with_edited_rope_tables_is_refused(table):
+    torch.manual_seed(0)
+    module = tp.Qwen3Attention(D, H, 1, context_length=8)
+    ref = npattn.Qwen3Attention(D, H, 1, context_length=8, rng=0)
+    for m in (module, ref):  # no rotation at all on both sides
+        m.cos, m.sin = m.cos * 0 + 1, m.sin * 0
+    with pytest.raises(tt.KitSetupError, match=rf"modified.*{table} \(the RoPE table"):
+        tt.assert_matches_reference(module, ref, **FEW)
+    with pytest.raises(tt.KitSetupError, match="was modified"):
+        tt.assert_decode_matches(module, ref, **FEW)
+
+
+def test_an_unmodified_float32_qwen3_reference_is_taken():
+    torch.manual_seed(0)
+    module = tp.Qwen3Attention(D, H, 1, context_length=8)
+    ref = npattn.Qwen3Attention(D, H, 1, context_length=8, rng=0).astype(np.float32)
+    tt.assert_matches_reference(module, ref, **FEW)

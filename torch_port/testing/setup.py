@@ -128,9 +128,78 @@ def as_tensor_output(y, what: str = "forward(module, x)") -> torch.Tensor:
     )
 
 
+def _table_tolerance(a) -> float:
+    dtype = a.dtype if np.issubdtype(a.dtype, np.floating) else np.float64
+    return 4 * float(np.finfo(dtype).eps)
+
+
+def check_reference_tables(reference) -> list:
+    """Refuse (KitSetupError) a reference whose fixed tables are not what its configuration
+    makes: the chapter's causal `mask` buffer (triu(ones(context_length), 1)), Qwen3's RoPE
+    cos and sin (from head_dim, rope_base, context_length, rope_freq_config), and any buffer
+    of a module built from a `config`. A reference edited by hand would otherwise be the
+    truth. Returns [(module, name, exact table)] for the tables to install in float64."""
+    from npattn.modules._input import chapter_mask
+    from npattn.ops.rope import compute_rope_params
+
+    modified, exact = [], []
+    for path, m in reference.named_modules():
+        where = f"{path}" if path else ""
+        context = getattr(m, "context_length", None)
+        if "mask" in getattr(m, "_buffer_names", ()) and isinstance(context, int):
+            have, want = np.asarray(m.mask), chapter_mask(context)
+            if have.shape != want.shape or not np.array_equal(have != 0, want != 0):
+                modified.append(
+                    f"{where}mask (the causal mask buffer; context_length={context} makes "
+                    f"triu(ones({context}, {context}), 1))"
+                )
+        if all(hasattr(m, a) for a in ("cos", "sin", "rope_base", "head_dim", "context_length")):
+            tables = compute_rope_params(
+                m.head_dim, m.rope_base, m.context_length, getattr(m, "rope_freq_config", None)
+            )
+            for name, want in zip(("cos", "sin"), tables):
+                have = np.asarray(getattr(m, name))
+                same = have.shape == want.shape and np.allclose(
+                    have.astype(np.float64), want, rtol=0.0, atol=_table_tolerance(have)
+                )
+                if not same:
+                    modified.append(
+                        f"{where}{name} (the RoPE table; rope_base={m.rope_base}, "
+                        f"context_length={m.context_length}, head_dim={m.head_dim} and "
+                        f"rope_freq_config={getattr(m, 'rope_freq_config', None)} make another)"
+                    )
+                exact.append((m, name, want))
+        config = getattr(m, "config", None)
+        if config is not None and getattr(m, "_buffer_names", None):
+            try:
+                fresh = type(m)(config)
+            except Exception:  # not rebuilt from its config alone: nothing to compare
+                fresh = None
+            for name in m._buffer_names if fresh is not None else ():
+                have, want = np.asarray(getattr(m, name)), np.asarray(getattr(fresh, name))
+                if have.shape != want.shape or not np.allclose(
+                    have.astype(np.float64), want, rtol=0.0, atol=_table_tolerance(have)
+                ):
+                    modified.append(f"{where}{name} (a buffer its config makes otherwise)")
+    if modified:
+        raise KitSetupError(
+            f"the reference npattn.{type(reference).__name__} was modified after it was "
+            f"built: {', '.join(sorted(modified))}. The kit trusts only what the reference's "
+            f"configuration makes; build a new reference with the settings you want"
+        )
+    return exact
+
+
 def reference_float64(reference, weights: MappedWeights):
-    """A float64 copy of the reference, holding the module's weights, in eval mode."""
+    """A float64 copy of the reference, holding the module's weights, in eval mode; its
+    tables checked against its configuration and recomputed in float64."""
+    exact = {(id(m), name): table for m, name, table in check_reference_tables(reference)}
     ref = copy.deepcopy(reference).eval()
+    for src, copy_ in zip(reference.named_modules(), ref.named_modules()):
+        for name in ("cos", "sin"):
+            table = exact.get((id(src[1]), name))
+            if table is not None:
+                object.__setattr__(copy_[1], name, table.copy())
     if hasattr(ref, "astype"):
         ref.astype(np.float64)  # buffers too (e.g. RoPE tables), so the truth is float64
     try:
