@@ -193,3 +193,50 @@ def test_an_unmodified_float32_qwen3_reference_is_taken():
     module = tp.Qwen3Attention(D, H, 1, context_length=8)
     ref = npattn.Qwen3Attention(D, H, 1, context_length=8, rng=0).astype(np.float32)
     tt.assert_matches_reference(module, ref, **FEW)
+
+
+def qwen3_with_eps(eps):
+    ref = npattn.Qwen3Attention(D, H, 1, context_length=8, rng=0)
+    ref.q_norm.eps = ref.k_norm.eps = eps  # set by hand: no constructor argument takes it
+    return ref
+
+
+def test_conversion_keeps_a_hand_set_eps():
+    ref = qwen3_with_eps(1e-2)
+    twin = tp.from_npattn(ref)
+    assert (twin.q_norm.eps, twin.k_norm.eps) == (1e-2, 1e-2)
+    back = tp.to_npattn(twin)
+    assert (back.q_norm.eps, back.k_norm.eps) == (1e-2, 1e-2)
+
+
+def test_a_wrong_eps_fails_in_float32_whatever_the_twin():
+    """The float32 bound is relative to plain torch's error; measured on a twin that lost
+    the eps, that error is the eps's own effect, and the wrong module would pass."""
+    torch.manual_seed(0)
+    module = tp.Qwen3Attention(D, H, 1, context_length=8)  # eps 1e-6: the reference's is 1e-2
+    with pytest.raises(tt.ReferenceMismatchError, match="output disagrees"):
+        tt.assert_matches_reference(module, qwen3_with_eps(1e-2), dtype=torch.float32, **FEW)
+    module.q_norm.eps = module.k_norm.eps = 1e-2
+    tt.assert_matches_reference(module, qwen3_with_eps(1e-2), dtype=torch.float32, **FEW)
+
+
+def test_a_twin_that_computes_something_else_is_not_the_yardstick(monkeypatch):
+    from torch_port.testing import setup
+
+    real = tp.from_npattn
+
+    def loses_eps(module, **kw):
+        twin = real(module, **kw)
+        twin.q_norm.eps = twin.k_norm.eps = 1e-6
+        return twin
+
+    monkeypatch.setattr(tp, "from_npattn", loses_eps)
+    ref64 = qwen3_with_eps(1e-2).astype(np.float64)
+    plain = setup.plain_yardstick(
+        ref64, torch.float32, torch.device("cpu"), tt.precision.rule_for(torch.float32)
+    )
+    assert isinstance(plain, setup.NumpyAtDtype)  # not the twin that lost the eps
+    torch.manual_seed(0)
+    module = tp.Qwen3Attention(D, H, 1, context_length=8)
+    with pytest.raises(tt.ReferenceMismatchError, match="output disagrees"):
+        tt.assert_matches_reference(module, qwen3_with_eps(1e-2), dtype=torch.float32, **FEW)

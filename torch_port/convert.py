@@ -12,9 +12,11 @@ the constructor arguments: num_heads (head_dim = width / num_heads, and from it
 num_kv_groups), sliding_window_size, and Qwen3Attention's rope_base, context_length and
 rope_freq_config (a setting kept by no attribute takes the constructor's default, and the
 new module's cos/sin tables are then checked against the source's, so nothing is lost
-silently). The book's Qwen3 and Llama 3 attention is also called GroupedQueryAttention but
-has no dropout; it converts to Qwen3Attention, and as it keeps no RoPE settings, pass them:
-to_npattn(att, rope_base=..., context_length=..., rope_freq_config=...).
+silently). Settings no constructor argument sets, such as a hand-set RMSNorm eps, are copied
+submodule by submodule. The book's Qwen3 and Llama 3 attention is also called
+GroupedQueryAttention but has no dropout; it converts to Qwen3Attention, and as it keeps no
+RoPE settings, pass them: to_npattn(att, rope_base=..., context_length=...,
+rope_freq_config=...).
 """
 
 from __future__ import annotations
@@ -116,6 +118,20 @@ def _check_rope_tables(source, new) -> None:
             )
 
 
+SCALAR_SETTINGS = ("eps",)  # settings kept by submodules that no constructor argument sets
+
+
+def _copy_settings(source, new) -> None:
+    """Copy the submodules' scalar settings (a hand-set RMSNorm eps) from source to new,
+    module by module, so that a conversion keeps every configuration value."""
+    theirs = {p.rstrip("."): m for p, m in source.named_modules()}
+    for path, m in new.named_modules():
+        src = theirs.get(path.rstrip("."))
+        for name in SCALAR_SETTINGS:
+            if src is not None and hasattr(src, name) and hasattr(m, name):
+                setattr(m, name, float(getattr(src, name)))
+
+
 def _as_numpy(a) -> np.ndarray:
     return _to_numpy(a) if torch.is_tensor(a) else np.asarray(a)
 
@@ -193,6 +209,7 @@ def to_npattn(module: torch.nn.Module, *, rng=None, **settings) -> npattn.Module
         ) from e
     if name == "Qwen3Attention":
         _check_rope_tables(module, new)
+    _copy_settings(module, new)
     return new.train(module.training)
 
 
@@ -219,6 +236,7 @@ def from_npattn(module: npattn.Module, *, device=None, **settings) -> torch.nn.M
         num_heads = getattr(module, "num_heads", None)
         new = getattr(modules, name)(*_args(name, sd, _dropout_of(module), num_heads))
     new.load_state_dict(sd, assign=True)  # assign keeps each tensor's dtype
+    _copy_settings(module, new)
     return new.to(device).train(module.training)
 
 

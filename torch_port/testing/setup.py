@@ -213,13 +213,24 @@ def numpy_dtype(dtype):
     return {torch.float32: np.float32, torch.float16: np.float16}.get(dtype)
 
 
+class TwinDisagreesError(ValueError):
+    """torch_port's twin does not compute the reference's function (a lost setting)."""
+
+
 class TorchTwin:
-    """torch_port's class of the reference's name, at the module's dtype: plain torch ops."""
+    """torch_port's class of the reference's name, at the module's dtype: plain torch ops.
+
+    Before it serves as the yardstick, the twin is run in float64 beside the reference on a
+    probe input: a twin that lost a setting in conversion (an eps, a table) would otherwise
+    make every error at the dtype look normal. It raises TwinDisagreesError then.
+    """
 
     def __init__(self, ref64, dtype, device):
         import torch_port
 
-        self.model = torch_port.from_npattn(ref64).to(device=device, dtype=dtype).eval()
+        twin = torch_port.from_npattn(ref64).to(device=device, dtype=torch.float64).eval()
+        check_twin(twin, ref64, device)
+        self.model = twin.to(dtype=dtype)
         self.dtype, self.device = dtype, device
 
     def run(self, x64, g64, backward: bool):
@@ -234,6 +245,26 @@ class TorchTwin:
         y.backward(torch.tensor(g64, dtype=self.dtype, device=self.device))
         grads = {k: _np(p.grad) for k, p in self.model.named_parameters() if p.grad is not None}
         return _np(y), _np(x.grad), grads
+
+
+def check_twin(twin, ref64, device) -> None:
+    """Raise TwinDisagreesError unless twin (float64) gives the reference's output on a probe."""
+    d_in = getattr(ref64, "d_in", None)
+    if not isinstance(d_in, int):
+        raise TwinDisagreesError("the reference has no d_in to probe with")
+    context = structural_sizes(ref64).get("context_length", 4)
+    x = np.random.default_rng(0).standard_normal((1, min(4, context), d_in))
+    probe = copy.deepcopy(ref64)
+    if hasattr(probe, "reset_cache"):
+        probe.reset_cache()
+    want = probe(x)
+    with torch.no_grad():
+        got = _np(twin(torch.tensor(x, dtype=torch.float64, device=device)))
+    if got.shape != want.shape or not np.allclose(got, want, rtol=1e-9, atol=1e-12):
+        raise TwinDisagreesError(
+            f"torch_port's {type(twin).__name__} converted from the reference does not "
+            f"compute its function in float64"
+        )
 
 
 class NumpyAtDtype:
@@ -260,7 +291,7 @@ def plain_yardstick(ref64, dtype, device, rule: Rule):
     try:
         return TorchTwin(ref64, dtype, device)
     except (TypeError, KeyError, ValueError, AttributeError):
-        pass  # no torch_port twin for this class
+        pass  # no torch_port twin for this class, or one that computes something else
     np_dtype = numpy_dtype(dtype)
     if np_dtype is None:
         raise KitSetupError(
