@@ -240,3 +240,42 @@ def test_a_twin_that_computes_something_else_is_not_the_yardstick(monkeypatch):
     module = tp.Qwen3Attention(D, H, 1, context_length=8)
     with pytest.raises(tt.ReferenceMismatchError, match="output disagrees"):
         tt.assert_matches_reference(module, qwen3_with_eps(1e-2), dtype=torch.float32, **FEW)
+
+
+class NeedsRope(tp.MultiHeadAttention):
+    """A forward that takes more than x: the kit cannot call it as module(x)."""
+
+    def forward(self, x, cos, sin):
+        return super().forward(x)
+
+
+class CallsItsChildWrongly(tp.MultiHeadAttention):
+    def forward(self, x):
+        return self.out_proj(x, x)  # a bug inside the module, not a setup problem
+
+
+def test_a_forward_the_kit_cannot_call_is_a_setup_error():
+    torch.manual_seed(0)
+    ref = npattn.MultiHeadAttention(D, D, 6, 0.0, H, True)
+    with pytest.raises(tt.KitSetupError, match=r"cannot be called the way the kit calls it"):
+        tt.assert_matches_reference(NeedsRope(D, D, 6, 0.0, H, True), ref, **FEW)
+    with pytest.raises(tt.KitSetupError, match=r"step\(module, x\)"):
+        tt.assert_decode_matches(chapter_mha(), ref, step=lambda m, x: m(x, cache=True), **FEW)
+    with pytest.raises(tt.ReferenceMismatchError, match="exception disagrees"):
+        tt.assert_matches_reference(CallsItsChildWrongly(D, D, 6, 0.0, H, True), ref, **FEW)
+
+    def needs_mask(q, k, v, mask):
+        return tt.plain_sdpa(q, k, v, attn_mask=mask)
+
+    with pytest.raises(tt.KitSetupError, match="needs_mask cannot be called"):
+        tt.assert_sdpa_matches(needs_mask, **FEW)
+
+
+def test_lists_in_messages_are_sorted():
+    module = chapter_mha()
+    ref = npattn.MultiHeadAttention(D, D, 6, 0.0, H, True)
+    with pytest.raises(tt.KitSetupError) as info:
+        tt.assert_matches_reference(module, ref, {"out_proj.weight": "out_proj.weight"})
+    missing = str(info.value).split("parameters ", 1)[1].split("]", 1)[0] + "]"
+    names = eval(missing)  # the list as printed
+    assert names == sorted(names) and len(names) == 7

@@ -25,7 +25,14 @@ from .errors import (
     StructuralSizeWarning,
 )
 from .precision import Judgement, judge, rule_for
-from .setup import Setup, as_tensor_output, build, token_range
+from .setup import (
+    Setup,
+    as_tensor_output,
+    build,
+    call_setup_error,
+    calling_error,
+    token_range,
+)
 
 
 @dataclass
@@ -84,6 +91,13 @@ def run_example(setup: Setup, example: Example, check_backward: bool):
     except KitSetupError:
         raise
     except Exception as e:  # the module raising is a disagreement too
+        if calling_error(e, setup.forward, run_example, module=setup.user):
+            raise call_setup_error(
+                e,
+                f"{type(setup.user).__name__} through forward(module, x)",
+                "the kit calls forward(module, x) with x of shape (B, T, d_in); pass forward="
+                "lambda m, x: m(x, ...) with whatever else your module's forward needs",
+            ) from e
         return [], Mismatch("exception", example, (), float("inf"), f"{type(e).__name__}: {e}")
     plain = setup.plain.run(x64, g64, check_backward) if setup.plain else (None, None, None)
     judgements = []

@@ -26,6 +26,8 @@ from .setup import (
     TorchTwin,
     as_tensor_output,
     build,
+    call_setup_error,
+    calling_error,
     numpy_dtype,
     token_range,
 )
@@ -142,6 +144,14 @@ def run_decode(setup, example: DecodeExample, step, reset):
             except Exception as e:
                 from .errors import Mismatch
 
+                if calling_error(e, step, default_step, run_decode, module=setup.user):
+                    raise call_setup_error(
+                        e,
+                        f"{type(setup.user).__name__} through step(module, x)",
+                        "the kit calls step(module, x_chunk), by default "
+                        "module(x, use_cache=True); pass step=<callable(module, x)> that runs "
+                        "one cached call",
+                    ) from e
                 detail = f"{type(e).__name__}: {e}"
                 return judgements, Mismatch(f"step {i}", example, (), float("inf"), detail)
         plain = setup.plain.step(chunk) if setup.plain else None

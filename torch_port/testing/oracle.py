@@ -35,6 +35,7 @@ from npattn.ops.sdpa import sdpa_backward, sdpa_forward
 from .check import Report, find_smallest, replay_line
 from .errors import KitSetupError, Mismatch, ReferenceMismatchError
 from .precision import judge, rule_for
+from .setup import call_setup_error, calling_error
 
 OPTIONS = ("attn_mask", "is_causal", "scale", "enable_gqa", "dropout_mask")
 TORCH_SDPA = ("attn_mask", "is_causal", "scale", "enable_gqa")  # F.sdpa has no dropout_mask
@@ -356,6 +357,13 @@ def run_sdpa_example(fn, ex: SDPAExample, dtype, device, rule, check_backward, a
         except Exception as e:
             if name == "plain":
                 raise
+            if calling_error(e, run_sdpa_example):
+                raise call_setup_error(
+                    e,
+                    getattr(fn, "__name__", type(fn).__name__),
+                    f"the kit calls fn(q, k, v, **options) with options among "
+                    f"{sorted(accepted)}; give the other parameters defaults",
+                ) from e
             detail = f"{type(e).__name__}: {e}"
             return [], Mismatch("exception", ex, (), float("inf"), detail)
         results[name] = {k: t.detach().to("cpu", torch.float64).numpy() for k, t in got.items()}

@@ -104,6 +104,30 @@ def check_forward(forward):
     return forward
 
 
+def calling_error(e: BaseException, *callers, module=None) -> bool:
+    """True when e is a TypeError raised by the call itself (the arguments do not fit the
+    callee's signature), not by code inside the callee: the innermost frame of its
+    traceback is then a caller (one of `callers`' code) or torch's Module.__call__ on
+    `module` itself (a submodule called wrongly inside your forward is a bug, not setup)."""
+    if not isinstance(e, TypeError) or e.__traceback__ is None:
+        return False
+    tb = e.__traceback__
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    frame = tb.tb_frame
+    codes = {getattr(c, "__code__", c) for c in callers}
+    if frame.f_code in codes:
+        return True
+    in_torch_call = frame.f_code.co_name in ("_call_impl", "_wrapped_call_impl")
+    return in_torch_call and module is not None and frame.f_locals.get("self") is module
+
+
+def call_setup_error(e: BaseException, what: str, hint: str) -> KitSetupError:
+    return KitSetupError(
+        f"{what} cannot be called the way the kit calls it ({type(e).__name__}: {e}); {hint}"
+    )
+
+
 def check_modules(module, reference) -> None:
     if not isinstance(reference, npattn.Module):
         raise KitSetupError(
