@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
 .PHONY: setup demo test test-thorough lint gradcheck docs serve-docs bench bench-decode bench-cuda \
-	gpu-check agreement-errors modern-errors clean
+	gpu-check agreement-errors modern-errors hf-agreement clean
 
 setup: $(STAMP)
 
@@ -18,8 +18,9 @@ $(STAMP): setup.cfg pyproject.toml constraints.txt
 	@echo "==> [1/2] creating the virtualenv $(VENV) with $(PYTHON)"
 	$(PYTHON) -m venv $(VENV)
 	@echo "==> [2/2] installing npattn (editable) with its extras test, docs, bench, dev:"
-	@echo "    numpy, torch (CPU), safetensors, hypothesis, pytest, mkdocs-material,"
-	@echo "    matplotlib, threadpoolctl, ruff; pinned by constraints.txt (a few minutes)"
+	@echo "    numpy, torch (CPU), safetensors, transformers, hypothesis, pytest,"
+	@echo "    mkdocs-material, matplotlib, threadpoolctl, ruff; pinned by constraints.txt"
+	@echo "    (a few minutes)"
 	$(PY) -m pip install -c constraints.txt -e '.[test,docs,bench,dev]'
 	@echo "==> done: $(VENV) is ready"
 	touch $@
@@ -69,6 +70,10 @@ agreement-errors: $(STAMP)
 # The float64 table of the modern classes and ops: npattn vs torch_port and vs torch autograd.
 modern-errors: $(STAMP)
 	PYTHONPATH=.:tests $(PY) tools/modern_errors.py
+
+# The float64 table of torch_port.hf's layers against Hugging Face transformers, per family.
+hf-agreement: $(STAMP)
+	PYTHONPATH=.:tests $(PY) tools/hf_agreement.py
 
 clean:
 	rm -rf $(VENV) site build *.egg-info .pytest_cache .hypothesis

@@ -11,6 +11,7 @@ plain NumPy, every stage with a hand-written backward pass.
 """
 
 from . import functional, gradcheck
+from .models import Attention, AttentionConfig, QKNorm
 from .modules import (
     CausalAttention,
     GroupedQueryAttention,
@@ -25,23 +26,32 @@ from .modules import (
     SelfAttention_v1,
     SelfAttention_v2,
 )
+from .ops.rope_config import DynamicNTK, LinearScaling, Llama3, RoPE, YaRN
 from .ops.simple import simple_self_attention
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Attention",
+    "AttentionConfig",
     "CausalAttention",
+    "DynamicNTK",
     "GroupedQueryAttention",
     "Linear",
+    "LinearScaling",
+    "Llama3",
     "Module",
     "MultiHeadAttention",
     "MultiHeadAttentionWithSWA",
     "MultiHeadAttentionWrapper",
     "MultiHeadLatentAttention",
+    "QKNorm",
     "Qwen3Attention",
     "RMSNorm",
+    "RoPE",
     "SelfAttention_v1",
     "SelfAttention_v2",
+    "YaRN",
     "functional",
     "gradcheck",
     "simple_self_attention",

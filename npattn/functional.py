@@ -52,11 +52,14 @@ from .ops.masks import (
 from .ops.rmsnorm import rmsnorm_backward, rmsnorm_forward
 from .ops.rope import (
     compute_rope_params,
+    rope_apply_backward,
+    rope_apply_forward,
     rope_backward,
     rope_forward,
     rotate_half,
     rotate_pairs,
 )
+from .ops.rope_config import DynamicNTK, LinearScaling, Llama3, RoPE, YaRN
 from .ops.sdpa import SDPACache, scaled_dot_product_attention, sdpa_backward, sdpa_forward
 from .ops.simple import (
     attn_scores_for_query,
@@ -73,8 +76,13 @@ from .ops.softmax import softmax, softmax_backward, softmax_inplace, softmax_nai
 
 __all__ = [
     "CausalCache",
+    "DynamicNTK",
     "FlashCache",
+    "LinearScaling",
+    "Llama3",
+    "RoPE",
     "SDPACache",
+    "YaRN",
     "attn_scores_for_query",
     "attn_scores_loops",
     "causal_mask",
@@ -103,6 +111,8 @@ __all__ = [
     "position_mask",
     "rmsnorm_backward",
     "rmsnorm_forward",
+    "rope_apply_backward",
+    "rope_apply_forward",
     "rope_backward",
     "rope_forward",
     "rotate_half",

@@ -141,7 +141,14 @@ def check_op(
 
 
 def check_module(
-    module: Module, x, *, seed: int = 0, eps: float = EPS, atol: float = ATOL, rtol: float = RTOL
+    module: Module,
+    x,
+    *,
+    seed: int = 0,
+    eps: float = EPS,
+    atol: float = ATOL,
+    rtol: float = RTOL,
+    forward_kwargs: dict | None = None,
 ) -> GradcheckReport:
     """Check dL/dx and every parameter gradient of a module, in float64.
 
@@ -150,8 +157,10 @@ def check_module(
 
     A float64 copy of the module is checked (the module itself is left as it is); its
     dropout generator is re-seeded with `seed` before each forward, so every evaluation
-    draws the same mask.
+    draws the same mask. forward_kwargs (a key padding mask, positions) are passed to every
+    forward and held fixed.
     """
+    kwargs = dict(forward_kwargs or {})
     module = copy.deepcopy(module).astype(np.float64)
     x = np.array(x, dtype=np.float64)
     has_rng = hasattr(module, "rng")
@@ -159,7 +168,7 @@ def check_module(
     def run():
         if has_rng:
             _reseed(module, seed)
-        return module(x)
+        return module(x, **kwargs)
 
     out = run()
     G = np.random.default_rng(seed + 1).standard_normal(out.shape)

@@ -1,4 +1,5 @@
-"""The modern stages as small float64 examples for `python -m npattn gradcheck`: RoPE, RMSNorm,
+"""The modern stages as small float64 examples for `python -m npattn gradcheck`: RoPE (partial
+and interleaved too), RMSNorm (with Gemma's offset too),
 soft-capping, sinks, the sliding-window mask, and the GQA / MLA / SWA / Qwen3 classes.
 
 The tuples have the formats of stages.op_stages and stages.module_stages:
@@ -11,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import functional as F
+from .models import Attention, AttentionConfig, QKNorm
 from .modules import (
     GroupedQueryAttention,
     MultiHeadAttentionWithSWA,
@@ -30,6 +32,10 @@ def modern_op_cases(seed: int = 0):
     r = rng.standard_normal
     B, H, T, S, E = 2, 2, 4, 5, 4
     cos, sin = F.compute_rope_params(E, context_length=8)
+    partial = F.RoPE(fraction=2 / 3)  # head dim 6: the first 4 dims turn, 2 pass through
+    cos_p, sin_p = partial.tables(6, np.arange(3, 3 + T))  # (T, 4)
+    yarn = F.RoPE(fraction=2 / 3, interleaved=True, scaling=F.YaRN(4.0, 2))
+    cos_y, sin_y = yarn.tables(6, np.array([[0, 1, 2, 3], [5, 6, 7, 8]]))  # (B, T, 4)
     keep = rng.random((B, H, T, S)) >= 0.3
     bool_mask = rng.random((T, S)) > 0.3
     bool_mask[0] = False  # one fully masked row
@@ -52,11 +58,35 @@ def modern_op_cases(seed: int = 0):
             None,
         ),
         (
+            "rope_apply, partial rotary (R = 4 of E = 6), split halves, (B, 1, T, R) tables",
+            F.rope_apply_forward,
+            F.rope_apply_backward,
+            {"x": r((B, H, T, 6))},
+            {"cos_t": cos_p[None, None], "sin_t": sin_p[None, None]},
+            None,
+        ),
+        (
+            "rope_apply, partial rotary (R = 4 of E = 6), interleaved, YaRN tables",
+            F.rope_apply_forward,
+            F.rope_apply_backward,
+            {"x": r((B, T, 6))},
+            {"cos_t": cos_y, "sin_t": sin_y, "interleaved": True},
+            None,
+        ),
+        (
             "rmsnorm",
             F.rmsnorm_forward,
             F.rmsnorm_backward,
             {"x": r((B, T, E)), "scale": r(E)},
             {},
+            None,
+        ),
+        (
+            "rmsnorm, offset 1 (Gemma's 1 + scale)",
+            F.rmsnorm_forward,
+            F.rmsnorm_backward,
+            {"x": r((B, T, E)), "scale": 0.3 * r(E)},
+            {"offset": 1.0},
             None,
         ),
         (
@@ -129,8 +159,11 @@ def modern_module_cases(seed: int = 0):
     )
     rms = RMSNorm(6)
     rms.load_state_dict({"scale": norm_scales[0].repeat(2)[:6]})
+    gemma = RMSNorm(6, offset=1.0)
+    gemma.load_state_dict({"scale": 0.3 * norm_scales[1].repeat(2)[:6]})
     return [
         ("RMSNorm", rms, x),
+        ("RMSNorm, offset 1 (Gemma)", gemma, x),
         (
             "GroupedQueryAttention, 4 heads, 2 groups",
             GroupedQueryAttention(6, 8, 0.25, 4, 2, True, rng=seed),
@@ -156,6 +189,46 @@ def modern_module_cases(seed: int = 0):
         (
             "Qwen3Attention, Llama 3.1 (frequency scaling)",
             Qwen3Attention(6, 2, 1, 4, False, **LLAMA31_SETTINGS, rng=seed),
+            x,
+        ),
+        *attention_module_cases(x, seed),
+    ]
+
+
+def attention_module_cases(x, seed: int = 0):
+    """(name, module, x) for npattn.Attention with the options real models switch on; every
+    parameter random (norm scales and sinks too), so no gradient is trivially 0 or 1."""
+    from .ops.rope_config import RoPE
+
+    def attention(**options):
+        m = Attention(AttentionConfig(hidden_size=6, **options), rng=seed)
+        rng = np.random.default_rng(seed + 2)
+        m.load_state_dict({k: rng.normal(0, 0.5, v.shape) for k, v in m.state_dict().items()})
+        return m
+
+    every_option = dict(num_heads=4, num_kv_heads=2, head_dim=4, qkv_bias=True, out_bias=True,
+                        scale=0.7, window=3, softcap=2.0, sinks=True)  # fmt: skip
+    return [
+        (
+            "Attention, GQA + biases + window 3 + softcap + sinks + partial RoPE",
+            attention(**every_option, rope=RoPE(fraction=0.5), dropout=0.25),
+            x,
+        ),
+        (
+            "Attention, QK-norm over the whole width (OLMo 2)",
+            attention(num_heads=2, head_dim=4, qk_norm=QKNorm(width="all"), rope=RoPE()),
+            x,
+        ),
+        (
+            "Attention, QK-norm (1 + w) per head, interleaved RoPE (Gemma 3)",
+            attention(
+                num_heads=2,
+                num_kv_heads=1,
+                head_dim=4,
+                rope=RoPE(interleaved=True),
+                qk_norm=QKNorm(offset=1.0),
+                scale=0.4,
+            ),  # fmt: skip
             x,
         ),
     ]

@@ -58,6 +58,13 @@ def rope_interleaved(x, cos, sin):
     return torch.stack([x0 * c - x1 * s, x0 * s + x1 * c], dim=-1).flatten(-2)
 
 
+def rope_partial(x, cos, sin, interleaved=False):
+    """Partial rotary: the first R = cos.shape[-1] dims rotated, the rest passed through."""
+    r = cos.shape[-1]
+    turn = rope_interleaved if interleaved else rope
+    return torch.cat([turn(x[..., :r], cos, sin), x[..., r:]], dim=-1)
+
+
 def rmsnorm(x, scale, eps=1e-6):
     return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * scale
 

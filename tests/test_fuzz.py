@@ -211,6 +211,46 @@ TARGETS = {
         {},
     ),
     "rmsnorm_forward": (F.rmsnorm_forward, lambda: dict(x=_x(B, T, D), scale=_x(D), eps=1e-6), {}),
+    "rmsnorm_forward(offset)": (
+        F.rmsnorm_forward,
+        lambda: dict(x=_x(B, T, D), scale=_x(D), eps=1e-6, offset=1.0),
+        {},
+    ),
+    "rope_apply_forward": (
+        F.rope_apply_forward,
+        lambda: dict(
+            x=_x(B, H, T, 6), cos_t=_x(B, 1, T, 4), sin_t=_x(B, 1, T, 4), interleaved=True
+        ),
+        {},
+    ),
+    "RoPE": (
+        npattn.RoPE,
+        lambda: dict(theta=1e4, fraction=0.5, interleaved=False, scaling=npattn.YaRN(4.0, 8)),
+        {},
+    ),
+    "YaRN": (
+        npattn.YaRN,
+        lambda: dict(
+            factor=4.0,
+            original_max_position_embeddings=8,
+            beta_fast=32.0,
+            beta_slow=1.0,
+            mscale=1.0,
+            mscale_all_dim=0.8,
+            attention_factor=None,
+            truncate=True,
+        ),
+        {},
+    ),
+    "RoPE.tables": (
+        lambda _rope, head_dim, positions: _rope.tables(head_dim, positions),
+        lambda: dict(
+            _rope=npattn.RoPE(fraction=0.5, scaling=npattn.DynamicNTK(2.0, 4)),
+            head_dim=8,
+            positions=np.array([[0, 1, 2], [4, 5, 6]]),
+        ),
+        {},
+    ),
     "softcap_forward": (F.softcap_forward, lambda: dict(scores=_x(2, 3, 3), cap=5.0), {}),
     "softmax_with_sink_forward": (
         F.softmax_with_sink_forward,

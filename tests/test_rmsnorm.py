@@ -71,3 +71,93 @@ def test_errors_and_dtype():
     assert out.dtype == np.float32 and all(
         g.dtype == np.float32 for g in F.rmsnorm_backward(out, cache)
     )
+
+
+# ---------------------------------------------------------------- Gemma's offset: 1 + scale
+
+
+@given(rms_inputs(), seeds, st.sampled_from([1.0, -0.5, 2.0]))
+def test_offset_matches_torch(inputs, seed, offset):
+    x, scale = inputs
+    out, cache = F.rmsnorm_forward(x, scale, 1e-6, offset)
+    g = upstream(out.shape, seed % 1000)
+    dx, dscale = F.rmsnorm_backward(g, cache)
+    tx, ts = t(x, True), t(scale, True)
+    ref = R.rmsnorm(tx, offset + ts, 1e-6)
+    ref.backward(t(g))
+    np.testing.assert_allclose(out, n(ref), err_msg="out", **F64)
+    np.testing.assert_allclose(dx, n(tx.grad), err_msg="dx", **F64)
+    np.testing.assert_allclose(dscale, n(ts.grad), err_msg="dscale", **F64)
+
+
+@given(rms_inputs(), seeds)
+def test_offset_is_a_shift_of_the_scale(inputs, seed):
+    """offset c with scale s is offset 0 with scale c + s: same out, dx and dscale."""
+    x, scale = inputs
+    out, cache = F.rmsnorm_forward(x, scale, 1e-6, 1.0)
+    ref, ref_cache = F.rmsnorm_forward(x, 1.0 + scale, 1e-6)
+    g = upstream(out.shape, seed % 1000)
+    np.testing.assert_allclose(out, ref, rtol=1e-15, atol=1e-15)
+    for a, b in zip(F.rmsnorm_backward(g, cache), F.rmsnorm_backward(g, ref_cache)):
+        np.testing.assert_allclose(a, b, rtol=1e-15, atol=1e-15)
+
+
+def test_offset_finite_differences():
+    rng = np.random.default_rng(5)
+    inputs = {"x": rng.standard_normal((2, 3, 5)), "scale": 0.3 * rng.standard_normal(5)}
+    kw = {"eps": 1e-6, "offset": 1.0}
+    report = check_op(F.rmsnorm_forward, F.rmsnorm_backward, inputs, kw, **FD)
+    assert report.passed, report
+    m = npattn.RMSNorm(5, offset=1.0)
+    m.load_state_dict({"scale": inputs["scale"]})
+    report = check_module(m, inputs["x"])
+    assert report.passed, report
+
+
+def test_offset_module_initialises_zeros_and_matches_torch_port():
+    """Gemma's (1 + w) starts at w = 0; torch_port's RMSNorm takes the same offset."""
+    import torch_port
+
+    m = npattn.RMSNorm(4, offset=1.0, dtype=np.float64)
+    assert list(m.state_dict()) == ["scale"] and np.all(m.scale == 0)
+    assert np.all(npattn.RMSNorm(4).scale == 1) and "offset=1.0" in repr(m)
+    rng = np.random.default_rng(6)
+    m.load_state_dict({"scale": rng.standard_normal(4)})
+    port = torch_port.RMSNorm(4, offset=1.0, dtype=torch.float64)
+    assert np.all(n(port.scale) == 0)
+    port.load_state_dict({k: t(v) for k, v in m.state_dict().items()})
+    x, g = rng.standard_normal((2, 3, 4)), upstream((2, 3, 4), 7)
+    tx = t(x, True)
+    y = port(tx)
+    y.backward(t(g))
+    np.testing.assert_allclose(m(x), n(y), **F64)
+    np.testing.assert_allclose(m.backward(g), n(tx.grad), **F64)
+    np.testing.assert_allclose(m.grads["scale"], n(port.scale.grad), **F64)
+
+
+def test_offset_matches_transformers_gemma3_rmsnorm():
+    """transformers' Gemma3RMSNorm: x_hat * (1 + weight), computed in float32."""
+    pytest.importorskip("transformers")
+    from transformers.models.gemma3.modeling_gemma3 import Gemma3RMSNorm
+
+    rng = np.random.default_rng(8)
+    x, w = rng.standard_normal((2, 3, 8)), rng.standard_normal(8)
+    hf = Gemma3RMSNorm(8, eps=1e-6)
+    assert np.all(n(hf.weight) == 0)
+    hf.weight.data = t(w).float()
+    m = npattn.RMSNorm(8, 1e-6, offset=1.0, dtype=np.float64)
+    m.load_state_dict({"scale": w})
+    np.testing.assert_allclose(m(x), n(hf(t(x))), rtol=1e-5, atol=1e-6)
+
+
+def test_offset_errors():
+    for bad, error in ((np.nan, ValueError), (np.inf, ValueError), ("1", TypeError),
+                       (True, TypeError)):  # fmt: skip
+        with pytest.raises(error, match="offset"):
+            F.rmsnorm_forward(np.ones((2, 3)), np.ones(3), 1e-6, bad)
+        with pytest.raises(error, match="offset"):
+            npattn.RMSNorm(3, offset=bad)
+    import torch_port
+
+    with pytest.raises(ValueError, match="offset"):
+        torch_port.RMSNorm(3, offset=float("nan"))

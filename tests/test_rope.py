@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from strategies import arrays, batch_shapes, seeds
 from tolerances import F64, FD
 
+import npattn
 from npattn import functional as F
 from npattn.gradcheck import check_op
 
@@ -153,3 +154,102 @@ def test_errors_name_the_argument():
         F.compute_rope_params(4, freq_config={"factor": 8.0})
     with pytest.raises(ValueError, match="dout"):
         F.rope_backward(np.ones((2, 4)), F.rope_forward(np.ones((3, 4)), cos, sin)[1])
+
+
+# ---------------------------------------------------------------- rope_apply: partial rotary
+
+
+@st.composite
+def apply_inputs(draw):
+    """x (B, H, T, E) and gathered tables (B, 1, T, R) or (T, R), R even, 2 <= R <= E."""
+    E, T, B, H = draw(even_dims), draw(st.integers(1, 4)), draw(st.integers(1, 2)), 2
+    R = 2 * draw(st.integers(1, E // 2))
+    x = draw(arrays((B, H, T, E)))
+    angles = draw(arrays((B, 1, T, R // 2), bound=10.0))
+    if draw(st.booleans()):
+        angles = angles[0, 0]  # (T, R/2): one row per position, shared by the batch
+    angles = np.concatenate([angles, angles], axis=-1)  # split-halves tables
+    return x, np.cos(angles), np.sin(angles)
+
+
+@given(apply_inputs(), seeds, st.booleans())
+def test_apply_forward_backward_match_torch(inputs, seed, interleaved):
+    x, cos_t, sin_t = inputs
+    out, cache = F.rope_apply_forward(x, cos_t, sin_t, interleaved=interleaved)
+    g = upstream(out.shape, seed % 1000)
+    dx = F.rope_apply_backward(g, cache)
+    tx = t(x, True)
+    ref = R.rope_partial(tx, t(cos_t), t(sin_t), interleaved)
+    ref.backward(t(g))
+    np.testing.assert_allclose(out, n(ref), err_msg="out", **F64)
+    np.testing.assert_allclose(dx, n(tx.grad), err_msg="dx", **F64)
+
+
+@given(apply_inputs(), seeds, st.booleans())
+def test_apply_passes_the_rest_through_and_its_gradient_unchanged(inputs, seed, interleaved):
+    x, cos_t, sin_t = inputs
+    Rdim = cos_t.shape[-1]
+    out, cache = F.rope_apply_forward(x, cos_t, sin_t, interleaved=interleaved)
+    g = upstream(out.shape, seed % 1000)
+    dx = F.rope_apply_backward(g, cache)
+    np.testing.assert_array_equal(out[..., Rdim:], x[..., Rdim:])
+    np.testing.assert_array_equal(dx[..., Rdim:], g[..., Rdim:])
+    norms = np.linalg.norm(out[..., :Rdim], axis=-1), np.linalg.norm(x[..., :Rdim], axis=-1)
+    np.testing.assert_allclose(*norms, rtol=1e-12, atol=1e-12)  # cos^2 + sin^2 = 1
+    np.testing.assert_allclose(F.rope_apply_backward(out, cache), x, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("interleaved", [False, True])
+def test_apply_finite_differences_partial(interleaved):
+    rng = np.random.default_rng(3)
+    cos_t, sin_t = npattn.RoPE(fraction=0.5).tables(8, np.array([[1, 2, 3], [6, 7, 8]]))
+    kw = {"cos_t": cos_t[:, None], "sin_t": sin_t[:, None], "interleaved": interleaved}
+    report = check_op(
+        F.rope_apply_forward, F.rope_apply_backward, {"x": rng.standard_normal((2, 3, 3, 8))},
+        kw, **FD,
+    )  # fmt: skip
+    assert report.passed, report
+
+
+@given(rope_inputs(), st.booleans())
+def test_rope_forward_is_the_gather_then_rope_apply(inputs, interleaved):
+    x, offset = inputs
+    T, E = x.shape[-2:]
+    cos, sin = F.compute_rope_params(E, context_length=10)
+    rows = slice(offset, offset + T)
+    out, cache = F.rope_forward(x, cos, sin, offset, interleaved=interleaved)
+    ref, ref_cache = F.rope_apply_forward(x, cos[rows], sin[rows], interleaved=interleaved)
+    np.testing.assert_array_equal(out, ref)
+    g = upstream(x.shape, 1)
+    np.testing.assert_array_equal(F.rope_backward(g, cache), F.rope_apply_backward(g, ref_cache))
+
+
+def test_apply_keeps_its_tables_and_follows_the_dtype_of_x():
+    rng = np.random.default_rng(4)
+    cos_t, sin_t = npattn.RoPE().tables(4, np.arange(3))
+    x = rng.standard_normal((3, 6))
+    _, cache = F.rope_apply_forward(x, cos_t, sin_t)
+    g = rng.standard_normal((3, 6))
+    before = F.rope_apply_backward(g, cache)
+    cos_t[:], sin_t[:] = 0.0, 1.0  # the caller edits its tables before the backward
+    np.testing.assert_array_equal(F.rope_apply_backward(g, cache), before)
+    out, cache = F.rope_apply_forward(x.astype(np.float32), cos_t, sin_t)
+    assert out.dtype == np.float32 and F.rope_apply_backward(g, cache).dtype == np.float32
+
+
+def test_apply_errors_name_the_argument():
+    x, c = np.ones((2, 3, 6)), np.ones((3, 4))
+    with pytest.raises(ValueError, match="R even"):
+        F.rope_apply_forward(x, np.ones((3, 3)), np.ones((3, 3)))
+    with pytest.raises(ValueError, match="R even"):
+        F.rope_apply_forward(x, np.ones((3, 8)), np.ones((3, 8)))
+    with pytest.raises(ValueError, match="must match"):
+        F.rope_apply_forward(x, c, np.ones((3, 2)))
+    with pytest.raises(ValueError, match="broadcast"):
+        F.rope_apply_forward(x, np.ones((4, 4)), np.ones((4, 4)))
+    with pytest.raises(ValueError, match="broadcast"):
+        F.rope_apply_forward(x, np.ones((3, 3, 4)), np.ones((3, 3, 4)))
+    with pytest.raises(TypeError, match="interleaved"):
+        F.rope_apply_forward(x, c, c, interleaved="yes")
+    with pytest.raises(ValueError, match="dout"):
+        F.rope_apply_backward(np.ones((3, 6)), F.rope_apply_forward(x, c, c)[1])

@@ -151,7 +151,7 @@ def record_tiles(monkeypatch) -> list:
     calls = []
     scores = tiled_kernels.tile_scores
     monkeypatch.setattr(
-        tiled_kernels, "tile_scores", lambda *a: calls.append(a[-3:-1]) or scores(*a)
+        tiled_kernels, "tile_scores", lambda *a, **kw: calls.append(a[-3:-1]) or scores(*a, **kw)
     )
     return calls
 

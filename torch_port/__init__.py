@@ -9,9 +9,12 @@ nn.Modules with a KV cache, weight exchange with npattn, and a kit for testing y
     ref = torch_port.to_npattn(mha)                               # npattn, same weights
     torch_port.assert_matches_reference(my_module, ref)           # the kit (needs hypothesis)
 
-torch_port.convert and torch_port.testing (the kit) are imported on first use, so
-`import torch_port` (and torch_port.modules, torch_port.variants) needs torch alone; conversion
-also needs npattn, and the kit hypothesis too.
+torch_port.Attention (a real model's attention layer, configured by an
+npattn.AttentionConfig), torch_port.convert and torch_port.testing (the kit) are imported on
+first use, so `import torch_port` (and torch_port.modules, torch_port.variants) needs torch
+alone; Attention and conversion also need npattn, and the kit hypothesis too.
+torch_port.hf (Hugging Face transformers' layers -> npattn / torch_port) is the one place that
+imports transformers, also on first use.
 """
 
 import importlib
@@ -40,6 +43,8 @@ from .variants import (
 )
 
 _LAZY = {  # submodule: the names it exports here; imported on first use
+    "attention": ("Attention",),
+    "hf": (),
     "convert": ("from_npattn", "load_safetensors", "save_safetensors", "to_npattn"),
     "testing": (
         "assert_matches_reference",
@@ -65,6 +70,7 @@ def __getattr__(name: str):
 
 
 __all__ = [
+    "Attention",
     "CausalAttention",
     "GroupedQueryAttention",
     "MHAEinsum",

@@ -13,10 +13,12 @@ num_kv_groups), sliding_window_size, and Qwen3Attention's rope_base, context_len
 rope_freq_config (a setting kept by no attribute takes the constructor's default, and the
 new module's cos/sin tables are then checked against the source's, so nothing is lost
 silently). Settings no constructor argument sets, such as a hand-set RMSNorm eps, are copied
-submodule by submodule. The book's Qwen3 and Llama 3 attention is also called
-GroupedQueryAttention but has no dropout; it converts to Qwen3Attention, and as it keeps no
-RoPE settings, pass them: to_npattn(att, rope_base=..., context_length=...,
-rope_freq_config=...).
+submodule by submodule. The real-model layers (Attention, LatentAttention) carry their whole
+configuration in `module.config` (an npattn dataclass): they convert as
+type(module)(module.config) on the other side plus the state_dict, so every setting is kept.
+The book's Qwen3 and Llama 3 attention is also called GroupedQueryAttention but has no
+dropout; it converts to Qwen3Attention, and as it keeps no RoPE settings, pass them:
+to_npattn(att, rope_base=..., context_length=..., rope_freq_config=...).
 """
 
 from __future__ import annotations
@@ -37,17 +39,20 @@ CHAPTER_CLASSES = (
     "MultiHeadAttention",
 )
 MODERN_CLASSES = modern.MODERN_CLASSES
+CONFIG_CLASSES = ("Attention", "LatentAttention")  # built from module.config alone
 ROPE_SETTINGS = ("rope_base", "context_length", "rope_freq_config")
 
 
 def _class_name(module) -> str:
     name = type(module).__name__
+    if name in CONFIG_CLASSES and hasattr(module, "config"):
+        return name
     if name == "GroupedQueryAttention" and not hasattr(module, "dropout"):
         return "Qwen3Attention"  # the book's qwen3.py / llama3.py attention
     if name not in CHAPTER_CLASSES + MODERN_CLASSES:
         raise TypeError(
-            f"module must be one of the chapter's classes {CHAPTER_CLASSES} or the modern "
-            f"ones {MODERN_CLASSES}, got {name}"
+            f"module must be one of the chapter's classes {CHAPTER_CLASSES}, the modern "
+            f"ones {MODERN_CLASSES} or the real-model ones {CONFIG_CLASSES}, got {name}"
         )
     return name
 
@@ -193,6 +198,11 @@ def to_npattn(module: torch.nn.Module, *, rng=None, **settings) -> npattn.Module
     _check_settings(name, settings)
     sd = {k: _to_numpy(v) for k, v in module.state_dict().items()}
     cls = _npattn_class(name)
+    if name in CONFIG_CLASSES:  # the config holds every setting; the state_dict the weights
+        new = cls(module.config, rng=rng).astype(_float_dtype(sd))
+        new.load_state_dict(sd)
+        _copy_settings(module, new)
+        return new.train(module.training)
     if name in MODERN_CLASSES:  # its own errors name the attribute or setting at fault
         args, kwargs = modern_args(name, sd, module, settings)
     try:
@@ -227,7 +237,11 @@ def from_npattn(module: npattn.Module, *, device=None, **settings) -> torch.nn.M
     name = _class_name(module)
     _check_settings(name, settings)
     sd = {k: torch.from_numpy(np.array(v, copy=True)) for k, v in module.state_dict().items()}
-    if name in MODERN_CLASSES:
+    if name in CONFIG_CLASSES:
+        import torch_port
+
+        new = getattr(torch_port, name)(module.config)
+    elif name in MODERN_CLASSES:
         args, kwargs = modern_args(name, sd, module, settings)
         new = getattr(modern, name)(*args, **kwargs)
         if name == "Qwen3Attention":

@@ -9,6 +9,8 @@ E = head_dim, D = H * E.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn as nn
 
@@ -18,24 +20,31 @@ from .rope import apply_rope, compute_rope_params
 
 
 class RMSNorm(nn.Module):
-    """x * scale / sqrt(mean(x^2) + eps) over the last axis.
+    """x * (offset + scale) / sqrt(mean(x^2) + eps) over the last axis (Gemma: offset 1).
 
     Computed in float32 for every input dtype below float32, as the book does, and in float64
     for float64 input (so float64 stays exact); the result has the input's dtype.
-    Shapes: x (..., emb_dim) -> (..., emb_dim); scale (emb_dim,).
+    Shapes: x (..., emb_dim) -> (..., emb_dim); scale (emb_dim,), ones at init when offset is
+    0, zeros otherwise.
     """
 
-    def __init__(self, emb_dim: int, eps: float = 1e-6, *, dtype=None):
+    def __init__(self, emb_dim: int, eps: float = 1e-6, *, offset: float = 0.0, dtype=None):
         super().__init__()
-        self.eps = eps
-        self.scale = nn.Parameter(torch.ones(emb_dim, dtype=dtype))
+        if isinstance(offset, bool) or not isinstance(offset, (int, float)):
+            raise TypeError(f"offset must be a float, got {offset!r}")
+        if not math.isfinite(offset):
+            raise ValueError(f"offset must be finite, got {offset}")
+        self.eps, self.offset = eps, float(offset)
+        init = torch.ones if self.offset == 0 else torch.zeros
+        self.scale = nn.Parameter(init(emb_dim, dtype=dtype))
 
     def forward(self, x):
         compute = torch.float64 if x.dtype == torch.float64 else torch.float32
         xc = x.to(compute)
         variance = xc.pow(2).mean(dim=-1, keepdim=True)  # (..., 1)
         norm_x = xc * torch.rsqrt(variance + self.eps)  # (..., emb_dim)
-        return (norm_x * self.scale).to(x.dtype)
+        gain = self.scale if self.offset == 0 else self.offset + self.scale
+        return (norm_x * gain).to(x.dtype)
 
 
 class Qwen3Attention(KVCacheMixin, _KeepWeights):

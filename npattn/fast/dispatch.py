@@ -110,7 +110,8 @@ def attention_forward(attn_impl, queries, keys, values, mask_buffer, dropout_p, 
 
 
 def attention_backward(dcontext, cache):
-    """The backward of whichever op made the cache: (dqueries, dkeys, dvalues)."""
+    """The backward of whichever op made the cache: (dqueries, dkeys, dvalues), and dsinks
+    last when an sdpa or tiled forward was given sinks."""
     if isinstance(cache, CausalCache):
         return causal_sdpa_backward(dcontext, cache)
     if isinstance(cache, SDPACache):

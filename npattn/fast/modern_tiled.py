@@ -36,6 +36,9 @@ def tiled_attention_forward(
     dropout_p: float = 0.0,
     rng=None,
     enable_gqa: bool = False,
+    scale: float | None = None,
+    softcap: float | None = None,
+    sinks=None,
 ):
     """The modern classes' mask and SDPA steps, tiled: sdpa_forward's numbers with the mask
     attention_mask(0, T, 0, S, window, kpm) would build (causal=False: kpm alone).
@@ -45,6 +48,8 @@ def tiled_attention_forward(
     full forward, positions 0 .. T - 1); a window only with causal. Dropout draws its own
     tile masks from rng (not the reference's mask). The backward is flash_attention_backward
     (or dispatch.attention_backward, which picks it from the cache's type).
+    scale (None: 1 / sqrt(E)), softcap and sinks (H,) go to flash_attention_forward as they
+    are; with sinks the backward also returns dsinks.
     """
     T = queries.shape[-2]
     attn_mask = None if kpm is None else kpm[:, None, None, :]  # (B, S) -> (B, 1, 1, S)
@@ -57,8 +62,11 @@ def tiled_attention_forward(
         values,
         attn_mask,
         is_causal,
+        scale=scale,
         enable_gqa=enable_gqa,
         dropout_p=dropout_p,
         rng=rng,
         window=window,
+        softcap=softcap,
+        sinks=sinks,
     )

@@ -10,13 +10,17 @@ batch dims (...), e.g. (B, H); Br x Bc is the tile, query block i = rows r, key 
 Forward, per head, for each query block i, scanning key/value blocks j (m, l, acc start at
 -inf, 0, 0):
     1. s     = (q_i * scale) @ k_j^T                                (Br, Bc)
+    1b. s    = softcap * tanh(s / softcap), when softcap is given
     2. s     = masked: causal / window / boolean -> -inf, float mask added
     3. m_new = max(m, rowmax(s)); p = exp(s - m_new); alpha = exp(m - m_new)
        l     = alpha * l + rowsum(p)                                (Br, 1)
     4. p     = p * keep / (1 - dropout_p), keep regenerated from (key, head, i, j)
     5. acc   = alpha * acc + p @ v_j                                (Br, Ev)
-    6. after the last key block: out_i = acc / l, lse_i = m + log(l)
-The backward recomputes P = exp(s - lse) per tile and walks steps 6 -> 1.
+    6b. after the last key block, when sinks are given: the sink is one more column of the
+       row, m_new = max(m, sink); acc, l rescaled by exp(m - m_new); l += exp(sink - m_new)
+    6. out_i = acc / l, lse_i = m + log(l)                          (Br, Ev), (Br, 1)
+The backward recomputes P = exp(s - lse) per tile and walks steps 6 -> 1; the sink's own
+gradient is -sum over rows of p_sink * D, with p_sink = exp(sink - lse).
 
 These functions check their arguments and build the arrays; the loops, and how they are
 arranged for speed (pieces of work on threads, columns that fold a pass into a product), are
@@ -45,6 +49,8 @@ from .._checks import (
 )
 from ..ops.heads import repeat_kv, repeat_kv_backward
 from ..ops.sdpa import sum_to_shape
+from ..ops.sinks import check_sinks
+from ..ops.softcap import check_softcap
 from .tiled_kernels import backward_tiles, forward_tiles
 
 # Default tile (Br, Bc) of one head: 256 x 256 float32 is 256 KiB, so a worker's tile, its
@@ -67,6 +73,9 @@ class FlashCache(NamedTuple):
     dropout: tuple  # (dropout_p, key): tile keep-masks are regenerated from key; key None if p = 0
     window: int | None  # the causal sliding window, or None
     folded: tuple  # qx (..., L, E + 1) = [q * scale | -lse], kx = [k | 1], vx = [v | 1]
+    softcap: float | None = None  # step 1b's cap, or None
+    # (sink broadcastable to (..., L, 1) in q's dtype, the sinks' shape as given), or None
+    sinks: tuple | None = None
 
 
 def _block_sizes(block_size) -> tuple:
@@ -113,6 +122,8 @@ def flash_attention_forward(
     dropout_p: float = 0.0,
     rng=None,
     window: int | None = None,
+    softcap: float | None = None,
+    sinks=None,
 ):
     """sdpa_forward's semantics, tiled: returns (out, cache) and stores no (L, S) matrix.
 
@@ -122,15 +133,24 @@ def flash_attention_forward(
     Dropout (applied whenever dropout_p > 0) draws one key from rng, a Generator or a seed.
     window: a causal sliding window, query i sees key j when 0 <= i - j < window (it implies
     is_causal; tiles wholly outside it are skipped, so the cost grows as L * window).
+    softcap c > 0 caps the scores to c * tanh(scores / c) before the mask; sinks (H,) (heads on
+    axis -3) or broadcastable to (..., L, 1) join each row's softmax denominator, and
+    flash_attention_backward then also returns dsinks; both as in sdpa_forward.
     """
     given = (q, k, v, attn_mask)
     q, k, v, groups = check_sdpa_inputs(q, k, v, enable_gqa)
+    softcap = check_softcap(softcap)
     dropout_p = check_probability(dropout_p, "dropout_p")
     window = None if window is None else check_positive_int(window, "window")
     k, v = repeat_kv(k, groups), repeat_kv(v, groups)  # (..., Hkv, S, E) -> (..., Hq, S, E)
     (L, E), S, Ev, dtype = q.shape[-2:], k.shape[-2], v.shape[-1], q.dtype
     batch = np.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
     attn_mask = check_attn_mask(attn_mask, is_causal, batch + (L, S))
+    sink = None
+    if sinks is not None:  # sdpa_forward's check, against the scores' shape
+        scores_shape = np.broadcast_shapes(q.shape[:-2], k.shape[:-2]) + (L, S)
+        sinks_shape = np.shape(sinks)
+        sink = check_sinks(sinks, scores_shape, "query @ key^T").astype(dtype, copy=False)
     causal = is_causal or window is not None
     scale = check_scale(scale, E)
     Br, Bc = _block_sizes(block_size)
@@ -147,7 +167,11 @@ def flash_attention_forward(
     out = np.empty(batch + (L, Ev), dtype)  # (..., L, Ev)
     lse = np.empty(batch + (L, 1), dtype)  # (..., L, 1)
     keep_of = _keep_of(key, dropout_p, batch, dtype)
-    forward_tiles(qx, kx, vx, mask, causal, window, (Br, Bc), keep_of, out, lse)
+    sink_rows = None if sink is None else np.broadcast_to(sink, batch + (L, 1))  # a view
+    forward_tiles(
+        qx, kx, vx, mask, causal, window, (Br, Bc), keep_of, out, lse,
+        softcap=softcap, sink=sink_rows,
+    )  # fmt: skip
     qx[..., E:] = -lse
     blocks, dropout, folded = (Br, Bc), (dropout_p, key), (qx, kx, vx)
     # the cache keeps private, read-only arrays (npattn/_guard.py): copies of what the caller
@@ -157,9 +181,10 @@ def flash_attention_forward(
     out_kept, lse = _guard.private(out, out), _guard.readonly(lse)
     qx, kx, vx = (_guard.readonly(a) for a in folded)
     shapes = (q.shape, k.shape, v.shape)
+    sinks = None if sink is None else (_guard.private(sink, *given, sinks), sinks_shape)
     cache = FlashCache(
         shapes, out_kept, lse, attn_mask, is_causal, scale, groups, blocks, dropout, window,
-        (qx, kx, vx),
+        (qx, kx, vx), softcap, sinks,
     )  # fmt: skip
     return out, cache
 
@@ -169,8 +194,11 @@ def flash_attention_backward(dout, cache: FlashCache):
 
     Shapes: dout (..., L, Ev) -> dq (..., L, E), dk (..., S, E), dv (..., S, Ev), in the shapes
     q, k and v were given (GQA heads and broadcast batch dims summed back).
+    Returns (dq, dk, dv), or (dq, dk, dv, dsinks) when the forward was given sinks (dsinks in
+    the sinks' shape), as sdpa_backward does.
     """
-    shapes, out, lse, attn_mask, is_causal, scale, groups, blocks, dropout, window, folded = cache
+    shapes, out, lse, attn_mask, is_causal, scale, groups, blocks, dropout, window = cache[:10]
+    folded, softcap, sinks = cache.folded, cache.softcap, cache.sinks
     (q_shape, k_shape, v_shape), (qx, kx, vx) = shapes, folded
     dout = as_grad(dout, out.shape, out.dtype)
     (L, E), S, Ev, dtype = q_shape[-2:], k_shape[-2], v_shape[-1], out.dtype
@@ -185,13 +213,27 @@ def flash_attention_backward(dout, cache: FlashCache):
     mask = None if attn_mask is None else np.broadcast_to(attn_mask, batch + (L, S))
     keep_of = _keep_of(dropout[1], dropout[0], batch, dtype)
     causal = is_causal or window is not None
-    backward_tiles(qx, kx, vx, dout, D, mask, causal, window, blocks, keep_of, dq, dk, dv)
+    dsinks = None
+    if sinks is not None:
+        # 6b. the sink is one more column of each row's softmax, with weight
+        #     p_sink = exp(sink - lse) and no value: its dP is 0, so its dS is
+        #     p_sink * (0 - D), summed over the rows it was broadcast to
+        sink, sinks_shape = sinks
+        dsink = -np.exp(sink - lse) * D[..., None]  # (..., L, 1)
+        if len(sinks_shape) == 1:  # (H,): heads on axis -3
+            dsinks = dsink.sum(axis=tuple(i for i in range(dsink.ndim) if i != dsink.ndim - 3))
+        else:
+            dsinks = sum_to_shape(dsink, sinks_shape)
+        dsinks = dsinks.reshape(sinks_shape)
+    backward_tiles(
+        qx, kx, vx, dout, D, mask, causal, window, blocks, keep_of, dq, dk, dv, softcap=softcap
+    )
     dq *= dtype.type(scale)  # dk took q * scale from qx, dq gets its scale once, here
     # undo broadcasting of batch dims, then sum the GQA groups: (..., Hq, S, E) -> (..., Hkv, S, E)
     dq = sum_to_shape(dq, q_shape)
     dk = repeat_kv_backward(sum_to_shape(dk, k_shape), groups)
     dv = repeat_kv_backward(sum_to_shape(dv, v_shape), groups)
-    return dq, dk, dv
+    return (dq, dk, dv) if dsinks is None else (dq, dk, dv, dsinks)
 
 
 def flash_dropout_mask(cache: FlashCache) -> np.ndarray:

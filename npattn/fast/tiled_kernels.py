@@ -1,8 +1,9 @@
 """The tiled op's loops: one head's tiles at a time, pieces of work side by side on threads.
 
 flash_attention_forward/backward check their arguments and build the arrays below, then call
-forward_tiles and backward_tiles. The maths is the tiled op's (its steps 1-6); what is
-arranged here, step by step (docs/backward/tiled.md, "How the loops are arranged"):
+forward_tiles and backward_tiles. The maths is the tiled op's (its steps 1-6, with 1b
+soft-capping and 6b the sink when they are given); what is arranged here, step by step
+(docs/backward/tiled.md, "How the loops are arranged"):
 
 1. Pieces of work on threads. The forward's piece is (head h, query block i): it writes only
    its rows of out and lse. The backward's piece is (head h, part n): the key blocks
@@ -25,6 +26,9 @@ arranged here, step by step (docs/backward/tiled.md, "How the loops are arranged
    The forward uses qx[..., :E] as q * scale before lse is known, and writes -lse after;
    in between, its last column holds -m for the folded tiles (forward_tiles), written
    whenever m changes.
+   With a softcap, tanh comes between the product and the shift, so neither pass folds the
+   shift into the product: the backward subtracts lse after capping, and the forward takes
+   every tile's row max (no -m column).
 4. Only the key blocks a query block can see: causal stops at the diagonal, and a sliding
    window of w keys starts w - 1 keys before the block's first query, so a row block meets
    at most ceil((Br + w - 1) / Bc) + 1 key blocks and the cost grows as T * w, not T^2.
@@ -83,13 +87,23 @@ def _hidden_pattern(offset: int, rows: int, cols: int, window) -> np.ndarray:
     return unseen
 
 
-def tile_scores(qx, kx, mask, causal, window, r: slice, c: slice, out) -> np.ndarray:
+def tile_scores(
+    qx, kx, mask, causal, window, r: slice, c: slice, out, *, softcap=None, tanh_out=None
+) -> np.ndarray:
     """Steps 1-2 for one head's tile, written into out (rows, cols) and returned.
 
     Shapes: qx (L, E'), kx (S, E'), mask (L, S) view or None -> (rows, cols) = qx_r @ kx_c^T.
+    softcap c: the scores become c * tanh(scores / c) before the mask; tanh_out (rows, cols)
+    then receives tanh(scores / c) (the backward's derivative), else out holds it in between.
     """
     # 1. s = qx_r @ kx_c^T                           (rows, E') @ (E', cols) -> (rows, cols)
     s = np.matmul(qx[r], kx[c].T, out=out)
+    # 1b. soft-capping, before the mask: s = c * tanh(s / c), as ops/softcap.py computes it
+    if softcap is not None:
+        t = s if tanh_out is None else tanh_out
+        np.divide(s, softcap, out=t)
+        np.tanh(t, out=t)
+        np.multiply(t, softcap, out=s)
     # 2. masking: the caller's mask, then causal / window structure
     if mask is not None:
         tile = mask[r, c]
@@ -120,15 +134,19 @@ def _rescale_large_rows(m, acc, guard) -> bool:
     return True
 
 
-def forward_tiles(qx, kx, vx, mask, causal, window, blocks, keep_of, out, lse) -> None:
+def forward_tiles(
+    qx, kx, vx, mask, causal, window, blocks, keep_of, out, lse, *, softcap=None, sink=None
+) -> None:
     """Steps 1-6 for every (head, query block): writes out (..., L, Ev) and lse (..., L, 1).
 
     Shapes: qx (..., L, E + 1) whose first E columns are q * scale, kx (..., S, E + 1),
     vx (..., S, Ev + 1) with a column of ones; mask (..., L, S) view or None.
     keep_of(h, i, j, shape) is tile (i, j)'s dropout keep-mask scaled by 1 / (1 - p), or None.
+    softcap: step 1b's cap, or None; sink (..., L, 1) view of each row's sink logit, or None.
     """
     (L, E1), S, Ev = qx.shape[-2:], kx.shape[-2], vx.shape[-1] - 1
     E, dtype, (Br, Bc) = E1 - 1, qx.dtype, blocks
+    cap = None if softcap is None else dtype.type(softcap)
     scratch = {}  # worker -> its (Br, Bc) tile and (Br, Ev + 1) product
 
     guard = np.sqrt(np.finfo(dtype).max)  # row sums kept below it: no overflow in acc
@@ -173,15 +191,16 @@ def forward_tiles(qx, kx, vx, mask, causal, window, blocks, keep_of, out, lse) -
                         acc[:, :Ev] += np.matmul(p, v_h[c, :Ev], out=prod[:rows, :Ev])
                         stale = _rescale_large_rows(m, acc, guard)
                         continue
-            # 1-2. s = masked (q_i * scale) @ k_j^T                          (rows, cols)
-            s = tile_scores(qx_h[:, :E], kx_h[:, :E], mask_h, causal, window, r, c, t)
+            # 1-2. s = masked (q_i * scale) @ k_j^T, soft-capped first (1b)    (rows, cols)
+            s = tile_scores(qx_h[:, :E], kx_h[:, :E], mask_h, causal, window, r, c, t, softcap=cap)
             # 3. online softmax: p = exp(s - m_new), what came before rescaled by alpha
             m_new = np.maximum(m, s.max(axis=-1, keepdims=True))  # (rows, 1)
             shift = np.where(np.isneginf(m_new), 0, m_new)  # all -inf so far: shift by 0
             s -= shift
             p = np.exp(s, out=s)  # (rows, cols), 0 where masked
             acc *= np.exp(m - shift)  # alpha, 0 while m was -inf
-            m, fold, stale = m_new, True, True
+            # the fold puts s - m in one product, which the cap's tanh cannot follow
+            m, fold, stale = m_new, cap is None, True
             if keep is None:
                 # 5. acc += p @ [v_j | 1]: p @ v_j and rowsum(p) in one product
                 acc += np.matmul(p, v_h[c], out=prod[:rows])
@@ -190,6 +209,14 @@ def forward_tiles(qx, kx, vx, mask, causal, window, blocks, keep_of, out, lse) -
                 acc[:, Ev:] += p.sum(axis=-1, keepdims=True)
                 p *= keep
                 acc[:, :Ev] += np.matmul(p, v_h[c, :Ev], out=prod[:rows, :Ev])
+        if sink is not None:
+            # 6b. the sink joins the denominator: l += exp(sink - m), shifted to the larger of
+            #     the shift and the sink (a fully masked row gets l = 1: out 0, lse = sink)
+            sink_r = sink[h][r]  # (rows, 1)
+            shift = np.where(np.isneginf(m), 0, m)  # what acc was shifted by: 0 while m = -inf
+            m = np.maximum(shift, sink_r)
+            acc *= np.exp(shift - m)  # <= 1
+            acc[:, Ev:] += np.exp(sink_r - m)
         # 6. out = acc / l, lse = m + log(l); a fully masked row has l = 0: out 0, lse 0
         l_safe = np.where(acc[:, Ev:] == 0, 1, acc[:, Ev:])  # (rows, 1)
         np.divide(acc[:, :Ev], l_safe, out=out[h][r])
@@ -203,15 +230,19 @@ def forward_tiles(qx, kx, vx, mask, causal, window, blocks, keep_of, out, lse) -
     map_pieces(piece, pieces, worker_count(len(pieces)))
 
 
-def backward_tiles(qx, kx, vx, dout, D, mask, causal, window, blocks, keep_of, dq, dk, dv):
+def backward_tiles(
+    qx, kx, vx, dout, D, mask, causal, window, blocks, keep_of, dq, dk, dv, *, softcap=None
+):
     """The backward of every head's tiles: fills dq (unscaled), dk and dv (zeros given).
 
     Shapes: qx (..., L, E + 1) = [q * scale | -lse], kx (..., S, E + 1) = [k | 1],
     vx (..., S, Ev + 1) = [v | 1], dout (..., L, Ev), D (..., L) = rowsum(dout * out);
     dq (..., L, E), dk (..., S, E), dv (..., S, Ev). dq gets its scale from the caller.
+    softcap: step 1b's cap, or None.
     """
     (L, E1), S, Ev = qx.shape[-2:], kx.shape[-2], vx.shape[-1] - 1
     E, dtype, (Br, Bc) = E1 - 1, qx.dtype, blocks
+    cap = None if softcap is None else dtype.type(softcap)
     heads, n_keys = _heads(qx.shape[:-2]), -(-S // Bc)
     # each head's key blocks are dealt out to `parts` pieces in turn (j = n, n + parts, ...),
     # about BACKWARD_PIECES pieces in all, so that a thread slowed by another program holds
@@ -225,6 +256,7 @@ def backward_tiles(qx, kx, vx, dout, D, mask, causal, window, blocks, keep_of, d
     def piece(_, part_keys):
         n, keys = part_keys
         P_buf, dS_buf = np.empty((Br, Bc), dtype), np.empty((Br, Bc), dtype)
+        tanh_buf = None if cap is None else np.empty((Br, Bc), dtype)  # 1b's tanh(s / c)
         col_prod = np.empty((Bc, max(E, Ev)), dtype)  # a (cols, E) or (cols, Ev) product
         row_prod = np.empty((Br, E), dtype)  # a (rows, E) product
         doutx = np.empty((L, Ev + 1), dtype)  # [dout | -D] of one head   (L, Ev + 1)
@@ -234,9 +266,9 @@ def backward_tiles(qx, kx, vx, dout, D, mask, causal, window, blocks, keep_of, d
                 head = h
                 doutx[:, :Ev] = dout[h]
                 np.negative(D[h][:, None], out=doutx[:, Ev:])
-            keys_tiles(h, j, dqs[n][h], P_buf, dS_buf, col_prod, row_prod, doutx)
+            keys_tiles(h, j, dqs[n][h], P_buf, dS_buf, tanh_buf, col_prod, row_prod, doutx)
 
-    def keys_tiles(h, j, dq_h, P_buf, dS_buf, col_prod, row_prod, doutx):
+    def keys_tiles(h, j, dq_h, P_buf, dS_buf, tanh_buf, col_prod, row_prod, doutx):
         c = slice(j * Bc, min(S, (j + 1) * Bc))
         cols = c.stop - c.start
         qx_h, kx_h, vx_h = qx[h], kx[h], vx[h]
@@ -245,8 +277,18 @@ def backward_tiles(qx, kx, vx, dout, D, mask, causal, window, blocks, keep_of, d
         for i in query_blocks(c.start, c.stop, L, Br, causal, window):
             r = slice(i * Br, min(L, (i + 1) * Br))
             rows = r.stop - r.start
-            # 1-3. P = exp(s - lse): [q * scale | -lse] @ [k | 1]^T, masked, then exp
-            P = tile_scores(qx_h, kx_h, mask_h, causal, window, r, c, P_buf[:rows, :cols])
+            if cap is None:
+                # 1-3. P = exp(s - lse): [q * scale | -lse] @ [k | 1]^T, masked, then exp
+                P = tile_scores(qx_h, kx_h, mask_h, causal, window, r, c, P_buf[:rows, :cols])
+            else:
+                # 1-3 with 1b: s = c * tanh(s / c) comes between the product and - lse, so
+                # lse is subtracted after it; t = tanh(s / c) is kept for 1b's derivative
+                t = tanh_buf[:rows, :cols]
+                P = tile_scores(
+                    qx_h[:, :E], kx_h[:, :E], mask_h, causal, window, r, c,
+                    P_buf[:rows, :cols], softcap=cap, tanh_out=t,
+                )  # fmt: skip
+                P += qx_h[r, E:]  # - lse
             np.exp(P, out=P)  # (rows, cols), the softmax weights of the tile
             keep = keep_of(h, i, j, P.shape)
             dS = dS_buf[:rows, :cols]
@@ -265,6 +307,11 @@ def backward_tiles(qx, kx, vx, dout, D, mask, causal, window, blocks, keep_of, d
                 dS += doutx[r, Ev:]  # + (-D_i)
             # 3. dS = P * (dP - D); masked entries have P = 0, so dS = 0 there
             dS *= P
+            if cap is not None:
+                # 1b. s = c * tanh(s_1 / c): dS_1 = dS * (1 - t^2)
+                np.multiply(t, t, out=t)
+                np.subtract(1, t, out=t)
+                dS *= t
             # 1. dq_i += dS @ k_j (scaled by the caller); dk_j += dS^T @ (q_i * scale)
             dq_h[r] += np.matmul(dS, kx_h[c, :E], out=row_prod[:rows])
             dk_j += np.matmul(dS.T, qx_h[r, :E], out=col_prod[:cols, :E])

@@ -1,5 +1,6 @@
 """RMSNorm: rescale each vector to unit root-mean-square, then by a learned per-dim scale.
 Used as QK-norm (Qwen3, Gemma 3): applied to each head's queries and keys before RoPE.
+Gemma multiplies by (1 + scale) instead of scale: that is `offset=1.0` (offset 0 by default).
 
 Shapes: x (..., E), scale (E,) -> out (..., E); the mean runs over the last axis.
 
@@ -7,7 +8,7 @@ Forward (walked backwards in rmsnorm_backward):
     1. ms    = mean(x**2)                (..., 1)
     2. rstd  = 1 / sqrt(ms + eps)        (..., 1)
     3. x_hat = x * rstd                  (..., E)
-    4. out   = x_hat * scale             (..., E)
+    4. out   = x_hat * (offset + scale)  (..., E)
 """
 
 from __future__ import annotations
@@ -20,12 +21,13 @@ from .._checks import as_float_array, as_grad, check_min_ndim, check_real
 DEFAULT_EPS = 1e-6  # Qwen3's q_norm / k_norm
 
 
-def rmsnorm_forward(x, scale, eps: float = DEFAULT_EPS):
-    """out = x * scale / sqrt(mean(x**2) + eps).
+def rmsnorm_forward(x, scale, eps: float = DEFAULT_EPS, offset: float = 0.0):
+    """out = x * (offset + scale) / sqrt(mean(x**2) + eps).
 
     Shapes: x (..., E), scale (E,) -> out (..., E), dtype of x and scale together.
-    Returns (out, cache) with cache = (x_hat, rstd, scale); scale is a private copy where the
-    caller holds it (npattn/_guard.py), so changing it later cannot change the backward.
+    Returns (out, cache) with cache = (x_hat, rstd, gain), gain = offset + scale; gain is a
+    private copy where the caller holds it (npattn/_guard.py), so changing scale later cannot
+    change the backward.
     """
     scale_in = scale
     x = as_float_array(x, "x")
@@ -39,6 +41,9 @@ def rmsnorm_forward(x, scale, eps: float = DEFAULT_EPS):
     eps = check_real(eps, "eps", "a float >= 0")
     if not eps >= 0:
         raise ValueError(f"eps must be >= 0, got {eps}")
+    offset = check_real(offset, "offset", "a finite float")
+    if not np.isfinite(offset):
+        raise ValueError(f"offset must be finite, got {offset}")
     dtype = np.result_type(x.dtype, scale.dtype)
     x, scale = x.astype(dtype, copy=False), scale.astype(dtype, copy=False)
     # 1. ms = mean(x**2)                         (..., E) -> (..., 1)
@@ -47,10 +52,11 @@ def rmsnorm_forward(x, scale, eps: float = DEFAULT_EPS):
     rstd = 1.0 / np.sqrt(ms + dtype.type(eps))
     # 3. x_hat = x * rstd                        (..., E)
     x_hat = x * rstd
-    # 4. out = x_hat * scale                     (..., E) * (E,)
-    out = x_hat * scale
-    scale = _guard.private(scale, scale_in)  # the caller may update it in place (an SGD step)
-    return out, (x_hat, rstd, scale)  # x_hat (..., E), rstd (..., 1), scale (E,)
+    # 4. out = x_hat * gain, gain = offset + scale     (..., E) * (E,)
+    gain = scale if offset == 0 else scale + dtype.type(offset)
+    out = x_hat * gain
+    gain = _guard.private(gain, scale_in)  # the caller may update scale in place (an SGD step)
+    return out, (x_hat, rstd, gain)  # x_hat (..., E), rstd (..., 1), gain (E,)
 
 
 def rmsnorm_backward(dout, cache):
@@ -58,11 +64,12 @@ def rmsnorm_backward(dout, cache):
 
     Shapes: dout (..., E) -> dx (..., E), dscale (E,).
     """
-    x_hat, rstd, scale = cache
+    x_hat, rstd, gain = cache
     dout = as_grad(dout, x_hat.shape, x_hat.dtype)
-    # 4. out = x_hat * scale: scale is shared by every vector, so its gradient is summed
+    # 4. out = x_hat * (offset + scale): scale is shared by every vector, so its gradient is
+    #    summed; the offset is a constant and changes only dx_hat
     dscale = np.sum(dout * x_hat, axis=tuple(range(dout.ndim - 1)))  # (..., E) -> (E,)
-    dx_hat = dout * scale  # (..., E)
+    dx_hat = dout * gain  # (..., E)
     # 3.-1. x_hat = x * rstd(x): x feeds x_hat directly and through rstd, giving
     #       dx = rstd * (dx_hat - x_hat * mean(dx_hat * x_hat))   (docs/modern/rmsnorm.md)
     dx = rstd * (dx_hat - x_hat * np.mean(dx_hat * x_hat, axis=-1, keepdims=True))

@@ -10,9 +10,15 @@ dims (tests/test_rope.py):
 compute_rope_params gives cos and sin in the split-halves layout; rope_forward(interleaved=True)
 reads the same table, pair i taking the angle of column i.
 
-Forward (walked backwards in rope_backward):
-    1. cos_t, sin_t = cos[positions], sin[positions]            (T, E)
-    2. out = x * cos_t + rotate_half(x) * sin_t                  (..., T, E)
+Partial rotary (GPT-NeoX, Phi): rope_apply_forward rotates the first R dims of the head by
+tables of width R and passes the other E - R through; npattn.RoPE (ops/rope_config.py) makes
+such tables, with the frequency scalings of long-context models.
+
+Forward (walked backwards in rope_apply_backward; rope_forward is step 0 and steps 1 to 3):
+    0. cos_t, sin_t = cos[positions], sin[positions]            (..., T, E)
+    1. interleaved: each angle repeated for both dims of its pair (..., T, R)
+    2. out[..., :R] = x * cos_t + rotate_half(x) * sin_t          (..., T, R)
+    3. out[..., R:] = x[..., R:]                                  (..., T, E - R)
 rotate_half is a rotation by +90 degrees in each plane, so its transpose is -rotate_half and
 the backward is the rotation by -theta.
 """
@@ -21,6 +27,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import _guard
 from .._checks import (
     as_array,
     as_float_array,
@@ -30,6 +37,7 @@ from .._checks import (
     check_positive_int,
     check_real,
 )
+from .rope_config import llama3_inv_freq
 
 FREQ_CONFIG_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_context_length")
 
@@ -42,8 +50,7 @@ def _check_head_dim(head_dim, name: str = "head_dim") -> int:
 
 
 def _llama3_scaled(inv_freq: np.ndarray, freq_config) -> np.ndarray:
-    """Llama 3.1's frequency scaling: slow frequencies divided by `factor`, fast ones kept,
-    a smooth blend in between (wavelengths between the two cut-offs).
+    """Llama 3.1's frequency scaling from a freq_config dict (npattn.Llama3's maths).
 
     Shapes: inv_freq (E/2,) -> (E/2,).
     """
@@ -57,13 +64,7 @@ def _llama3_scaled(inv_freq: np.ndarray, freq_config) -> np.ndarray:
             "freq_config needs factor > 0, 0 < low_freq_factor < high_freq_factor and "
             f"original_context_length > 0, got {dict(freq_config)}"
         )
-    wavelen = 2 * np.pi / inv_freq  # (E/2,)
-    low_freq_wavelen, high_freq_wavelen = original / low, original / high
-    scaled = np.where(wavelen > low_freq_wavelen, inv_freq / factor, inv_freq)
-    smooth = (original / wavelen - low) / (high - low)  # 0 at the low cut-off, 1 at the high
-    smoothed = (1 - smooth) * inv_freq / factor + smooth * inv_freq
-    medium = (wavelen <= low_freq_wavelen) & (wavelen >= high_freq_wavelen)
-    return np.where(medium, smoothed, scaled)
+    return llama3_inv_freq(inv_freq, factor, low, high, original)
 
 
 def compute_rope_params(
@@ -149,14 +150,99 @@ def _positions(offset, positions, T: int, context_length: int) -> np.ndarray:
     return positions
 
 
+def _check_tables(x: np.ndarray, cos_t, sin_t):
+    """cos_t, sin_t as arrays of x's dtype, checked: (..., T, R), R even, 2 <= R <= E, leading
+    dims broadcastable to x's."""
+    cos_t, sin_t = as_float_array(cos_t, "cos_t"), as_float_array(sin_t, "sin_t")
+    if cos_t.shape != sin_t.shape:
+        raise ValueError(f"cos_t {tuple(cos_t.shape)} and sin_t {tuple(sin_t.shape)} must match")
+    check_min_ndim(cos_t, "cos_t", 2, "(..., T, R)")
+    T, E, R = x.shape[-2], x.shape[-1], cos_t.shape[-1]
+    if R < 2 or R % 2 or R > E:
+        raise ValueError(
+            f"cos_t and sin_t must have shape (..., T, R) with R even and 2 <= R <= "
+            f"E={E} (the head dim of x), got {tuple(cos_t.shape)}"
+        )
+    try:
+        fits = np.broadcast_shapes(cos_t.shape[:-1], x.shape[:-1]) == x.shape[:-1]
+    except ValueError:
+        fits = False
+    if not fits or cos_t.shape[-2] != T:
+        raise ValueError(
+            f"cos_t and sin_t of shape {tuple(cos_t.shape)} (..., T, R) must broadcast to x's "
+            f"(..., T={T}) = {x.shape[:-1]}"
+        )
+    return cos_t.astype(x.dtype, copy=False), sin_t.astype(x.dtype, copy=False)
+
+
+def rope_apply_forward(x, cos_t, sin_t, *, interleaved: bool = False):
+    """Rotate the first R dims of x by the angles in cos_t, sin_t; pass the other E - R through.
+
+    Shapes: x (..., T, E); cos_t, sin_t (..., T, R), the tables' rows at x's positions,
+    broadcastable to x (e.g. (B, 1, T, R) for x (B, H, T, E)); R even, 2 <= R <= E
+    -> out (..., T, E), in the dtype of x.
+    Returns (out, cache) with cache = (cos_t, sin_t, interleaved, x.shape), cos_t and sin_t
+    with each angle repeated for both dims of its pair when interleaved.
+    """
+    cos_in, sin_in = cos_t, sin_t
+    x = as_float_array(x, "x")
+    check_min_ndim(x, "x", 2, "(..., T, E)")
+    if not isinstance(interleaved, (bool, np.bool_)):
+        raise TypeError(f"interleaved must be True or False, got {interleaved!r}")
+    cos_t, sin_t = _check_tables(x, cos_t, sin_t)
+    # the caller may change cos_t, sin_t in place before the backward: keep private copies
+    cos_t, sin_t = _guard.private(cos_t, cos_in), _guard.private(sin_t, sin_in)
+    return _rotate(x, cos_t, sin_t, bool(interleaved))
+
+
+def _rotate(x: np.ndarray, cos_t: np.ndarray, sin_t: np.ndarray, interleaved: bool):
+    """The forward of rope_apply_forward on checked arrays of one dtype: steps 1 to 3."""
+    R = cos_t.shape[-1]
+    # 1. the angle of each rotated dim                                    (..., T, R)
+    if interleaved:  # pair i = dims (2i, 2i + 1) takes the angle of column i
+        cos_t = np.repeat(cos_t[..., : R // 2], 2, axis=-1)
+        sin_t = np.repeat(sin_t[..., : R // 2], 2, axis=-1)
+    rotate = rotate_pairs if interleaved else rotate_half
+    x_rot, x_pass = x[..., :R], x[..., R:]  # (..., T, R), (..., T, E - R)
+    # 2. out = x * cos + rotate(x) * sin on the first R dims               (..., T, R)
+    out = x_rot * cos_t + rotate(x_rot) * sin_t
+    # 3. the other E - R dims pass through                                 (..., T, E)
+    if R < x.shape[-1]:
+        out = np.concatenate([out, x_pass], axis=-1)
+    return out, (cos_t, sin_t, interleaved, x.shape)  # cos_t, sin_t: (..., T, R)
+
+
+def rope_apply_backward(dout, cache):
+    """The rotation by -theta on the first R dims: dx = dout * cos - rotate(dout * sin); the
+    other E - R dims get dout unchanged.
+
+    Shapes: dout (..., T, E) -> dx (..., T, E).
+    """
+    cos_t, sin_t, interleaved, shape = cache
+    dout = as_grad(dout, shape, cos_t.dtype)
+    R = cos_t.shape[-1]
+    rotate = rotate_pairs if interleaved else rotate_half
+    dout_rot, dout_pass = dout[..., :R], dout[..., R:]  # (..., T, R), (..., T, E - R)
+    # 3. the pass-through dims: out = x there, so dx = dout                (..., T, E - R)
+    # 2. out = x * cos + rotate(x) * sin, and rotate^T = -rotate:
+    #    dx = dout * cos - rotate(dout * sin); both dims of a pair share one angle, so this is
+    #    dout * cos - rotate(dout) * sin, the same turn by -theta           (..., T, R)
+    dx = dout_rot * cos_t - rotate(dout_rot * sin_t)
+    # 1. the tables are constants: no gradient
+    if R < shape[-1]:
+        dx = np.concatenate([dx, dout_pass], axis=-1)
+    return dx
+
+
 def rope_forward(x, cos, sin, offset: int = 0, *, positions=None, interleaved: bool = False):
-    """Rotate each pair of dims of x by its position's angle.
+    """Rotate each pair of dims of x by its position's angle: the tables' rows at the
+    positions, then rope_apply_forward.
 
     Shapes: x (..., T, E); cos, sin (context_length, E) from compute_rope_params; positions
     None (then offset, offset + 1, ..., offset + T - 1: an offset for cached decoding) or
     integers (T,), or broadcastable to x.shape[:-1] (e.g. (B, 1, T) for x (B, H, T, E))
     -> out (..., T, E), in the dtype of x.
-    Returns (out, cache) with cache = (cos_t, sin_t, interleaved, x.shape).
+    Returns (out, cache), the cache of rope_apply_forward.
     """
     x = as_float_array(x, "x")
     check_min_ndim(x, "x", 2, "(..., T, E)")
@@ -175,25 +261,14 @@ def rope_forward(x, cos, sin, offset: int = 0, *, positions=None, interleaved: b
         )
     # 1. the rows of this chunk's positions, in the dtype of x          (..., T, E)
     cos_t, sin_t = cos[pos].astype(x.dtype, copy=False), sin[pos].astype(x.dtype, copy=False)
-    if interleaved:  # pair i = dims (2i, 2i + 1) takes the angle of column i
-        cos_t = np.repeat(cos_t[..., : E // 2], 2, axis=-1)
-        sin_t = np.repeat(sin_t[..., : E // 2], 2, axis=-1)
-    rotate = rotate_pairs if interleaved else rotate_half
-    # 2. out = x * cos + rotate(x) * sin                                 (..., T, E)
-    out = x * cos_t + rotate(x) * sin_t
-    return out, (cos_t, sin_t, interleaved, x.shape)  # cos_t, sin_t: (..., T, E)
+    # 2. the rotation of every pair (R = E: nothing passes through)      (..., T, E)
+    return _rotate(x, cos_t, sin_t, bool(interleaved))
 
 
 def rope_backward(dout, cache):
-    """The rotation by -theta: dx = dout * cos - rotate(dout * sin).
+    """The rotation by -theta: dx = dout * cos - rotate(dout * sin) (rope_apply_backward).
 
     Shapes: dout (..., T, E) -> dx (..., T, E).
     """
-    cos_t, sin_t, interleaved, shape = cache
-    dout = as_grad(dout, shape, cos_t.dtype)
-    rotate = rotate_pairs if interleaved else rotate_half
-    # 2. out = x * cos + rotate(x) * sin, and rotate^T = -rotate:
-    #    dx = dout * cos - rotate(dout * sin); both dims of a pair share one angle, so this is
-    #    dout * cos - rotate(dout) * sin, the same turn by -theta
-    #    (1. the table is a constant: no gradient)
-    return dout * cos_t - rotate(dout * sin_t)
+    # 2. the rotation's backward; 1. the table is a constant: no gradient
+    return rope_apply_backward(dout, cache)

@@ -1,0 +1,266 @@
+"""Attention: the attention layer of today's decoder models, one list of optional steps.
+
+GPT-2, GPT-NeoX, Llama, Mistral, Mixtral, Qwen2/3, Gemma 2/3, OLMo 2, Phi-3 and gpt-oss all
+run these steps; a family is a choice of switches in its AttentionConfig (models/config.py),
+not a class of its own. torch_port.hf reads transformers' configs into one.
+
+Shape legend: B batch, T query tokens of this call, S key tokens (cached ones included),
+H = num_heads, G = num_kv_heads (G divides H), E = head_dim, R = RoPE's rotated dims of E,
+d = hidden_size.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import _guard
+from .._checks import as_array, check_bool, make_rng
+from ..modules._input import attn_impl_property
+from ..modules._kv import CacheView, KVCacheMixin, check_tokens
+from ..modules.base import Module
+from ..modules.linear import Linear
+from ..modules.rmsnorm import RMSNorm
+from ..ops.heads import (
+    merge_heads_backward,
+    merge_heads_forward,
+    split_heads_backward,
+    split_heads_forward,
+)
+from ..ops.rope import rope_apply_backward, rope_apply_forward
+from .attend import ATTENTION_IMPLS, attention_backward, attention_forward, attention_inference
+from .config import AttentionConfig
+from .mask import Mask
+
+SINK_INIT_STD = 0.02  # the sinks start near 0: a small share of each row goes nowhere
+
+
+class Attention(KVCacheMixin, Module):
+    """A decoder's attention layer: every option of AttentionConfig, one step each.
+
+    Shapes: x (B, T, d); positions (T,) or (B, T) integers >= 0, or None (the token's slot:
+    ptr_current_pos + 0 .. T - 1); key_padding_mask (B, S) boolean, True = a real token,
+    covering the cached tokens and this call's (S = ptr_current_pos + T with use_cache)
+    -> out (B, T, d).
+
+    Forward (walked backwards in `backward`):
+        1. queries, keys, values = W_query(x), W_key(x), W_value(x)
+                                           (B, T, H * E); (B, T, G * E) each
+        2. QK-norm over the whole width: q_norm(queries), k_norm(keys)   (qk_norm "all")
+        3. split heads                     (B, H, T, E); (B, G, T, E) each
+        4. QK-norm over each head's E: q_norm(queries), k_norm(keys)     (qk_norm "head")
+        5. RoPE at the tokens' positions, the first R dims of each head  (rope)
+        6. cache: earlier tokens' keys (after RoPE) and values in front  (use_cache; then
+           7.-10. run forward only, and nothing is kept for a backward)
+        7. mask: causal by slot (the token order), within the window, and key padding
+        8. attention: scale, soft-cap, sinks, each key/value head shared by its group
+                                           (B, H, T, E)
+        9. merge heads                     (B, H, T, E) -> (B, T, H * E)
+        10. out = out_proj(context)        (B, T, H * E) -> (B, T, d)
+
+    attn_impl: "reference" (the default: the steps above, step 8 as sdpa_forward), "tiled"
+    (step 8 as flash_attention_forward, memory linear in T; attn_weights is None) or "auto"
+    (tiled from 1024 tokens). Cached decoding runs the same forward-only step whatever it says.
+    """
+
+    attn_impl = attn_impl_property(ATTENTION_IMPLS)
+    cache_k, cache_v = CacheView(0), CacheView(1)  # (B, G, S_cached, E), read-only views
+
+    def __init__(self, config: AttentionConfig, *, rng=None, attn_impl: str = "reference"):
+        super().__init__()
+        if not isinstance(config, AttentionConfig):
+            raise TypeError(f"config must be an npattn.AttentionConfig, got {config!r}")
+        self.config = c = config
+        self.attn_impl = attn_impl
+        self.rng = make_rng(rng)
+        H, G, E, d = c.num_heads, c.kv_heads, c.head_size, c.hidden_size
+        if c.sinks:  # one logit per head; own parameters come first in the state_dict
+            sinks = self.rng.normal(0.0, SINK_INIT_STD, size=H).astype(np.float32)
+            self.register_parameter("sinks", sinks)
+        else:
+            self.sinks = None
+        self.W_query = Linear(d, H * E, bias=c.qkv_bias, rng=self.rng)
+        self.W_key = Linear(d, G * E, bias=c.qkv_bias, rng=self.rng)
+        self.W_value = Linear(d, G * E, bias=c.qkv_bias, rng=self.rng)
+        self.out_proj = Linear(H * E, d, bias=c.out_bias, rng=self.rng)
+        if c.qk_norm is not None:
+            n = c.qk_norm
+            q_dim, k_dim = (H * E, G * E) if n.width == "all" else (E, E)
+            self.q_norm = RMSNorm(q_dim, eps=n.eps, offset=n.offset)
+            self.k_norm = RMSNorm(k_dim, eps=n.eps, offset=n.offset)
+        else:
+            self.q_norm = self.k_norm = None
+        self.attn_weights = None  # (B, H, T, S) of the last reference forward
+        self.dropout_mask = None
+        self.reset_cache()
+
+    def _kv_limits(self) -> tuple:
+        return self.config.window, None  # with a window, the cache holds the last W tokens
+
+    # -- the one check of a call: everything is checked before anything changes ----------
+
+    def inputs(self, x, use_cache, positions, key_padding_mask):
+        """x, use_cache, the RoPE positions and the key padding of one call, checked.
+
+        Shapes: -> x (B, T, d) private and read-only, use_cache bool, positions (T,) or
+        (B, T) int64, key_padding_mask (B, S) boolean or None.
+        """
+        x = check_tokens(x, self.config.hidden_size, self.dtype)
+        B, T = x.shape[:2]
+        use_cache = check_bool(use_cache, "use_cache")
+        start = self.ptr_current_pos if use_cache else 0
+        if use_cache and len(self._kv) and self._kv.arrays[0].shape[0] != B:
+            raise ValueError(
+                f"x has batch size {B} but the cache holds {self._kv.arrays[0].shape[0]} "
+                f"sequences: call reset_cache() before decoding a different batch"
+            )
+        if positions is None:
+            positions = np.arange(start, start + T)  # (T,): the tokens' slots
+        else:
+            positions = as_array(positions, "positions")
+            if not np.issubdtype(positions.dtype, np.integer):
+                raise TypeError(f"positions must be integers, got dtype {positions.dtype}")
+            if positions.shape not in ((T,), (B, T)):
+                raise ValueError(
+                    f"positions must have shape (T={T},) or (B={B}, T={T}), got "
+                    f"{tuple(positions.shape)}"
+                )
+            if positions.size and positions.min() < 0:
+                raise ValueError(f"positions must be >= 0, got {int(positions.min())}")
+            positions = positions.astype(np.int64)  # a copy: the caller's array is not kept
+        kpm = key_padding_mask
+        if kpm is not None:
+            kpm = as_array(kpm, "key_padding_mask")
+            S = start + T
+            if kpm.dtype != np.bool_:
+                raise TypeError(
+                    f"key_padding_mask must be boolean (True = a real token), got dtype {kpm.dtype}"
+                )
+            if kpm.shape != (B, S):
+                what = f"{start} cached + {T} new tokens" if use_cache else f"{T} tokens of x"
+                raise ValueError(
+                    f"key_padding_mask must have shape (B={B}, S={S}), one entry per token "
+                    f"({what}), got {tuple(kpm.shape)}"
+                )
+            kpm = kpm.copy()
+        return x, use_cache, positions, kpm
+
+    # -- forward ---------------------------------------------------------------------------
+
+    def forward(self, x, use_cache: bool = False, *, positions=None, key_padding_mask=None):
+        x, use_cache, positions, kpm = self.inputs(x, use_cache, positions, key_padding_mask)
+        c, B, T = self.config, x.shape[0], x.shape[1]
+        per_head = c.qk_norm is not None and c.qk_norm.width == "head"
+        # 1. projections                  (B, T, d) -> (B, T, H * E); (B, T, G * E) each
+        queries = self.W_query(x)
+        keys = self.W_key(x)
+        values = self.W_value(x)
+        # 2. QK-norm over the whole projection width, before the heads are split
+        if c.qk_norm is not None and not per_head:
+            queries = self.q_norm(queries)
+            keys = self.k_norm(keys)
+        # 3. split heads                  -> (B, H, T, E); (B, G, T, E) each
+        queries, q_split = split_heads_forward(queries, c.num_heads)
+        keys, k_split = split_heads_forward(keys, c.kv_heads)
+        values, v_split = split_heads_forward(values, c.kv_heads)
+        # 4. QK-norm over each head's E dims
+        if per_head:
+            queries = self.q_norm(queries)
+            keys = self.k_norm(keys)
+        # 5. RoPE at the tokens' positions: tables in float64, cast to the compute dtype
+        q_rope = k_rope = None
+        if c.rope is not None:
+            cos, sin = self._rope_tables(positions, x.dtype)  # (1 | B, 1, T, R)
+            queries, q_rope = rope_apply_forward(queries, cos, sin, interleaved=c.rope.interleaved)
+            keys, k_rope = rope_apply_forward(keys, cos, sin, interleaved=c.rope.interleaved)
+        sinks = self.sinks
+        start = self.ptr_current_pos if use_cache else 0
+        # 6. the cache: (B, G, S_cached, E) + (B, G, T, E) -> (B, G, S, E)
+        if use_cache:
+            keys, values = self._kv.stage(keys, values)
+            S = keys.shape[2]
+            padding = None if kpm is None else kpm[:, start + T - S :]  # the keys held
+            # 7. mask, described: slots start .. start + T - 1 against the last S slots
+            mask = Mask(start, T, start + T - S, S, c.causal, c.window, padding)
+            # 8. attention, forward only
+            context, attn_weights, self.dropout_mask = attention_inference(
+                queries, keys, values, mask, scale=c.softmax_scale, softcap=c.softcap,
+                sinks=sinks, dropout_p=self._dropout_p(), rng=self.rng,
+            )  # fmt: skip
+            self.attn_weights = _guard.readonly(attn_weights)
+            # 9.-10.
+            context = context.transpose(0, 2, 1, 3).reshape(B, T, -1)  # merge heads
+            out = self.out_proj(context)  # (B, T, H * E) -> (B, T, d)
+            self._kv.commit()  # everything succeeded: the chunk joins the cache
+            self.ptr_current_pos += T
+            self._cache = None  # inference only: no backward
+            return out
+        # 7. mask, described: causal by slot, the window, key padding   (drawn by step 8)
+        mask = Mask(0, T, 0, T, c.causal, c.window, kpm)
+        # 8. attention                    (B, H, T, E)
+        context, attn_cache = attention_forward(
+            self.attn_impl, queries, keys, values, mask, scale=c.softmax_scale,
+            softcap=c.softcap, sinks=sinks, dropout_p=self._dropout_p(), rng=self.rng,
+        )  # fmt: skip
+        # 9. merge heads                  (B, H, T, E) -> (B, T, H * E)
+        context, merge_cache = merge_heads_forward(context)
+        # 10. output projection           (B, T, H * E) -> (B, T, d)
+        out = self.out_proj(context)
+        reference = hasattr(attn_cache, "attn_weights")  # the tiled path forms no weights
+        self.attn_weights = attn_cache.attn_weights if reference else None  # (B, H, T, T)
+        self.dropout_mask = attn_cache.keep if reference else None
+        self.reset_cache()
+        self._cache = (q_split, k_split, v_split, q_rope, k_rope, attn_cache, merge_cache)
+        return out
+
+    def _dropout_p(self) -> float:
+        return self.config.dropout if self.training else 0.0
+
+    def _rope_tables(self, positions, dtype):
+        """cos and sin at the positions, (1 | B, 1, T, R) in the compute dtype."""
+        cos, sin = self.config.rope.tables(self.config.head_size, positions)  # (T | B, T, R)
+        if positions.ndim == 1:
+            cos, sin = cos[None], sin[None]  # (T, R) -> (1, T, R)
+        return cos[:, None].astype(dtype), sin[:, None].astype(dtype)  # -> (., 1, T, R)
+
+    # -- backward --------------------------------------------------------------------------
+
+    def backward(self, dout):
+        """dL/dx from dL/dout; every parameter's gradient lands in m.grads."""
+        q_split, k_split, v_split, q_rope, k_rope, attn_cache, merge_cache = (
+            self._require_full_forward()
+        )
+        c = self.config
+        per_head = c.qk_norm is not None and c.qk_norm.width == "head"
+        # 10.
+        dcontext = self.out_proj.backward(dout)  # (B, T, H * E)
+        # 9.
+        dcontext = merge_heads_backward(dcontext, merge_cache)  # (B, H, T, E)
+        # 8. a key/value head fed its whole group: the backward sums the group's gradients
+        grads = attention_backward(dcontext, attn_cache)  # sdpa's or the tiled one
+        dqueries, dkeys, dvalues = grads[:3]  # (B, H, T, E); (B, G, T, E) each
+        self._grads = {"sinks": grads[3]} if c.sinks else {}  # (H,)
+        # 7.-6. the mask is a constant; no cache in a full forward
+        # 5. RoPE: the rotation by -theta
+        if c.rope is not None:
+            dqueries = rope_apply_backward(dqueries, q_rope)
+            dkeys = rope_apply_backward(dkeys, k_rope)
+        # 4.
+        if per_head:
+            dqueries = self.q_norm.backward(dqueries)
+            dkeys = self.k_norm.backward(dkeys)
+        # 3.
+        dqueries = split_heads_backward(dqueries, q_split)  # (B, T, H * E)
+        dkeys = split_heads_backward(dkeys, k_split)  # (B, T, G * E)
+        dvalues = split_heads_backward(dvalues, v_split)  # (B, T, G * E)
+        # 2.
+        if c.qk_norm is not None and not per_head:
+            dqueries = self.q_norm.backward(dqueries)
+            dkeys = self.k_norm.backward(dkeys)
+        # 1. x feeds all three projections: their terms of dx are summed
+        dx = self.W_query.backward(dqueries)
+        dx += self.W_key.backward(dkeys)
+        dx += self.W_value.backward(dvalues)
+        return dx
+
+    def extra_repr(self) -> str:
+        return self.config.describe()
