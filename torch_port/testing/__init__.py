@@ -19,7 +19,8 @@ that replays it. The search is deterministic (`seed=`).
 - forward: callable (module, x) -> Tensor for modules returning tuples or taking masks.
 - dtype: float64 (default), float32, float16 or bfloat16, judged by the error model in
   precision.py: normwise, relative to what plain torch achieves at that dtype.
-Also: assert_decode_matches (KV-cache decoding) and assert_sdpa_matches (an SDPA kernel).
+Also: assert_decode_matches (KV-cache decoding), assert_sdpa_matches (an SDPA kernel) and
+assert_hf_attention_matches (a transformers attention layer, in one line).
 """
 
 from . import maps, weights
@@ -40,6 +41,7 @@ from .errors import (
     StructuralSizeWarning,
     UnmappedParameterWarning,
 )
+from .hf import HFExample, assert_hf_attention_matches, compare_hf
 from .oracle import SDPAExample, assert_sdpa_matches, compare_sdpa, plain_sdpa
 from .precision import FACTOR, FLOOR, Judgement
 
@@ -49,6 +51,7 @@ __all__ = [
     "ConfigurationMismatchError",
     "DecodeExample",
     "Example",
+    "HFExample",
     "Judgement",
     "KitSetupError",
     "Mismatch",
@@ -58,10 +61,12 @@ __all__ = [
     "StructuralSizeWarning",
     "UnmappedParameterWarning",
     "assert_decode_matches",
+    "assert_hf_attention_matches",
     "assert_matches_reference",
     "assert_sdpa_matches",
     "compare",
     "compare_decode",
+    "compare_hf",
     "compare_sdpa",
     "find_mismatch",
     "maps",

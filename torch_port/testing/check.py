@@ -124,8 +124,14 @@ def run_example(setup: Setup, example: Example, check_backward: bool):
     found = check("dx", dx, dx_ref, plain[1])
     if found:
         return judgements, found
-    expected = setup.weights.pull_back(setup.ref.grads)
-    plain_grads = setup.weights.pull_back(plain[2]) if plain[2] is not None else {}
+    return judgements, judge_parameters(setup, check, setup.ref.grads, plain[2])
+
+
+def judge_parameters(setup: Setup, check, ref_grads: dict, plain_ref_grads) -> Mismatch | None:
+    """Each parameter gradient of the module (its .grad) against the reference's pulled back
+    through the weight map; the first failure. check(quantity, got, truth, plain, scale)."""
+    expected = setup.weights.pull_back(ref_grads)
+    plain_grads = setup.weights.pull_back(plain_ref_grads) if plain_ref_grads else {}
     params = dict(setup.user.named_parameters())
     compared = [k for k in setup.weights.names if k in expected and k in setup.weights.trainable]
     total = np.sqrt(sum(float(np.sum(expected[k] ** 2)) for k in compared))
@@ -138,8 +144,8 @@ def run_example(setup: Setup, example: Example, check_backward: bool):
         scale = max(float(np.linalg.norm(expected[k])), total * np.sqrt(expected[k].size / size))
         found = check(f"grad[{k}]", got, expected[k], plain_grads.get(k), scale)
         if found:
-            return judgements, found
-    return judgements, None
+            return found
+    return None
 
 
 def _rule(dtype, factor, floor, rtol, atol):

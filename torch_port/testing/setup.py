@@ -43,6 +43,10 @@ def structural_sizes(reference) -> dict:
         note("window", getattr(m, "sliding_window_size", None))
         note("context_length", getattr(config, "context_length", None))
         note("context_length", getattr(m, "context_length", None))
+        scaling = getattr(getattr(config, "rope", None), "scaling", None)
+        if type(scaling).__name__ == "DynamicNTK":  # its tables change past this length
+            note("dynamic NTK's original_max_position_embeddings",
+                 scaling.original_max_position_embeddings)  # fmt: skip
         limits = getattr(m, "_kv_limits", None)
         if callable(limits):
             window, positions = limits()
@@ -274,6 +278,8 @@ class TorchTwin:
 def check_twin(twin, ref64, device) -> None:
     """Raise TwinDisagreesError unless twin (float64) gives the reference's output on a probe."""
     d_in = getattr(ref64, "d_in", None)
+    if d_in is None:
+        d_in = getattr(getattr(ref64, "config", None), "hidden_size", None)
     if not isinstance(d_in, int):
         raise TwinDisagreesError("the reference has no d_in to probe with")
     context = structural_sizes(ref64).get("context_length", 4)
@@ -360,6 +366,8 @@ def build(module, reference, weight_map, forward, dtype, rule, check_backward) -
     weights.trainable = trainable
     ref = reference_float64(reference, weights)
     d_in = getattr(ref, "d_in", None)
+    if d_in is None:  # npattn.Attention: the width is the config's hidden_size
+        d_in = getattr(getattr(ref, "config", None), "hidden_size", None)
     if not isinstance(d_in, int):
         raise KitSetupError(f"npattn.{type(ref).__name__} has no d_in: the kit cannot draw x")
     params = list(user.parameters())
