@@ -93,7 +93,8 @@ def rounding_hint(error: float, dtype) -> str:
             name = " or ".join(lows)
             return (
                 f"; this error is at {name} rounding level: if part of the module computes "
-                f"in {name}, look where such islands usually are: {ISLANDS}"
+                f"in {name}, look where such islands usually are: {ISLANDS}; if none does, "
+                f"it is a bug this small (a scale or an eps slightly off)"
             )
     return ""
     for low, lowest, highest in ROUNDING_LEVELS:
@@ -101,7 +102,8 @@ def rounding_hint(error: float, dtype) -> str:
             name = str(low).replace("torch.", "")
             return (
                 f"; this error is at {name} rounding level: if part of the module computes "
-                f"in {name}, look where such islands usually are: {ISLANDS}"
+                f"in {name}, look where such islands usually are: {ISLANDS}; if none does, "
+                f"it is a bug this small (a scale or an eps slightly off)"
             )
     return ""
 
