@@ -279,3 +279,13 @@ def test_lists_in_messages_are_sorted():
     missing = str(info.value).split("parameters ", 1)[1].split("]", 1)[0] + "]"
     names = eval(missing)  # the list as printed
     assert names == sorted(names) and len(names) == 7
+
+
+def test_the_context_length_is_reached_and_a_short_max_tokens_is_named():
+    report = tt.assert_matches_reference(
+        chapter_mha(), npattn.MultiHeadAttention(D, D, 6, 0.0, H, True), **FEW
+    )
+    assert report.boundaries == (5, 6)  # T = context_length - 1 and context_length
+    with pytest.warns(tt.StructuralSizeWarning, match=r"window 17 lie past the 8 tokens"):
+        report = tt.assert_matches_reference(SWAWithBug(17), swa(17), max_tokens=8, **FEW)
+    assert report.not_reached == ["cache length 17", "window 17"]

@@ -48,14 +48,23 @@ class DecodeExample:
         )
 
 
-def decode_ladder(sizes: dict, max_tokens: int, seed: int, fit) -> list:
+def decode_ladder(sizes: dict, cap: int, seed: int) -> list:
     """Chunkings that cross each structural size W, shortest first: a prefill of W - 1 then
     single tokens past W, W then one, one chunk of W + 1, W + 1 after one cached token, and
-    W + 1 then W (2W + 1 in all). Each cut to max_tokens."""
+    W + 1 then W (2W + 1 in all). Each cut to cap tokens in all."""
     ladder = []
     for w in sorted(set(sizes.values())):
+        if w - 1 > cap:
+            continue
         for chunks in ((w - 1, 1, 1, 1), (w, 1), (w + 1,), (1, w + 1), (w + 1, w)):
-            chunks = fit([n for n in chunks if n > 0])
+            kept, total = [], 0
+            for n in (n for n in chunks if n > 0):
+                n = min(n, cap - total)
+                if n < 1:
+                    break
+                kept.append(n)
+                total += n
+            chunks = tuple(kept)
             example = DecodeExample(1, chunks, seed)
             if chunks and example not in ladder:
                 ladder.append(example)
@@ -218,7 +227,7 @@ def assert_decode_matches(
     step_arg, reset_arg = step, reset
     step, reset = step or default_step, reset or default_reset
     report = Report(unread=tuple(setup.weights.warn_unread()), sizes=setup.sizes)
-    max_tokens, _, report.not_reached = token_range(setup.sizes, max_tokens)
+    max_tokens, boundaries, report.not_reached = token_range(setup.sizes, max_tokens)
     warn_not_reached(report.not_reached, max_tokens)
     inner = [w for k, w in setup.sizes.items() if k not in ("context_length", "cache positions")]
     if max_chunk is None:
@@ -250,7 +259,7 @@ def assert_decode_matches(
         return found is not None
 
     disagrees(DecodeExample(1, (1,), seed))  # setup errors surface before the search
-    ladder = decode_ladder(setup.sizes, max_tokens, seed, fit)
+    ladder = decode_ladder(setup.sizes, max(boundaries + [max_tokens]), seed)
     report.boundaries = tuple(ex.chunks for ex in ladder)
     example = find_smallest(examples, disagrees, max_examples, seed, ladder, shorter_decodes)
     if example is None:

@@ -63,25 +63,26 @@ def structural_sizes(reference) -> dict:
 
 
 def token_range(sizes: dict, max_tokens: int | None) -> tuple[int, list[int], list[str]]:
-    """(most tokens drawn, boundary token counts to run first, sizes left out).
+    """(most tokens drawn at random, boundary token counts run explicitly, sizes left out).
 
-    Boundaries: W - 1, W, W + 1 and 2W + 1 for each size W, up to the context length (the
-    most positions the reference takes) and to max_tokens when given (else LONGEST).
+    Random draws reach past twice every inner size (window, cache length, tile), at least
+    MAX_TOKENS, at most the context length. Boundaries: W - 1, W, W + 1 and 2W + 1 for each
+    size W, the context length included, up to the context length and LONGEST (or up to
+    max_tokens when given, which caps both).
     """
     context = sizes.get("context_length") or sizes.get("cache positions")
     inner = [w for k, w in sizes.items() if k not in ("context_length", "cache positions")]
     if max_tokens is None:
-        wanted = max([MAX_TOKENS] + [2 * w + 2 for w in inner if w <= LONGEST])
-        limit = min(wanted, context) if context else wanted
+        cap = min(context, LONGEST) if context else LONGEST
+        limit = min(max([MAX_TOKENS] + [2 * w + 2 for w in inner if w <= LONGEST]), cap)
     else:
-        limit = max_tokens
-    if context:
-        limit = min(limit, context)
+        cap = limit = min(max_tokens, context) if context else max_tokens
     points = set()
     for w in sizes.values():
         points.update((w - 1, w, w + 1, 2 * w + 1))
-    boundaries = sorted(t for t in points if 1 <= t <= limit)
-    left_out = sorted(f"{k} {w}" for k, w in sizes.items() if w + 1 > limit and w != context)
+    boundaries = sorted(t for t in points if 1 <= t <= cap)
+    named = {k: w for k, w in sizes.items() if k != "cache positions" or w != context}
+    left_out = sorted(f"{k} {w}" for k, w in named.items() if min(w + 1, context or w + 1) > cap)
     return limit, boundaries, left_out
 
 
