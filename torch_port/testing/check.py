@@ -6,24 +6,13 @@ gradient in the module's own layout (the reference's pulled back through the wei
 
 from __future__ import annotations
 
-import contextlib
-import random
-import warnings
-from dataclasses import dataclass, field
-
 import numpy as np
 import torch
-from hypothesis import HealthCheck, Phase, find, settings
 from hypothesis import strategies as st
-from hypothesis.errors import NoSuchExample
 
-from .errors import (
-    Example,
-    KitSetupError,
-    Mismatch,
-    ReferenceMismatchError,
-    StructuralSizeWarning,
-)
+from . import engine
+from .engine import Case, Report, warn_not_reached
+from .errors import Example, KitSetupError, Mismatch
 from .precision import Judgement, judge, rule_for
 from .setup import (
     Setup,
@@ -33,30 +22,6 @@ from .setup import (
     calling_error,
     token_range,
 )
-
-
-@dataclass
-class Report:
-    """What a passing check did: examples run, parameters never compared, and per quantity
-    the judgement closest to its bound (error / allowed largest)."""
-
-    examples: int = 0
-    unread: tuple = ()
-    worst: dict = field(default_factory=dict)
-    sizes: dict = field(default_factory=dict)  # the reference's structural sizes
-    max_tokens: int = 0  # the most tokens drawn
-    boundaries: tuple = ()  # token counts run explicitly, around each structural size
-    not_reached: tuple = ()  # structural sizes past max_tokens, so never crossed
-
-    def note(self, judgements) -> None:
-        for j in judgements:
-            old = self.worst.get(j.quantity)
-            if old is None or _closeness(j) > _closeness(old):
-                self.worst[j.quantity] = j
-
-
-def _closeness(j: Judgement) -> float:
-    return j.error / j.allowed if j.allowed else 0.0
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
@@ -197,6 +162,48 @@ def measure(
     return run_example(setup, example, check_backward)[0]
 
 
+class ModuleCase(Case):
+    """assert_matches_reference's case: Examples (batch, tokens, seed) through forward."""
+
+    def __init__(self, setup: Setup, check_backward, seed, max_batch, max_tokens, names):
+        self.setup, self.check_backward, self.seed, self.names = setup, check_backward, seed, names
+        self.report = Report(unread=tuple(setup.weights.warn_unread()), sizes=setup.sizes)
+        self.max_tokens, boundaries, self.report.not_reached = token_range(setup.sizes, max_tokens)
+        self.report.max_tokens, self.report.boundaries = self.max_tokens, tuple(boundaries)
+        warn_not_reached(self.report.not_reached, self.max_tokens)
+        self.max_batch = max_batch
+
+    def examples(self):
+        return st.builds(
+            Example,
+            batch=st.integers(1, self.max_batch),
+            tokens=st.integers(1, self.max_tokens),
+            seed=st.integers(0, 2**32 - 1),
+        )
+
+    def run(self, example):
+        return run_example(self.setup, example, self.check_backward)
+
+    def probe(self):
+        return Example(1, 1, self.seed)
+
+    def ladder(self):
+        return [Example(1, t, self.seed) for t in self.report.boundaries]
+
+    def between(self, passed, failed):  # the token counts between a passing and a failing rung
+        low = passed.tokens if passed else 0
+        return [Example(1, t, self.seed) for t in range(low + 1, failed.tokens)]
+
+    def message(self, mismatch):
+        module, reference, named, options = self.names
+        dtype = str(options.get("dtype", torch.float64)).replace("torch.", "")
+        return (
+            f"{type(module).__name__} does not match npattn.{type(reference).__name__} "
+            f"({dtype}): {mismatch}\n"
+            f"replay: {replay_line(mismatch.example, 'compare', named, options)}"
+        )
+
+
 def search(
     module,
     reference,
@@ -215,103 +222,19 @@ def search(
     check_backward: bool = True,
 ) -> tuple[Mismatch | None, Report]:
     """find_mismatch, also returning the Report of the examples that passed."""
+    return engine.search(
+        _module_case(**locals()), engine.Search(max_examples=max_examples, seed=seed)
+    )
+
+
+def _module_case(module, reference, weight_map, forward, max_examples, seed, dtype, rtol,
+                 atol, factor, floor, max_batch, max_tokens, check_backward,
+                 options=None):  # fmt: skip
     rule = _rule(dtype, factor, floor, rtol, atol)
     setup = build(module, reference, weight_map, forward, dtype, rule, check_backward)
-    report = Report(unread=tuple(setup.weights.warn_unread()), sizes=setup.sizes)
-    max_tokens, boundaries, report.not_reached = token_range(setup.sizes, max_tokens)
-    report.max_tokens, report.boundaries = max_tokens, tuple(boundaries)
-    warn_not_reached(report.not_reached, max_tokens)
-    examples = st.builds(
-        Example,
-        batch=st.integers(1, max_batch),
-        tokens=st.integers(1, max_tokens),
-        seed=st.integers(0, 2**32 - 1),
-    )
-
-    def disagrees(example: Example) -> bool:
-        judgements, found = run_example(setup, example, check_backward)
-        report.examples += 1
-        if found is None:
-            report.note(judgements)
-        return found is not None
-
-    disagrees(Example(1, 1, seed))  # a setup error surfaces here, before any search
-    ladder = [Example(1, t, seed) for t in boundaries]
-
-    def between(passed, failed):  # the token counts between a passing and a failing rung
-        low = passed.tokens if passed else 0
-        return [Example(1, t, seed) for t in range(low + 1, failed.tokens)]
-
-    example = find_smallest(examples, disagrees, max_examples, seed, ladder, between)
-    if example is None:
-        return None, report
-    return run_example(setup, example, check_backward)[1], report
-
-
-def warn_not_reached(not_reached, max_tokens: int) -> None:
-    if not_reached:
-        warnings.warn(
-            f"the reference's {', '.join(not_reached)} lie past the {max_tokens} tokens "
-            f"drawn, so nothing past them is checked; pass max_tokens= to reach them",
-            StructuralSizeWarning,
-            stacklevel=4,
-        )
-
-
-@contextlib.contextmanager
-def no_local_constants():
-    """Hypothesis, by default, sometimes draws integers it found in the source files of the
-    modules imported so far (yours included). The kit's verdict must depend only on module,
-    reference and seed, so its searches run without those constants."""
-    try:
-        from hypothesis.internal.conjecture import providers
-    except ImportError:  # another Hypothesis layout: nothing to switch off
-        yield
-        return
-    get = getattr(providers, "_get_local_constants", None)
-    cache = getattr(getattr(providers, "CONSTANTS_CACHE", None), "cache", None)
-    if get is None or not hasattr(cache, "clear") or not hasattr(providers, "Constants"):
-        yield
-        return
-    empty = providers.Constants()
-    providers._get_local_constants = lambda: empty
-    cache.clear()  # its entries may hold local constants
-    try:
-        yield
-    finally:
-        providers._get_local_constants = get
-        cache.clear()  # and ours would hide the caller's from the caller's own tests
-
-
-def find_smallest(examples, disagrees, max_examples: int, seed: int, ladder=(), between=None):
-    """The smallest example on which `disagrees` is true (Hypothesis's find and shrink), or
-    None. Deterministic for a seed, whatever the Hypothesis profile; no database and no
-    explain phase, so a search costs only the examples it runs.
-
-    ladder: explicit examples run in order when the search finds nothing (the boundaries
-    of the reference's structural sizes, too long for a random draw to hit reliably); the
-    first that disagrees is narrowed by between(last passing rung, it), tried in order.
-    """
-    options = settings(
-        max_examples=max_examples,
-        derandomize=False,  # random=Random(seed) below makes it deterministic, whatever profile
-        database=None,
-        deadline=None,
-        suppress_health_check=list(HealthCheck),
-        phases=(Phase.generate, Phase.shrink),
-    )
-    try:
-        with no_local_constants():
-            return find(examples, disagrees, settings=options, random=random.Random(seed))
-    except NoSuchExample:
-        pass
-    passed = None
-    for rung in ladder:
-        if disagrees(rung):
-            smaller = between(passed, rung) if between else ()
-            return next((ex for ex in smaller if disagrees(ex)), rung)
-        passed = rung
-    return None
+    named = {"weight_map": weight_map, "forward": forward}
+    names = (module, reference, named, options or {})
+    return ModuleCase(setup, check_backward, seed, max_batch, max_tokens, names)
 
 
 def find_mismatch(module, reference, weight_map=None, **kwargs) -> Mismatch | None:
@@ -355,15 +278,16 @@ def assert_matches_reference(
     and gives a `replay:` line. Setup problems raise KitSetupError instead. Returns a
     Report of what was checked.
     """
-    mismatch, report = search(module, reference, weight_map, forward=forward, **kwargs)
-    if mismatch is None:
-        return report
-    dtype = str(kwargs.get("dtype", torch.float64)).replace("torch.", "")
-    named = {"weight_map": weight_map, "forward": forward}
+    __tracebackhide__ = True
+    arguments = dict(
+        forward=None, max_examples=50, seed=0, dtype=torch.float64, rtol=None, atol=None,
+        factor=None, floor=None, max_batch=3, max_tokens=None, check_backward=True,
+    )  # fmt: skip
+    unknown = sorted(set(kwargs) - set(arguments))
+    if unknown:
+        raise TypeError(f"assert_matches_reference() got unexpected keyword arguments {unknown}")
+    arguments.update(kwargs, forward=forward)
     options = {"check_backward": True, **kwargs}
-    message = (
-        f"{type(module).__name__} does not match npattn.{type(reference).__name__} "
-        f"({dtype}): {mismatch}\n"
-        f"replay: {replay_line(mismatch.example, 'compare', named, options)}"
-    )
-    raise ReferenceMismatchError(message, mismatch)
+    case = _module_case(module, reference, weight_map, options=options, **arguments)
+    search = engine.Search(max_examples=arguments["max_examples"], seed=arguments["seed"])
+    return engine.check(case, search)

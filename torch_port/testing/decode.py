@@ -18,8 +18,10 @@ import numpy as np
 import torch
 from hypothesis import strategies as st
 
-from .check import Report, find_smallest, replay_line, warn_not_reached
-from .errors import KitSetupError, ReferenceMismatchError
+from . import engine
+from .check import replay_line
+from .engine import Report, warn_not_reached
+from .errors import KitSetupError
 from .precision import judge, rule_for
 from .setup import (
     NumpyAtDtype,
@@ -222,54 +224,73 @@ def assert_decode_matches(
     Chunkings around each size W (a prefill of W - 1 then single tokens, a chunk of W + 1
     after a cached token, ...) are also run. Returns a Report.
     """
+    __tracebackhide__ = True
     rule = rule_for(dtype, factor=factor, floor=floor, rtol=rtol, atol=atol)
     setup = _setup(module, reference, weight_map, dtype, rule)
-    step_arg, reset_arg = step, reset
-    step, reset = step or default_step, reset or default_reset
-    report = Report(unread=tuple(setup.weights.warn_unread()), sizes=setup.sizes)
-    max_tokens, boundaries, report.not_reached = token_range(setup.sizes, max_tokens)
-    warn_not_reached(report.not_reached, max_tokens)
-    inner = [w for k, w in setup.sizes.items() if k not in ("context_length", "cache positions")]
-    if max_chunk is None:
-        max_chunk = min(max([4] + [w + 1 for w in inner]), max_tokens)
-    report.max_tokens = max_tokens
-
-    def fit(sizes: list) -> tuple:
-        kept, total = [], 0
-        for n in sizes:
-            n = min(n, max_tokens - total)
-            if n < 1:
-                break
-            kept.append(n)
-            total += n
-        return tuple(kept)
-
-    examples = st.builds(
-        DecodeExample,
-        batch=st.integers(1, max_batch),
-        chunks=st.lists(st.integers(1, max_chunk), min_size=1, max_size=max_tokens).map(fit),
-        seed=st.integers(0, 2**32 - 1),
-    )
-
-    def disagrees(example) -> bool:
-        judgements, found = run_decode(setup, example, step, reset)
-        report.examples += 1
-        if found is None:
-            report.note(judgements)
-        return found is not None
-
-    disagrees(DecodeExample(1, (1,), seed))  # setup errors surface before the search
-    ladder = decode_ladder(setup.sizes, max(boundaries + [max_tokens]), seed)
-    report.boundaries = tuple(ex.chunks for ex in ladder)
-    example = find_smallest(examples, disagrees, max_examples, seed, ladder, shorter_decodes)
-    if example is None:
-        return report
-    mismatch = run_decode(setup, example, step, reset)[1]
-    named = {"weight_map": weight_map, "step": step_arg, "reset": reset_arg}
+    named = {"weight_map": weight_map, "step": step, "reset": reset}
     kwargs = dict(dtype=dtype, rtol=rtol, atol=atol, factor=factor, floor=floor)
-    line = replay_line(example, "compare_decode", named, kwargs)
-    message = (
-        f"{type(module).__name__} does not decode like npattn.{type(reference).__name__} "
-        f"({str(dtype).replace('torch.', '')}): {mismatch}\nreplay: {line}"
-    )
-    raise ReferenceMismatchError(message, mismatch)
+    case = DecodeCase(setup, step, reset, seed, max_batch, max_tokens, max_chunk)
+    case.names = (module, reference, named, kwargs)
+    return engine.check(case, engine.Search(max_examples=max_examples, seed=seed))
+
+
+class DecodeCase(engine.Case):
+    """assert_decode_matches's case: DecodeExamples fed chunk by chunk through the caches."""
+
+    def __init__(self, setup, step, reset, seed, max_batch, max_tokens, max_chunk):
+        self.setup, self.seed, self.max_batch = setup, seed, max_batch
+        self.step, self.reset = step or default_step, reset or default_reset
+        report = Report(unread=tuple(setup.weights.warn_unread()), sizes=setup.sizes)
+        max_tokens, boundaries, report.not_reached = token_range(setup.sizes, max_tokens)
+        warn_not_reached(report.not_reached, max_tokens)
+        sizes = setup.sizes.items()
+        inner = [w for k, w in sizes if k not in ("context_length", "cache positions")]
+        if max_chunk is None:
+            max_chunk = min(max([4] + [w + 1 for w in inner]), max_tokens)
+        report.max_tokens = self.max_tokens = max_tokens
+        self.max_chunk = max_chunk
+        self.rungs = decode_ladder(setup.sizes, max(boundaries + [max_tokens]), seed)
+        report.boundaries = tuple(ex.chunks for ex in self.rungs)
+        self.report = report
+
+    def examples(self):
+        max_tokens = self.max_tokens
+
+        def fit(sizes: list) -> tuple:
+            kept, total = [], 0
+            for n in sizes:
+                n = min(n, max_tokens - total)
+                if n < 1:
+                    break
+                kept.append(n)
+                total += n
+            return tuple(kept)
+
+        chunk = st.integers(1, self.max_chunk)
+        return st.builds(
+            DecodeExample,
+            batch=st.integers(1, self.max_batch),
+            chunks=st.lists(chunk, min_size=1, max_size=max_tokens).map(fit),
+            seed=st.integers(0, 2**32 - 1),
+        )
+
+    def run(self, example):
+        return run_decode(self.setup, example, self.step, self.reset)
+
+    def probe(self):
+        return DecodeExample(1, (1,), self.seed)
+
+    def ladder(self):
+        return self.rungs
+
+    def between(self, passed, failed):
+        return shorter_decodes(passed, failed)
+
+    def message(self, mismatch):
+        module, reference, named, kwargs = self.names
+        line = replay_line(mismatch.example, "compare_decode", named, kwargs)
+        dtype = str(kwargs["dtype"]).replace("torch.", "")
+        return (
+            f"{type(module).__name__} does not decode like npattn.{type(reference).__name__} "
+            f"({dtype}): {mismatch}\nreplay: {line}"
+        )

@@ -26,8 +26,10 @@ import numpy as np
 import torch
 from hypothesis import strategies as st
 
-from .check import Report, find_smallest, judge_parameters, warn_not_reached
-from .errors import KitSetupError, Mismatch, ReferenceMismatchError
+from . import engine
+from .check import judge_parameters
+from .engine import Report, warn_not_reached
+from .errors import KitSetupError, Mismatch
 from .precision import judge, rule_for
 from .setup import build, calling_error, token_range
 
@@ -354,78 +356,85 @@ def assert_hf_attention_matches(
     decode: also decode through a DynamicCache in drawn chunks. A layer the kit cannot
     drive raises KitSetupError saying what to do instead. Returns a Report.
     """
+    __tracebackhide__ = True
     rule = rule_for(dtype, factor=factor, floor=floor, rtol=rtol, atol=atol)
     setup, driver = _prepare(layer, dtype, rule)
-    twin = _Twin(setup)
     report = Report(unread=tuple(setup.weights.warn_unread()), sizes=setup.sizes)
     max_tokens, boundaries, report.not_reached = token_range(setup.sizes, max_tokens)
     report.max_tokens, report.boundaries = max_tokens, tuple(boundaries)
     warn_not_reached(report.not_reached, max_tokens)
-
-    @st.composite
-    def examples(draw, decoding: bool):
-        batch = draw(st.integers(1, max_batch))
-        tokens = draw(st.integers(1, max_tokens))
-        padded = draw(st.booleans())
-        pads = tuple(draw(st.integers(0, tokens - 1)) for _ in range(batch)) if padded else ()
-        start = 0 if padded else draw(st.integers(0, 2 * max_tokens))
-        chunks = ()
-        if decoding:
-            sizes = draw(st.lists(st.integers(1, tokens), min_size=1, max_size=tokens))
-            kept, total = [], 0
-            for n in sizes:
-                n = min(n, tokens - total)
-                if n < 1:
-                    break
-                kept.append(n)
-                total += n
-            if total < tokens:
-                kept.append(tokens - total)
-            chunks = tuple(kept)
-        return HFExample(batch, tokens, draw(st.integers(0, 2**32 - 1)), start, pads, chunks)
-
-    def search(decoding: bool):
-        def run(ex):
-            if decoding:
-                return run_decode(setup, driver, twin, ex)
-            return run_forward(setup, driver, twin, ex, check_backward)
-
-        def disagrees(ex) -> bool:
-            judgements, found = run(ex)
-            report.examples += 1
-            if found is None:
-                report.note(judgements)
-            return found is not None
-
-        first = HFExample(1, 1, seed, chunks=(1,) if decoding else ())
-        if disagrees(first):
-            return first, run(first)[1]
-        if decoding:
-            ladder = [HFExample(1, t, seed, chunks=(t - 1, 1) if t > 1 else (1,))
-                      for t in boundaries]  # fmt: skip
-        else:
-            ladder = [HFExample(1, t, seed) for t in boundaries]
-
-        def between(passed, failed):
-            low = passed.tokens if passed else 0
-            if decoding:
-                return [HFExample(1, t, seed, chunks=(t - 1, 1) if t > 1 else (1,))
-                        for t in range(low + 1, failed.tokens)]  # fmt: skip
-            return [HFExample(1, t, seed) for t in range(low + 1, failed.tokens)]
-
-        found = find_smallest(examples(decoding), disagrees, max_examples, seed, ladder, between)
-        return (found, run(found)[1]) if found is not None else (None, None)
-
+    search = engine.Search(max_examples=max_examples, seed=seed)
     for decoding in (False, True) if decode else (False,):
-        example, mismatch = search(decoding)
-        if mismatch is not None:
-            what = "decode" if decoding else "compute"
-            message = (
-                f"{type(layer).__name__} (layer {driver.layer_idx}) does not {what} like "
-                f"npattn.{type(setup.ref).__name__} of its configuration "
-                f"({str(dtype).replace('torch.', '')}): {mismatch}\n"
-                f"replay: import torch, torch_port.testing; torch_port.testing.compare_hf("
-                f"layer, torch_port.testing.{example!r}, dtype={dtype})"
-            )
-            raise ReferenceMismatchError(message, mismatch)
+        case = HFCase(layer, setup, driver, check_backward, seed, max_batch, decoding)
+        case.report = report  # one report for both searches
+        engine.check(case, search)
     return report
+
+
+class HFCase(engine.Case):
+    """assert_hf_attention_matches's case: HFExamples, full forwards or decoding."""
+
+    def __init__(self, layer, setup, driver, check_backward, seed, max_batch, decoding):
+        self.layer, self.setup, self.driver, self.twin = layer, setup, driver, _Twin(setup)
+        self.check_backward, self.seed, self.max_batch = check_backward, seed, max_batch
+        self.decoding = decoding
+
+    def examples(self):
+        max_batch, max_tokens, decoding = self.max_batch, self.report.max_tokens, self.decoding
+
+        @st.composite
+        def draw_example(draw):
+            batch = draw(st.integers(1, max_batch))
+            tokens = draw(st.integers(1, max_tokens))
+            padded = draw(st.booleans())
+            pads = tuple(draw(st.integers(0, tokens - 1)) for _ in range(batch)) if padded else ()
+            start = 0 if padded else draw(st.integers(0, 2 * max_tokens))
+            chunks = ()
+            if decoding:
+                sizes = draw(st.lists(st.integers(1, tokens), min_size=1, max_size=tokens))
+                kept, total = [], 0
+                for n in sizes:
+                    n = min(n, tokens - total)
+                    if n < 1:
+                        break
+                    kept.append(n)
+                    total += n
+                if total < tokens:
+                    kept.append(tokens - total)
+                chunks = tuple(kept)
+            seed = draw(st.integers(0, 2**32 - 1))
+            return HFExample(batch, tokens, seed, start, pads, chunks)
+
+        return draw_example()
+
+    def run(self, example):
+        if self.decoding:
+            return run_decode(self.setup, self.driver, self.twin, example)
+        return run_forward(self.setup, self.driver, self.twin, example, self.check_backward)
+
+    def _at(self, tokens: int) -> HFExample:
+        """batch 1, from seed, no padding; decoding: a prefill of tokens - 1, then one."""
+        if not self.decoding:
+            return HFExample(1, tokens, self.seed)
+        return HFExample(1, tokens, self.seed, chunks=(tokens - 1, 1) if tokens > 1 else (1,))
+
+    def probe(self):
+        return self._at(1)
+
+    def ladder(self):
+        return [self._at(t) for t in self.report.boundaries]
+
+    def between(self, passed, failed):
+        low = passed.tokens if passed else 0
+        return [self._at(t) for t in range(low + 1, failed.tokens)]
+
+    def message(self, mismatch):
+        what = "decode" if self.decoding else "compute"
+        dtype = self.setup.dtype
+        return (
+            f"{type(self.layer).__name__} (layer {self.driver.layer_idx}) does not {what} "
+            f"like npattn.{type(self.setup.ref).__name__} of its configuration "
+            f"({str(dtype).replace('torch.', '')}): {mismatch}\n"
+            f"replay: import torch, torch_port.testing; torch_port.testing.compare_hf("
+            f"layer, torch_port.testing.{mismatch.example!r}, dtype={dtype})"
+        )

@@ -32,8 +32,10 @@ from hypothesis import strategies as st
 
 from npattn.ops.sdpa import sdpa_backward, sdpa_forward
 
-from .check import Report, find_smallest, replay_line
-from .errors import KitSetupError, Mismatch, ReferenceMismatchError
+from . import engine
+from .check import replay_line
+from .engine import Report
+from .errors import KitSetupError, Mismatch
 from .precision import judge, rule_for
 from .setup import call_setup_error, calling_error
 
@@ -428,31 +430,40 @@ def assert_sdpa_matches(
             f"fn must be an SDPA-like function fn(q, k, v, ...); got {type(fn).__name__} "
             f"(for a module use assert_matches_reference)"
         )
+    __tracebackhide__ = True
     rule = rule_for(dtype, factor=factor, floor=floor, rtol=rtol, atol=atol)
-    device = _device(device)
-    accepted = accepted_options(fn)
-    examples = _examples(accepted, max_batch, max_heads, max_tokens, max_head_dim)
-    report = Report()
+    case = SDPACase(fn, dtype, _device(device), rule, check_backward)
+    case.sizes = (max_batch, max_heads, max_tokens, max_head_dim)
+    case.kwargs = dict(dtype=dtype, check_backward=check_backward, rtol=rtol, atol=atol,
+                       factor=factor, floor=floor)  # fmt: skip
+    return engine.check(case, engine.Search(max_examples=max_examples, seed=seed))
 
-    def disagrees(ex) -> bool:
-        judgements, found = run_sdpa_example(fn, ex, dtype, device, rule, check_backward, accepted)
-        report.examples += 1
-        if found is None:
-            report.note(judgements)
-        return found is not None
 
-    example = find_smallest(examples, disagrees, max_examples, seed)
-    if example is None:
-        return report
-    mismatch = run_sdpa_example(fn, example, dtype, device, rule, check_backward)[1]
-    kwargs = dict(dtype=dtype, check_backward=check_backward, rtol=rtol, atol=atol,
-                  factor=factor, floor=floor)  # fmt: skip
-    line = replay_line(example, "compare_sdpa", {}, kwargs)
-    line = line.replace("(module, reference, ", "(fn, ").replace(", )", ")")
-    line = line.replace(f"dtype={dtype}", f"dtype={dtype}, device={str(device)!r}")
-    name = getattr(fn, "__name__", type(fn).__name__)
-    message = (
-        f"{name} does not match npattn's sdpa ({str(dtype).replace('torch.', '')}, "
-        f"{device}): {mismatch}\nreplay: {line}"
-    )
-    raise ReferenceMismatchError(message, mismatch)
+class SDPACase(engine.Case):
+    """assert_sdpa_matches's case: SDPAExamples, one call of fn each."""
+
+    def __init__(self, fn, dtype, device, rule, check_backward):
+        self.fn, self.dtype, self.device, self.rule = fn, dtype, device, rule
+        self.check_backward = check_backward
+        self.accepted = accepted_options(fn)
+        self.report = Report()
+
+    def examples(self):
+        return _examples(self.accepted, *self.sizes)
+
+    def run(self, example):
+        return run_sdpa_example(
+            self.fn, example, self.dtype, self.device, self.rule, self.check_backward,
+            self.accepted,
+        )  # fmt: skip
+
+    def message(self, mismatch):
+        dtype, device = self.dtype, self.device
+        line = replay_line(mismatch.example, "compare_sdpa", {}, self.kwargs)
+        line = line.replace("(module, reference, ", "(fn, ").replace(", )", ")")
+        line = line.replace(f"dtype={dtype}", f"dtype={dtype}, device={str(device)!r}")
+        name = getattr(self.fn, "__name__", type(self.fn).__name__)
+        return (
+            f"{name} does not match npattn's sdpa ({str(dtype).replace('torch.', '')}, "
+            f"{device}): {mismatch}\nreplay: {line}"
+        )
