@@ -1,6 +1,8 @@
 """Decoding speed of one attention layer, one token at a time after a prompt, batch 1, float32:
-npattn with and without the KV cache, torch_port with it, and a torch class written in the
-style of the book's ch. 4 KV-cache bonus (torch.cat on the cache, masked_fill, softmax).
+npattn with and without the KV cache, torch_port with it, and the book's own chapter 4
+KV-cache classes in torch (MultiHeadAttention of ch04/03_kv-cache, GroupedQueryAttention of
+ch04/04_gqa: book_classes below). Also: the memory npattn's module holds after decoding, other
+than its KV cache.
 
     make bench-decode        # env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE, --profile
     python benchmarks/decode.py --profile    # also: where npattn's cached time goes
@@ -32,7 +34,7 @@ import time
 from timing import pin_threads
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BOOK = "book-style torch, cache"
+BOOK = "book's class, cache"
 
 
 def parse_args(argv=None):
@@ -56,55 +58,145 @@ def parse_args(argv=None):
     return args
 
 
-def book_style_class(torch, nn):
-    """The book's KV-cache attention, in its style: the cache grows by torch.cat on every call,
-    the causal mask compares positions, masked_fill then softmax. num_kv_groups = num_heads
-    is multi-head attention (out_proj with a bias, as in chapter 3); fewer groups is GQA
-    (out_proj without one, each cached head repeated for its group)."""
+def book_classes(torch, nn):
+    """The book's chapter 4 KV-cache classes, step for step as the book writes them
+    (rasbt/LLMs-from-scratch: ch04/03_kv-cache/gpt_with_kv_cache.py's MultiHeadAttention,
+    ch04/04_gqa's GroupedQueryAttention): the cache is a pair of non-persistent buffers that
+    grows by torch.cat on every call; MHA slices its (context_length, context_length) mask
+    buffer at ptr_current_pos, GQA compares positions and repeats each cached key/value head
+    for its group with repeat_interleave."""
 
-    class BookStyleKVAttention(nn.Module):
-        def __init__(self, d_in, d_out, num_heads, num_kv_groups, out_bias):
+    class MultiHeadAttention(nn.Module):  # ch04/03_kv-cache
+        def __init__(self, d_in, d_out, context_length, dropout, num_heads, qkv_bias=False):
             super().__init__()
-            self.d_out, self.num_heads, self.head_dim = d_out, num_heads, d_out // num_heads
-            self.num_kv_groups, self.group_size = num_kv_groups, num_heads // num_kv_groups
-            self.W_query = nn.Linear(d_in, d_out, bias=False)
-            self.W_key = nn.Linear(d_in, num_kv_groups * self.head_dim, bias=False)
-            self.W_value = nn.Linear(d_in, num_kv_groups * self.head_dim, bias=False)
-            self.out_proj = nn.Linear(d_out, d_out, bias=out_bias)
-            self.dropout = nn.Dropout(0.0)
-            self.reset_cache()
-
-        def reset_cache(self):
-            self.cache_k = self.cache_v = None
+            assert d_out % num_heads == 0, "d_out must be divisible by num_heads"
+            self.d_out = d_out
+            self.num_heads = num_heads
+            self.head_dim = d_out // num_heads
+            self.W_query = nn.Linear(d_in, d_out, bias=qkv_bias)
+            self.W_key = nn.Linear(d_in, d_out, bias=qkv_bias)
+            self.W_value = nn.Linear(d_in, d_out, bias=qkv_bias)
+            self.out_proj = nn.Linear(d_out, d_out)
+            self.dropout = nn.Dropout(dropout)
+            self.register_buffer(
+                "mask",
+                torch.triu(torch.ones(context_length, context_length), diagonal=1),
+                persistent=False,
+            )
+            self.register_buffer("cache_k", None, persistent=False)
+            self.register_buffer("cache_v", None, persistent=False)
             self.ptr_current_pos = 0
 
         def forward(self, x, use_cache=False):
-            b, n, _ = x.shape
-            H, G, E = self.num_heads, self.num_kv_groups, self.head_dim
-            queries = self.W_query(x).view(b, n, H, E).transpose(1, 2)  # (b, H, n, E)
-            keys = self.W_key(x).view(b, n, G, E).transpose(1, 2)  # (b, G, n, E)
-            values = self.W_value(x).view(b, n, G, E).transpose(1, 2)
-            start = self.ptr_current_pos if use_cache else 0
+            b, num_tokens, d_in = x.shape
+            keys_new = self.W_key(x)  # (b, num_tokens, d_out)
+            values_new = self.W_value(x)
+            queries = self.W_query(x)
+            keys_new = keys_new.view(b, num_tokens, self.num_heads, self.head_dim)
+            values_new = values_new.view(b, num_tokens, self.num_heads, self.head_dim)
+            queries = queries.view(b, num_tokens, self.num_heads, self.head_dim)
             if use_cache:
-                if self.cache_k is not None:  # a new tensor each call: the whole cache copied
-                    keys = torch.cat([self.cache_k, keys], dim=2)  # (b, G, S, E)
-                    values = torch.cat([self.cache_v, values], dim=2)
-                self.cache_k, self.cache_v = keys, values
-                self.ptr_current_pos += n
+                if self.cache_k is None:
+                    self.cache_k, self.cache_v = keys_new, values_new
+                else:
+                    self.cache_k = torch.cat([self.cache_k, keys_new], dim=1)
+                    self.cache_v = torch.cat([self.cache_v, values_new], dim=1)
+                keys, values = self.cache_k, self.cache_v
             else:
-                self.reset_cache()
-            if self.group_size > 1:
-                keys = keys.repeat_interleave(self.group_size, dim=1)  # (b, H, S, E)
-                values = values.repeat_interleave(self.group_size, dim=1)
-            attn_scores = queries @ keys.transpose(2, 3)  # (b, H, n, S)
-            q_pos = torch.arange(start, start + n).unsqueeze(1)  # (n, 1)
-            k_pos = torch.arange(keys.shape[2]).unsqueeze(0)  # (1, S)
-            attn_scores = attn_scores.masked_fill(k_pos > q_pos, -torch.inf)
-            attn_weights = self.dropout(torch.softmax(attn_scores / E**0.5, dim=-1))
-            context = (attn_weights @ values).transpose(1, 2)  # (b, n, H, E)
-            return self.out_proj(context.contiguous().view(b, n, self.d_out))
+                keys, values = keys_new, values_new
+            keys = keys.transpose(1, 2)  # (b, num_heads, num_tokens, head_dim)
+            queries = queries.transpose(1, 2)
+            values = values.transpose(1, 2)
+            attn_scores = queries @ keys.transpose(2, 3)
+            num_tokens_Q = queries.shape[-2]
+            num_tokens_K = keys.shape[-2]
+            if use_cache:
+                mask_bool = self.mask.bool()[
+                    self.ptr_current_pos : self.ptr_current_pos + num_tokens_Q, :num_tokens_K
+                ]
+                self.ptr_current_pos += num_tokens_Q
+            else:
+                mask_bool = self.mask.bool()[:num_tokens_Q, :num_tokens_K]
+            attn_scores.masked_fill_(mask_bool, -torch.inf)
+            attn_weights = torch.softmax(attn_scores / keys.shape[-1] ** 0.5, dim=-1)
+            attn_weights = self.dropout(attn_weights)
+            context_vec = (attn_weights @ values).transpose(1, 2)
+            context_vec = context_vec.contiguous().view(b, num_tokens, self.d_out)
+            context_vec = self.out_proj(context_vec)
+            return context_vec
 
-    return BookStyleKVAttention
+        def reset_cache(self):
+            self.cache_k, self.cache_v = None, None
+            self.ptr_current_pos = 0
+
+    class GroupedQueryAttention(nn.Module):  # ch04/04_gqa
+        def __init__(self, d_in, d_out, num_heads, num_kv_groups, dtype=None):
+            super().__init__()
+            assert d_out % num_heads == 0, "d_out must be divisible by num_heads"
+            assert num_heads % num_kv_groups == 0, "num_heads must be divisible by num_kv_groups"
+            self.d_out = d_out
+            self.num_heads = num_heads
+            self.head_dim = d_out // num_heads
+            self.W_key = nn.Linear(d_in, num_kv_groups * self.head_dim, bias=False, dtype=dtype)
+            self.W_value = nn.Linear(d_in, num_kv_groups * self.head_dim, bias=False, dtype=dtype)
+            self.num_kv_groups = num_kv_groups
+            self.group_size = num_heads // num_kv_groups
+            self.W_query = nn.Linear(d_in, d_out, bias=False, dtype=dtype)
+            self.out_proj = nn.Linear(d_out, d_out, bias=False, dtype=dtype)
+            self.register_buffer("cache_k", None, persistent=False)
+            self.register_buffer("cache_v", None, persistent=False)
+            self.ptr_current_pos = 0
+
+        def forward(self, x, use_cache=False):
+            b, num_tokens, _ = x.shape
+            queries = self.W_query(x)  # (b, num_tokens, d_out)
+            keys = self.W_key(x)  # (b, num_tokens, num_kv_groups * head_dim)
+            values = self.W_value(x)
+            queries = queries.view(b, num_tokens, self.num_heads, self.head_dim).transpose(1, 2)
+            keys_new = keys.view(b, num_tokens, self.num_kv_groups, self.head_dim).transpose(1, 2)
+            values_new = values.view(b, num_tokens, self.num_kv_groups, self.head_dim)
+            values_new = values_new.transpose(1, 2)
+            if use_cache:
+                if self.cache_k is None:
+                    self.cache_k, self.cache_v = keys_new, values_new
+                else:
+                    self.cache_k = torch.cat([self.cache_k, keys_new], dim=2)
+                    self.cache_v = torch.cat([self.cache_v, values_new], dim=2)
+                keys, values = self.cache_k, self.cache_v
+            else:
+                keys, values = keys_new, values_new
+            keys = keys.repeat_interleave(self.group_size, dim=1)  # (b, num_heads, S, head_dim)
+            values = values.repeat_interleave(self.group_size, dim=1)
+            attn_scores = queries @ keys.transpose(2, 3)
+            num_tokens_Q = queries.shape[-2]
+            num_tokens_K = keys.shape[-2]
+            device = queries.device
+            if use_cache:
+                q_positions = torch.arange(
+                    self.ptr_current_pos,
+                    self.ptr_current_pos + num_tokens_Q,
+                    device=device,
+                    dtype=torch.long,
+                )
+                self.ptr_current_pos += num_tokens_Q
+            else:
+                q_positions = torch.arange(num_tokens_Q, device=device, dtype=torch.long)
+                self.ptr_current_pos = 0
+            k_positions = torch.arange(num_tokens_K, device=device, dtype=torch.long)
+            mask = q_positions.unsqueeze(-1) < k_positions.unsqueeze(0)
+            attn_scores = attn_scores.masked_fill(mask, -torch.inf)
+            attn_weights = torch.softmax(attn_scores / keys.shape[-1] ** 0.5, dim=-1)
+            assert keys.shape[-1] == self.head_dim
+            context = (attn_weights @ values).transpose(1, 2)  # (b, num_tokens, heads, head_dim)
+            context = context.reshape(b, num_tokens, self.d_out)
+            context = self.out_proj(context)
+            return context
+
+        def reset_cache(self):
+            self.cache_k, self.cache_v = None, None
+            self.ptr_current_pos = 0
+
+    return MultiHeadAttention, GroupedQueryAttention
 
 
 class Path:
@@ -133,7 +225,7 @@ class Path:
             outs, seconds = self.decode()
         self.rates.append(self.tokens / seconds)
         self.outputs = [o.numpy() if self.is_torch else o for o in outs]
-        self.cache_bytes = sum(  # the book-style class has no cache_nbytes: count alike
+        self.cache_bytes = sum(  # the book's classes have no cache_nbytes: count alike
             a.nbytes for a in (self.module.cache_k, self.module.cache_v) if a is not None
         )
 
@@ -150,12 +242,12 @@ def build(args):
     total = P + max(args.tokens, args.uncached_tokens)
     x = torch.randn(1, total, d)
     x_np = x.numpy().astype(np.float32)
-    Book = book_style_class(torch, torch.nn)
+    BookMHA, BookGQA = book_classes(torch, torch.nn)
     mha = tp.MultiHeadAttention(d, d, total, 0.0, H)
     gqa = tp.GroupedQueryAttention(d, d, 0.0, H, G)
     layers = (
-        (f"MHA, {H} heads", mha, Book(d, d, H, H, out_bias=True)),
-        (f"GQA, {H} heads, {G} groups", gqa, Book(d, d, H, G, out_bias=False)),
+        (f"MHA, {H} heads", mha, BookMHA(d, d, total, 0.0, H)),
+        (f"GQA, {H} heads, {G} groups", gqa, BookGQA(d, d, H, G)),
     )
     configs = []
     for label, port, book in layers:
@@ -174,13 +266,82 @@ def build(args):
     return configs
 
 
+def held_bytes(module) -> tuple:
+    """(parameters and buffers, other arrays, KV cache storage): bytes of the memory kept alive
+    by everything reachable from an npattn module (children, caches, shown arrays), each
+    buffer counted once, whatever views of it are held."""
+    import numpy as np
+
+    seen, owners = set(), {}
+
+    def visit(obj):
+        if id(obj) in seen or obj is None or isinstance(obj, (str, int, float, bool)):
+            return
+        seen.add(id(obj))
+        if isinstance(obj, np.ndarray):
+            owner = obj
+            while isinstance(owner.base, np.ndarray):
+                owner = owner.base
+            owners[id(owner)] = owner
+        elif isinstance(obj, (tuple, list)):
+            for item in obj:
+                visit(item)
+        elif isinstance(obj, dict):
+            for item in obj.values():
+                visit(item)
+        elif type(obj).__module__.startswith("npattn") and hasattr(obj, "__dict__"):
+            visit(vars(obj))  # modules, the KV buffer
+
+    visit(module)
+    kv = {id(a) for a in module._kv.arrays}
+    state = set()
+    for a in module.state_dict().values():
+        while isinstance(a.base, np.ndarray):
+            a = a.base
+        state.add(id(a))
+    size = {key: sum(a.nbytes for k, a in owners.items() if k in keys) for key, keys in (
+        ("state", state), ("kv", kv))}  # fmt: skip
+    other = sum(a.nbytes for k, a in owners.items() if k not in state and k not in kv)
+    return size["state"], other, size["kv"]
+
+
+def memory_lines(configs) -> list:
+    tokens = configs[0][1][0].tokens
+    lines = [
+        "",
+        f"Memory held by npattn's module after the last repeat (prompt and {tokens} tokens "
+        "decoded), KiB:",
+        "",
+        "| layer | parameters, buffers | other arrays held | KV cache held | KV storage |",
+        "|---|---|---|---|---|",
+    ]
+    for label, _, module in configs:
+        state, other, kv = held_bytes(module)
+        lines.append(
+            f"| {label} | {state / 2**10:.0f} | {other / 2**10:.0f} | "
+            f"{module.cache_nbytes / 2**10:.0f} | {kv / 2**10:.0f} |"
+        )
+    return lines
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"
+
+
 def table(configs, args) -> str:
     import numpy as np
 
     lines = [
         f"Decoding after a {args.prompt}-token prompt, batch 1, d={args.d}, float32, "
-        f"{args.threads} thread(s); medians of {args.repeats} interleaved repeats of "
-        f"{args.tokens} tokens ({args.uncached_tokens} without the cache).",
+        f"{args.threads} thread(s), {cpu_name()}; medians of {args.repeats} interleaved "
+        f"repeats of {args.tokens} tokens ({args.uncached_tokens} without the cache).",
         "",
         f"| layer | path | tokens/s | / {BOOK.split(',')[0]} | cache KiB | max abs diff |",
         "|---|---|---|---|---|---|",
@@ -198,7 +359,7 @@ def table(configs, args) -> str:
             )
             if p.name == "npattn, cache":
                 ratios.append(f"- {label}: npattn with the cache / {BOOK}: {rate / base:.2f}x")
-    return "\n".join(lines + [""] + ratios) + "\n"
+    return "\n".join(lines + [""] + ratios + memory_lines(configs)) + "\n"
 
 
 def short(file: str) -> str:

@@ -11,7 +11,8 @@ plain NumPy, every stage with a hand-written backward pass.
 """
 
 from . import functional, gradcheck
-from .models import Attention, AttentionConfig, QKNorm
+from ._grad import is_grad_enabled, no_grad
+from .models import Attention, AttentionConfig, LatentAttention, LatentConfig, QKNorm
 from .modules import (
     CausalAttention,
     GroupedQueryAttention,
@@ -37,6 +38,8 @@ __all__ = [
     "CausalAttention",
     "DynamicNTK",
     "GroupedQueryAttention",
+    "LatentAttention",
+    "LatentConfig",
     "Linear",
     "LinearScaling",
     "Llama3",
@@ -54,5 +57,7 @@ __all__ = [
     "YaRN",
     "functional",
     "gradcheck",
+    "is_grad_enabled",
+    "no_grad",
     "simple_self_attention",
 ]

@@ -1,4 +1,4 @@
-"""Command line: `python -m npattn demo | gradcheck | decode`."""
+"""Command line: `python -m npattn demo | gradcheck | decode | exercises`."""
 
 from __future__ import annotations
 
@@ -42,12 +42,14 @@ def gradcheck_report(seed: int = 0) -> bool:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The command line's parser: subcommands demo, gradcheck and decode, every option with help."""
+    """The command line's parser: subcommands demo, gradcheck, decode and exercises, with help."""
     parser = argparse.ArgumentParser(
         prog="python -m npattn",
         description="npattn: LLM attention in NumPy, every backward by hand.",
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{demo,gradcheck,decode}")
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="{demo,gradcheck,decode,exercises}"
+    )
     demo = sub.add_parser("demo", help="walk through chapter 3, printing the chapter's numbers")
     demo.add_argument("--plot", metavar="DIR", help="also write attention heatmaps to DIR")
     demo.add_argument(
@@ -77,6 +79,14 @@ def build_parser() -> argparse.ArgumentParser:
             "the KV cache: tokens per second and cache bytes",
         )
     )
+    from .exercises.cli import add_arguments as add_exercise_arguments
+
+    add_exercise_arguments(
+        sub.add_parser(
+            "exercises",
+            help="write each backward pass yourself: list, start, hint, check, solution",
+        )
+    )
     return parser
 
 
@@ -88,6 +98,10 @@ def main(argv=None) -> int:
         from .beyond.decode import main as decode_main
 
         return decode_main(args)
+    if args.command == "exercises":
+        from .exercises.cli import main as exercises_main
+
+        return exercises_main(args)
     from .chapter.demo import main as demo_main
 
     return demo_main(plot_dir=args.plot, weights=args.weights)

@@ -41,6 +41,8 @@ def as_array(x, name: str) -> np.ndarray:
 
 def as_float_array(x, name: str, dtype=None) -> np.ndarray:
     """Return x as a floating ndarray (no copy when it already is one)."""
+    if type(x) is np.ndarray and x.dtype.kind == "f" and (dtype is None or x.dtype == dtype):
+        return x  # already what is asked for: no conversion, no check to make (decoding)
     x = to_numpy(x)
     if isinstance(x, np.ndarray) and dtype is None:
         arr = x

@@ -13,6 +13,9 @@ makes the change impossible, at the price of a copy:
 A copy runs at memory speed: measured here, about 6x faster than a crc32 fingerprint of the
 same bytes (benchmarks/guard_cost.py; docs/safety.md).
 
+Inside npattn.no_grad() (npattn/_grad.py) `private` returns `a` as given: nothing is kept
+for a backward, so nothing needs a copy.
+
 `enabled = False` switches both off (the arrays are kept as given, as before the guard); it
 exists so benchmarks/guard_cost.py can time the guard's cost, not for use.
 """
@@ -20,6 +23,8 @@ exists so benchmarks/guard_cost.py can time the guard's cost, not for use.
 from __future__ import annotations
 
 import numpy as np
+
+from ._grad import is_grad_enabled
 
 enabled = True
 
@@ -50,8 +55,8 @@ def readonly(a):
 
 def private(a, *given):
     """a, or a copy of it when it shares memory with any of `given`; read-only either way."""
-    if a is None or not enabled:
-        return a
+    if a is None or not enabled or not is_grad_enabled():
+        return a  # under no_grad nothing is kept for a backward: no copy
     if not _frozen(a) and any(_shares(a, g) for g in given):
         a = a.copy()
     return readonly(a)

@@ -1,6 +1,7 @@
 """The modern stages as small float64 examples for `python -m npattn gradcheck`: RoPE (partial
-and interleaved too), RMSNorm (with Gemma's offset too),
-soft-capping, sinks, the sliding-window mask, and the GQA / MLA / SWA / Qwen3 classes.
+and interleaved too), RMSNorm (with Gemma's offset too), soft-capping, sinks, the
+sliding-window mask, the GQA / MLA / SWA / Qwen3 classes and DeepSeek's latent attention
+(LatentAttention).
 
 The tuples have the formats of stages.op_stages and stages.module_stages:
 (name, forward, backward, inputs, kwargs, wrt) for gradcheck.check_op, (name, module, x) for
@@ -12,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import functional as F
-from .models import Attention, AttentionConfig, QKNorm
+from .models import Attention, AttentionConfig, LatentAttention, LatentConfig, QKNorm
 from .modules import (
     GroupedQueryAttention,
     MultiHeadAttentionWithSWA,
@@ -159,6 +160,18 @@ def modern_module_cases(seed: int = 0):
     )
     rms = RMSNorm(6)
     rms.load_state_dict({"scale": norm_scales[0].repeat(2)[:6]})
+    # DeepSeek-V3: q LoRA, interleaved RoPE on 2 of each head's 4 query/key dims, biases
+    sizes = dict(hidden_size=6, num_heads=2, kv_lora_rank=3, qk_nope_head_dim=2)
+    sizes.update(qk_rope_head_dim=2, v_head_dim=2)
+    deepseek = LatentAttention(
+        LatentConfig(
+            **sizes, q_lora_rank=3, qkv_bias=True, out_bias=True, dropout=0.25,
+            rope=F.RoPE(interleaved=True),
+        ),
+        rng=seed,
+    )  # fmt: skip
+    latent_scales = {"q_norm.scale": norm_scales[0][:3], "kv_norm.scale": norm_scales[1][:3]}
+    deepseek.load_state_dict(dict(deepseek.state_dict(), **latent_scales))
     gemma = RMSNorm(6, offset=1.0)
     gemma.load_state_dict({"scale": 0.3 * norm_scales[1].repeat(2)[:6]})
     return [
@@ -181,6 +194,12 @@ def modern_module_cases(seed: int = 0):
             x,
         ),
         ("Qwen3Attention", qwen3, x),
+        ("LatentAttention, DeepSeek-V3 (q LoRA, interleaved RoPE, dropout)", deepseek, x),
+        (
+            "LatentAttention, no q LoRA, split-halves RoPE",
+            LatentAttention(LatentConfig(6, 3, None, 2, 2, 2, 3, rope=F.RoPE()), rng=seed),
+            x,
+        ),
         (
             "Qwen3Attention, Llama 3 (no qk_norm)",
             Qwen3Attention(6, 3, 3, 2, False, rope_base=500_000.0, context_length=4, rng=seed),

@@ -1,5 +1,5 @@
 """benchmarks/decode.py, smoke-tested at a tiny size: every path of both layers runs and
-decodes the same outputs as torch_port's cached layer, the book-style class is the 1.00x
+decodes the same outputs as torch_port's cached layer, the book's classes are the 1.00x
 baseline, and --profile prints where npattn's cached decoding spends its time."""
 
 import os
@@ -11,11 +11,11 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE = ["--prompt", "5", "--tokens", "3", "--uncached-tokens", "2"]
 SIZE += ["--d", "8", "--heads", "4", "--groups", "2"]
-PATHS = {"npattn, cache", "npattn, no cache", "torch_port, cache", "book-style torch, cache"}
+PATHS = {"npattn, cache", "npattn, no cache", "torch_port, cache", "book's class, cache"}
 
 
 def rows(md, layer):
-    """{path: (ratio to the book-style class, max abs diff to torch_port)} for one layer."""
+    """{path: (ratio to the book's class, max abs diff to torch_port)} for one layer."""
     out = {}
     for line in md.splitlines():
         cells = [c.strip() for c in line.strip("|").split("|")]
@@ -35,9 +35,9 @@ def test_decode_benchmark_at_a_tiny_size(tmp_path):
     for layer in ("MHA, 4 heads", "GQA, 4 heads, 2 groups"):
         got = rows(md, layer)
         assert set(got) == PATHS, layer
-        assert got["book-style torch, cache"][0] == 1.0
+        assert got["book's class, cache"][0] == 1.0
         for path, (ratio, diff) in got.items():
             assert ratio > 0 and diff < 1e-5, (layer, path)
-        assert f"- {layer}: npattn with the cache / book-style torch" in md
+        assert f"- {layer}: npattn with the cache / book's class" in md
         assert f"spends its time: {layer}" in done.stdout
     assert done.stdout.count("(total, profiled)") == 2

@@ -115,8 +115,9 @@ def test_errors_leave_the_cache_unchanged(name):
         m(x[:1, :1], use_cache=True)
     assert_unchanged(m, before)
     if name != "MultiHeadAttention":  # the chapter's class takes no key_padding_mask
+        # the mask must cover the 3 cached tokens and the new one: (2, 4), not (2, 3)
         with pytest.raises(ValueError, match="key_padding_mask"):
-            m(x[:, :1], use_cache=True, key_padding_mask=np.ones((2, 4), bool))
+            m(x[:, :1], use_cache=True, key_padding_mask=np.ones((2, 3), bool))
     with pytest.raises(ValueError, match="d_in"):
         m(x[:, :1, :4], use_cache=True)
     with pytest.raises(TypeError, match="use_cache"):

@@ -16,7 +16,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 MODERN = sorted((DOCS / "modern").glob("*.md"))
-STAGES = ["rope", "rmsnorm", "gqa", "mla", "sliding_window", "softcap", "sinks", "qwen3"]
+STAGES = ["attention", "rope", "rmsnorm", "gqa", "mla", "deepseek_mla", "sliding_window"]
+STAGES += ["softcap", "sinks", "qwen3"]
 
 
 def _load(name, path):
@@ -49,8 +50,8 @@ def test_stage_pages_map_symbols_include_source_and_run_code(stage):
     assert pycode.python_blocks(text), "no python block"
 
 
-@pytest.mark.parametrize("stage", ["rope", "rmsnorm", "gqa", "mla", "sliding_window",
-                                   "softcap", "sinks", "qwen3"])  # fmt: skip
+@pytest.mark.parametrize("stage", ["rope", "rmsnorm", "gqa", "mla", "deepseek_mla",
+                                   "sliding_window", "softcap", "sinks", "qwen3"])  # fmt: skip
 def test_stage_pages_check_against_finite_differences(stage):
     code = "\n".join(b.code for b in pycode.python_blocks((DOCS / "modern" / f"{stage}.md")
                                                           .read_text()))  # fmt: skip

@@ -144,6 +144,61 @@ def test_a_backward_in_a_thread_that_ran_no_forward_uses_the_last_forward():
     np.testing.assert_allclose(out["dx"], m.backward(np.ones((2, 3, 4))), **F64)
 
 
+@pytest.mark.parametrize("name", MODULES)
+def test_a_no_grad_forward_in_another_thread_leaves_this_threads_cache(name):
+    """no_grad is per thread: its forwards on other modules drop nothing here."""
+    m, other = MODULES[name]().astype(np.float64), MODULES[name]()
+    x = np.random.default_rng(0).standard_normal((2, 3, 4))
+    dy = upstream((2, 3, 4))
+    m(x)
+
+    def infer():
+        with npattn.no_grad():
+            other(x)
+
+    t = threading.Thread(target=infer)
+    t.start()
+    t.join()
+    assert npattn.is_grad_enabled()
+    ref = MODULES[name]().astype(np.float64)
+    ref(x)
+    np.testing.assert_array_equal(m.backward(dy), ref.backward(dy))
+    with pytest.raises(RuntimeError, match=r"npattn\.no_grad\(\)"):
+        other.backward(dy)
+
+
+# -- weights: copied by the cache, never frozen --------------------------------------------
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_weights_edited_between_forward_and_backward_change_no_gradient(name):
+    """Every parameter and x edited in place before the backward (weights stay writable: an
+    optimizer step, load_state_dict and astype run at any time), with the reference
+    gradients of the forward that ran; afterwards the same module trains on."""
+    m, ref = MODULES[name]().astype(np.float64), MODULES[name]().astype(np.float64)
+    x = np.random.default_rng(0).standard_normal((2, 3, 4))
+    dy = upstream((2, 3, 4))
+    ref(x.copy())
+    dx_ref = ref.backward(dy)
+    m(x)
+    for w in m.parameters().values():
+        assert w.flags.writeable
+        w -= 0.1 * np.sign(w) + 0.05  # an SGD step, in place, before the backward
+    x *= -2.0
+    dx = m.backward(dy)
+    np.testing.assert_array_equal(dx, dx_ref)
+    for k, g in ref.grads.items():
+        np.testing.assert_array_equal(m.grads[k], g, err_msg=k)
+    for k, w in m.parameters().items():  # after the backward: the usual update
+        w -= 0.01 * m.grads[k]
+    with npattn.no_grad():
+        m(x)
+    m.load_state_dict(ref.state_dict())
+    m.astype(np.float32).astype(np.float64)
+    m(x)
+    assert m.backward(dy).shape == x.shape
+
+
 # -- validation of what used to be accepted ------------------------------------------------
 
 

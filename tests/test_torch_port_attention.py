@@ -261,3 +261,30 @@ def test_matches_npattn_attention(config):
         got = ref.forward(x[:, a:b].numpy(), use_cache=True, key_padding_mask=kpm[:, :b].numpy())
         want = m(x[:, a:b], use_cache=True, key_padding_mask=kpm[:, :b])
         np.testing.assert_allclose(got, want.detach().numpy(), rtol=1e-12, atol=1e-13)
+
+
+@pytest.mark.skipif(not hasattr(npattn, "LatentAttention"), reason="no npattn.LatentAttention")
+def test_latent_attention_converts_keeping_the_config():
+    config = npattn.LatentConfig(
+        hidden_size=16,
+        num_heads=2,
+        q_lora_rank=6,
+        kv_lora_rank=4,
+        qk_nope_head_dim=4,
+        qk_rope_head_dim=4,
+        v_head_dim=3,
+        qkv_bias=True,
+        rope=RoPE(interleaved=True, scaling=YaRN(factor=2.0, original_max_position_embeddings=4)),
+        scale=0.4,
+    )
+    m = torch_port.LatentAttention(config, dtype=torch.float64).eval()
+    ref = torch_port.to_npattn(m)
+    assert type(ref) is npattn.LatentAttention and ref.config == config
+    back = torch_port.from_npattn(ref)
+    assert type(back) is torch_port.LatentAttention and back.config == config
+    for k, v in m.state_dict().items():
+        assert torch.equal(back.state_dict()[k], v), k
+    x = x_of(2, 5, 16)
+    np.testing.assert_allclose(
+        ref.forward(x.numpy()), m(x).detach().numpy(), rtol=1e-12, atol=1e-13
+    )

@@ -1,6 +1,7 @@
 """torch_port: the chapter's attention classes, the bonus notebook's variants and the
-attention of today's open models (GQA, MLA, sliding window, Qwen3/Llama 3) as torch
-nn.Modules with a KV cache, weight exchange with npattn, and a kit for testing your own attention.
+attention of today's open models (GQA, MLA, sliding window, Qwen3/Llama 3, DeepSeek's latent
+attention) as torch nn.Modules with a KV cache, weight exchange with npattn, and a kit for
+testing your own attention.
 
     import torch_port
     mha = torch_port.MultiHeadAttention(d_in=3, d_out=4, context_length=6, dropout=0.0,
@@ -19,6 +20,7 @@ imports transformers, also on first use.
 
 import importlib
 
+from .latent import LatentAttention
 from .modern import (
     GroupedQueryAttention,
     MultiHeadAttentionWithSWA,
@@ -73,6 +75,7 @@ __all__ = [
     "Attention",
     "CausalAttention",
     "GroupedQueryAttention",
+    "LatentAttention",
     "MHAEinsum",
     "MHAPyTorchClass",
     "MHAPyTorchFlexAttention",

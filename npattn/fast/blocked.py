@@ -35,7 +35,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .. import _guard
+from .. import _grad, _guard
 from .._checks import as_grad, check_dropout_mask, check_probability, check_qkv, check_scale
 from ..ops.dropout import dropout_keep_mask
 from ._parallel import map_heads, map_pieces, worker_count
@@ -144,7 +144,10 @@ def causal_sdpa_forward(
     # cache keeps private, read-only q, k, v, weights and keep-mask (npattn/_guard.py)
     q, k, v, keep = (_guard.private(a, *given) for a in (q, k, v, keep))
     attn_weights = _guard.readonly(attn_weights)
-    cache = CausalCache(q, k, v, out.copy(), attn_weights, keep, dropout_scale, scale, block_size)
+    kept = (q, k, v, out.copy())
+    if not _grad.is_grad_enabled():  # no backward can follow: only the weights and keep-mask
+        kept = (None,) * 4
+    cache = CausalCache(*kept, attn_weights, keep, dropout_scale, scale, block_size)
     return out, cache
 
 
@@ -153,6 +156,8 @@ def causal_sdpa_backward(dout, cache: CausalCache):
 
     Shapes: dout (..., L, Ev) -> dq (..., L, E), dk (..., S, E), dv (..., S, Ev).
     """
+    if cache is None or cache.q is None:
+        _grad.require(None, "causal_sdpa_backward")
     q, k, v, out, attn_weights, keep, dropout_scale, scale, block_size = cache
     dtype = q.dtype
     dout = as_grad(dout, out.shape, dtype)

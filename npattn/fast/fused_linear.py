@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import _guard
+from .. import _grad, _guard
 from .._checks import as_float_array, as_grad
 from ..ops.linear import check_linear_args
 from ._parallel import split_matmul
@@ -63,6 +63,8 @@ def fused_linear_forward(x, weights, biases=None):
     out = split_matmul(x.reshape(-1, d_in), weight.T).reshape(*x.shape[:-1], d_out)
     if bias is not None:
         out = out + bias if np.result_type(out, bias) != out.dtype else np.add(out, bias, out=out)
+    if not _grad.is_grad_enabled():
+        return out, None  # no backward can follow: no cache, no copy
     x = _guard.private(x, x_in)  # the caller's x may change before the backward
     splits = np.cumsum([w.shape[0] for w in weights])[:-1]  # row offsets of each weight
     return out, (x, weight, bias is not None, splits)
@@ -74,7 +76,7 @@ def fused_linear_backward(dout, cache):
     Shapes: dout (..., sum d_out_i) -> dx (..., d_in), dweights n x (d_out_i, d_in),
     dbiases n x (d_out_i,) or None.
     """
-    x, weight, has_bias, splits = cache
+    x, weight, has_bias, splits = _grad.require(cache, "fused_linear_backward")
     dout = as_grad(dout, x.shape[:-1] + (weight.shape[0],), np.result_type(x, weight))
     x2 = x.reshape(-1, x.shape[-1])  # (N, d_in)
     d2 = dout.reshape(-1, weight.shape[0])  # (N, sum d_out_i)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..ops.dropout import dropout_forward
+from ..ops.dropout import dropout_forward, dropout_keep_mask
 from ..ops.sinks import softmax_with_sink_forward
 from ..ops.softcap import softcap_forward
 from ..ops.softmax import softmax_inplace
@@ -58,8 +58,10 @@ def grouped_attention(
         attn_weights, _ = softmax_with_sink_forward(attn_scores, sink, copy=False)
     else:
         attn_weights = softmax_inplace(attn_scores, axis=-1)  # (B, G, n * T, S)
-    # 4. dropout on the weights (training mode only)
-    dropped, (keep, *_) = dropout_forward(attn_weights, dropout_p, rng=rng)
+    # 4. dropout on the weights (training mode only); the keep-mask is drawn here, as
+    #    dropout_forward would, since it is shown (m.dropout_mask) and no cache is kept
+    keep = dropout_keep_mask(attn_weights.shape, dropout_p, rng) if dropout_p > 0.0 else None
+    dropped, _ = dropout_forward(attn_weights, dropout_p, keep=keep)
     # 5. context = dropped @ v
     context = dropped @ values  # (B, G, n*T, S) @ (B, G, S, Ev) -> (B, G, n*T, Ev)
     context = context.reshape(B, H, T, values.shape[-1])  # -> (B, H, T, Ev)

@@ -37,7 +37,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .. import _guard
+from .. import _grad, _guard
 from .._checks import (
     as_grad,
     check_attn_mask,
@@ -180,6 +180,8 @@ def flash_attention_forward(
     attn_mask = _guard.private(attn_mask, *given)
     out_kept, lse = _guard.private(out, out), _guard.readonly(lse)
     qx, kx, vx = (_guard.readonly(a) for a in folded)
+    if not _grad.is_grad_enabled():  # no backward can follow: out is the caller's, uncopied
+        qx = kx = vx = None
     shapes = (q.shape, k.shape, v.shape)
     sinks = None if sink is None else (_guard.private(sink, *given, sinks), sinks_shape)
     cache = FlashCache(
@@ -197,6 +199,8 @@ def flash_attention_backward(dout, cache: FlashCache):
     Returns (dq, dk, dv), or (dq, dk, dv, dsinks) when the forward was given sinks (dsinks in
     the sinks' shape), as sdpa_backward does.
     """
+    if cache is None or cache.folded[0] is None:
+        _grad.require(None, "flash_attention_backward")
     shapes, out, lse, attn_mask, is_causal, scale, groups, blocks, dropout, window = cache[:10]
     folded, softcap, sinks = cache.folded, cache.softcap, cache.sinks
     (q_shape, k_shape, v_shape), (qx, kx, vx) = shapes, folded

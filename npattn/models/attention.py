@@ -11,6 +11,8 @@ d = hidden_size.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from .. import _guard
@@ -31,6 +33,17 @@ from .attend import ATTENTION_IMPLS, attention_backward, attention_forward, atte
 from .config import AttentionConfig
 from .mask import Mask
 
+
+class Call(NamedTuple):
+    """One call's checked arguments (Attention.inputs)."""
+
+    x: np.ndarray  # (B, T, d)
+    x_kv: np.ndarray | None  # (B, S, d), cross-attention
+    use_cache: bool
+    positions: np.ndarray  # (T,) or (B, T)
+    key_padding_mask: np.ndarray | None  # (B, S)
+
+
 SINK_INIT_STD = 0.02  # the sinks start near 0: a small share of each row goes nowhere
 
 
@@ -40,11 +53,13 @@ class Attention(KVCacheMixin, Module):
     Shapes: x (B, T, d); positions (T,) or (B, T) integers >= 0, or None (the token's slot:
     ptr_current_pos + 0 .. T - 1); key_padding_mask (B, S) boolean, True = a real token,
     covering the cached tokens and this call's (S = ptr_current_pos + T with use_cache)
-    -> out (B, T, d).
+    -> out (B, T, d_out) (d_out = hidden_size unless the config says otherwise). With x_kv
+    (B, S, d) the keys and values come from x_kv (cross-attention: not causal, no RoPE, no
+    cache) and backward returns (dx, dx_kv).
 
     Forward (walked backwards in `backward`):
-        1. queries, keys, values = W_query(x), W_key(x), W_value(x)
-                                           (B, T, H * E); (B, T, G * E) each
+        1. queries, keys, values = W_query(x), W_key(x), W_value(x)   (x_kv for the keys
+           and values in cross-attention)  (B, T, H * E); (B, S, G * E) each
         2. QK-norm over the whole width: q_norm(queries), k_norm(keys)   (qk_norm "all")
         3. split heads                     (B, H, T, E); (B, G, T, E) each
         4. QK-norm over each head's E: q_norm(queries), k_norm(keys)     (qk_norm "head")
@@ -55,7 +70,7 @@ class Attention(KVCacheMixin, Module):
         8. attention: scale, soft-cap, sinks, each key/value head shared by its group
                                            (B, H, T, E)
         9. merge heads                     (B, H, T, E) -> (B, T, H * E)
-        10. out = out_proj(context)        (B, T, H * E) -> (B, T, d)
+        10. out = out_proj(context)        (B, T, H * E) -> (B, T, d_out)
 
     attn_impl: "reference" (the default: the steps above, step 8 as sdpa_forward), "tiled"
     (step 8 as flash_attention_forward, memory linear in T; attn_weights is None) or "auto"
@@ -63,6 +78,9 @@ class Attention(KVCacheMixin, Module):
     """
 
     attn_impl = attn_impl_property(ATTENTION_IMPLS)
+    # the order the projections are made in: their weights' draws from rng and the
+    # state_dict's order (GroupedQueryAttention keeps the book's, keys first)
+    _projection_order = ("W_query", "W_key", "W_value", "out_proj")
     cache_k, cache_v = CacheView(0), CacheView(1)  # (B, G, S_cached, E), read-only views
 
     def __init__(self, config: AttentionConfig, *, rng=None, attn_impl: str = "reference"):
@@ -78,10 +96,15 @@ class Attention(KVCacheMixin, Module):
             self.register_parameter("sinks", sinks)
         else:
             self.sinks = None
-        self.W_query = Linear(d, H * E, bias=c.qkv_bias, rng=self.rng)
-        self.W_key = Linear(d, G * E, bias=c.qkv_bias, rng=self.rng)
-        self.W_value = Linear(d, G * E, bias=c.qkv_bias, rng=self.rng)
-        self.out_proj = Linear(H * E, d, bias=c.out_bias, rng=self.rng)
+        shapes = {  # (in, out, bias) of each projection
+            "W_query": (d, H * E, c.qkv_bias),
+            "W_key": (d, G * E, c.qkv_bias),
+            "W_value": (d, G * E, c.qkv_bias),
+            "out_proj": (H * E, c.out_width, c.out_bias),
+        }
+        for name in self._projection_order:  # the order the weights are drawn from rng
+            d_in, d_out, bias = shapes[name]
+            setattr(self, name, Linear(d_in, d_out, bias=bias, rng=self.rng))
         if c.qk_norm is not None:
             n = c.qk_norm
             q_dim, k_dim = (H * E, G * E) if n.width == "all" else (E, E)
@@ -98,67 +121,96 @@ class Attention(KVCacheMixin, Module):
 
     # -- the one check of a call: everything is checked before anything changes ----------
 
-    def inputs(self, x, use_cache, positions, key_padding_mask):
-        """x, use_cache, the RoPE positions and the key padding of one call, checked.
+    def inputs(self, x, use_cache, positions, key_padding_mask, x_kv=None) -> Call:
+        """One call's arguments, checked before anything is computed or changed.
 
-        Shapes: -> x (B, T, d) private and read-only, use_cache bool, positions (T,) or
-        (B, T) int64, key_padding_mask (B, S) boolean or None.
+        Shapes: -> Call with x (B, T, d) and x_kv (B, S, d) or None, private and read-only;
+        positions (T,) or (B, T) int64; key_padding_mask (B, S) boolean or None.
         """
-        x = check_tokens(x, self.config.hidden_size, self.dtype)
+        c = self.config
+        x = check_tokens(x, c.hidden_size, self.dtype)
         B, T = x.shape[:2]
         use_cache = check_bool(use_cache, "use_cache")
+        if x_kv is not None:
+            if use_cache:
+                raise ValueError("x_kv (cross-attention) cannot be combined with use_cache=True")
+            if c.rope is not None:
+                raise ValueError("x_kv (cross-attention) cannot be combined with rope")
+            x_kv = check_tokens(x_kv, c.hidden_size, self.dtype, "x_kv")
+            if x_kv.shape[0] != B:
+                raise ValueError(f"x_kv must have x's batch size {B}, got {x_kv.shape[0]}")
         start = self.ptr_current_pos if use_cache else 0
         if use_cache and len(self._kv) and self._kv.arrays[0].shape[0] != B:
             raise ValueError(
                 f"x has batch size {B} but the cache holds {self._kv.arrays[0].shape[0]} "
                 f"sequences: call reset_cache() before decoding a different batch"
             )
+        return Call(
+            x,
+            x_kv,
+            use_cache,
+            self._check_positions(positions, B, T, start),
+            self._check_padding(key_padding_mask, B, T, start, use_cache, x_kv),
+        )
+
+    @staticmethod
+    def _check_positions(positions, B: int, T: int, start: int) -> np.ndarray:
         if positions is None:
-            positions = np.arange(start, start + T)  # (T,): the tokens' slots
-        else:
-            positions = as_array(positions, "positions")
-            if not np.issubdtype(positions.dtype, np.integer):
-                raise TypeError(f"positions must be integers, got dtype {positions.dtype}")
-            if positions.shape not in ((T,), (B, T)):
-                raise ValueError(
-                    f"positions must have shape (T={T},) or (B={B}, T={T}), got "
-                    f"{tuple(positions.shape)}"
-                )
-            if positions.size and positions.min() < 0:
-                raise ValueError(f"positions must be >= 0, got {int(positions.min())}")
-            positions = positions.astype(np.int64)  # a copy: the caller's array is not kept
-        kpm = key_padding_mask
-        if kpm is not None:
-            kpm = as_array(kpm, "key_padding_mask")
-            S = start + T
-            if kpm.dtype != np.bool_:
-                raise TypeError(
-                    f"key_padding_mask must be boolean (True = a real token), got dtype {kpm.dtype}"
-                )
-            if kpm.shape != (B, S):
+            return np.arange(start, start + T)  # (T,): the tokens' slots
+        positions = as_array(positions, "positions")
+        if not np.issubdtype(positions.dtype, np.integer):
+            raise TypeError(f"positions must be integers, got dtype {positions.dtype}")
+        if positions.shape not in ((T,), (B, T)):
+            raise ValueError(
+                f"positions must have shape (T={T},) or (B={B}, T={T}), got "
+                f"{tuple(positions.shape)}"
+            )
+        if positions.size and positions.min() < 0:
+            raise ValueError(f"positions must be >= 0, got {int(positions.min())}")
+        return positions.astype(np.int64)  # a copy: the caller's array is not kept
+
+    @staticmethod
+    def _check_padding(kpm, B: int, T: int, start: int, use_cache: bool, x_kv):
+        if kpm is None:
+            return None
+        kpm = as_array(kpm, "key_padding_mask")
+        if kpm.dtype != np.bool_:
+            raise TypeError(
+                f"key_padding_mask must be boolean (True = a real token), got dtype {kpm.dtype}"
+            )
+        S = x_kv.shape[1] if x_kv is not None else start + T
+        if kpm.shape != (B, S):
+            if x_kv is not None:
+                what = f"{S} tokens of x_kv"
+            else:
                 what = f"{start} cached + {T} new tokens" if use_cache else f"{T} tokens of x"
-                raise ValueError(
-                    f"key_padding_mask must have shape (B={B}, S={S}), one entry per token "
-                    f"({what}), got {tuple(kpm.shape)}"
-                )
-            kpm = kpm.copy()
-        return x, use_cache, positions, kpm
+            raise ValueError(
+                f"key_padding_mask must have shape (B={B}, S={S}), one entry per key "
+                f"({what}), got {tuple(kpm.shape)}"
+            )
+        return kpm.copy()
 
     # -- forward ---------------------------------------------------------------------------
 
-    def forward(self, x, use_cache: bool = False, *, positions=None, key_padding_mask=None):
-        x, use_cache, positions, kpm = self.inputs(x, use_cache, positions, key_padding_mask)
+    def forward(
+        self, x, use_cache: bool = False, *, positions=None, key_padding_mask=None, x_kv=None
+    ):
+        x, x_kv, use_cache, positions, kpm = self.inputs(
+            x, use_cache, positions, key_padding_mask, x_kv
+        )
         c, B, T = self.config, x.shape[0], x.shape[1]
+        cross = x_kv is not None
+        source = x_kv if cross else x  # where the keys and values come from
         per_head = c.qk_norm is not None and c.qk_norm.width == "head"
-        # 1. projections                  (B, T, d) -> (B, T, H * E); (B, T, G * E) each
+        # 1. projections                  (B, T, d) -> (B, T, H * E); (B, S, G * E) each
         queries = self.W_query(x)
-        keys = self.W_key(x)
-        values = self.W_value(x)
+        keys = self.W_key(source)
+        values = self.W_value(source)
         # 2. QK-norm over the whole projection width, before the heads are split
         if c.qk_norm is not None and not per_head:
             queries = self.q_norm(queries)
             keys = self.k_norm(keys)
-        # 3. split heads                  -> (B, H, T, E); (B, G, T, E) each
+        # 3. split heads                  -> (B, H, T, E); (B, G, S, E) each
         queries, q_split = split_heads_forward(queries, c.num_heads)
         keys, k_split = split_heads_forward(keys, c.kv_heads)
         values, v_split = split_heads_forward(values, c.kv_heads)
@@ -189,13 +241,14 @@ class Attention(KVCacheMixin, Module):
             self.attn_weights = _guard.readonly(attn_weights)
             # 9.-10.
             context = context.transpose(0, 2, 1, 3).reshape(B, T, -1)  # merge heads
-            out = self.out_proj(context)  # (B, T, H * E) -> (B, T, d)
+            out = self.out_proj(context)  # (B, T, H * E) -> (B, T, d_out)
             self._kv.commit()  # everything succeeded: the chunk joins the cache
             self.ptr_current_pos += T
             self._cache = None  # inference only: no backward
             return out
         # 7. mask, described: causal by slot, the window, key padding   (drawn by step 8)
-        mask = Mask(0, T, 0, T, c.causal, c.window, kpm)
+        S = keys.shape[2]
+        mask = Mask(0, T, 0, S, c.causal and not cross, c.window, kpm)
         # 8. attention                    (B, H, T, E)
         context, attn_cache = attention_forward(
             self.attn_impl, queries, keys, values, mask, scale=c.softmax_scale,
@@ -203,13 +256,13 @@ class Attention(KVCacheMixin, Module):
         )  # fmt: skip
         # 9. merge heads                  (B, H, T, E) -> (B, T, H * E)
         context, merge_cache = merge_heads_forward(context)
-        # 10. output projection           (B, T, H * E) -> (B, T, d)
+        # 10. output projection           (B, T, H * E) -> (B, T, d_out)
         out = self.out_proj(context)
         reference = hasattr(attn_cache, "attn_weights")  # the tiled path forms no weights
-        self.attn_weights = attn_cache.attn_weights if reference else None  # (B, H, T, T)
+        self.attn_weights = attn_cache.attn_weights if reference else None  # (B, H, T, S)
         self.dropout_mask = attn_cache.keep if reference else None
         self.reset_cache()
-        self._cache = (q_split, k_split, v_split, q_rope, k_rope, attn_cache, merge_cache)
+        self._cache = (q_split, k_split, v_split, q_rope, k_rope, attn_cache, merge_cache, cross)
         return out
 
     def _dropout_p(self) -> float:
@@ -225,8 +278,9 @@ class Attention(KVCacheMixin, Module):
     # -- backward --------------------------------------------------------------------------
 
     def backward(self, dout):
-        """dL/dx from dL/dout; every parameter's gradient lands in m.grads."""
-        q_split, k_split, v_split, q_rope, k_rope, attn_cache, merge_cache = (
+        """dL/dx from dL/dout, or (dx, dx_kv) after a cross-attention forward; every
+        parameter's gradient lands in m.grads."""
+        q_split, k_split, v_split, q_rope, k_rope, attn_cache, merge_cache, cross = (
             self._require_full_forward()
         )
         c = self.config
@@ -250,16 +304,19 @@ class Attention(KVCacheMixin, Module):
             dkeys = self.k_norm.backward(dkeys)
         # 3.
         dqueries = split_heads_backward(dqueries, q_split)  # (B, T, H * E)
-        dkeys = split_heads_backward(dkeys, k_split)  # (B, T, G * E)
-        dvalues = split_heads_backward(dvalues, v_split)  # (B, T, G * E)
+        dkeys = split_heads_backward(dkeys, k_split)  # (B, S, G * E)
+        dvalues = split_heads_backward(dvalues, v_split)  # (B, S, G * E)
         # 2.
         if c.qk_norm is not None and not per_head:
             dqueries = self.q_norm.backward(dqueries)
             dkeys = self.k_norm.backward(dkeys)
-        # 1. x feeds all three projections: their terms of dx are summed
+        # 1. x (or x_kv) feeds several projections: their terms are summed
         dx = self.W_query.backward(dqueries)
-        dx += self.W_key.backward(dkeys)
-        dx += self.W_value.backward(dvalues)
+        dsource = self.W_key.backward(dkeys)
+        dsource += self.W_value.backward(dvalues)
+        if cross:
+            return dx, dsource
+        dx += dsource
         return dx
 
     def extra_repr(self) -> str:

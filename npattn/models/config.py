@@ -64,7 +64,8 @@ class AttentionConfig:
     """Every option of a decoder's attention layer; `npattn.Attention(config)` builds it.
 
     Sizes: hidden_size d, num_heads H, num_kv_heads G (None: G = H; 1: multi-query),
-    head_dim E (None: d // H). H * E may differ from d (Qwen3, Gemma).
+    head_dim E (None: d // H), d_out the output width (None: d). H * E may differ from d
+    (Qwen3, Gemma).
     Biases: qkv_bias on W_query, W_key and W_value; out_bias on out_proj.
     qk_norm: a QKNorm, or None. rope: an npattn.RoPE, or None (no rotary embedding: GPT-2).
     scale: the softmax scale (None: 1 / sqrt(E)). window: query i sees key j only when
@@ -88,6 +89,7 @@ class AttentionConfig:
     softcap: float | None = None
     sinks: bool = False
     causal: bool = True
+    d_out: int | None = None
 
     def __post_init__(self):
         d = check_positive_int(self.hidden_size, "hidden_size")
@@ -104,6 +106,7 @@ class AttentionConfig:
                 f"hidden_size ({d}) must be divisible by num_heads ({H}) when head_dim is not given"
             )
         _check_optional_positive_int(self.head_dim, "head_dim")
+        _check_optional_positive_int(self.d_out, "d_out")
         for name in ("qkv_bias", "out_bias", "sinks", "causal"):
             check_bool(getattr(self, name), name)
         _set(self, "dropout", check_probability(self.dropout, "dropout"))
@@ -138,6 +141,11 @@ class AttentionConfig:
     def head_size(self) -> int:
         """E, the head dim."""
         return self.hidden_size // self.num_heads if self.head_dim is None else self.head_dim
+
+    @property
+    def out_width(self) -> int:
+        """The output width: d_out, or hidden_size."""
+        return self.hidden_size if self.d_out is None else self.d_out
 
     @property
     def group_size(self) -> int:

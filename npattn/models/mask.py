@@ -40,8 +40,10 @@ class Mask:
 
     @property
     def full(self) -> bool:
-        """Queries and keys are the same slots 0 .. T - 1 (a full forward, no cache)."""
-        return self.q_start == 0 and self.k_start == 0 and self.T == self.S
+        """Queries and keys are the same slots 0 .. T - 1 (a full forward, no cache), or
+        nothing is causal (cross-attention): the cases the tiled path describes."""
+        same = self.q_start == 0 and self.k_start == 0 and self.T == self.S
+        return same or not self.causal
 
     def dense(self) -> np.ndarray | None:
         """The mask as a boolean array, True = attend, or None when every key is seen.

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import _guard
+from .. import _grad, _guard
 from .._checks import as_array, as_float_array, check_ndim
-from ..ops.dropout import dropout_forward
+from ..ops.dropout import dropout_forward, dropout_keep_mask
 from ..ops.masks import position_mask
 from ..ops.softmax import softmax_inplace
 from ._kv_buffer import CacheView, KVBuffer
@@ -81,8 +81,9 @@ def cached_attention(
     query heads (no repeated copy of the cache), and no backward cache is kept.
 
     Shapes: queries (B, H, T, E), keys (B, G, S, E), values (B, G, S, Ev) with G dividing H,
-    mask (T, S) True = attend, or None when every key is attended (one query at the newest
-    position) -> context (B, H, T, Ev), attn_weights (B, H, T, S) before dropout, keep-mask
+    mask (T, S) True = attend (or broadcastable to the scores' (B, G, H / G, T, S), e.g.
+    (B, 1, 1, T, S) for key padding), or None when every key is attended (one query at the
+    newest position) -> context (B, H, T, Ev), attn_weights (B, H, T, S) before dropout, keep-mask
     or None. scale defaults to 1 / sqrt(E).
     The same numbers as sdpa_forward(..., enable_gqa=True): query head h uses key/value head
     h // (H / G), as repeat_interleave orders them.
@@ -100,8 +101,10 @@ def cached_attention(
         np.copyto(scores, -np.inf, where=~mask)  # (T, S) broadcast over (B, G, n)
     # 3. attn_weights = softmax(attn_scores), in place
     attn_weights = softmax_inplace(attn_scores, axis=-1)  # (B, G, n * T, S)
-    # 4. dropout on the weights (training mode only)
-    dropped, (keep, *_) = dropout_forward(attn_weights, dropout_p, rng=rng)
+    # 4. dropout on the weights (training mode only); the keep-mask is drawn here, as
+    #    dropout_forward would, since it is shown (m.dropout_mask) and no cache is kept
+    keep = dropout_keep_mask(attn_weights.shape, dropout_p, rng) if dropout_p > 0.0 else None
+    dropped, _ = dropout_forward(attn_weights, dropout_p, keep=keep)
     # 5. context = dropped @ v
     context = dropped @ values  # (B, G, n * T, S) @ (B, G, S, Ev) -> (B, G, n * T, Ev)
     context = context.reshape(B, H, T, values.shape[-1])  # -> (B, H, T, Ev)
@@ -116,7 +119,15 @@ class KVCacheMixin:
 
     The class lists its cache attributes in _kv_names (CacheView descriptors reading the
     arrays of self._kv, batch on axis 0) and their sequence axis in _kv_axis.
+    A cached call is inference only: the class's forward(x, use_cache=True) runs under
+    npattn.no_grad() (npattn/_grad.py), so neither the module nor any child keeps a backward
+    cache or copies a weight.
     """
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "forward" in cls.__dict__:  # each class that defines forward, subclasses included
+            cls.forward = _grad.no_grad_when_cached(cls.__dict__["forward"])
 
     _kv_names: tuple = ("cache_k", "cache_v")
     _kv_axis: int = 2  # (B, G, S, E)

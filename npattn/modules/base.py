@@ -20,8 +20,19 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from .. import _grad
 from .._checks import to_numpy
 
+
+class _NoGrad:
+    """What a forward under npattn.no_grad() stores instead of a cache: one instance, which
+    copy.deepcopy and pickle keep (it is pickled by name)."""
+
+    def __reduce__(self):
+        return "_NO_GRAD"
+
+
+_NO_GRAD = _NoGrad()
 _forward_ids = itertools.count(1)  # every cache a forward stores gets the next number
 _this_thread = threading.local()  # .last: module -> number of this thread's last forward on it
 
@@ -56,7 +67,7 @@ class Module:
         self._buffer_names: list[str] = []
         self.training = True
         self._grads: dict[str, np.ndarray] = {}  # this module's own parameters only
-        self._cache = None
+        self._drop_cache()
 
     def __setattr__(self, name, value):
         if isinstance(value, Module):
@@ -155,30 +166,51 @@ class Module:
     @property
     def dtype(self) -> np.dtype:
         """The dtype the module computes in: that of its first parameter."""
-        for _, m in self.named_modules():  # stops at the first parameter: cheap per call
-            for n in m._param_names:
-                first = getattr(m, n)
-                if not isinstance(first, np.ndarray):
-                    raise TypeError(
-                        f"parameter {n!r} must be a numpy array, got {type(first).__name__} "
-                        f"(set parameters with load_state_dict)"
-                    )
-                return first.dtype
-        raise AttributeError(f"{type(self).__name__} has no parameters, so no dtype")
+        found = self._first_parameter()  # stops at the first parameter: cheap per call
+        if found is None:
+            raise AttributeError(f"{type(self).__name__} has no parameters, so no dtype")
+        n, first = found
+        if not isinstance(first, np.ndarray):
+            raise TypeError(
+                f"parameter {n!r} must be a numpy array, got {type(first).__name__} "
+                f"(set parameters with load_state_dict)"
+            )
+        return first.dtype
+
+    def _first_parameter(self):
+        """(name, array) of the first parameter in state_dict order, or None; no generator
+        over the whole tree, as `dtype` is read on every forward."""
+        for n in self._param_names:
+            return n, getattr(self, n)
+        for child in self._children.values():
+            found = child._first_parameter()
+            if found is not None:
+                return found
+        return None
 
     def _invalidate(self) -> None:
         """Drop caches that depend on parameter values (none here; subclasses may add)."""
         for _, m in self.named_modules():
-            m._cache = None
+            m._drop_cache()
+
+    def _drop_cache(self) -> None:
+        """Forget the last forward's cache: a backward raises until the next forward."""
+        self.__dict__["_cache_entry"] = (0, None)
 
     @property
     def _cache(self):
-        """The last forward's cache (None before any forward); setting it records which
-        forward made it, so _require_cache can tell another thread's cache from ours."""
-        return self.__dict__.get("_cache_entry", (0, None))[1]
+        """The last forward's cache (None before any forward, or after one under no_grad);
+        setting it records which forward made it, so _require_cache can tell another
+        thread's cache from ours. Under npattn.no_grad() (npattn/_grad.py) whatever is set
+        is dropped: only the fact that the forward ran under no_grad is kept."""
+        cache = self.__dict__.get("_cache_entry", (0, None))[1]
+        return None if cache is _NO_GRAD else cache
 
     @_cache.setter
     def _cache(self, cache) -> None:
+        if not _grad.is_grad_enabled():  # nothing for a backward: neither cache nor arrays
+            self.__dict__["_cache_entry"] = (0, _NO_GRAD)  # checked first by _require_cache
+            return
         forward_id = next(_forward_ids) if cache is not None else 0
         self.__dict__["_cache_entry"] = (forward_id, cache)  # one store: id and cache together
         if cache is not None:
@@ -186,6 +218,8 @@ class Module:
 
     def _require_cache(self):
         forward_id, cache = self.__dict__.get("_cache_entry", (0, None))
+        if cache is _NO_GRAD:
+            raise RuntimeError(f"{type(self).__name__}.backward: {_grad.NO_GRAD_FORWARD}")
         if cache is None:
             raise RuntimeError(
                 f"{type(self).__name__}.backward called before forward (or after the "

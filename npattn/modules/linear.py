@@ -64,7 +64,7 @@ class Linear(Module):
         MultiHeadAttention): this layer's own backward would otherwise use an older input.
         It raises instead, until the layer runs forward again.
         """
-        self._cache = None
+        self._drop_cache()
 
     def set_grads(self, weight, bias=None) -> None:
         """Take this layer's gradients from a fused op instead of from its own backward.

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import _guard
+from .. import _grad, _guard
 from .._checks import (
     as_float_array,
     as_grad,
@@ -42,7 +42,8 @@ def dropout_forward(x, p: float, *, rng=None, keep=None):
     """out = x * keep / (1 - p); `keep` is drawn from `rng` unless given.
 
     Shapes: x (...), keep broadcastable to x -> out (...).
-    Returns (out, cache) with cache = (keep or None, 1 / (1 - p), x.shape, x.dtype).
+    Returns (out, cache) with cache = (keep or None, 1 / (1 - p), x.shape, x.dtype), or None
+    under npattn.no_grad().
     With p = 0 and no keep-mask, out is x itself (not a copy) and keep is None; a keep-mask
     with p = 0 raises ValueError, as in sdpa_forward (with p = 0 nothing is dropped, as in
     torch, so a mask that drops would contradict p). p = 1 drops everything: out = 0.
@@ -52,7 +53,7 @@ def dropout_forward(x, p: float, *, rng=None, keep=None):
     keep_in = keep
     if keep is None:
         if p == 0.0:
-            return x, (None, 1.0, x.shape, x.dtype)  # identity: x itself, as torch does
+            return x, _grad.keep((None, 1.0, x.shape, x.dtype))  # identity: x, as torch does
         keep = dropout_keep_mask(x.shape, p, rng)
     elif p == 0.0:
         raise ValueError("keep needs p > 0 (kept values are scaled by 1 / (1 - p))")
@@ -60,6 +61,8 @@ def dropout_forward(x, p: float, *, rng=None, keep=None):
         keep = check_bool_mask(keep, x.shape, "keep", "x", "a keep-mask, True = kept")
     scale = dropout_scale(p)
     out = np.where(keep, x * x.dtype.type(scale), 0).astype(x.dtype, copy=False)
+    if not _grad.is_grad_enabled():
+        return out, None  # no backward can follow: no cache, no copy
     keep = _guard.private(keep, keep_in)  # the caller's mask may change later: a copy
     return out, (keep, scale, x.shape, x.dtype)  # keep: bool, broadcasts to x.shape
 
@@ -69,7 +72,7 @@ def dropout_backward(dout, cache):
 
     Shapes: dout (...) -> dx (...).
     """
-    keep, scale, shape, dtype = cache
+    keep, scale, shape, dtype = _grad.require(cache, "dropout_backward")
     dout = as_grad(dout, shape, dtype)
     if keep is None:
         return dout  # identity

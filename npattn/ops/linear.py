@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import _guard
+from .. import _grad, _guard
 from .._checks import as_float_array, as_grad, check_min_ndim
 
 
@@ -43,6 +43,7 @@ def linear_forward(x, weight, bias=None):
     Shapes: x (..., d_in), weight (d_out, d_in), bias (d_out,) -> out (..., d_out).
     Returns (out, cache) with cache = (x, weight, has_bias): private copies where the caller
     holds them (npattn/_guard.py), so changing x or weight later cannot change the backward.
+    Under npattn.no_grad() the cache is None and nothing is copied.
     """
     x_in, weight_in = x, weight
     x, weight, bias = check_linear_args(x, weight, bias)
@@ -52,6 +53,8 @@ def linear_forward(x, weight, bias=None):
     out = (x.reshape(-1, d_in) @ weight.T).reshape(*x.shape[:-1], d_out)  # (..., d_out)
     if bias is not None:
         out = out + bias
+    if not _grad.is_grad_enabled():
+        return out, None  # no backward can follow: no cache, no copy
     x, weight = _guard.private(x, x_in), _guard.private(weight, weight_in)
     cache = (x, weight, bias is not None)  # x: (..., d_in), weight: (d_out, d_in)
     return out, cache
@@ -62,7 +65,7 @@ def linear_backward(dout, cache):
 
     Shapes: dout (..., d_out) -> dx (..., d_in), dweight (d_out, d_in), dbias (d_out,) or None.
     """
-    x, weight, has_bias = cache
+    x, weight, has_bias = _grad.require(cache, "linear_backward")
     dtype = np.result_type(x, weight)  # the forward's output dtype
     dout = as_grad(dout, x.shape[:-1] + (weight.shape[0],), dtype)
     x2 = x.reshape(-1, x.shape[-1])  # (N, d_in), N = prod(...)

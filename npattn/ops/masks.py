@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import _guard
+from .. import _grad, _guard
 from .._checks import (
     as_array,
     as_float_array,
@@ -102,14 +102,14 @@ def mask_scores_forward(attn_scores, mask):
     """Method 2: masked positions become -inf, so the softmax after it gives them weight 0.
 
     Shapes: attn_scores (..., T, S), mask broadcastable -> out (..., T, S).
-    Returns (out, cache) with cache = (mask, shape, dtype).
+    Returns (out, cache) with cache = (mask, shape, dtype), or None under npattn.no_grad().
     """
     attn_scores = as_float_array(attn_scores, "attn_scores")
     check_min_ndim(attn_scores, "attn_scores", 2, "(..., T, S)")
     mask_in = mask
     mask = check_bool_mask(mask, attn_scores.shape, "mask", "attn_scores")
     out = np.where(mask, attn_scores, -np.inf).astype(attn_scores.dtype, copy=False)
-    return out, (_guard.private(mask, mask_in), attn_scores.shape, out.dtype)
+    return out, _grad.keep((_guard.private(mask, mask_in), attn_scores.shape, out.dtype))
 
 
 def mask_scores_backward(dout, cache):
@@ -117,7 +117,7 @@ def mask_scores_backward(dout, cache):
 
     Shapes: dout (..., T, S) -> dattn_scores (..., T, S).
     """
-    mask, shape, dtype = cache
+    mask, shape, dtype = _grad.require(cache, "mask_scores_backward")
     dout = as_grad(dout, shape, dtype)
     return np.where(mask, dout, 0).astype(dout.dtype, copy=False)
 
@@ -126,7 +126,8 @@ def mask_renormalize_forward(attn_weights, mask):
     """Method 1: zero the masked weights (tril), then divide each row by its new sum.
 
     Shapes: attn_weights (..., T, S), mask broadcastable -> out (..., T, S).
-    A row with nothing left gives zeros, not NaN. Returns (out, cache).
+    A row with nothing left gives zeros, not NaN. Returns (out, cache); cache is None under
+    npattn.no_grad().
     """
     attn_weights = as_float_array(attn_weights, "attn_weights")
     check_min_ndim(attn_weights, "attn_weights", 2, "(..., T, S)")
@@ -139,6 +140,8 @@ def mask_renormalize_forward(attn_weights, mask):
     row_sums = np.where(row_sums == 0, 1, row_sums).astype(masked.dtype, copy=False)
     # 3. out = masked_simple / row_sums
     out = masked / row_sums
+    if not _grad.is_grad_enabled():
+        return out, None  # no backward can follow: no cache, no copy
     # the caller gets out and may change it: the cache keeps its own copy (npattn/_guard.py)
     mask, out_kept = _guard.private(mask, mask_in), _guard.private(out, out)
     # mask: bcast (..., T, S), out_kept: (..., T, S), row_sums (..., T, 1)
@@ -151,7 +154,7 @@ def mask_renormalize_backward(dout, cache):
 
     Shapes: dout (..., T, S) -> dattn_weights (..., T, S).
     """
-    mask, out, row_sums = cache
+    mask, out, row_sums = _grad.require(cache, "mask_renormalize_backward")
     dout = as_grad(dout, out.shape, out.dtype)
     # 3. out = masked / r, r = sum(masked): dmasked = (dout - sum(dout * out)) / r
     dmasked = (dout - np.sum(dout * out, axis=-1, keepdims=True)) / row_sums

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import _guard
+from .. import _grad, _guard
 from .._checks import as_float_array, as_grad, check_min_ndim, check_real
 
 DEFAULT_EPS = 1e-6  # Qwen3's q_norm / k_norm
@@ -27,7 +27,7 @@ def rmsnorm_forward(x, scale, eps: float = DEFAULT_EPS, offset: float = 0.0):
     Shapes: x (..., E), scale (E,) -> out (..., E), dtype of x and scale together.
     Returns (out, cache) with cache = (x_hat, rstd, gain), gain = offset + scale; gain is a
     private copy where the caller holds it (npattn/_guard.py), so changing scale later cannot
-    change the backward.
+    change the backward. Under npattn.no_grad() the cache is None.
     """
     scale_in = scale
     x = as_float_array(x, "x")
@@ -55,6 +55,8 @@ def rmsnorm_forward(x, scale, eps: float = DEFAULT_EPS, offset: float = 0.0):
     # 4. out = x_hat * gain, gain = offset + scale     (..., E) * (E,)
     gain = scale if offset == 0 else scale + dtype.type(offset)
     out = x_hat * gain
+    if not _grad.is_grad_enabled():
+        return out, None  # no backward can follow: no cache, no copy
     gain = _guard.private(gain, scale_in)  # the caller may update scale in place (an SGD step)
     return out, (x_hat, rstd, gain)  # x_hat (..., E), rstd (..., 1), gain (E,)
 
@@ -64,7 +66,7 @@ def rmsnorm_backward(dout, cache):
 
     Shapes: dout (..., E) -> dx (..., E), dscale (E,).
     """
-    x_hat, rstd, gain = cache
+    x_hat, rstd, gain = _grad.require(cache, "rmsnorm_backward")
     dout = as_grad(dout, x_hat.shape, x_hat.dtype)
     # 4. out = x_hat * (offset + scale): scale is shared by every vector, so its gradient is
     #    summed; the offset is a constant and changes only dx_hat

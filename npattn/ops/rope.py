@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import _guard
+from .. import _grad, _guard
 from .._checks import (
     as_array,
     as_float_array,
@@ -192,7 +192,8 @@ def rope_apply_forward(x, cos_t, sin_t, *, interleaved: bool = False):
     cos_t, sin_t = _check_tables(x, cos_t, sin_t)
     # the caller may change cos_t, sin_t in place before the backward: keep private copies
     cos_t, sin_t = _guard.private(cos_t, cos_in), _guard.private(sin_t, sin_in)
-    return _rotate(x, cos_t, sin_t, bool(interleaved))
+    out, cache = _rotate(x, cos_t, sin_t, bool(interleaved))
+    return out, _grad.keep(cache)  # None under no_grad: no backward can follow
 
 
 def _rotate(x: np.ndarray, cos_t: np.ndarray, sin_t: np.ndarray, interleaved: bool):
@@ -218,7 +219,7 @@ def rope_apply_backward(dout, cache):
 
     Shapes: dout (..., T, E) -> dx (..., T, E).
     """
-    cos_t, sin_t, interleaved, shape = cache
+    cos_t, sin_t, interleaved, shape = _grad.require(cache, "rope_backward")
     dout = as_grad(dout, shape, cos_t.dtype)
     R = cos_t.shape[-1]
     rotate = rotate_pairs if interleaved else rotate_half
@@ -242,7 +243,7 @@ def rope_forward(x, cos, sin, offset: int = 0, *, positions=None, interleaved: b
     None (then offset, offset + 1, ..., offset + T - 1: an offset for cached decoding) or
     integers (T,), or broadcastable to x.shape[:-1] (e.g. (B, 1, T) for x (B, H, T, E))
     -> out (..., T, E), in the dtype of x.
-    Returns (out, cache), the cache of rope_apply_forward.
+    Returns (out, cache), the cache of rope_apply_forward (None under npattn.no_grad()).
     """
     x = as_float_array(x, "x")
     check_min_ndim(x, "x", 2, "(..., T, E)")
@@ -262,7 +263,8 @@ def rope_forward(x, cos, sin, offset: int = 0, *, positions=None, interleaved: b
     # 1. the rows of this chunk's positions, in the dtype of x          (..., T, E)
     cos_t, sin_t = cos[pos].astype(x.dtype, copy=False), sin[pos].astype(x.dtype, copy=False)
     # 2. the rotation of every pair (R = E: nothing passes through)      (..., T, E)
-    return _rotate(x, cos_t, sin_t, bool(interleaved))
+    out, cache = _rotate(x, cos_t, sin_t, bool(interleaved))
+    return out, _grad.keep(cache)  # None under no_grad: no backward can follow
 
 
 def rope_backward(dout, cache):

@@ -22,7 +22,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .. import _guard
+from .. import _grad, _guard
 from .._checks import (
     as_grad,
     check_attn_mask,
@@ -40,7 +40,7 @@ from .softmax import softmax_backward, softmax_inplace
 
 
 class SDPACache(NamedTuple):
-    q: np.ndarray  # (..., L, E)
+    q: np.ndarray  # (..., L, E); q, k, v are None under npattn.no_grad() (no backward)
     k: np.ndarray  # (..., S, E), after step 0 (a copy only with GQA groups > 1)
     v: np.ndarray  # (..., S, Ev), after step 0
     attn_weights: np.ndarray  # (..., L, S), softmax output before dropout
@@ -89,6 +89,8 @@ def sdpa_forward(
     (Gemma 2); sinks (H,) or broadcastable to (..., L, 1) adds one logit per head to each
     row's softmax denominator (gpt-oss), and sdpa_backward then also returns dsinks.
     The cache keeps private, read-only q, k, v, keep-mask and weights (npattn/_guard.py).
+    Under npattn.no_grad() it keeps only what it shows (attn_weights, the keep-mask): q, k
+    and v are None, nothing is copied, and sdpa_backward raises.
     """
     given = (q, k, v)
     q, k, v, groups = check_sdpa_inputs(q, k, v, enable_gqa)
@@ -130,6 +132,9 @@ def sdpa_forward(
     dropped = attn_weights if keep is None else attn_weights * keep * dtype.type(dropout_scale)
     # 5. out = dropped @ v                          (..., L, S) @ (..., S, Ev) -> (..., L, Ev)
     out = dropped @ v
+    if not _grad.is_grad_enabled():
+        # no backward can follow: only the shown weights and keep-mask
+        q = k = v = softcap_cache = sink_cache = None
     # the caller may change q, k, v or the keep-mask later: the cache keeps its own copies
     q, k, v = (_guard.private(a, *given) for a in (q, k, v))
     keep = _guard.private(keep, dropout_mask)
@@ -156,6 +161,8 @@ def sdpa_backward(dout, cache: SDPACache):
     Returns (dq, dk, dv), or (dq, dk, dv, dsinks) when the forward was given sinks
     (dsinks in the sinks' shape).
     """
+    if cache is None or cache.q is None:
+        _grad.require(None, "sdpa_backward")
     q, k, v, attn_weights, keep, dropout_scale, scale, groups, softcap_cache, sink_cache = cache
     dtype = q.dtype
     out_shape = np.broadcast_shapes(attn_weights.shape[:-2], v.shape[:-2]) + (

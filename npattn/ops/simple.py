@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import _guard
+from .. import _grad, _guard
 from .._checks import as_float_array, as_grad, check_ndim
 from .softmax import softmax, softmax_backward
 
@@ -78,7 +78,8 @@ def simple_attention_forward(inputs):
     """Matrix form: attn_weights = softmax(x @ x^T), context_vecs = attn_weights @ x.
 
     Shapes: inputs (T, d) or (B, T, d) -> context_vecs (same), attn_weights (..., T, T).
-    Returns (context_vecs, attn_weights, cache) with cache = (x, attn_weights).
+    Returns (context_vecs, attn_weights, cache) with cache = (x, attn_weights), or None under
+    npattn.no_grad().
     """
     x = as_float_array(inputs, "inputs")
     check_ndim(x, "inputs", (2, 3), "(T, d) or (B, T, d)")
@@ -90,7 +91,7 @@ def simple_attention_forward(inputs):
     context_vecs = attn_weights @ x  # 3. (..., T, T) @ (..., T, d) -> (..., T, d)
     # the cache keeps a private x and read-only weights (the caller sees them): npattn/_guard.py
     cache = (_guard.private(x, inputs), _guard.readonly(attn_weights))
-    return context_vecs, attn_weights, cache
+    return context_vecs, attn_weights, _grad.keep(cache)
 
 
 def simple_attention_backward(dcontext_vecs, cache):
@@ -99,7 +100,7 @@ def simple_attention_backward(dcontext_vecs, cache):
 
     Shapes: dcontext_vecs (..., T, d) -> dinputs (..., T, d).
     """
-    x, attn_weights = cache
+    x, attn_weights = _grad.require(cache, "simple_attention_backward")
     dcontext_vecs = as_grad(dcontext_vecs, x.shape, x.dtype, "dcontext_vecs")
     # 3. context_vecs = attn_weights @ x
     dattn_weights = dcontext_vecs @ np.swapaxes(x, -1, -2)  # (..., T, d) @ (..., d, T)

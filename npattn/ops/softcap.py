@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import _grad
 from .._checks import as_float_array, as_grad, check_real
 
 
@@ -36,7 +37,7 @@ def softcap_forward(scores, cap: float):
     t = np.tanh(scores / cap)
     # 2. out = cap * t
     out = cap * t
-    return out, (t,)  # t: (..., L, S)
+    return out, _grad.keep((t,))  # t: (..., L, S); None under npattn.no_grad()
 
 
 def softcap_backward(dout, cache):
@@ -44,7 +45,7 @@ def softcap_backward(dout, cache):
 
     Shapes: dout (..., L, S) -> dscores (..., L, S).
     """
-    (t,) = cache
+    (t,) = _grad.require(cache, "softcap_backward")
     dout = as_grad(dout, t.shape, t.dtype)
     # 2. out = cap * t            -> dt = cap * dout
     # 1. t = tanh(scores / cap)   -> dscores = dt * (1 - t**2) / cap

@@ -1,0 +1,339 @@
+"""npattn.exercises: every catalogued mistake is recognised by its id, correct answers in three
+styles pass, and whatever a student's function does, the verdict is a Result with a message."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from exercise_solutions import ALTERNATIVES
+
+from npattn.__main__ import main
+from npattn.exercises import NAMES, PARTS, Result, all_exercises, check, get, hint, solution
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = 40  # inputs tried for a correct answer (the default, 150, is for students)
+CASES = [(ex.name, m.id) for ex in all_exercises() for m in ex.mistakes]
+
+
+def test_the_exercises_are_complete_and_in_the_docs_order():
+    exercises = all_exercises()
+    assert len(exercises) >= 16
+    parts = [ex.part for ex in exercises]
+    assert parts == sorted(parts, key=list(PARTS).index)  # chapter 3, backward, beyond
+    for ex in exercises:
+        assert ex.docs_path().is_file(), ex.docs
+        assert 2 <= len(ex.hints) <= 3
+        assert len(ex.mistakes) >= 3
+        ids = [m.id for m in ex.mistakes]
+        assert len(set(ids)) == len(ids)
+        assert f"def {ex.name}({', '.join(ex.args)}):" in ex.stub_source
+        assert "Shapes:" in ex.stub_source
+        assert f"def {ex.name}(" in ex.solution_source
+
+
+@pytest.mark.parametrize("signature", [
+    "def softmax_backward(y, dy):",
+    "def dropout_backward(dout, keep, p):",
+    "def sdpa_backward(q, k, v, dout):",
+    "def rope_backward(dy, cos, sin):",
+    "def gqa_kv_backward(dk_repeated, num_kv_groups):",
+    "def rmsnorm_backward(x, scale, dy, eps):",
+])  # fmt: skip
+def test_the_required_signatures(signature):
+    name = signature[4 : signature.index("(")]
+    assert signature in get(name).stub_source
+
+
+@pytest.mark.parametrize(("name", "mistake"), CASES, ids=[f"{n}-{m}" for n, m in CASES])
+def test_every_mistake_is_recognised_by_its_id(name, mistake):
+    ex = get(name)
+    wrong = next(m for m in ex.mistakes if m.id == mistake)
+    result = check(name, wrong.fn)
+    assert not result.passed
+    assert result.mistake == mistake, result.message
+    assert wrong.name in result.message and wrong.hint in result.message
+    assert "Smallest failing input" in result.message
+    assert ex.solution_source not in result.message  # a hint, never the solution
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_the_reference_and_two_other_styles_pass(name):
+    ex = get(name)
+    for fn in (ex.solution, *ALTERNATIVES[name]):
+        result = check(name, fn, max_examples=FAST)
+        assert result.passed, f"{fn.__name__}:\n{result.message}"
+        assert result.mistake is None and "correct" in result.message
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_the_stub_fails_with_its_own_message(name):
+    namespace = {}
+    exec(get(name).stub_source, namespace)
+    result = check(name, namespace[name])
+    assert not result.passed and "raised NotImplementedError" in result.message
+
+
+def _softmax_bwd(y, dy):
+    return y * (dy - np.sum(dy * y, axis=-1, keepdims=True))
+
+
+def _modifies(y, dy):
+    dy -= np.sum(dy * y, axis=-1, keepdims=True)
+    dy *= y
+    return dy
+
+
+@pytest.mark.parametrize(
+    ("fn", "expected"),
+    [
+        (lambda y, dy: 1 / 0, "raised ZeroDivisionError"),
+        (lambda y, dy: _softmax_bwd(y, dy)[..., :-1], "dx has shape"),
+        (lambda y, dy: np.full_like(y, np.nan), "dx is nan at index"),
+        (lambda y, dy: _softmax_bwd(y, dy) / y.sum(-1, keepdims=True), "dx is nan at index"),
+        (lambda y, dy: _softmax_bwd(y, dy).tolist(), "a list; return a numpy array"),
+        (lambda y, dy: "dx", "dx is a str"),
+        (lambda y, dy: None, "dx is a NoneType"),
+        (lambda y, dy: (_softmax_bwd(y, dy), y), "returned 2 values; expected 1"),
+        (_modifies, "modified its input `dy` in place"),
+        (lambda y: y, "raised TypeError"),
+        (lambda y, dy: sys.exit(3), "raised SystemExit: 3"),
+        (lambda y, dy: _softmax_bwd(y, dy) + 0j, "dx has dtype complex128; return real numbers"),
+        (lambda y, dy: _softmax_bwd(y, dy).astype(np.float32), "float32: compute in float64"),
+    ],
+)
+def test_a_broken_function_gets_a_verdict_not_an_exception(fn, expected):
+    result = check("softmax_backward", fn)
+    assert isinstance(result, Result) and not result.passed
+    assert expected in result.message, result.message
+
+
+def test_a_verdict_names_the_output_its_index_and_both_values():
+    ex = get("sdpa_backward")
+    no_scale = next(m for m in ex.mistakes if m.id == "no_scale").fn
+
+    def wrong_dk_only(q, k, v, dout):
+        dq, dk, dv = ex.solution(q, k, v, dout)
+        return dq, no_scale(q, k, v, dout)[1], dv
+
+    result = check("sdpa_backward", wrong_dk_only)
+    assert not result.passed and result.failure.output == "dk"
+    assert "(dq and dv are right.)" in result.message
+    idx, want, got = result.failure.index, result.failure.expected, result.failure.got
+    assert f"dk is wrong at index {idx}" in result.message
+    assert f"expected {want:.10g}" in result.message and f"got {got:.10g}" in result.message
+    dk = ex.reference(**result.inputs)[1]
+    assert dk[idx] == pytest.approx(want) and want != pytest.approx(got)
+    assert wrong_dk_only(**result.inputs)[1][idx] == pytest.approx(got)
+    for arg in ex.args:
+        assert f"    {arg}: shape" in result.message
+
+
+def test_a_crash_is_located_in_the_students_code():
+    def student(y, dy):
+        total = np.sum(dy * y, axis=-1, keepdims=True)
+        return y * (dy - total[..., 5])  # an index past the end
+
+    result = check("softmax_backward", student)
+    assert "raised IndexError" in result.message
+    assert "`return y * (dy - total[..., 5])  # an index past the end`" in result.message
+
+
+def test_the_smallest_input_is_found_and_the_verdict_is_deterministic():
+    wrong = get("rmsnorm_backward").mistakes[0]  # eps missing: one number is enough
+    first, again = check("rmsnorm_backward", wrong.fn), check("rmsnorm_backward", wrong.fn)
+    assert first.message == again.message
+    assert "(B=1, T=1, E=1," in first.message  # shrunk to one vector of one entry
+    assert check("rmsnorm_backward", wrong.fn, seed=3).mistake == "eps_missing"
+
+
+def test_an_unknown_mistake_is_still_explained():
+    result = check("dropout_backward", lambda dout, keep, p: dout * keep / (1 - p) + 1e-6)
+    assert not result.passed and result.mistake is None
+    assert "dx is wrong at index" in result.message and "exercises hint dropout_backward" in (
+        result.message
+    )
+
+
+def test_a_result_prints_in_a_terminal_and_a_notebook():
+    result = check("gqa_kv_backward", get("gqa_kv_backward").mistakes[0].fn)
+    assert str(result) == result.message and not result
+    page = result._repr_html_()
+    assert page.startswith("<p><strong") and "gqa_kv_backward: not yet.</strong>" in page
+    assert "tiled_grouping" in page and "(B, G, H // G, S, E)" in page
+    assert bool(check("gqa_kv_backward", get("gqa_kv_backward").solution, max_examples=5))
+
+
+def test_not_a_function_and_an_unknown_name():
+    assert "needs a function" in check("softmax_backward", 3).message
+    with pytest.raises(ValueError, match="unknown exercise 'softmax'"):
+        check("softmax", _softmax_bwd)
+
+
+def test_import_needs_numpy_alone_and_check_names_hypothesis():
+    code = (
+        "import sys; sys.modules['hypothesis'] = None\n"
+        "import npattn, npattn.exercises\n"
+        "try:\n"
+        "    npattn.exercises.check('softmax_backward', lambda y, dy: y)\n"
+        "except ImportError as e:\n"
+        "    print(e)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert "needs hypothesis: pip install 'npattn[exercises]'" in out.stdout
+
+
+def test_the_setup_names_hypothesis_in_an_exercises_extra():
+    setup = (ROOT / "setup.cfg").read_text()
+    extra = setup.split("exercises =", 1)[1].split("\n\n", 1)[0].split("\n[", 1)[0]
+    assert "hypothesis" in extra
+
+
+# the command line
+
+
+def _cli(capsys, *argv):
+    code = main(["exercises", *argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_cli_start_check_hint_solution(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    code, out, _ = _cli(capsys, "start", "softmax_backward")
+    stub = tmp_path / "exercises" / "softmax_backward.py"
+    assert code == 0 and stub.read_text() == get("softmax_backward").stub_source
+    code, _, err = _cli(capsys, "start", "softmax_backward")
+    assert code == 2 and err.count("\n") == 1 and "not overwriting" in err
+
+    code, out, _ = _cli(capsys, "check", "softmax_backward", str(stub))
+    assert code == 1 and "raised NotImplementedError" in out
+    stub.write_text("import numpy as np\n\ndef softmax_backward(y, dy):\n    return y * dy\n")
+    code, out, _ = _cli(capsys, "check", "softmax_backward", str(stub))
+    assert code == 1 and "[missing_row_sum]" in out
+
+    hints = get("softmax_backward").hints
+    for level in (1, 2, 3, 3):
+        code, out, _ = _cli(capsys, "hint", "softmax_backward")
+        assert code == 0 and out.startswith(f"Hint {level}/3: {hints[level - 1]}")
+    code, out, _ = _cli(capsys, "hint", "softmax_backward", "--all")
+    assert all(h in out for h in hints)
+    code, out, _ = _cli(capsys, "hint", "softmax_backward", "--level", "2")
+    assert out.startswith(f"Hint 2/3: {hints[1]}")
+
+    code, out, _ = _cli(capsys, "solution", "softmax_backward")
+    stub.write_text(out)
+    code, out, _ = _cli(capsys, "check", "softmax_backward", str(stub))
+    assert code == 0 and "correct" in out
+
+    code, out, _ = _cli(capsys, "list")
+    line = next(x for x in out.splitlines() if "softmax_backward" in x)
+    assert "passed" in line
+    assert "not yet (missing_row_sum)" not in out
+    assert len([x for x in out.splitlines() if ". " in x]) == len(NAMES)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["hint", "softmaxx"], "unknown exercise 'softmaxx'"),
+        (["check", "softmax_backward", "missing.py"], "no such file: missing.py"),
+        (["check", "softmax_backward", "empty.py"], "defines no function named softmax_backward"),
+        (["check", "softmax_backward", "broken.py"], "line 1: SyntaxError"),
+        (["check", "softmax_backward", "raises.py"], "raised RuntimeError when loaded: no"),
+        (["hint", "softmax_backward", "--level", "9"], "has hints 1 to 3; got --level 9"),
+        (["solution", "nope"], "unknown exercise 'nope'"),
+    ],
+)
+def test_cli_errors_are_one_line(tmp_path, monkeypatch, capsys, argv, message):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "empty.py").write_text("x = 1\n")
+    (tmp_path / "broken.py").write_text("def softmax_backward(y, dy)\n")
+    (tmp_path / "raises.py").write_text("raise RuntimeError('no')\n")
+    code, out, err = _cli(capsys, *argv)
+    assert code == 2 and out == ""
+    assert err.startswith("error: ") and err.count("\n") == 1 and message in err
+
+
+def test_cli_list_without_a_workspace(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    code, out, _ = _cli(capsys, "list")
+    assert code == 0 and "no workspace" in out
+    assert [line.split()[1] for line in out.splitlines() if ". " in line] == list(NAMES)
+    assert solution("dropout_backward").startswith("import numpy as np")
+    assert hint("dropout_backward", 2) == get("dropout_backward").hints[1]
+    with pytest.raises(ValueError, match="has hints 1 to 3, got level 4"):
+        hint("dropout_backward", 4)
+
+
+# the docs
+
+
+def test_each_page_with_an_exercise_links_to_it_and_the_list_is_current():
+    index = (ROOT / "docs" / "exercises" / "index.md").read_text()
+    for ex in all_exercises():
+        page = ex.docs_path().read_text()
+        assert f"(../exercises/index.md#{ex.name})" in page.replace("\n", " "), ex.docs
+        assert f'<a id="{ex.name}"></a>`{ex.name}`' in index
+        assert f"[{ex.docs}](../{ex.docs})" in index
+    assert "exercises/index.md" in (ROOT / "mkdocs.yml").read_text()
+    assert f"holds {len(NAMES)} exercises" in (ROOT / "README.md").read_text()
+    tool = subprocess.run(
+        [sys.executable, "tools/make_notebooks.py", "--check"], cwd=ROOT, capture_output=True
+    )
+    assert tool.returncode == 0, tool.stdout.decode()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        ([], "the following arguments are required: ACTION"),
+        (["start"], "the following arguments are required: NAME"),
+        (["hint", "softmax_backward", "--level", "x"], "invalid int value: 'x'"),
+        (["bogus"], "invalid choice: 'bogus'"),
+    ],
+)
+def test_cli_usage_errors_are_one_line(capsys, argv, message):
+    with pytest.raises(SystemExit) as exit_:
+        main(["exercises", *argv])
+    _, err = capsys.readouterr()
+    assert exit_.value.code == 2 and err.count("\n") == 1 and message in err
+
+
+def _raises(*args):
+    raise RuntimeError("not done")
+
+
+def _extra_axis(name):
+    solve = get(name).solution
+
+    def fn(*args):
+        out = solve(*args)
+        return tuple(o[None] for o in out) if isinstance(out, tuple) else out[None]
+
+    return fn
+
+
+def _nan(name):
+    solve = get(name).solution
+
+    def fn(*args):
+        out = solve(*args)
+        return tuple(o * np.nan for o in out) if isinstance(out, tuple) else out * np.nan
+
+    return fn
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_exercise_judges_a_crash_a_wrong_shape_and_nan(name):
+    first = get(name).outputs[0]
+    for fn, expected in [
+        (_raises, "raised RuntimeError: not done"),
+        (_extra_axis(name), f"Your {first} has shape"),
+        (_nan(name), f"Your {first} is nan at index"),
+    ]:
+        result = check(name, fn)
+        assert not result.passed and expected in result.message, result.message
