@@ -44,6 +44,7 @@ from .errors import (
 from .hf import HFExample, assert_hf_attention_matches, compare_hf
 from .oracle import SDPAExample, assert_sdpa_matches, compare_sdpa, plain_sdpa
 from .precision import FACTOR, FLOOR, Judgement
+from .setup import check_reference_tables
 
 __all__ = [
     "FACTOR",
@@ -64,6 +65,7 @@ __all__ = [
     "assert_hf_attention_matches",
     "assert_matches_reference",
     "assert_sdpa_matches",
+    "check_reference_tables",
     "compare",
     "compare_decode",
     "compare_hf",

@@ -224,11 +224,11 @@ def reference_float64(reference, weights: MappedWeights):
     tables checked against its configuration and recomputed in float64."""
     exact = {(id(m), name): table for m, name, table in check_reference_tables(reference)}
     ref = copy.deepcopy(reference).eval()
-    for src, copy_ in zip(reference.named_modules(), ref.named_modules()):
+    for (_, src), (_, new) in zip(reference.named_modules(), ref.named_modules()):
         for name in ("cos", "sin"):
-            table = exact.get((id(src[1]), name))
-            if table is not None:
-                object.__setattr__(copy_[1], name, table.copy())
+            table = exact.get((id(src), name))
+            if table is not None and name in vars(new):  # stored, not derived from a config
+                object.__setattr__(new, name, table.copy())
     if hasattr(ref, "astype"):
         ref.astype(np.float64)  # buffers too (e.g. RoPE tables), so the truth is float64
     try:
