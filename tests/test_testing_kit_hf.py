@@ -108,3 +108,18 @@ def test_a_layer_the_kit_cannot_drive_is_a_setup_error():
         tt.KitSetupError, match="supported families are .*llama.*assert_matches_reference"
     ):
         tt.assert_hf_attention_matches(bert)
+
+
+def test_in_float64_an_unmodified_layer_is_named_at_float32_rounding():
+    """transformers computes softmax, RMSNorm and the RoPE angles in float32 whatever the
+    dtype: the float64 check fails, and says where such float32 islands are."""
+    with pytest.raises(tt.ReferenceMismatchError) as info:
+        tt.assert_hf_attention_matches(case_of("qwen3").layer, dtype=torch.float64, **FEW)
+    message = str(info.value)
+    assert "at float32 rounding level" in message
+    assert "softmax" in message and "RMSNorm" in message and "RoPE" in message
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_lower_precisions_pass_against_plain_torch(dtype):
+    tt.assert_hf_attention_matches(case_of("llama").layer, dtype=dtype, **FEW)
