@@ -299,6 +299,6 @@ def test_the_context_length_is_reached_and_a_short_max_tokens_is_named():
         chapter_mha(), npattn.MultiHeadAttention(D, D, 6, 0.0, H, True), **FEW
     )
     assert report.boundaries == (5, 6)  # T = context_length - 1 and context_length
-    with pytest.warns(tt.StructuralSizeWarning, match=r"window 17 lie past the 8 tokens"):
+    with pytest.warns(tt.StructuralSizeWarning, match=r"window 17; it runs at most 8 tokens"):
         report = tt.assert_matches_reference(SWAWithBug(17), swa(17), max_tokens=8, **FEW)
     assert report.not_reached == ["cache length 17", "window 17"]

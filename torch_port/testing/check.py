@@ -170,7 +170,7 @@ class ModuleCase(Case):
         self.report = Report(unread=tuple(setup.weights.warn_unread()), sizes=setup.sizes)
         self.max_tokens, boundaries, self.report.not_reached = token_range(setup.sizes, max_tokens)
         self.report.max_tokens, self.report.boundaries = self.max_tokens, tuple(boundaries)
-        warn_not_reached(self.report.not_reached, self.max_tokens)
+        warn_not_reached(self.report.not_reached, max([self.max_tokens, *boundaries]))
         self.max_batch = max_batch
 
     def examples(self):

@@ -242,7 +242,7 @@ class DecodeCase(engine.Case):
         self.step, self.reset = step or default_step, reset or default_reset
         report = Report(unread=tuple(setup.weights.warn_unread()), sizes=setup.sizes)
         max_tokens, boundaries, report.not_reached = token_range(setup.sizes, max_tokens)
-        warn_not_reached(report.not_reached, max_tokens)
+        warn_not_reached(report.not_reached, max([max_tokens, *boundaries]))
         sizes = setup.sizes.items()
         inner = [w for k, w in sizes if k not in ("context_length", "cache positions")]
         if max_chunk is None:

@@ -51,8 +51,9 @@ def _closeness(j: Judgement) -> float:
 def warn_not_reached(not_reached, max_tokens: int) -> None:
     if not_reached:
         warnings.warn(
-            f"the reference's {', '.join(not_reached)} lie past the {max_tokens} tokens "
-            f"drawn, so nothing past them is checked; pass max_tokens= to reach them",
+            f"the reference changes behaviour at lengths the kit does not reach "
+            f"({', '.join(not_reached)}; it runs at most {max_tokens} tokens), so nothing "
+            f"past them is checked; pass max_tokens= to reach them",
             StructuralSizeWarning,
             stacklevel=4,
         )

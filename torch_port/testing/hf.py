@@ -362,7 +362,7 @@ def assert_hf_attention_matches(
     report = Report(unread=tuple(setup.weights.warn_unread()), sizes=setup.sizes)
     max_tokens, boundaries, report.not_reached = token_range(setup.sizes, max_tokens)
     report.max_tokens, report.boundaries = max_tokens, tuple(boundaries)
-    warn_not_reached(report.not_reached, max_tokens)
+    warn_not_reached(report.not_reached, max([max_tokens, *boundaries]))
     search = engine.Search(max_examples=max_examples, seed=seed)
     for decoding in (False, True) if decode else (False,):
         case = HFCase(layer, setup, driver, check_backward, seed, max_batch, decoding)

@@ -52,7 +52,11 @@ def structural_sizes(reference) -> dict:
             window, positions = limits()
             note("cache length", window)
             note("cache positions", positions)
-        if getattr(m, "attn_impl", None) == "tiled":
+        if getattr(m, "attn_impl", None) == "auto":  # the blocked path, then the tiled one
+            from npattn.fast.dispatch import AUTO_TILED_MIN_TOKENS
+
+            note("auto's switch to tiled", AUTO_TILED_MIN_TOKENS)
+        if getattr(m, "attn_impl", None) in ("tiled", "auto"):
             from npattn.fast.tiled import DEFAULT_BLOCKS
 
             block = getattr(m, "block_size", None) or DEFAULT_BLOCKS
