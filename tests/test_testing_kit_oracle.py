@@ -245,3 +245,38 @@ def test_softcap_and_sinks_are_drawn_and_their_zeros_caught():
     bad = functools.partial(with_sinks, zeros_when_extra=True)
     with pytest.raises(tt.ReferenceMismatchError, match="softcap=|sinks=True"):
         tt.assert_sdpa_matches(bad, max_examples=20)
+
+
+def varlen_style(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal=False,
+                 window_size=(-1, -1), softcap=0.0, bug=None):  # fmt: skip
+    """FlashAttention's varlen API, as its tests check it: the packed sequences padded back
+    to (B, L, H, E) with their padding masks, attention_ref, and the output packed again.
+    bug="one sequence": the packed tokens attend across sequences (cu_seqlens ignored)."""
+    if bug == "one sequence":
+        out, _ = attention_ref(q[None], k[None], v[None], causal=causal,
+                               window_size=window_size, softcap=softcap)  # fmt: skip
+        return out[0]
+
+    def padded(t, cu, n):  # (total, H, E) -> (B, n, H, E), and the mask (B, n)
+        rows, masks = [], []
+        for a, b in zip(cu[:-1].tolist(), cu[1:].tolist()):
+            rows.append(F.pad(t[a:b], (0, 0, 0, 0, 0, n - (b - a))))
+            masks.append(torch.arange(n, device=t.device) < b - a)
+        return torch.stack(rows), torch.stack(masks)
+
+    qp, qm = padded(q, cu_seqlens_q, max_seqlen_q)
+    kp, km = padded(k, cu_seqlens_k, max_seqlen_k)
+    vp, _ = padded(v, cu_seqlens_k, max_seqlen_k)
+    out, _ = attention_ref(qp, kp, vp, qm, km, causal, window_size, softcap)
+    return out[qm]  # (B, L, H, E) -> (total_q, H, E)
+
+
+def test_flash_varlen_semantics_pass_and_sequences_that_leak_are_caught():
+    assert {"cu_seqlens_q", "cu_seqlens_k"} <= set(tt.oracle.accepted_options(varlen_style))
+    report = tt.assert_sdpa_matches(varlen_style, max_examples=30)
+    assert set(report.worst) == {"out", "dq", "dk", "dv"}
+    ex = tt.SDPAExample(**{**BASE, "padding": "varlen", "mask": "bottom_right"})
+    assert tt.compare_sdpa(varlen_style, ex) is None
+    leaky = functools.partial(varlen_style, bug="one sequence")
+    with pytest.raises(tt.ReferenceMismatchError, match="padding=varlen"):
+        tt.assert_sdpa_matches(leaky, max_examples=30)

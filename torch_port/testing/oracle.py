@@ -12,7 +12,10 @@ compared), causal (bottom-right aligned: query i sees key j <= i + S - L), windo
 (left, right) (key j visible from query i when i + S - L - left <= j <= i + S - L + right;
 -1 on the left: no limit; with causal, right is 0), key_padding_mask and query_padding_mask
 (B, S) and (B, L), True = a real token, right-padded: with them, S and L above are each
-sequence's own lengths, and a padded query's output is 0.
+sequence's own lengths, and a padded query's output is 0; cu_seqlens_q and cu_seqlens_k
+(with max_seqlen_q, max_seqlen_k: FlashAttention's varlen API) take the same sequences packed:
+q (total_q, H, E), k and v (total_k, Hkv, E), the sequences one after another, and the
+output packed like q.
 A fully masked row must give 0 and no NaN. Truth: npattn's sdpa_forward / sdpa_backward in
 float64 on the same (rounded) inputs; judged by the error model of precision.py, with a
 plain eager torch formula at the same dtype and device as the yardstick.
@@ -50,6 +53,8 @@ NAMED_OPTIONS = (
     "window_size",
     "key_padding_mask",
     "query_padding_mask",
+    "cu_seqlens_q",
+    "cu_seqlens_k",
 )
 
 
@@ -70,7 +75,7 @@ class SDPAExample:
     softcap: float | None = None
     sinks: bool = False  # one logit per head, drawn from seed
     window: tuple | None = None  # (left, right) as window_size, -1 on the left: no limit
-    padding: str = "none"  # "none", "keys", "queries" or "both": right padding from seed
+    padding: str = "none"  # "none", "keys", "queries", "both", or "varlen" (both, packed)
 
     def __str__(self) -> str:
         extra = "".join(
@@ -139,10 +144,10 @@ def draw_extras(ex: SDPAExample, dtype):
     if ex.sinks:
         sinks = torch.from_numpy(rng.standard_normal(ex.heads)).to(dtype).double().numpy()
     kpm = qpm = None
-    if ex.padding in ("keys", "both"):
+    if ex.padding in ("keys", "both", "varlen"):
         lengths = rng.integers(1, ex.S + 1, ex.batch)  # (B,)
         kpm = np.arange(ex.S)[None, :] < lengths[:, None]  # (B, S), True = real
-    if ex.padding in ("queries", "both"):
+    if ex.padding in ("queries", "both", "varlen"):
         lengths = rng.integers(1, ex.L + 1, ex.batch)
         qpm = np.arange(ex.L)[None, :] < lengths[:, None]  # (B, L)
     return sinks, kpm, qpm
@@ -212,7 +217,16 @@ def plain_sdpa(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=No
     return weights @ v
 
 
-def _examples(accepted, max_batch, max_heads, max_tokens, max_head_dim):
+def varlen_only(fn) -> bool:
+    """Whether fn requires cu_seqlens_q (no default): a varlen kernel, always called packed."""
+    try:
+        p = inspect.signature(fn).parameters.get("cu_seqlens_q")
+    except (TypeError, ValueError):
+        return False
+    return p is not None and p.default is p.empty
+
+
+def _examples(accepted, max_batch, max_heads, max_tokens, max_head_dim, packed=False):
     masks = ["none"] + [m for m, o in (("bool", "attn_mask"), ("float", "attn_mask"),
                                        ("causal", "is_causal"), ("bottom_right", "causal"))
                         if o in accepted]  # fmt: skip
@@ -223,6 +237,8 @@ def _examples(accepted, max_batch, max_heads, max_tokens, max_head_dim):
         paddings.append("queries")
     if len(paddings) == 3:
         paddings.append("both")
+    if "cu_seqlens_q" in accepted and "cu_seqlens_k" in accepted:
+        paddings = ["varlen"] if packed else [*paddings, "varlen"]
     scaled = "scale" in accepted or "softmax_scale" in accepted
 
     # (heads, kv_heads): GQA with at least two key heads and groups, where repeat and
@@ -284,11 +300,33 @@ def _call_options(ex: SDPAExample, mask, keep, extras, to, accepted) -> dict:
         options["sinks"] = sinks
     if ex.window is not None:
         options["window_size"] = ex.window
+    if ex.padding == "varlen":  # the lengths as cumulative offsets, int32 as flash-attn's
+        for side, pm in (("q", qpm), ("k", kpm)):
+            lengths = torch.as_tensor(pm.sum(-1), dtype=torch.int32)
+            cu = torch.cat([torch.zeros(1, dtype=torch.int32), lengths.cumsum(0).int()])
+            options[f"cu_seqlens_{side}"] = cu.to(to(pm).device)
+            options[f"max_seqlen_{side}"] = int(lengths.max())
+        return options
     if kpm is not None:
         options["key_padding_mask"] = to(kpm)
     if qpm is not None:
         options["query_padding_mask"] = to(qpm)
     return options
+
+
+def pack(t, lengths):
+    """(B, H, N, E) -> (sum(lengths), H, E): each row's first lengths[b] tokens, in order."""
+    return torch.cat([t[b, :, : int(n)].transpose(0, 1) for b, n in enumerate(lengths)])
+
+
+def unpack(t, lengths, N: int):
+    """(sum(lengths), H, E) -> (B, H, N, E), zeros past each row's length."""
+    rows, start = [], 0
+    for n in (int(n) for n in lengths):
+        row = t[start : start + n].transpose(0, 1)  # (H, n, E)
+        rows.append(torch.nn.functional.pad(row, (0, 0, 0, N - n)))
+        start += n
+    return torch.stack(rows)
 
 
 def _truth_mask(ex: SDPAExample, mask, kpm, qpm):
@@ -343,9 +381,16 @@ def run_sdpa_example(fn, ex: SDPAExample, dtype, device, rule, check_backward, a
             )  # fmt: skip
             if ex.dropout_p > 0:
                 options.update(dropout_p=ex.dropout_p, dropout_mask=to(keep))
+        varlen = name == "fn" and ex.padding == "varlen"
         try:
             with torch.set_grad_enabled(check_backward):
-                out = f(q, k, v, **options)
+                if varlen:  # packed in, packed out: unpacked to (B, H, L, E), 0 on padding
+                    lq, lk = qpm.sum(-1), kpm.sum(-1)
+                    out = f(pack(q, lq), pack(k, lk), pack(v, lk), **options)
+                    if torch.is_tensor(out):
+                        out = unpack(out, lq, ex.L)
+                else:
+                    out = f(q, k, v, **options)
             if not torch.is_tensor(out):
                 raise KitSetupError(f"fn must return a tensor, got {type(out).__name__}")
             got = {"out": out}
@@ -449,7 +494,7 @@ class SDPACase(engine.Case):
         self.report = Report()
 
     def examples(self):
-        return _examples(self.accepted, *self.sizes)
+        return _examples(self.accepted, *self.sizes, packed=varlen_only(self.fn))
 
     def run(self, example):
         return run_sdpa_example(
