@@ -302,3 +302,50 @@ def test_the_context_length_is_reached_and_a_short_max_tokens_is_named():
     with pytest.warns(tt.StructuralSizeWarning, match=r"window 17; it runs at most 8 tokens"):
         report = tt.assert_matches_reference(SWAWithBug(17), swa(17), max_tokens=8, **FEW)
     assert report.not_reached == ["cache length 17", "window 17"]
+
+
+def with_positions(m, x, positions=None, key_padding_mask=None):
+    return m(x, positions=positions, key_padding_mask=key_padding_mask)
+
+
+def attention_pair():
+    """RoPE with dynamic NTK scaling: past 4 positions the frequencies depend on the largest
+    position, so absolute positions matter (plain RoPE only sees differences)."""
+    rope = npattn.RoPE(scaling=npattn.DynamicNTK(factor=2.0, original_max_position_embeddings=4))
+    config = npattn.AttentionConfig(hidden_size=8, num_heads=2, num_kv_heads=1, rope=rope)
+    torch.manual_seed(0)
+    return tp.Attention(config), npattn.Attention(config, rng=0)
+
+
+def test_positions_and_left_padding_are_drawn_when_the_forward_takes_them():
+    module, ref = attention_pair()
+    seen = []
+
+    def recording(m, x, positions=None, key_padding_mask=None):
+        seen.append((positions is not None, key_padding_mask is not None))
+        return with_positions(m, x, positions, key_padding_mask)
+
+    for dtype in (torch.float64, torch.float32):
+        tt.assert_matches_reference(module, ref, forward=recording, dtype=dtype, **FEW)
+    assert (True, True) in seen and (True, False) in seen  # padded, and shifted positions
+
+
+@pytest.mark.parametrize("bug", ["positions ignored", "padding ignored"])
+def test_a_module_that_ignores_positions_or_padding_is_caught(bug):
+    module, ref = attention_pair()
+
+    def buggy(m, x, positions=None, key_padding_mask=None):
+        if bug == "positions ignored":
+            positions = None  # the module's default: 0 .. T - 1
+        else:
+            key_padding_mask = None
+        return with_positions(m, x, positions, key_padding_mask)
+
+    with pytest.raises(tt.ReferenceMismatchError) as info:
+        tt.assert_matches_reference(module, ref, forward=buggy, **FEW)
+    example = info.value.mismatch.example
+    assert example.start or any(example.pads)
+    line = str(info.value).split("replay: ", 1)[1]
+    scope = dict(module=module, reference=ref, forward=buggy)
+    exec(line.replace("torch_port.testing.compare(", "found = torch_port.testing.compare("), scope)
+    assert scope["found"] == info.value.mismatch

@@ -20,6 +20,7 @@ from .setup import (
     build,
     call_setup_error,
     calling_error,
+    takes_positions,
     token_range,
 )
 
@@ -35,24 +36,47 @@ def draw_input(setup: Setup, example: Example):
     return _round(x, setup.dtype), rng
 
 
+def _rows(a: np.ndarray, real: np.ndarray) -> np.ndarray:
+    """a (B, T, ...) with the padded query rows set to 0 (what is compared)."""
+    return np.where(real[..., None], a, 0.0)
+
+
 def _round(a: np.ndarray, dtype) -> np.ndarray:
     return torch.from_numpy(a).to(dtype).to(torch.float64).numpy()
+
+
+def positions_and_padding(example: Example):
+    """positions (B, T) int64 and key_padding_mask (B, T) bool (None without padding) as
+    numpy, and the real rows (B, T); None, None, None for a plain example."""
+    if not example.start and not example.pads:
+        return None, None, None
+    B, T = example.batch, example.tokens
+    pads = np.asarray(example.pads or (0,) * B)
+    real = np.arange(T)[None, :] >= pads[:, None]  # (B, T), left padding
+    positions = np.where(real, example.start + np.cumsum(real, axis=-1) - 1, 1)
+    return positions.astype(np.int64), (real if real.size and not real.all() else None), real
 
 
 def run_example(setup: Setup, example: Example, check_backward: bool):
     """Every judgement on one example (stopping at the first failure), and that failure."""
     x64, rng = draw_input(setup, example)
-    y_ref = setup.ref(x64)
+    positions, kpm, real = positions_and_padding(example)
+    kw = {} if positions is None else {"positions": positions, "key_padding_mask": kpm}
+    y_ref = setup.ref(x64, **kw)
     g64 = _round(rng.standard_normal(y_ref.shape), setup.dtype)  # random upstream gradient
+    if real is not None:  # padded query rows are not compared: no gradient from them
+        y_ref, g64 = _rows(y_ref, real), _rows(g64, real)
     x = torch.tensor(x64, dtype=setup.dtype, device=setup.device)
+    user_kw = {k: None if v is None else torch.as_tensor(v, device=setup.device)
+               for k, v in kw.items()}  # fmt: skip
     setup.user.zero_grad(set_to_none=True)
     try:
         if check_backward:
             x.requires_grad_(True)
-            y = as_tensor_output(setup.forward(setup.user, x))
+            y = as_tensor_output(setup.forward(setup.user, x, **user_kw))
         else:
             with torch.no_grad():
-                y = as_tensor_output(setup.forward(setup.user, x))
+                y = as_tensor_output(setup.forward(setup.user, x, **user_kw))
     except KitSetupError:
         raise
     except Exception as e:  # the module raising is a disagreement too
@@ -64,7 +88,13 @@ def run_example(setup: Setup, example: Example, check_backward: bool):
                 "lambda m, x: m(x, ...) with whatever else your module's forward needs",
             ) from e
         return [], Mismatch("exception", example, (), float("inf"), f"{type(e).__name__}: {e}")
-    plain = setup.plain.run(x64, g64, check_backward) if setup.plain else (None, None, None)
+    plain = (None, None, None)
+    if setup.plain:
+        plain = setup.plain.run(x64, g64, check_backward, **kw)
+        if real is not None:
+            plain = (_rows(plain[0], real), *plain[1:])
+    if real is not None:
+        y = torch.where(torch.as_tensor(real, device=y.device)[..., None], y, 0.0)
     judgements = []
 
     def check(quantity, got, truth, plain_value, scale=None):
@@ -174,12 +204,27 @@ class ModuleCase(Case):
         self.max_batch = max_batch
 
     def examples(self):
-        return st.builds(
+        plain = st.builds(
             Example,
             batch=st.integers(1, self.max_batch),
             tokens=st.integers(1, self.max_tokens),
             seed=st.integers(0, 2**32 - 1),
         )
+        if not takes_positions(self.setup.forward, self.setup.ref):
+            return plain
+        max_batch, max_tokens = self.max_batch, self.max_tokens
+
+        @st.composite
+        def with_positions(draw):  # positions from anywhere, or left padding
+            batch, tokens = draw(st.integers(1, max_batch)), draw(st.integers(1, max_tokens))
+            pads, start = (), 0
+            if draw(st.booleans()):
+                pads = tuple(draw(st.integers(0, tokens - 1)) for _ in range(batch))
+            else:
+                start = draw(st.integers(0, 2 * max_tokens))
+            return Example(batch, tokens, draw(st.integers(0, 2**32 - 1)), start, pads)
+
+        return with_positions()
 
     def run(self, example):
         return run_example(self.setup, example, self.check_backward)

@@ -94,6 +94,18 @@ def default_forward(module, x):
     return module(x)
 
 
+def takes_positions(forward, reference) -> bool:
+    """Whether both the forward adapter and the reference's forward take positions and
+    key_padding_mask as keywords: then the kit draws positions and left padding."""
+    names = ("positions", "key_padding_mask")
+    try:
+        ours = inspect.signature(forward).parameters
+        theirs = inspect.signature(reference.forward).parameters
+    except (TypeError, ValueError):
+        return False
+    return all(n in ours for n in names) and all(n in theirs for n in names)
+
+
 def check_forward(forward):
     """forward as a callable (module, x) -> Tensor; None means module(x)."""
     if forward is None:
@@ -266,15 +278,17 @@ class TorchTwin:
         self.model = twin.to(dtype=dtype)
         self.dtype, self.device = dtype, device
 
-    def run(self, x64, g64, backward: bool):
-        """(out, dx, grads) as float64 numpy; grads keyed like the reference's parameters."""
+    def run(self, x64, g64, backward: bool, **kw):
+        """(out, dx, grads) as float64 numpy; grads keyed like the reference's parameters.
+        kw: positions and key_padding_mask (numpy), passed on as tensors."""
         x = torch.tensor(x64, dtype=self.dtype, device=self.device)
+        kw = {k: torch.as_tensor(v, device=self.device) for k, v in kw.items() if v is not None}
         self.model.zero_grad(set_to_none=True)
         if not backward:
             with torch.no_grad():
-                return _np(self.model(x)), None, None
+                return _np(self.model(x, **kw)), None, None
         x.requires_grad_(True)
-        y = self.model(x)
+        y = self.model(x, **kw)
         y.backward(torch.tensor(g64, dtype=self.dtype, device=self.device))
         grads = {k: _np(p.grad) for k, p in self.model.named_parameters() if p.grad is not None}
         return _np(y), _np(x.grad), grads
@@ -309,8 +323,9 @@ class NumpyAtDtype:
         self.model = copy.deepcopy(ref64).astype(np_dtype)
         self.np_dtype = np_dtype
 
-    def run(self, x64, g64, backward: bool):
-        y = self.model(x64.astype(self.np_dtype))
+    def run(self, x64, g64, backward: bool, **kw):
+        kw = {k: v for k, v in kw.items() if v is not None}
+        y = self.model(x64.astype(self.np_dtype), **kw)
         if not backward:
             return y.astype(np.float64), None, None
         dx = self.model.backward(g64.astype(self.np_dtype))
