@@ -103,6 +103,9 @@ def test_a_layer_the_kit_cannot_drive_is_a_setup_error():
     from transformers import BertConfig
     from transformers.models.bert.modeling_bert import BertSelfAttention
 
+    gemma2 = H.make_case("gemma2", attn_implementation="sdpa").layer  # sdpa refuses softcap
+    with pytest.raises(tt.KitSetupError, match="_attn_implementation = 'eager'"):
+        tt.assert_hf_attention_matches(gemma2)
     bert = BertSelfAttention(BertConfig(hidden_size=16, num_attention_heads=2))
     with pytest.raises(
         tt.KitSetupError, match="supported families are .*llama.*assert_matches_reference"

@@ -419,7 +419,16 @@ class HFCase(engine.Case):
         return HFExample(1, tokens, self.seed, chunks=(tokens - 1, 1) if tokens > 1 else (1,))
 
     def probe(self):
-        return self._at(1)
+        """One token; a layer that raises even there cannot be driven: KitSetupError."""
+        example = self._at(1)
+        found = self.run(example)[1]
+        if found is not None and found.error == float("inf") and not found.shape:
+            raise KitSetupError(
+                f"{type(self.layer).__name__} raises when called as its model calls it, on "
+                f"one token ({found.detail}); if its attention implementation refuses a "
+                f"setting, set layer.config._attn_implementation = 'eager'"
+            )
+        return example
 
     def ladder(self):
         return [self._at(t) for t in self.report.boundaries]
