@@ -7,8 +7,8 @@ STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: setup demo test test-thorough lint gradcheck docs serve-docs bench bench-decode bench-cuda \
-	gpu-check agreement-errors modern-errors hf-agreement clean
+.PHONY: setup demo test test-thorough lint gradcheck docs serve-docs bench bench-docs bench-decode \
+	bench-cuda gpu-check agreement-errors modern-errors hf-agreement clean
 
 setup: $(STAMP)
 
@@ -21,7 +21,7 @@ $(STAMP): setup.cfg pyproject.toml constraints.txt
 	@echo "    numpy, torch (CPU), safetensors, transformers, hypothesis, pytest,"
 	@echo "    mkdocs-material, matplotlib, threadpoolctl, ruff; pinned by constraints.txt"
 	@echo "    (a few minutes)"
-	$(PY) -m pip install -c constraints.txt -e '.[test,docs,bench,dev]'
+	$(PY) -m pip install --progress-bar on -c constraints.txt -e '.[test,docs,bench,dev]'
 	@echo "==> done: $(VENV) is ready"
 	touch $@
 
@@ -32,6 +32,7 @@ gradcheck: $(STAMP)
 	$(PY) -m npattn gradcheck
 
 test: $(STAMP)
+	@echo "==> collecting the tests (imports numpy, torch and hypothesis: about half a minute)"
 	$(PY) -m pytest -n 2 $(PYTEST_ARGS)
 
 test-thorough: $(STAMP)
@@ -39,20 +40,29 @@ test-thorough: $(STAMP)
 
 # The site is built into site/ and opens from disk (site/index.html): no server, no network.
 docs: $(STAMP)
+	@echo "==> building the site into site/: runs every example and draws the figures (a minute)"
 	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
 
 serve-docs: $(STAMP)
+	@echo "==> building the site into site/: runs every example and draws the figures (a minute)"
 	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs serve
 
-# Benchmarks write docs/benchmarks/. OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE are unset for this
-# command only: on some machines they pin an older, slower OpenBLAS kernel (the tests keep them).
+# Benchmarks write bench-results/ (git-ignored); `make bench-docs` rewrites the site's pages in
+# docs/benchmarks/. OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE are unset for these commands only: on
+# some machines they pin an older, slower OpenBLAS kernel (the tests keep them).
+BENCH_ENV := env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE
 bench: $(STAMP)
-	env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(PY) benchmarks/bench.py $(BENCH_ARGS)
+	$(BENCH_ENV) $(PY) benchmarks/bench.py $(BENCH_ARGS)
+
+bench-docs: $(STAMP)
+	$(BENCH_ENV) $(PY) benchmarks/bench.py --write-docs $(BENCH_ARGS)
+	$(BENCH_ENV) $(PY) benchmarks/long_context.py --write-docs
 
 # Decoding one token at a time after a 512-token prompt, one layer: npattn with and without the
 # KV cache, torch_port, and a torch class in the book's KV-cache style; then npattn's profile.
 bench-decode: $(STAMP)
-	env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(PY) benchmarks/decode.py --profile $(BENCH_ARGS)
+	@mkdir -p bench-results
+	$(BENCH_ENV) $(PY) benchmarks/decode.py --profile --out bench-results/decode.md $(BENCH_ARGS)
 
 bench-cuda: $(STAMP)
 	$(PY) benchmarks/bench.py --device cuda --quick $(BENCH_ARGS)
@@ -76,4 +86,4 @@ hf-agreement: $(STAMP)
 	PYTHONPATH=.:tests $(PY) tools/hf_agreement.py
 
 clean:
-	rm -rf $(VENV) site build *.egg-info .pytest_cache .hypothesis
+	rm -rf $(VENV) site build bench-results *.egg-info .pytest_cache .hypothesis

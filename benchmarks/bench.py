@@ -1,8 +1,9 @@
 """Benchmarks: the chapter's MultiHeadAttention, the bonus notebook's variants and npattn.
 
-    python benchmarks/bench.py                   # CPU: every section, docs/benchmarks/cpu.md
+    python benchmarks/bench.py                   # CPU: every section, bench-results/cpu.md
+    python benchmarks/bench.py --write-docs      # the same into the site: docs/benchmarks/
     python benchmarks/bench.py --quick           # the same, smaller and fewer repeats
-    python benchmarks/bench.py --device cuda     # torch variants on a GPU: gpu.md
+    python benchmarks/bench.py --device cuda     # torch variants on a GPU: gpu.md there
 
 Sections (CPU): `main` times forward and forward+backward of every path, interleaved in one
 process; `profile` shows where npattn's time goes; `loops` the chapter's Python loops against
@@ -25,6 +26,14 @@ ROOT = os.path.dirname(HERE)
 OPENBLAS_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 
 
+def resolve_out(args):
+    """--out, or docs/benchmarks/ with --write-docs, or bench-results/ (git-ignored)."""
+    if args.out is None:
+        parts = ("docs", "benchmarks") if args.write_docs else ("bench-results",)
+        args.out = os.path.join(ROOT, *parts)
+    return args
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
@@ -40,8 +49,17 @@ def parse_args(argv=None):
     p.add_argument("--max-mem-gb", type=float, default=6.0, help="skip runs estimated above it")
     p.add_argument("--budget-s", type=float, help="CUDA: start no compile past it (300, quick 90)")
     p.add_argument("--no-compile", action="store_true", help="CUDA: eager only")
-    p.add_argument("--out", default=os.path.join(ROOT, "docs", "benchmarks"))
-    return p.parse_args(argv)
+    p.add_argument(
+        "--out",
+        help="where the tables and plots go (default: bench-results/, or with --write-docs "
+        "docs/benchmarks/)",
+    )
+    p.add_argument(
+        "--write-docs",
+        action="store_true",
+        help="write the site's pages (docs/benchmarks/cpu.md, gpu.md), not bench-results/",
+    )
+    return resolve_out(p.parse_args(argv))
 
 
 def main(argv=None) -> None:

@@ -154,7 +154,7 @@ def write(args, command, size, repeats, rows_eager, rows_comp, fp32_paths, devic
     os.makedirs(args.out, exist_ok=True)
     head = ["variant", "family", "dtype", "forward (ms)", "fwd+bwd (ms)", "fwd+bwd / Ch03 MHA"]
     md = [
-        "# GPU benchmarks",
+        "### GPU benchmarks",
         "",
         f"Command: `{command}`. Device: {name}; torch {torch.__version__}, CUDA "
         f"{torch.version.cuda}. B={size.B}, T={size.T}, d={size.d}, {size.H} heads, dropout 0, "
@@ -167,13 +167,13 @@ def write(args, command, size, repeats, rows_eager, rows_comp, fp32_paths, devic
         "classes with their own random weights and the settings named in the row; every ratio "
         "is to the chapter's class in the same table and dtype.",
         "",
-        "## Eager",
+        "#### Eager",
         "",
         report.table(
             rows_eager, head + ["peak mem (MiB)", "A100 fp32 (ms), bonus notebook"], ALIGN
         ),
         "",
-        "## torch.compile (default mode)",
+        "#### torch.compile (default mode)",
         "",
         "Compiled in priority order until the time budget ran out; compile time is the first "
         "forward+backward.",

@@ -1,6 +1,7 @@
 """Long contexts: npattn's tiled path against torch SDPA, and the sliding window.
 
-    python benchmarks/long_context.py            # both sections: docs/benchmarks/long_context.md
+    python benchmarks/long_context.py            # both sections: bench-results/long_context.md
+    python benchmarks/long_context.py --write-docs  # the same into docs/benchmarks/
     python benchmarks/long_context.py --quick    # smaller T, fewer repeats
     python benchmarks/long_context.py --sections window --window 256
 
@@ -47,6 +48,14 @@ MIB = 2**20
 SETTLE_S = 0.3  # sleep before each timed run, as benchmarks/timing.py explains
 
 
+def resolve_out(args):
+    """--out, or docs/benchmarks/ with --write-docs, or bench-results/ (git-ignored)."""
+    if args.out is None:
+        parts = ("docs", "benchmarks") if args.write_docs else ("bench-results",)
+        args.out = os.path.join(ROOT, *parts)
+    return args
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--sections", default="sdpa,profile,window")
@@ -56,9 +65,18 @@ def parse_args(argv=None):
     p.add_argument("--window", type=int, default=512, help="keys in the sliding window")
     p.add_argument("--max-T", type=int, help="largest T of the window section")
     p.add_argument("--settle-s", type=float, default=SETTLE_S, help="pause before timed runs")
-    p.add_argument("--out", default=os.path.join(ROOT, "docs", "benchmarks"))
+    p.add_argument(
+        "--out",
+        help="where the tables and plots go (default: bench-results/, or with --write-docs "
+        "docs/benchmarks/)",
+    )
+    p.add_argument(
+        "--write-docs",
+        action="store_true",
+        help="write the site's page docs/benchmarks/long_context.md, not bench-results/",
+    )
     p.add_argument("--child", help=argparse.SUPPRESS)  # "path,T,window": one memory run
-    return p.parse_args(argv)
+    return resolve_out(p.parse_args(argv))
 
 
 def make_run(path: str, T: int, window: int | None):
@@ -226,7 +244,8 @@ def section_window(args, log) -> tuple[str, dict]:
         f"## Sliding window of {W} keys: cost against T",
         "",
         f"The tiled path with `window={W}` (query i sees keys i - {W - 1} .. i) skips every "
-        "tile wholly outside the window, so its work grows as T * window, not T^2. Causal, "
+        "tile wholly outside the window, so its work grows as $T w$ (w = window), not $T^2$. "
+        "Causal, "
         f"B = 1, H = {HEADS}, head dim {HEAD_DIM}, float32, forward+backward; time: median of "
         "interleaved repeats; peak memory: a fresh process per measurement. The causal path "
         f"without a window runs up to T = {causal_max}.",

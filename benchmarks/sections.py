@@ -124,7 +124,7 @@ def section_main(args, size) -> tuple[str, list[Path], dict]:
         kind = "fwd_bwd" if p.fwd_bwd is not None else "fwd"
         p.peak_bytes[kind] = peak_rss_bytes(getattr(p, kind))
     md = [
-        f"## All paths, B={size.B}, T={size.T}, d={size.d}, {size.H} heads",
+        f"#### All paths, B={size.B}, T={size.T}, d={size.d}, {size.H} heads",
         "",
         f"Medians of {repeats} interleaved repeats after {args.warmup} warm-up runs, ± half "
         f"the interquartile range; each timed run starts after a {args.settle_s} s pause, so that "
@@ -283,7 +283,8 @@ def run(args, openblas_env, command) -> None:
             f"batch 1, d={size.d}, {size.H} heads, float32",
             os.path.join(args.out, "scaling.png"),
         )
-    parts = ["# CPU benchmarks", "", header(args, openblas_env, command, size, peak, load0), *parts]
+    head = header(args, openblas_env, command, size, peak, load0)
+    parts = ["### CPU benchmarks", "", head, *parts]
     parts += [
         "",
         f"Total time {time.time() - started:.0f} s; load average at the end "

@@ -82,7 +82,7 @@ def loops(args, log) -> str:
     header += ["context, loops (ms)", "context, matrices (ms)", "speedup"]
     return "\n".join(
         [
-            "## The chapter's loops against matrix products",
+            "#### The chapter's loops against matrix products",
             "",
             f"Section 3.3 computes attention scores with a double loop of dot products and then "
             f"the context vectors with a loop of weighted sums; in matrix form they are "
@@ -141,19 +141,19 @@ def scaling(args, size, log) -> tuple[str, dict]:
                 + [("n/a" if ex[n] is None else f"{ex[n]:.2f}") for n in SCALING_PATHS]
             )
     md = [
-        f"## Scaling in T: batch 1, d={size.d}, {size.H} heads",
+        f"#### Scaling in T: batch 1, d={size.d}, {size.H} heads",
         "",
         "Forward+backward time, median of interleaved repeats ("
         + ", ".join(f"{n} at T={T}" for T, n in used.items())
         + "; one warm-up run first, none from 8192), and the peak resident memory it added. "
         "The chapter's torch class and npattn's reference and blocked paths hold (B, H, T, T) "
-        "arrays, so their memory grows with T^2; SDPA and npattn's tiled path "
+        "arrays, so their memory grows with $T^2$; SDPA and npattn's tiled path "
         f"grow with T. Runs estimated above {args.max_mem_gb:g} GiB are skipped "
         "(--max-mem-gb).",
         "",
         report.table(rows, ["T", *SCALING_PATHS]),
         "",
-        "Fitted exponents p of cost ~ c T^p (least squares on log T, log cost, over the "
+        r"Fitted exponents $p$ of cost $\sim c\, T^p$ (least squares on log T, log cost, over the "
         "points measured): at small T the projections, linear in T, dominate the time, so the "
         f"fit over T >= {FIT_FROM_T} shows the attention's own growth.",
         "",
@@ -210,7 +210,7 @@ def profile(args, size, log, runs: int = 3) -> str:
     share = [[*r, f"{100 * t / total:.0f}%"] for t, r in rows]
     return "\n".join(
         [
-            f"## Where npattn's time goes: B={size.B}, T={size.T}, d={size.d}, {size.H} heads",
+            f"#### Where npattn's time goes: B={size.B}, T={size.T}, d={size.d}, {size.H} heads",
             "",
             f"cProfile over {runs} forward+backward runs of npattn's MultiHeadAttention, "
             "attn_impl='auto' (one warm-up first), each op's own time per run (its matrix "

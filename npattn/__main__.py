@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
+
+from ._cli import Parser, int_in, writable_dir
 
 GRADCHECK_HELP = """\
 Every op and every chapter class (gradient-check cases: npattn/gradcheck_cases.py) in float64,
@@ -41,9 +44,13 @@ def gradcheck_report(seed: int = 0) -> bool:
     return ok
 
 
+TORCH_HINT = "pip install -c constraints.txt -e '.[torch]' (from a clone of npattn)"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The command line's parser: subcommands demo, gradcheck, decode and exercises, with help."""
-    parser = argparse.ArgumentParser(
+    """The command line's parser: subcommands demo, gradcheck, decode and exercises, every
+    option with help."""
+    parser = Parser(
         prog="python -m npattn",
         description="npattn: LLM attention in NumPy, every backward by hand.",
     )
@@ -51,7 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
         dest="command", required=True, metavar="{demo,gradcheck,decode,exercises}"
     )
     demo = sub.add_parser("demo", help="walk through chapter 3, printing the chapter's numbers")
-    demo.add_argument("--plot", metavar="DIR", help="also write attention heatmaps to DIR")
+    demo.add_argument(
+        "--plot",
+        metavar="DIR",
+        help="also write attention heatmaps to DIR (a directory, created if need be)",
+    )
     demo.add_argument(
         "--weights",
         choices=("auto", "torch", "npattn"),
@@ -62,13 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
         "gradcheck",
         help="central-difference check of every backward (float64)",
         description=GRADCHECK_HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     gc.add_argument(
         "--seed",
-        type=int,
+        type=int_in(0),
         default=0,
-        help="seed of the inputs, the upstream gradient and the dropout masks (default 0)",
+        help="seed of the inputs, the upstream gradient and the dropout masks",
     )
     from .beyond.decode import add_arguments
 
@@ -87,16 +97,34 @@ def build_parser() -> argparse.ArgumentParser:
             help="write each backward pass yourself: list, start, hint, check, solution",
         )
     )
+    parser.subparsers = sub.choices  # name -> subparser, whose errors name the subcommand
     return parser
 
 
+def check_demo_args(parser: Parser, args) -> None:
+    """The demo's refusals that need more than the option's text: one line each, exit 2."""
+    if args.weights == "torch" and importlib.util.find_spec("torch") is None:
+        parser.refuse("--weights", f"torch is not installed: {TORCH_HINT}, or use npattn")
+    if args.plot is not None:
+        if importlib.util.find_spec("matplotlib") is None:
+            parser.refuse("--plot", "needs matplotlib: pip install matplotlib")
+        try:
+            writable_dir(args.plot)
+        except ValueError as e:
+            parser.refuse("--plot", str(e))
+
+
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    subparser = parser.subparsers[args.command]
     if args.command == "gradcheck":
         return 0 if gradcheck_report(args.seed) else 1
     if args.command == "decode":
+        from .beyond.decode import check_arguments
         from .beyond.decode import main as decode_main
 
+        check_arguments(subparser, args)
         return decode_main(args)
     if args.command == "exercises":
         from .exercises.cli import main as exercises_main
@@ -104,6 +132,7 @@ def main(argv=None) -> int:
         return exercises_main(args)
     from .chapter.demo import main as demo_main
 
+    check_demo_args(subparser, args)
     return demo_main(plot_dir=args.plot, weights=args.weights)
 
 

@@ -222,7 +222,12 @@ def test_positions_shift_invariance_and_gaps():
 
 
 @given(cfg=configs(), seed=seeds, T=st.integers(1, 9), padded=st.booleans())
-def test_tiled_equals_reference(cfg, seed, T, padded):
+@pytest.mark.parametrize("blocks", [(256, 256), (2, 3)])
+def test_tiled_equals_reference(blocks, cfg, seed, T, padded):
+    """Every option on the tiled path equals the reference, with one tile, or with tiles of
+    2 x 3 so several query and key blocks run (and some are skipped outside the window)."""
+    import npattn.fast.tiled as tiled
+
     m = _attention(cfg, seed % 1000)
     x = _x(2, T, cfg.hidden_size, seed % 23)
     kpm = None
@@ -233,8 +238,10 @@ def test_tiled_equals_reference(cfg, seed, T, padded):
     dx = m.backward(g)
     grads = m.grads
     m.attn_impl = "tiled"
-    np.testing.assert_allclose(m(x, key_padding_mask=kpm), ref, **F64)
-    np.testing.assert_allclose(m.backward(g), dx, **F64)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(tiled, "DEFAULT_BLOCKS", blocks)
+        np.testing.assert_allclose(m(x, key_padding_mask=kpm), ref, **F64)
+        np.testing.assert_allclose(m.backward(g), dx, **F64)
     for k, v in grads.items():
         np.testing.assert_allclose(m.grads[k], v, **F64, err_msg=k)
 
@@ -326,3 +333,14 @@ def test_call_errors_change_nothing(call, error, words):
     dx = m.backward(g)  # the failed call left the earlier forward's backward intact
     m(x)
     np.testing.assert_array_equal(m.backward(g), dx)
+
+
+@pytest.mark.parametrize("T", [3, 64])
+def test_auto_is_the_reference_below_64_tokens_and_tiled_from_there(T):
+    cfg = AttentionConfig(8, 4, 2, rope=RoPE(), softcap=20.0, sinks=True, window=40)
+    m = _attention(cfg, 4)
+    x = _x(1, T, 8, 5)
+    ref = m(x)
+    m.attn_impl = "auto"
+    np.testing.assert_allclose(m(x), ref, **F64)
+    assert (m.attn_weights is None) == (T >= 64)  # the tiled path forms no weights

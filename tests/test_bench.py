@@ -159,3 +159,21 @@ def test_modern_tiled_prints_both_impls_of_both_classes():
         for cls in ("GroupedQueryAttention", "MultiHeadAttentionWithSWA")
         for impl in ("reference", "tiled")
     ]
+
+
+@pytest.mark.parametrize("script", ["bench.py", "long_context.py"])
+def test_a_run_writes_bench_results_and_the_docs_only_when_asked(script):
+    """Without --out, results go to bench-results/; --write-docs points at docs/benchmarks/."""
+    code = (
+        f"import sys; sys.path.insert(0, {BENCH!r}); sys.argv = ['x']\n"
+        f"import importlib.util as u; s = u.spec_from_file_location('b', {script!r})\n"
+        "m = u.module_from_spec(s); s.loader.exec_module(m)\n"
+        "print(m.parse_args([]).out); print(m.parse_args(['--write-docs']).out)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=BENCH, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    default, docs = done.stdout.split()
+    assert default == os.path.join(ROOT, "bench-results")
+    assert docs == os.path.join(ROOT, "docs", "benchmarks")

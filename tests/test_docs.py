@@ -55,6 +55,28 @@ def test_source_directives_resolve(page):
         assert block.startswith('```py title="npattn/'), block[:80]
 
 
+# a path into the repository named in prose or code: tests/..., npattn/..., benchmarks/...
+CITED_PATH = re.compile(r"(?<![\w/.-])((?:tests|tools|benchmarks|docs)/[\w./-]*\w)")
+
+
+@pytest.mark.parametrize(
+    "page", [*PAGES, ROOT / "README.md"], ids=lambda p: str(p.relative_to(ROOT))
+)
+def test_cited_repository_files_exist(page):
+    """Every tests/..., tools/..., benchmarks/... path a page (or the README) cites exists,
+    in the repository or (a link) beside the page."""
+    missing = [
+        path for path in CITED_PATH.findall(page.read_text())
+        if not any((base / path).exists() for base in (ROOT, page.parent))
+    ]  # fmt: skip
+    assert not missing, missing
+
+
+def test_cited_paths_are_found():
+    text = "checked in tests/test_sdpa.py and (tests/no_such.py), not in xtests/a.py"
+    assert CITED_PATH.findall(text) == ["tests/test_sdpa.py", "tests/no_such.py"]
+
+
 def test_fenced_blocks_are_found_with_their_lines():
     text = "intro\n```python\nx = 1\n```\n\n  ```python title='t'\n  y = 2\n  ```\n```py\nz\n```\n"
     blocks = pycode.fenced_blocks(text)
@@ -246,8 +268,20 @@ def test_display_maths_fits_the_column(page):
         if not any(b.start <= i <= b.end for b in pycode.fenced_blocks(page.read_text()))
     )  # fmt: skip
     for m in re.finditer(r"\$\$(.+?)\$\$", prose, re.S):
-        shown = "".join(ET.fromstring(latex_math.to_mathml(m.group(1), True)).itertext())
-        assert len(shown) <= MAX_DISPLAY_MATH_CHARS, (len(shown), m.group(1).strip()[:80])
+        for row in display_rows(m.group(1)):
+            assert len(row) <= MAX_DISPLAY_MATH_CHARS, (len(row), m.group(1).strip()[:80])
+
+
+def display_rows(tex: str) -> list[str]:
+    """The visible text of each row of a display formula (one row unless it is aligned)."""
+    root = ET.fromstring(latex_math.to_mathml(tex, True))
+    rows = [tr for tr in root.iter() if tr.tag.endswith("}mtr")] or [root]
+    return ["".join(row.itertext()) for row in rows]
+
+
+def test_an_aligned_formula_is_measured_row_by_row():
+    tex = "\\begin{aligned} a &= b + c \\\\ &= d \\end{aligned}"
+    assert display_rows(tex) == ["a=b+c", "=d"]
 
 
 def test_the_column_limits_catch_a_long_formula():
@@ -256,11 +290,70 @@ def test_the_column_limits_catch_a_long_formula():
     assert len(shown) > MAX_DISPLAY_MATH_CHARS
 
 
+# -- every page in the browser, on a desktop (1280 px) and on a phone (390 px) -------------
+
+spec = importlib.util.spec_from_file_location("docs_measure", ROOT / "tools" / "measure_docs.py")
+measure_docs = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(measure_docs)
+PHONE, DESKTOP = 390, 1280
+MAX_WIDE_FORMULAS = 3  # display formulas wider than a phone, over the whole site
+INCLUDED = {"benchmarks/cpu.md", "benchmarks/gpu.md"}  # parts of benchmarks.md, not pages
+SITE_PAGES = {page_id(p).removesuffix(".md") + ".html" for p in PAGES} - {
+    p.removesuffix(".md") + ".html" for p in INCLUDED
+}
+
+
+def assert_every_page_is_readable(checks: dict, width: int) -> None:
+    """What holds at any width: every page reported, code keeps its lines, printed output
+    wraps, figures link to their file, tables scroll in their own box, the maths font loads."""
+    assert None not in checks.values(), [p for p, c in checks.items() if c is None]
+    for page, c in checks.items():
+        assert c["doc_width"] <= width, (page, "the page scrolls sideways", c["doc_width"])
+        assert c["wrapping_code"] == 0, (page, "code blocks that wrap their lines")
+        assert c["unwrapped_output"] == 0, (page, "printed output that does not wrap")
+        assert c["unlinked_figures"] == 0, (page, "figures without a link to their file")
+        assert c["tables_without_scroll_box"] == 0, (page, "tables that would scroll the page")
+        assert c["math_font"] in (True, None), (page, "STIX Two Math did not load")
+
+
 @pytest.mark.skipif(CHROMIUM is None, reason="no chromium to measure the pages")
-def test_nothing_overflows_at_1280_px(site):
-    """Measured in the browser: formulas, code and tables of the key pages fit the column."""
-    pages = ["index.html", "backward/sdpa.html", "backward/tiled.html", "benchmarks.html"]
-    assert docs_overflow.overflowing(site, 1280, pages) == {}
+def test_every_page_at_1280_px(site):
+    """On a desktop nothing is cut off: formulas, code and tables fit the content column."""
+    checks = measure_docs.page_checks(site, DESKTOP)
+    assert set(checks) == SITE_PAGES
+    assert_every_page_is_readable(checks, DESKTOP)
+    overflowing = {p: c["overflow"] for p, c in checks.items() if c["overflow"]}
+    assert overflowing == {}
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no chromium to measure the pages")
+def test_every_page_at_390_px(site):
+    """On a phone no page scrolls sideways (code and tables scroll in their own boxes), and
+    long display formulas are split onto rows: at most a handful are wider than the screen."""
+    checks = measure_docs.page_checks(site, PHONE)
+    assert set(checks) == SITE_PAGES
+    assert_every_page_is_readable(checks, PHONE)
+    wide = [(p, f) for p, c in checks.items() for f in c["formulas"] if f["px"] > PHONE]
+    assert len(wide) <= MAX_WIDE_FORMULAS, wide
+    assert sum(len(c["formulas"]) for c in checks.values()) > 50  # the formulas were measured
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no chromium to measure the pages")
+def test_a_phone_is_measured_at_its_own_width(site):
+    """Headless Chromium will not lay a page out narrower than 500 px; the tools measure a
+    phone in an iframe of its width instead."""
+    script = "window.addEventListener('load', () => report(window.innerWidth));"
+    widths = docs_overflow.run_in_pages(site, PHONE, script, ["index.html"])
+    assert widths == {"index.html": PHONE}
+
+
+def test_the_maths_font_is_bundled_with_its_licence():
+    css = (DOCS / "css" / "extra.css").read_text()
+    font = re.search(r'url\("\.\./(fonts/[^"]+\.woff2)"\)', css)
+    assert font, "no @font-face for the maths font"
+    assert (DOCS / font.group(1)).read_bytes()[:4] == b"wOF2"
+    assert "SIL Open Font License" in (DOCS / "fonts" / "STIXTwoMath-OFL.txt").read_text()
+    assert re.search(r'math \{\s*font-family: "STIX Two Math"', css)
 
 
 def test_site_diagrams_are_drawn_and_used(site):
@@ -291,3 +384,11 @@ def test_sdpa_page_walks_the_backward_with_computed_numbers(site):
         assert f"{step.name} = {step.formula}" in html, step.name
     first = f"{walk.steps[-1].analytic[1, 0]:.4f}"  # dk of "journey", printed in the build
     assert first in html
+
+
+def test_benchmarks_page_has_one_title_and_its_maths_rendered(site):
+    """The included result files are sections of the page, and T^2 is maths, not text."""
+    html = (site / "benchmarks.html").read_text()
+    assert len(re.findall(r"<h1[ >]", html)) == 1
+    text = re.sub(r"<math.*?</math>|<code.*?</code>", "", html, flags=re.S)
+    assert "T^2" not in text and "T^p" not in text

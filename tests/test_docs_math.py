@@ -91,7 +91,7 @@ def test_html_special_characters_are_escaped():
         ("\\frac{a", "unclosed"),
         ("a}", "unbalanced"),
         ("x^", "latex2mathml"),
-        ("\\begin{aligned} a &= b \\end{aligned}", "invalid MathML"),
+        ("\\begin{aligned} a &= b \\end{aligned}", "display maths only"),
         ("  ", "empty"),
     ],
 )
@@ -154,3 +154,18 @@ def test_log_is_followed_by_a_thin_space_unless_a_parenthesis_follows():
     names = tags(spaced)
     assert names[names.index("mi", names.index("mo")) + 1] == "mspace"
     assert "mspace" not in tags(ET.fromstring(latex_math.to_mathml("\\log(x)")))
+
+
+def test_aligned_rows_become_table_rows_aligned_at_the_ampersand():
+    tex = "\\begin{aligned} S &= s\\, Q K^\\top + A, \\\\ P &= \\mathrm{softmax}(S) \\end{aligned}"
+    root = ET.fromstring(latex_math.to_mathml(tex, display=True))
+    rows = [el for el in root.iter() if el.tag.endswith("}mtr")]
+    assert len(rows) == 2
+    cells = [[c for c in row if c.tag.endswith("}mtd")] for row in rows]
+    assert [[c.get("columnalign") for c in r] for r in cells] == [["right", "left"]] * 2
+    assert ["".join(c.itertext()) for c in cells[1]] == ["P", "=softmax(S)"]
+
+
+def test_an_aligned_cell_is_checked_like_a_formula():
+    with pytest.raises(latex_math.LatexError, match="unknown command"):
+        latex_math.to_mathml("\\begin{aligned} a &= \\foo{b} \\end{aligned}", display=True)

@@ -34,10 +34,7 @@ window.addEventListener("load", () => setTimeout(() => {
     const text = el.textContent.slice(0, 70);
     if (over > 1) bad.push({tag: el.tagName, px: Math.round(over), text});
   }
-  const pre = document.createElement("pre");
-  pre.id = "overflow-report";
-  pre.textContent = JSON.stringify(bad);
-  document.body.appendChild(pre);
+  report(bad);
 }, 200));
 """
 
@@ -47,15 +44,59 @@ def browser() -> str | None:
     return next((shutil.which(b) for b in BROWSERS if shutil.which(b)), None)
 
 
-def overflowing(site: Path, width: int = 1280, pages=None) -> dict[str, list[dict]]:
-    """{page: [{tag, px, text}, ...]} for each page with something too wide.
+# Headless Chromium lays a page out at least 500 px wide, whatever --window-size says: a
+# narrower width (a phone's 390 px) is measured in an iframe of that width, inside a wrapper
+# page that copies the iframe's report out (file:// pages may read each other only with
+# --allow-file-access-from-files).
+MIN_WINDOW = 500
+WRAPPER = """<!doctype html><html><body style="margin:0">
+<iframe id="page" src="{src}" width="{width}" height="{height}" style="border:0"></iframe>
+<script>
+const poll = setInterval(() => {{
+  let doc = null;
+  try {{ doc = document.getElementById("page").contentDocument; }} catch (e) {{ return; }}
+  const found = doc && doc.getElementById("page-report");
+  if (!found) return;
+  clearInterval(poll);
+  const pre = document.createElement("pre");
+  pre.id = "page-report";
+  pre.textContent = found.textContent;
+  document.body.appendChild(pre);
+}}, 50);
+</script></body></html>"""
 
-    pages: paths relative to the site ("backward/sdpa.html"); default every page.
+
+def chromium_args(exe: str, width: int, height: int) -> list[str]:
+    size = f"--window-size={max(width, MIN_WINDOW)},{height}"
+    return [exe, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+            "--allow-file-access-from-files", size]  # fmt: skip
+
+
+def wrap_narrow(page: Path, width: int, height: int) -> Path:
+    """The page itself, or below MIN_WINDOW a wrapper page showing it in a `width` iframe."""
+    if width >= MIN_WINDOW:
+        return page
+    wrapper = page.with_name(f"_narrow_{page.name}")
+    wrapper.write_text(WRAPPER.format(src=page.name, width=width, height=height))
+    return wrapper
+
+
+def run_in_pages(site: Path, width: int, script: str, pages=None, height: int = 1600) -> dict:
+    """{page: JSON value} that `script` reports in each page of the built site.
+
+    The script runs in the page after load and stores its answer with `report(value)`.
+    pages: paths relative to the site ("backward/sdpa.html"); default every page but 404.html.
+    A width under 500 px (a phone) is laid out in an iframe of that width (MIN_WINDOW).
     """
     exe = browser()
     if exe is None:
         raise RuntimeError("no chromium on PATH")
     found = {}
+    wrapper = (
+        "function report(v) { const pre = document.createElement('pre');"
+        " pre.id = 'page-report'; pre.textContent = JSON.stringify(v);"
+        " document.body.appendChild(pre); }\n" + script
+    )
     with tempfile.TemporaryDirectory() as tmp:
         copy = Path(tmp) / "site"
         shutil.copytree(site, copy)
@@ -63,19 +104,40 @@ def overflowing(site: Path, width: int = 1280, pages=None) -> dict[str, list[dic
             name = str(page.relative_to(copy))
             if page.name == "404.html" or (pages is not None and name not in pages):
                 continue
-            script = f"<script>{MEASURE}</script></body>"
-            page.write_text(page.read_text().replace("</body>", script))
+            tag = f"<script>{wrapper}</script></body>"
+            page.write_text(page.read_text().replace("</body>", tag))
+            target = wrap_narrow(page, width, height)
             out = subprocess.run(
-                [exe, "--headless", "--no-sandbox", "--disable-gpu", f"--window-size={width},1600",
-                 "--virtual-time-budget=3000", "--dump-dom", page.as_uri()],
+                [*chromium_args(exe, width, height), "--virtual-time-budget=3000",
+                 "--dump-dom", target.as_uri()],
                 capture_output=True, text=True, timeout=120,
             ).stdout  # fmt: skip
-            m = re.search(r'<pre id="overflow-report">(.*?)</pre>', out, re.S)
-            no_report = [{"tag": "page", "px": -1, "text": "the page did not report"}]
-            bad = json.loads(html.unescape(m.group(1))) if m else no_report
-            if bad:
-                found[name] = bad
+            m = re.search(r'<pre id="page-report">(.*?)</pre>', out, re.S)
+            found[name] = json.loads(html.unescape(m.group(1))) if m else None
     return found
+
+
+def screenshot(site: Path, page: str, width: int, height: int, out: Path) -> None:
+    """A PNG of one page of the built site at `width` px (a phone's 390 px works too)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        copy = Path(tmp) / "site"
+        shutil.copytree(site, copy)
+        target = wrap_narrow(copy / page, width, height)
+        subprocess.run(
+            [*chromium_args(browser(), width, height), "--virtual-time-budget=3000",
+             f"--screenshot={out}", target.as_uri()],
+            capture_output=True, timeout=120, check=True,
+        )  # fmt: skip
+
+
+def overflowing(site: Path, width: int = 1280, pages=None) -> dict[str, list[dict]]:
+    """{page: [{tag, px, text}, ...]} for each page with something too wide.
+
+    pages: paths relative to the site ("backward/sdpa.html"); default every page.
+    """
+    no_report = [{"tag": "page", "px": -1, "text": "the page did not report"}]
+    found = run_in_pages(site, width, MEASURE, pages)
+    return {name: bad if bad is not None else no_report for name, bad in found.items() if bad != []}
 
 
 def main(argv=None) -> int:

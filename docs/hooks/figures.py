@@ -9,6 +9,8 @@ With torch installed the trainable stages use the chapter's torch-seeded weights
 
 from __future__ import annotations
 
+import re
+
 FIGURES_DIR = "figures"
 
 
@@ -24,3 +26,18 @@ def on_files(files, config):
         svg = diagrams.figure_bytes(fig)
         files.append(File.generated(config, f"{FIGURES_DIR}/{name}.svg", content=svg))
     return files
+
+
+def link_figures(html: str) -> str:
+    """Each figure links to its full-size file, in a box that scrolls sideways on a narrow
+    screen rather than shrinking the figure past legibility (docs/css/extra.css)."""
+    return re.sub(
+        r'<img ([^>]*?)src="([^"]+\.(?:svg|png))"([^>]*)>',
+        r'<a class="figure-link" href="\2" title="the full-size figure">'
+        r'<img \1src="\2"\3></a>',
+        html,
+    )
+
+
+def on_page_content(html, page, config, files):
+    return link_figures(html)

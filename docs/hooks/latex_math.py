@@ -143,14 +143,68 @@ def _fix_mathml(mathml: str) -> str:
     return ET.tostring(root, encoding="unicode")
 
 
+ALIGNED_RE = re.compile(r"\A\\begin\{aligned\}(.*)\\end\{aligned\}\Z", re.S)
+
+
+def aligned_rows(tex: str) -> list[list[str]] | None:
+    """The cells of `\\begin{aligned} a &= b \\\\ &= c \\end{aligned}`, row by row, or None.
+
+    Rows are split at `\\\\`, cells at `&`; each cell must be a formula of its own (no
+    `\\left` in one row closed by `\\right` in the next).
+    """
+    m = ALIGNED_RE.match(tex.strip())
+    if m is None:
+        return None
+    rows = [r for r in re.split(r"\\\\", m.group(1)) if r.strip()]
+    return [[c.strip() for c in re.split(r"(?<!\\)&", row)] for row in rows]
+
+
+def _aligned_mathml(rows: list[list[str]]) -> str:
+    """An <mtable> with one <mtr> per row; cells alternately right- and left-aligned, as in
+    amsmath's `aligned`, each in display style."""
+    from latex2mathml.converter import convert
+
+    math = ET.Element(MATHML_NS + "math", display="block")
+    table = ET.SubElement(math, MATHML_NS + "mtable", displaystyle="true")
+    for cells in rows:
+        tr = ET.SubElement(table, MATHML_NS + "mtr")
+        for k, cell in enumerate(cells):
+            side = "right" if k % 2 == 0 else "left"
+            td = ET.SubElement(tr, MATHML_NS + "mtd", columnalign=side)
+            td.set("class", f"align-{side}")
+            row = ET.SubElement(td, MATHML_NS + "mrow", displaystyle="true")
+            if not cell:
+                continue
+            if k % 2 == 1:
+                cell = "{}" + cell  # a relation after & is spaced as an infix one, as in TeX
+            _check_braces(cell)
+            try:
+                cell_mathml = convert(cell, display="block")
+            except Exception as e:  # latex2mathml raises its own exception types
+                raise LatexError(f"latex2mathml: {type(e).__name__} {e} in {cell!r}") from None
+            _check_mathml(cell_mathml, cell)
+            row.extend(list(ET.fromstring(cell_mathml)))
+    ET.register_namespace("", MATHML_NS.strip("{}"))
+    return ET.tostring(math, encoding="unicode")
+
+
 def to_mathml(tex: str, display: bool = False) -> str:
-    """LaTeX -> a <math> element (display="block" or "inline"); LatexError if it is bad."""
+    """LaTeX -> a <math> element (display="block" or "inline"); LatexError if it is bad.
+
+    A display formula may be `\\begin{aligned} ... \\end{aligned}`: rows split at `\\\\`,
+    aligned at `&` (latex2mathml itself draws it as one row).
+    """
     from latex2mathml.converter import convert
 
     tex = tex.strip()
     if not tex:
         raise LatexError("empty formula")
     _check_braces(tex)
+    rows = aligned_rows(tex)
+    if rows is not None:
+        if not display:
+            raise LatexError(f"aligned is for display maths only: {tex[:60]!r}")
+        return _fix_mathml(_aligned_mathml(rows))
     try:
         mathml = convert(tex, display="block" if display else "inline")
     except Exception as e:  # latex2mathml raises its own exception types

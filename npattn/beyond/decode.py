@@ -185,22 +185,42 @@ def run(
     return results
 
 
+# Sizes are checked before anything is allocated: the weights of the six classes take about
+# WEIGHT_BYTES_PER_D2 * d^2 bytes, and each full forward about SCORE_BYTES * heads * T^2.
+MAX_D = 4096
+MAX_TOKENS = 1 << 16
+MAX_GIB = 4
+WEIGHT_BYTES_PER_D2 = 256
+SCORE_BYTES = 24
+
+
 def add_arguments(parser) -> None:
     """The decode subcommand's options."""
-    parser.add_argument("--prompt-tokens", type=int, default=128, help="tokens fed first, at once")
-    parser.add_argument("--new-tokens", type=int, default=32, help="tokens decoded one at a time")
-    parser.add_argument("--d", type=int, default=256, help="model width d_in = d_out")
-    parser.add_argument("--heads", type=int, default=8, help="attention heads")
+    from .._cli import int_in
+
+    positive = int_in(1, MAX_TOKENS)
+    parser.add_argument("--prompt-tokens", type=positive, default=128, help="tokens fed first")
     parser.add_argument(
-        "--groups", type=int, default=2, help="key/value groups (GQA, Qwen3); divides --heads"
+        "--new-tokens", type=positive, default=32, help="tokens decoded one at a time"
+    )
+    parser.add_argument("--d", type=int_in(1, MAX_D), default=256, help="model width d_in = d_out")
+    parser.add_argument("--heads", type=int_in(1, MAX_D), default=8, help="attention heads")
+    parser.add_argument(
+        "--groups",
+        type=int_in(1, MAX_D),
+        default=2,
+        help="key/value groups (GQA, Qwen3); divides --heads",
     )
     parser.add_argument(
-        "--window", type=int, default=None, help="sliding window (default: half the prompt)"
+        "--window",
+        type=positive,
+        default=None,
+        help="sliding window (default: half the prompt)",
     )
     parser.add_argument(
         "--dtype", choices=tuple(DTYPES), default="float32", help="dtype of weights and inputs"
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the weights and inputs")
+    parser.add_argument("--seed", type=int_in(0), default=0, help="seed of the weights and inputs")
     parser.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,
@@ -209,18 +229,24 @@ def add_arguments(parser) -> None:
     )
 
 
-def main(args) -> int:
-    """Run with the parsed options; a bad combination of sizes exits with a message."""
-    for name in ("prompt_tokens", "new_tokens", "d", "heads", "groups"):
-        if getattr(args, name) < 1:
-            raise SystemExit(f"--{name.replace('_', '-')} must be >= 1")
-    if args.d % args.heads or args.heads % args.groups:
-        raise SystemExit(
-            f"--d ({args.d}) must be divisible by --heads ({args.heads}), and --heads by "
-            f"--groups ({args.groups})"
+def check_arguments(parser, args) -> None:
+    """Refuse, through parser.refuse (one line, exit 2), sizes that do not fit together."""
+    if args.d % args.heads:
+        parser.refuse("--heads", f"must divide --d ({args.d}), got {args.heads}")
+    if args.heads % args.groups:
+        parser.refuse("--groups", f"must divide --heads ({args.heads}), got {args.groups}")
+    T = args.prompt_tokens + args.new_tokens
+    gib = SCORE_BYTES * args.heads * T * T / 2**30
+    if gib > MAX_GIB:
+        parser.refuse(
+            "--prompt-tokens",
+            f"{args.prompt_tokens} + --new-tokens {args.new_tokens} tokens with --heads "
+            f"{args.heads} need about {gib:,.0f} GiB of attention scores (at most {MAX_GIB} GiB)",
         )
-    if args.window is not None and args.window < 1:
-        raise SystemExit("--window must be >= 1")
+
+
+def main(args) -> int:
+    """Run with the parsed options (checked by the parser and check_arguments)."""
     run(
         args.prompt_tokens,
         args.new_tokens,

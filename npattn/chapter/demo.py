@@ -73,7 +73,8 @@ def _weights_note(source: str) -> None:
             "by numpy's generator: these numbers DIFFER from the book's.",
             "Run with --weights auto to see the book's."
             if torch_available()
-            else "Install torch (pip install 'npattn[torch]') to see the book's.",
+            else "Install torch to see the book's (from a clone of npattn:"
+            " pip install -c constraints.txt -e '.[torch]').",
         )
 
 
@@ -256,7 +257,7 @@ def main(plot_dir=None, weights: str = "auto") -> int:
     "npattn" (npattn's own seeded init).
     """
     if plot_dir is not None and importlib.util.find_spec("matplotlib") is None:
-        print("--plot needs matplotlib: pip install matplotlib (or npattn[docs])")
+        print("--plot needs matplotlib: pip install matplotlib")
         return 2
     w = walk(weights)
     print('npattn demo: chapter 3 of "Build a Large Language Model (From Scratch)", stage by')

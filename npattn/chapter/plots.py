@@ -28,7 +28,7 @@ def _require_matplotlib() -> None:
         import matplotlib  # noqa: F401
     except ImportError as e:
         raise ImportError(
-            "npattn.chapter.plots draws with matplotlib: pip install matplotlib (or 'npattn[docs]')"
+            "npattn.chapter.plots draws with matplotlib: pip install matplotlib"
         ) from e
 
 

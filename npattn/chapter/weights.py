@@ -32,7 +32,8 @@ def _import_torch():
         import torch
     except ImportError as e:
         raise ImportError(
-            "the chapter's seeded weights are drawn with torch: pip install 'npattn[torch]', "
+            "the chapter's seeded weights are drawn with torch: from a clone of npattn, "
+            "pip install -c constraints.txt -e '.[torch]', "
             "or pass weights='npattn'"
         ) from e
     return torch

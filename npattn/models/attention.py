@@ -74,7 +74,7 @@ class Attention(KVCacheMixin, Module):
 
     attn_impl: "reference" (the default: the steps above, step 8 as sdpa_forward), "tiled"
     (step 8 as flash_attention_forward, memory linear in T; attn_weights is None) or "auto"
-    (tiled from 1024 tokens). Cached decoding runs the same forward-only step whatever it says.
+    (tiled from 64 tokens). Cached decoding runs the same forward-only step whatever it says.
     """
 
     attn_impl = attn_impl_property(ATTENTION_IMPLS)
