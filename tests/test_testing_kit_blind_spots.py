@@ -220,6 +220,8 @@ def test_conversion_keeps_a_hand_set_eps():
     assert (twin.q_norm.eps, twin.k_norm.eps) == (1e-2, 1e-2)
     back = tp.to_npattn(twin)
     assert (back.q_norm.eps, back.k_norm.eps) == (1e-2, 1e-2)
+    ref.q_norm.offset = 1.0  # Gemma's x_hat * (1 + w), set by hand
+    assert tp.from_npattn(ref).q_norm.offset == 1.0
 
 
 def test_a_wrong_eps_fails_in_float32_whatever_the_twin():

@@ -123,7 +123,7 @@ def _check_rope_tables(source, new) -> None:
             )
 
 
-SCALAR_SETTINGS = ("eps",)  # settings kept by submodules that no constructor argument sets
+SCALAR_SETTINGS = ("eps", "offset")  # kept by submodules; no constructor argument sets them
 
 
 def _copy_settings(source, new) -> None:
