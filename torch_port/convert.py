@@ -12,11 +12,12 @@ the constructor arguments: num_heads (head_dim = width / num_heads, and from it
 num_kv_groups), sliding_window_size, and Qwen3Attention's rope_base, context_length and
 rope_freq_config (a setting kept by no attribute takes the constructor's default, and the
 new module's cos/sin tables are then checked against the source's, so nothing is lost
-silently). The real-model layers (Attention, LatentAttention) carry their whole configuration
-in `module.config` (an npattn dataclass): they convert as type(module)(module.config) on the
-other side plus the state_dict, so every setting is kept. The book's Qwen3 and Llama 3
-attention is also called GroupedQueryAttention but has no dropout; it converts to
-Qwen3Attention, and as it keeps no RoPE settings, pass them:
+silently). Settings no constructor argument sets, such as a hand-set RMSNorm eps, are copied
+submodule by submodule. The real-model layers (Attention, LatentAttention) carry their whole
+configuration in `module.config` (an npattn dataclass): they convert as
+type(module)(module.config) on the other side plus the state_dict, so every setting is kept.
+The book's Qwen3 and Llama 3 attention is also called GroupedQueryAttention but has no
+dropout; it converts to Qwen3Attention, and as it keeps no RoPE settings, pass them:
 to_npattn(att, rope_base=..., context_length=..., rope_freq_config=...).
 """
 
@@ -122,6 +123,20 @@ def _check_rope_tables(source, new) -> None:
             )
 
 
+SCALAR_SETTINGS = ("eps", "offset")  # kept by submodules; no constructor argument sets them
+
+
+def _copy_settings(source, new) -> None:
+    """Copy the submodules' scalar settings (a hand-set RMSNorm eps) from source to new,
+    module by module, so that a conversion keeps every configuration value."""
+    theirs = {p.rstrip("."): m for p, m in source.named_modules()}
+    for path, m in new.named_modules():
+        src = theirs.get(path.rstrip("."))
+        for name in SCALAR_SETTINGS:
+            if src is not None and hasattr(src, name) and hasattr(m, name):
+                setattr(m, name, float(getattr(src, name)))
+
+
 def _as_numpy(a) -> np.ndarray:
     return _to_numpy(a) if torch.is_tensor(a) else np.asarray(a)
 
@@ -186,6 +201,7 @@ def to_npattn(module: torch.nn.Module, *, rng=None, **settings) -> npattn.Module
     if name in CONFIG_CLASSES:  # the config holds every setting; the state_dict the weights
         new = cls(module.config, rng=rng).astype(_float_dtype(sd))
         new.load_state_dict(sd)
+        _copy_settings(module, new)
         return new.train(module.training)
     if name in MODERN_CLASSES:  # its own errors name the attribute or setting at fault
         args, kwargs = modern_args(name, sd, module, settings)
@@ -203,6 +219,7 @@ def to_npattn(module: torch.nn.Module, *, rng=None, **settings) -> npattn.Module
         ) from e
     if name == "Qwen3Attention":
         _check_rope_tables(module, new)
+    _copy_settings(module, new)
     return new.train(module.training)
 
 
@@ -233,6 +250,7 @@ def from_npattn(module: npattn.Module, *, device=None, **settings) -> torch.nn.M
         num_heads = getattr(module, "num_heads", None)
         new = getattr(modules, name)(*_args(name, sd, _dropout_of(module), num_heads))
     new.load_state_dict(sd, assign=True)  # assign keeps each tensor's dtype
+    _copy_settings(module, new)
     return new.to(device).train(module.training)
 
 

@@ -19,7 +19,8 @@ that replays it. The search is deterministic (`seed=`).
 - forward: callable (module, x) -> Tensor for modules returning tuples or taking masks.
 - dtype: float64 (default), float32, float16 or bfloat16, judged by the error model in
   precision.py: normwise, relative to what plain torch achieves at that dtype.
-Also: assert_decode_matches (KV-cache decoding) and assert_sdpa_matches (an SDPA kernel).
+Also: assert_decode_matches (KV-cache decoding), assert_sdpa_matches (an SDPA kernel) and
+assert_hf_attention_matches (a transformers attention layer, in one line).
 """
 
 from . import maps, weights
@@ -37,10 +38,13 @@ from .errors import (
     KitSetupError,
     Mismatch,
     ReferenceMismatchError,
+    StructuralSizeWarning,
     UnmappedParameterWarning,
 )
+from .hf import HFExample, assert_hf_attention_matches, compare_hf
 from .oracle import SDPAExample, assert_sdpa_matches, compare_sdpa, plain_sdpa
 from .precision import FACTOR, FLOOR, Judgement
+from .setup import check_reference_tables
 
 __all__ = [
     "FACTOR",
@@ -48,18 +52,23 @@ __all__ = [
     "ConfigurationMismatchError",
     "DecodeExample",
     "Example",
+    "HFExample",
     "Judgement",
     "KitSetupError",
     "Mismatch",
     "ReferenceMismatchError",
     "Report",
     "SDPAExample",
+    "StructuralSizeWarning",
     "UnmappedParameterWarning",
     "assert_decode_matches",
+    "assert_hf_attention_matches",
     "assert_matches_reference",
     "assert_sdpa_matches",
+    "check_reference_tables",
     "compare",
     "compare_decode",
+    "compare_hf",
     "compare_sdpa",
     "find_mismatch",
     "maps",

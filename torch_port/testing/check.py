@@ -6,38 +6,23 @@ gradient in the module's own layout (the reference's pulled back through the wei
 
 from __future__ import annotations
 
-import random
-from dataclasses import dataclass, field
-
 import numpy as np
 import torch
-from hypothesis import HealthCheck, Phase, find, settings
 from hypothesis import strategies as st
-from hypothesis.errors import NoSuchExample
 
-from .errors import Example, KitSetupError, Mismatch, ReferenceMismatchError
+from . import engine
+from .engine import Case, Report, warn_not_reached
+from .errors import Example, KitSetupError, Mismatch
 from .precision import Judgement, judge, rule_for
-from .setup import MAX_TOKENS, Setup, as_tensor_output, build
-
-
-@dataclass
-class Report:
-    """What a passing check did: examples run, parameters never compared, and per quantity
-    the judgement closest to its bound (error / allowed largest)."""
-
-    examples: int = 0
-    unread: tuple = ()
-    worst: dict = field(default_factory=dict)
-
-    def note(self, judgements) -> None:
-        for j in judgements:
-            old = self.worst.get(j.quantity)
-            if old is None or _closeness(j) > _closeness(old):
-                self.worst[j.quantity] = j
-
-
-def _closeness(j: Judgement) -> float:
-    return j.error / j.allowed if j.allowed else 0.0
+from .setup import (
+    Setup,
+    as_tensor_output,
+    build,
+    call_setup_error,
+    calling_error,
+    takes_positions,
+    token_range,
+)
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
@@ -51,29 +36,65 @@ def draw_input(setup: Setup, example: Example):
     return _round(x, setup.dtype), rng
 
 
+def _rows(a: np.ndarray, real: np.ndarray) -> np.ndarray:
+    """a (B, T, ...) with the padded query rows set to 0 (what is compared)."""
+    return np.where(real[..., None], a, 0.0)
+
+
 def _round(a: np.ndarray, dtype) -> np.ndarray:
     return torch.from_numpy(a).to(dtype).to(torch.float64).numpy()
+
+
+def positions_and_padding(example: Example):
+    """positions (B, T) int64 and key_padding_mask (B, T) bool (None without padding) as
+    numpy, and the real rows (B, T); None, None, None for a plain example."""
+    if not example.start and not example.pads:
+        return None, None, None
+    B, T = example.batch, example.tokens
+    pads = np.asarray(example.pads or (0,) * B)
+    real = np.arange(T)[None, :] >= pads[:, None]  # (B, T), left padding
+    positions = np.where(real, example.start + np.cumsum(real, axis=-1) - 1, 1)
+    return positions.astype(np.int64), (real if real.size and not real.all() else None), real
 
 
 def run_example(setup: Setup, example: Example, check_backward: bool):
     """Every judgement on one example (stopping at the first failure), and that failure."""
     x64, rng = draw_input(setup, example)
-    y_ref = setup.ref(x64)
+    positions, kpm, real = positions_and_padding(example)
+    kw = {} if positions is None else {"positions": positions, "key_padding_mask": kpm}
+    y_ref = setup.ref(x64, **kw)
     g64 = _round(rng.standard_normal(y_ref.shape), setup.dtype)  # random upstream gradient
+    if real is not None:  # padded query rows are not compared: no gradient from them
+        y_ref, g64 = _rows(y_ref, real), _rows(g64, real)
     x = torch.tensor(x64, dtype=setup.dtype, device=setup.device)
+    user_kw = {k: None if v is None else torch.as_tensor(v, device=setup.device)
+               for k, v in kw.items()}  # fmt: skip
     setup.user.zero_grad(set_to_none=True)
     try:
         if check_backward:
             x.requires_grad_(True)
-            y = as_tensor_output(setup.forward(setup.user, x))
+            y = as_tensor_output(setup.forward(setup.user, x, **user_kw))
         else:
             with torch.no_grad():
-                y = as_tensor_output(setup.forward(setup.user, x))
+                y = as_tensor_output(setup.forward(setup.user, x, **user_kw))
     except KitSetupError:
         raise
     except Exception as e:  # the module raising is a disagreement too
+        if calling_error(e, setup.forward, run_example, module=setup.user):
+            raise call_setup_error(
+                e,
+                f"{type(setup.user).__name__} through forward(module, x)",
+                "the kit calls forward(module, x) with x of shape (B, T, d_in); pass forward="
+                "lambda m, x: m(x, ...) with whatever else your module's forward needs",
+            ) from e
         return [], Mismatch("exception", example, (), float("inf"), f"{type(e).__name__}: {e}")
-    plain = setup.plain.run(x64, g64, check_backward) if setup.plain else (None, None, None)
+    plain = (None, None, None)
+    if setup.plain:
+        plain = setup.plain.run(x64, g64, check_backward, **kw)
+        if real is not None:
+            plain = (_rows(plain[0], real), *plain[1:])
+    if real is not None:
+        y = torch.where(torch.as_tensor(real, device=y.device)[..., None], y, 0.0)
     judgements = []
 
     def check(quantity, got, truth, plain_value, scale=None):
@@ -98,8 +119,14 @@ def run_example(setup: Setup, example: Example, check_backward: bool):
     found = check("dx", dx, dx_ref, plain[1])
     if found:
         return judgements, found
-    expected = setup.weights.pull_back(setup.ref.grads)
-    plain_grads = setup.weights.pull_back(plain[2]) if plain[2] is not None else {}
+    return judgements, judge_parameters(setup, check, setup.ref.grads, plain[2])
+
+
+def judge_parameters(setup: Setup, check, ref_grads: dict, plain_ref_grads) -> Mismatch | None:
+    """Each parameter gradient of the module (its .grad) against the reference's pulled back
+    through the weight map; the first failure. check(quantity, got, truth, plain, scale)."""
+    expected = setup.weights.pull_back(ref_grads)
+    plain_grads = setup.weights.pull_back(plain_ref_grads) if plain_ref_grads else {}
     params = dict(setup.user.named_parameters())
     compared = [k for k in setup.weights.names if k in expected and k in setup.weights.trainable]
     total = np.sqrt(sum(float(np.sum(expected[k] ** 2)) for k in compared))
@@ -112,8 +139,8 @@ def run_example(setup: Setup, example: Example, check_backward: bool):
         scale = max(float(np.linalg.norm(expected[k])), total * np.sqrt(expected[k].size / size))
         found = check(f"grad[{k}]", got, expected[k], plain_grads.get(k), scale)
         if found:
-            return judgements, found
-    return judgements, None
+            return found
+    return None
 
 
 def _rule(dtype, factor, floor, rtol, atol):
@@ -165,6 +192,63 @@ def measure(
     return run_example(setup, example, check_backward)[0]
 
 
+class ModuleCase(Case):
+    """assert_matches_reference's case: Examples (batch, tokens, seed) through forward."""
+
+    def __init__(self, setup: Setup, check_backward, seed, max_batch, max_tokens, names):
+        self.setup, self.check_backward, self.seed, self.names = setup, check_backward, seed, names
+        self.report = Report(unread=tuple(setup.weights.warn_unread()), sizes=setup.sizes)
+        self.max_tokens, boundaries, self.report.not_reached = token_range(setup.sizes, max_tokens)
+        self.report.max_tokens, self.report.boundaries = self.max_tokens, tuple(boundaries)
+        warn_not_reached(self.report.not_reached, max([self.max_tokens, *boundaries]))
+        self.max_batch = max_batch
+
+    def examples(self):
+        plain = st.builds(
+            Example,
+            batch=st.integers(1, self.max_batch),
+            tokens=st.integers(1, self.max_tokens),
+            seed=st.integers(0, 2**32 - 1),
+        )
+        if not takes_positions(self.setup.forward, self.setup.ref):
+            return plain
+        max_batch, max_tokens = self.max_batch, self.max_tokens
+
+        @st.composite
+        def with_positions(draw):  # positions from anywhere, or left padding
+            batch, tokens = draw(st.integers(1, max_batch)), draw(st.integers(1, max_tokens))
+            pads, start = (), 0
+            if draw(st.booleans()):
+                pads = tuple(draw(st.integers(0, tokens - 1)) for _ in range(batch))
+            else:
+                start = draw(st.integers(0, 2 * max_tokens))
+            return Example(batch, tokens, draw(st.integers(0, 2**32 - 1)), start, pads)
+
+        return with_positions()
+
+    def run(self, example):
+        return run_example(self.setup, example, self.check_backward)
+
+    def probe(self):
+        return Example(1, 1, self.seed)
+
+    def ladder(self):
+        return [Example(1, t, self.seed) for t in self.report.boundaries]
+
+    def between(self, passed, failed):  # the token counts between a passing and a failing rung
+        low = passed.tokens if passed else 0
+        return [Example(1, t, self.seed) for t in range(low + 1, failed.tokens)]
+
+    def message(self, mismatch):
+        module, reference, named, options = self.names
+        dtype = str(options.get("dtype", torch.float64)).replace("torch.", "")
+        return (
+            f"{type(module).__name__} does not match npattn.{type(reference).__name__} "
+            f"({dtype}): {mismatch}\n"
+            f"replay: {replay_line(mismatch.example, 'compare', named, options)}"
+        )
+
+
 def search(
     module,
     reference,
@@ -183,57 +267,30 @@ def search(
     check_backward: bool = True,
 ) -> tuple[Mismatch | None, Report]:
     """find_mismatch, also returning the Report of the examples that passed."""
+    return engine.search(
+        _module_case(**locals()), engine.Search(max_examples=max_examples, seed=seed)
+    )
+
+
+def _module_case(module, reference, weight_map, forward, max_examples, seed, dtype, rtol,
+                 atol, factor, floor, max_batch, max_tokens, check_backward,
+                 options=None):  # fmt: skip
     rule = _rule(dtype, factor, floor, rtol, atol)
     setup = build(module, reference, weight_map, forward, dtype, rule, check_backward)
-    report = Report(unread=tuple(setup.weights.warn_unread()))
-    if max_tokens is None:
-        max_tokens = min(setup.context_length or MAX_TOKENS, MAX_TOKENS)
-    examples = st.builds(
-        Example,
-        batch=st.integers(1, max_batch),
-        tokens=st.integers(1, max_tokens),
-        seed=st.integers(0, 2**32 - 1),
-    )
-
-    def disagrees(example: Example) -> bool:
-        judgements, found = run_example(setup, example, check_backward)
-        report.examples += 1
-        if found is None:
-            report.note(judgements)
-        return found is not None
-
-    disagrees(Example(1, 1, seed))  # a setup error surfaces here, before any search
-    example = find_smallest(examples, disagrees, max_examples, seed)
-    if example is None:
-        return None, report
-    return run_example(setup, example, check_backward)[1], report
-
-
-def find_smallest(examples, disagrees, max_examples: int, seed: int):
-    """The smallest example on which `disagrees` is true (Hypothesis's find and shrink), or
-    None. Deterministic for a seed, whatever the Hypothesis profile; no database and no
-    explain phase, so a search costs only the examples it runs."""
-    options = settings(
-        max_examples=max_examples,
-        derandomize=False,  # random=Random(seed) below makes it deterministic, whatever profile
-        database=None,
-        deadline=None,
-        suppress_health_check=list(HealthCheck),
-        phases=(Phase.generate, Phase.shrink),
-    )
-    try:
-        return find(examples, disagrees, settings=options, random=random.Random(seed))
-    except NoSuchExample:
-        return None
+    named = {"weight_map": weight_map, "forward": forward}
+    names = (module, reference, named, options or {})
+    return ModuleCase(setup, check_backward, seed, max_batch, max_tokens, names)
 
 
 def find_mismatch(module, reference, weight_map=None, **kwargs) -> Mismatch | None:
     """Search for the smallest Example on which module and reference disagree; None if
     `max_examples` examples agree. Deterministic for a given `seed`.
 
-    Token counts run from 1 to max_tokens (default: the reference's context_length, at
-    most 16). Keywords: forward, max_examples, seed, dtype, rtol, atol, factor, floor,
-    max_batch, max_tokens, check_backward.
+    Token counts run from 1 to max_tokens (default: past twice every structural size of
+    the reference, its window, cache length or tile, at least 16 and at most its
+    context_length); T = W - 1, W, W + 1 and 2W + 1 for each such size W are also run.
+    Keywords: forward, max_examples, seed, dtype, rtol, atol, factor, floor, max_batch,
+    max_tokens, check_backward.
     """
     return search(module, reference, weight_map, **kwargs)[0]
 
@@ -266,15 +323,16 @@ def assert_matches_reference(
     and gives a `replay:` line. Setup problems raise KitSetupError instead. Returns a
     Report of what was checked.
     """
-    mismatch, report = search(module, reference, weight_map, forward=forward, **kwargs)
-    if mismatch is None:
-        return report
-    dtype = str(kwargs.get("dtype", torch.float64)).replace("torch.", "")
-    named = {"weight_map": weight_map, "forward": forward}
+    __tracebackhide__ = True
+    arguments = dict(
+        forward=None, max_examples=50, seed=0, dtype=torch.float64, rtol=None, atol=None,
+        factor=None, floor=None, max_batch=3, max_tokens=None, check_backward=True,
+    )  # fmt: skip
+    unknown = sorted(set(kwargs) - set(arguments))
+    if unknown:
+        raise TypeError(f"assert_matches_reference() got unexpected keyword arguments {unknown}")
+    arguments.update(kwargs, forward=forward)
     options = {"check_backward": True, **kwargs}
-    message = (
-        f"{type(module).__name__} does not match npattn.{type(reference).__name__} "
-        f"({dtype}): {mismatch}\n"
-        f"replay: {replay_line(mismatch.example, 'compare', named, options)}"
-    )
-    raise ReferenceMismatchError(message, mismatch)
+    case = _module_case(module, reference, weight_map, options=options, **arguments)
+    search = engine.Search(max_examples=arguments["max_examples"], seed=arguments["seed"])
+    return engine.check(case, search)

@@ -18,10 +18,21 @@ import numpy as np
 import torch
 from hypothesis import strategies as st
 
-from .check import Report, find_smallest, replay_line
-from .errors import KitSetupError, ReferenceMismatchError
+from . import engine
+from .check import replay_line
+from .engine import Report, warn_not_reached
+from .errors import KitSetupError
 from .precision import judge, rule_for
-from .setup import MAX_TOKENS, NumpyAtDtype, TorchTwin, as_tensor_output, build, numpy_dtype
+from .setup import (
+    NumpyAtDtype,
+    TorchTwin,
+    as_tensor_output,
+    build,
+    call_setup_error,
+    calling_error,
+    numpy_dtype,
+    token_range,
+)
 
 
 @dataclass(frozen=True)
@@ -37,6 +48,36 @@ class DecodeExample:
             f"x of shape (B={self.batch}, T={sum(self.chunks)}, d_in) from seed {self.seed}, "
             f"fed in chunks of {list(self.chunks)} tokens"
         )
+
+
+def decode_ladder(sizes: dict, cap: int, seed: int) -> list:
+    """Chunkings that cross each structural size W, shortest first: a prefill of W - 1 then
+    single tokens past W, W then one, one chunk of W + 1, W + 1 after one cached token, and
+    W + 1 then W (2W + 1 in all). Each cut to cap tokens in all."""
+    ladder = []
+    for w in sorted(set(sizes.values())):
+        if w - 1 > cap:
+            continue
+        for chunks in ((w - 1, 1, 1, 1), (w, 1), (w + 1,), (1, w + 1), (w + 1, w)):
+            kept, total = [], 0
+            for n in (n for n in chunks if n > 0):
+                n = min(n, cap - total)
+                if n < 1:
+                    break
+                kept.append(n)
+                total += n
+            chunks = tuple(kept)
+            example = DecodeExample(1, chunks, seed)
+            if chunks and example not in ladder:
+                ladder.append(example)
+    return sorted(ladder, key=lambda ex: (sum(ex.chunks), len(ex.chunks)))
+
+
+def shorter_decodes(passed, failed) -> list:
+    """Shorter versions of a failing chunking: its prefixes, then fewer single steps."""
+    chunks = failed.chunks
+    prefixes = [chunks[:n] for n in range(1, len(chunks))]
+    return [DecodeExample(failed.batch, c, failed.seed) for c in prefixes]
 
 
 def default_step(module, x):
@@ -114,6 +155,14 @@ def run_decode(setup, example: DecodeExample, step, reset):
             except Exception as e:
                 from .errors import Mismatch
 
+                if calling_error(e, step, default_step, run_decode, module=setup.user):
+                    raise call_setup_error(
+                        e,
+                        f"{type(setup.user).__name__} through step(module, x)",
+                        "the kit calls step(module, x_chunk), by default "
+                        "module(x, use_cache=True); pass step=<callable(module, x)> that runs "
+                        "one cached call",
+                    ) from e
                 detail = f"{type(e).__name__}: {e}"
                 return judgements, Mismatch(f"step {i}", example, (), float("inf"), detail)
         plain = setup.plain.step(chunk) if setup.plain else None
@@ -159,7 +208,7 @@ def assert_decode_matches(
     seed: int = 0,
     max_batch: int = 2,
     max_tokens: int | None = None,
-    max_chunk: int = 4,
+    max_chunk: int | None = None,
     rtol=None,
     atol=None,
     factor=None,
@@ -169,51 +218,79 @@ def assert_decode_matches(
 
     step(module, x_chunk) -> Tensor runs one cached call (default module(x, use_cache=True));
     reset(module) empties the cache (default module.reset_cache()). The reference decodes
-    with reference(x, use_cache=True). Chunk sizes run from 1 to max_chunk, in total at most
-    max_tokens (default: the reference's context_length, at most 16). Returns a Report.
+    with reference(x, use_cache=True). Chunk sizes run from 1 to max_chunk (default: 4, or
+    one past the reference's window, cache length or tile), in total at most max_tokens
+    (default: past twice each of those sizes, at least 16, at most the context_length).
+    Chunkings around each size W (a prefill of W - 1 then single tokens, a chunk of W + 1
+    after a cached token, ...) are also run. Returns a Report.
     """
+    __tracebackhide__ = True
     rule = rule_for(dtype, factor=factor, floor=floor, rtol=rtol, atol=atol)
     setup = _setup(module, reference, weight_map, dtype, rule)
-    step_arg, reset_arg = step, reset
-    step, reset = step or default_step, reset or default_reset
-    if max_tokens is None:
-        max_tokens = min(setup.context_length or MAX_TOKENS, MAX_TOKENS)
-    report = Report(unread=tuple(setup.weights.warn_unread()))
-
-    def fit(sizes: list) -> tuple:
-        kept, total = [], 0
-        for n in sizes:
-            n = min(n, max_tokens - total)
-            if n < 1:
-                break
-            kept.append(n)
-            total += n
-        return tuple(kept)
-
-    examples = st.builds(
-        DecodeExample,
-        batch=st.integers(1, max_batch),
-        chunks=st.lists(st.integers(1, max_chunk), min_size=1, max_size=max_tokens).map(fit),
-        seed=st.integers(0, 2**32 - 1),
-    )
-
-    def disagrees(example) -> bool:
-        judgements, found = run_decode(setup, example, step, reset)
-        report.examples += 1
-        if found is None:
-            report.note(judgements)
-        return found is not None
-
-    disagrees(DecodeExample(1, (1,), seed))  # setup errors surface before the search
-    example = find_smallest(examples, disagrees, max_examples, seed)
-    if example is None:
-        return report
-    mismatch = run_decode(setup, example, step, reset)[1]
-    named = {"weight_map": weight_map, "step": step_arg, "reset": reset_arg}
+    named = {"weight_map": weight_map, "step": step, "reset": reset}
     kwargs = dict(dtype=dtype, rtol=rtol, atol=atol, factor=factor, floor=floor)
-    line = replay_line(example, "compare_decode", named, kwargs)
-    message = (
-        f"{type(module).__name__} does not decode like npattn.{type(reference).__name__} "
-        f"({str(dtype).replace('torch.', '')}): {mismatch}\nreplay: {line}"
-    )
-    raise ReferenceMismatchError(message, mismatch)
+    case = DecodeCase(setup, step, reset, seed, max_batch, max_tokens, max_chunk)
+    case.names = (module, reference, named, kwargs)
+    return engine.check(case, engine.Search(max_examples=max_examples, seed=seed))
+
+
+class DecodeCase(engine.Case):
+    """assert_decode_matches's case: DecodeExamples fed chunk by chunk through the caches."""
+
+    def __init__(self, setup, step, reset, seed, max_batch, max_tokens, max_chunk):
+        self.setup, self.seed, self.max_batch = setup, seed, max_batch
+        self.step, self.reset = step or default_step, reset or default_reset
+        report = Report(unread=tuple(setup.weights.warn_unread()), sizes=setup.sizes)
+        max_tokens, boundaries, report.not_reached = token_range(setup.sizes, max_tokens)
+        warn_not_reached(report.not_reached, max([max_tokens, *boundaries]))
+        sizes = setup.sizes.items()
+        inner = [w for k, w in sizes if k not in ("context_length", "cache positions")]
+        if max_chunk is None:
+            max_chunk = min(max([4] + [w + 1 for w in inner]), max_tokens)
+        report.max_tokens = self.max_tokens = max_tokens
+        self.max_chunk = max_chunk
+        self.rungs = decode_ladder(setup.sizes, max(boundaries + [max_tokens]), seed)
+        report.boundaries = tuple(ex.chunks for ex in self.rungs)
+        self.report = report
+
+    def examples(self):
+        max_tokens = self.max_tokens
+
+        def fit(sizes: list) -> tuple:
+            kept, total = [], 0
+            for n in sizes:
+                n = min(n, max_tokens - total)
+                if n < 1:
+                    break
+                kept.append(n)
+                total += n
+            return tuple(kept)
+
+        chunk = st.integers(1, self.max_chunk)
+        return st.builds(
+            DecodeExample,
+            batch=st.integers(1, self.max_batch),
+            chunks=st.lists(chunk, min_size=1, max_size=max_tokens).map(fit),
+            seed=st.integers(0, 2**32 - 1),
+        )
+
+    def run(self, example):
+        return run_decode(self.setup, example, self.step, self.reset)
+
+    def probe(self):
+        return DecodeExample(1, (1,), self.seed)
+
+    def ladder(self):
+        return self.rungs
+
+    def between(self, passed, failed):
+        return shorter_decodes(passed, failed)
+
+    def message(self, mismatch):
+        module, reference, named, kwargs = self.names
+        line = replay_line(mismatch.example, "compare_decode", named, kwargs)
+        dtype = str(kwargs["dtype"]).replace("torch.", "")
+        return (
+            f"{type(module).__name__} does not decode like npattn.{type(reference).__name__} "
+            f"({dtype}): {mismatch}\nreplay: {line}"
+        )

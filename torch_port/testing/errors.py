@@ -26,14 +26,22 @@ class UnmappedParameterWarning(UserWarning):
     """Some of the module's parameters are never read by the weight map, so never compared."""
 
 
+class StructuralSizeWarning(UserWarning):
+    """A window, cache length or tile of the reference lies past the tokens drawn."""
+
+
 @dataclass(frozen=True)
 class Example:
     """One generated case: x = default_rng(seed).standard_normal((batch, tokens, d_in)),
-    then the upstream gradient from the same generator."""
+    then the upstream gradient from the same generator. Drawn only for a forward that takes
+    positions and key_padding_mask: positions from `start`, and pads[b] padding tokens on
+    the left of row b (positions then cumsum(mask) - 1, as generate() makes them)."""
 
     batch: int
     tokens: int
     seed: int
+    start: int = 0
+    pads: tuple = ()
 
 
 @dataclass(frozen=True, eq=False)
@@ -68,7 +76,12 @@ class Mismatch:
 def describe(example) -> str:
     """The input an example builds, in words."""
     if isinstance(example, Example):
-        return f"x of shape (B={example.batch}, T={example.tokens}, d_in) from seed {example.seed}"
+        text = f"x of shape (B={example.batch}, T={example.tokens}, d_in) from seed {example.seed}"
+        if example.start:
+            text += f", positions from {example.start}"
+        if any(example.pads):
+            text += f", left padding {list(example.pads)}"
+        return text
     return str(example)
 
 

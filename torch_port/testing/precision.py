@@ -42,6 +42,7 @@ class Rule:
     floor: float
     rtol: float | None = None
     atol: float | None = None
+    dtype: object = None  # the dtype judged, for the rounding-level hint
 
     @property
     def elementwise(self) -> bool:
@@ -57,10 +58,54 @@ def rule_for(dtype, *, factor=None, floor=None, rtol=None, atol=None) -> Rule:
     if dtype not in FLOOR:
         raise ValueError(f"dtype must be one of {list(FLOOR)}, got {dtype}")
     if rtol is not None or atol is not None:
-        return Rule(0.0, 0.0, rtol=rtol or 0.0, atol=atol or 0.0)
+        return Rule(0.0, 0.0, rtol=rtol or 0.0, atol=atol or 0.0, dtype=dtype)
     if factor is None:
         factor = 0.0 if dtype == torch.float64 else FACTOR
-    return Rule(float(factor), float(FLOOR[dtype] if floor is None else floor))
+    return Rule(float(factor), float(FLOOR[dtype] if floor is None else floor), dtype=dtype)
+
+
+# normwise errors that one step at a lower precision leaves in an attention layer (from a
+# tenth of that dtype's unit roundoff, a softmax alone at T = 2, to many roundings added
+# up); between float16's and bfloat16's both are named
+ROUNDING_LEVELS = (  # (lowest, highest, dtypes that leave such an error)
+    (1e-9, 3e-5, (torch.float32,)),
+    (3e-5, 6e-4, (torch.float16,)),
+    (6e-4, 2e-3, (torch.float16, torch.bfloat16)),
+    (2e-3, 1.5e-2, (torch.bfloat16,)),
+)
+ISLANDS = (
+    "the softmax (softmax(..., dtype=torch.float32), .float() before it), RMSNorm "
+    "(computed in float32 and cast back, or its weight kept in a lower dtype) and the RoPE "
+    "tables (cos and sin built in float32, or cast to the activations' dtype)"
+)
+
+
+def rounding_hint(error: float, dtype) -> str:
+    """A sentence when `error` is the size that rounding to a dtype less precise than the one
+    checked leaves: then the likely cause is a step computing in that dtype, not a bug in
+    the maths. Empty otherwise."""
+    bits = {torch.float64: 53, torch.float32: 24, torch.float16: 11, torch.bfloat16: 8}
+    if dtype not in bits or not np.isfinite(error):
+        return ""
+    for lowest, highest, lows in ROUNDING_LEVELS:
+        lows = [str(d).replace("torch.", "") for d in lows if bits[d] < bits[dtype]]
+        if lows and lowest <= error < highest:
+            name = " or ".join(lows)
+            return (
+                f"; this error is at {name} rounding level: if part of the module computes "
+                f"in {name}, look where such islands usually are: {ISLANDS}; if none does, "
+                f"it is a bug this small (a scale or an eps slightly off)"
+            )
+    return ""
+    for low, lowest, highest in ROUNDING_LEVELS:
+        if bits[low] < bits[dtype] and lowest <= error <= highest:
+            name = str(low).replace("torch.", "")
+            return (
+                f"; this error is at {name} rounding level: if part of the module computes "
+                f"in {name}, look where such islands usually are: {ISLANDS}; if none does, "
+                f"it is a bug this small (a scale or an eps slightly off)"
+            )
+    return ""
 
 
 @dataclass(frozen=True)
@@ -103,6 +148,8 @@ def judge(
         j = Judgement(quantity, float("inf"), None, 0.0, False)
         return j, Mismatch(quantity, example, tuple(truth.shape), float("inf"), detail)
     got = got.astype(np.float64)
+    if not np.isfinite(truth).all():  # no agreement is possible with a broken truth
+        return _broken_truth(quantity, got, truth, example)
     finite_truth = np.nan_to_num(truth, nan=0.0, posinf=0.0, neginf=0.0)
     if scale is None:
         scale = float(np.linalg.norm(finite_truth.ravel()))
@@ -133,6 +180,21 @@ def judge(
     )
 
 
+def _broken_truth(quantity, got, truth, example) -> tuple[Judgement, Mismatch]:
+    """A NaN or inf in the float64 reference's result: the check fails, whatever the module
+    computed (NaN equal to NaN is no agreement), and says that the reference is broken."""
+    bad = np.argwhere(~np.isfinite(truth))
+    i = tuple(int(n) for n in bad[0])
+    detail = (
+        f"the npattn reference's {quantity} holds {len(bad)} non-finite entries of "
+        f"{truth.size} (the first at index {i}: {fmt(float(truth[i]))}), so the reference "
+        f"is broken on this input and nothing can be checked against it: look at the weights "
+        f"it was given (your module's, through the weight map) and its configuration"
+    )
+    j = Judgement(quantity, float("nan"), None, 0.0, False)
+    return j, Mismatch(quantity, example, tuple(truth.shape), float("nan"), detail, float("nan"))
+
+
 def _max_abs(got, truth) -> float:
     diff = np.abs(got - truth)
     return float("nan") if np.isnan(diff).any() else float(diff.max(initial=0.0))
@@ -158,4 +220,5 @@ def _detail(got, truth, j: Judgement, rule: Rule) -> str:
             f"normwise error {fmt(j.error)} > allowed {fmt(j.allowed)} "
             f"= {rule.factor:g} x plain torch's {fmt(j.plain_error)} + {rule.floor:.2g}"
         )
-    return f"{head}; {where}: {values}"
+    hint = "" if rule.elementwise else rounding_hint(j.error, rule.dtype)
+    return f"{head}; {where}: {values}{hint}"

@@ -19,11 +19,91 @@ from .errors import KitSetupError
 from .precision import Rule
 from .weights import MappedWeights, check_configuration
 
-MAX_TOKENS = 16  # the most tokens drawn, unless the reference's context_length is shorter
+MAX_TOKENS = 16  # the most tokens drawn when the reference has no longer structural size
+LONGEST = 1024  # structural sizes above this are reported, not drawn (pass max_tokens=)
+
+
+def structural_sizes(reference) -> dict:
+    """{what: size} for every length at which the reference's behaviour changes: its window
+    (config.window or sliding_window_size), the length its KV cache keeps, its
+    context_length, and the tile of its tiled path. Read from the configuration first.
+
+    A module can be right below such a size and wrong past it (no window, a cache one
+    position short), so the kit draws token counts and chunks on both sides of each.
+    """
+    sizes = {}
+
+    def note(what, size):
+        if isinstance(size, (int, np.integer)) and not isinstance(size, bool) and size > 0:
+            sizes.setdefault(what, int(size))
+
+    for _, m in reference.named_modules():
+        config = getattr(m, "config", None)
+        note("window", getattr(config, "window", None))
+        note("window", getattr(m, "sliding_window_size", None))
+        note("context_length", getattr(config, "context_length", None))
+        note("context_length", getattr(m, "context_length", None))
+        scaling = getattr(getattr(config, "rope", None), "scaling", None)
+        if type(scaling).__name__ == "DynamicNTK":  # its tables change past this length
+            note("dynamic NTK's original_max_position_embeddings",
+                 scaling.original_max_position_embeddings)  # fmt: skip
+        limits = getattr(m, "_kv_limits", None)
+        if callable(limits):
+            window, positions = limits()
+            note("cache length", window)
+            note("cache positions", positions)
+        if getattr(m, "attn_impl", None) == "auto":  # the blocked path, then the tiled one
+            from npattn.fast.dispatch import AUTO_TILED_MIN_TOKENS
+
+            note("auto's switch to tiled", AUTO_TILED_MIN_TOKENS)
+        if getattr(m, "attn_impl", None) in ("tiled", "auto"):
+            from npattn.fast.tiled import DEFAULT_BLOCKS
+
+            block = getattr(m, "block_size", None) or DEFAULT_BLOCKS
+            block = block if isinstance(block, (tuple, list)) else (block, block)
+            note("tile rows", block[0])
+            note("tile columns", block[1])
+    return dict(sorted(sizes.items(), key=lambda kv: (kv[1], kv[0])))
+
+
+def token_range(sizes: dict, max_tokens: int | None) -> tuple[int, list[int], list[str]]:
+    """(most tokens drawn at random, boundary token counts run explicitly, sizes left out).
+
+    Random draws reach past twice every inner size (window, cache length, tile), at least
+    MAX_TOKENS, at most the context length. Boundaries: W - 1, W, W + 1 and 2W + 1 for each
+    size W, the context length included, up to the context length and LONGEST (or up to
+    max_tokens when given, which caps both).
+    """
+    context = sizes.get("context_length") or sizes.get("cache positions")
+    inner = [w for k, w in sizes.items() if k not in ("context_length", "cache positions")]
+    if max_tokens is None:
+        cap = min(context, LONGEST) if context else LONGEST
+        limit = min(max([MAX_TOKENS] + [2 * w + 2 for w in inner if w <= LONGEST]), cap)
+    else:
+        cap = limit = min(max_tokens, context) if context else max_tokens
+    points = set()
+    for w in sizes.values():
+        points.update((w - 1, w, w + 1, 2 * w + 1))
+    boundaries = sorted(t for t in points if 1 <= t <= cap)
+    named = {k: w for k, w in sizes.items() if k != "cache positions" or w != context}
+    left_out = sorted(f"{k} {w}" for k, w in named.items() if min(w + 1, context or w + 1) > cap)
+    return limit, boundaries, left_out
 
 
 def default_forward(module, x):
     return module(x)
+
+
+def takes_positions(forward, reference) -> bool:
+    """Whether both the forward adapter and the reference's forward take positions and
+    key_padding_mask as keywords: then the kit draws positions and left padding."""
+    names = ("positions", "key_padding_mask")
+    try:
+        ours = inspect.signature(forward).parameters
+        theirs = inspect.signature(reference.forward).parameters
+    except (TypeError, ValueError):
+        return False
+    return all(n in ours for n in names) and all(n in theirs for n in names)
 
 
 def check_forward(forward):
@@ -43,6 +123,30 @@ def check_forward(forward):
     except ValueError:  # no signature to inspect (a builtin): let it run
         pass
     return forward
+
+
+def calling_error(e: BaseException, *callers, module=None) -> bool:
+    """True when e is a TypeError raised by the call itself (the arguments do not fit the
+    callee's signature), not by code inside the callee: the innermost frame of its
+    traceback is then a caller (one of `callers`' code) or torch's Module.__call__ on
+    `module` itself (a submodule called wrongly inside your forward is a bug, not setup)."""
+    if not isinstance(e, TypeError) or e.__traceback__ is None:
+        return False
+    tb = e.__traceback__
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    frame = tb.tb_frame
+    codes = {getattr(c, "__code__", c) for c in callers}
+    if frame.f_code in codes:
+        return True
+    in_torch_call = frame.f_code.co_name in ("_call_impl", "_wrapped_call_impl")
+    return in_torch_call and module is not None and frame.f_locals.get("self") is module
+
+
+def call_setup_error(e: BaseException, what: str, hint: str) -> KitSetupError:
+    return KitSetupError(
+        f"{what} cannot be called the way the kit calls it ({type(e).__name__}: {e}); {hint}"
+    )
 
 
 def check_modules(module, reference) -> None:
@@ -69,9 +173,78 @@ def as_tensor_output(y, what: str = "forward(module, x)") -> torch.Tensor:
     )
 
 
+def _table_tolerance(a) -> float:
+    dtype = a.dtype if np.issubdtype(a.dtype, np.floating) else np.float64
+    return 4 * float(np.finfo(dtype).eps)
+
+
+def check_reference_tables(reference) -> list:
+    """Refuse (KitSetupError) a reference whose fixed tables are not what its configuration
+    makes: the chapter's causal `mask` buffer (triu(ones(context_length), 1)), Qwen3's RoPE
+    cos and sin (from head_dim, rope_base, context_length, rope_freq_config), and any buffer
+    of a module built from a `config`. A reference edited by hand would otherwise be the
+    truth. Returns [(module, name, exact table)] for the tables to install in float64."""
+    from npattn.modules._input import chapter_mask
+    from npattn.ops.rope import compute_rope_params
+
+    modified, exact = [], []
+    for path, m in reference.named_modules():
+        where = f"{path}" if path else ""
+        context = getattr(m, "context_length", None)
+        if "mask" in getattr(m, "_buffer_names", ()) and isinstance(context, int):
+            have, want = np.asarray(m.mask), chapter_mask(context)
+            if have.shape != want.shape or not np.array_equal(have != 0, want != 0):
+                modified.append(
+                    f"{where}mask (the causal mask buffer; context_length={context} makes "
+                    f"triu(ones({context}, {context}), 1))"
+                )
+        if all(hasattr(m, a) for a in ("cos", "sin", "rope_base", "head_dim", "context_length")):
+            tables = compute_rope_params(
+                m.head_dim, m.rope_base, m.context_length, getattr(m, "rope_freq_config", None)
+            )
+            for name, want in zip(("cos", "sin"), tables):
+                have = np.asarray(getattr(m, name))
+                same = have.shape == want.shape and np.allclose(
+                    have.astype(np.float64), want, rtol=0.0, atol=_table_tolerance(have)
+                )
+                if not same:
+                    modified.append(
+                        f"{where}{name} (the RoPE table; rope_base={m.rope_base}, "
+                        f"context_length={m.context_length}, head_dim={m.head_dim} and "
+                        f"rope_freq_config={getattr(m, 'rope_freq_config', None)} make another)"
+                    )
+                exact.append((m, name, want))
+        config = getattr(m, "config", None)
+        if config is not None and getattr(m, "_buffer_names", None):
+            try:
+                fresh = type(m)(config)
+            except Exception:  # not rebuilt from its config alone: nothing to compare
+                fresh = None
+            for name in m._buffer_names if fresh is not None else ():
+                have, want = np.asarray(getattr(m, name)), np.asarray(getattr(fresh, name))
+                if have.shape != want.shape or not np.allclose(
+                    have.astype(np.float64), want, rtol=0.0, atol=_table_tolerance(have)
+                ):
+                    modified.append(f"{where}{name} (a buffer its config makes otherwise)")
+    if modified:
+        raise KitSetupError(
+            f"the reference npattn.{type(reference).__name__} was modified after it was "
+            f"built: {', '.join(sorted(modified))}. The kit trusts only what the reference's "
+            f"configuration makes; build a new reference with the settings you want"
+        )
+    return exact
+
+
 def reference_float64(reference, weights: MappedWeights):
-    """A float64 copy of the reference, holding the module's weights, in eval mode."""
+    """A float64 copy of the reference, holding the module's weights, in eval mode; its
+    tables checked against its configuration and recomputed in float64."""
+    exact = {(id(m), name): table for m, name, table in check_reference_tables(reference)}
     ref = copy.deepcopy(reference).eval()
+    for (_, src), (_, new) in zip(reference.named_modules(), ref.named_modules()):
+        for name in ("cos", "sin"):
+            table = exact.get((id(src), name))
+            if table is not None and name in vars(new):  # stored, not derived from a config
+                object.__setattr__(new, name, table.copy())
     if hasattr(ref, "astype"):
         ref.astype(np.float64)  # buffers too (e.g. RoPE tables), so the truth is float64
     try:
@@ -85,27 +258,62 @@ def numpy_dtype(dtype):
     return {torch.float32: np.float32, torch.float16: np.float16}.get(dtype)
 
 
+class TwinDisagreesError(ValueError):
+    """torch_port's twin does not compute the reference's function (a lost setting)."""
+
+
 class TorchTwin:
-    """torch_port's class of the reference's name, at the module's dtype: plain torch ops."""
+    """torch_port's class of the reference's name, at the module's dtype: plain torch ops.
+
+    Before it serves as the yardstick, the twin is run in float64 beside the reference on a
+    probe input: a twin that lost a setting in conversion (an eps, a table) would otherwise
+    make every error at the dtype look normal. It raises TwinDisagreesError then.
+    """
 
     def __init__(self, ref64, dtype, device):
         import torch_port
 
-        self.model = torch_port.from_npattn(ref64).to(device=device, dtype=dtype).eval()
+        twin = torch_port.from_npattn(ref64).to(device=device, dtype=torch.float64).eval()
+        check_twin(twin, ref64, device)
+        self.model = twin.to(dtype=dtype)
         self.dtype, self.device = dtype, device
 
-    def run(self, x64, g64, backward: bool):
-        """(out, dx, grads) as float64 numpy; grads keyed like the reference's parameters."""
+    def run(self, x64, g64, backward: bool, **kw):
+        """(out, dx, grads) as float64 numpy; grads keyed like the reference's parameters.
+        kw: positions and key_padding_mask (numpy), passed on as tensors."""
         x = torch.tensor(x64, dtype=self.dtype, device=self.device)
+        kw = {k: torch.as_tensor(v, device=self.device) for k, v in kw.items() if v is not None}
         self.model.zero_grad(set_to_none=True)
         if not backward:
             with torch.no_grad():
-                return _np(self.model(x)), None, None
+                return _np(self.model(x, **kw)), None, None
         x.requires_grad_(True)
-        y = self.model(x)
+        y = self.model(x, **kw)
         y.backward(torch.tensor(g64, dtype=self.dtype, device=self.device))
         grads = {k: _np(p.grad) for k, p in self.model.named_parameters() if p.grad is not None}
         return _np(y), _np(x.grad), grads
+
+
+def check_twin(twin, ref64, device) -> None:
+    """Raise TwinDisagreesError unless twin (float64) gives the reference's output on a probe."""
+    d_in = getattr(ref64, "d_in", None)
+    if d_in is None:
+        d_in = getattr(getattr(ref64, "config", None), "hidden_size", None)
+    if not isinstance(d_in, int):
+        raise TwinDisagreesError("the reference has no d_in to probe with")
+    context = structural_sizes(ref64).get("context_length", 4)
+    x = np.random.default_rng(0).standard_normal((1, min(4, context), d_in))
+    probe = copy.deepcopy(ref64)
+    if hasattr(probe, "reset_cache"):
+        probe.reset_cache()
+    want = probe(x)
+    with torch.no_grad():
+        got = _np(twin(torch.tensor(x, dtype=torch.float64, device=device)))
+    if got.shape != want.shape or not np.allclose(got, want, rtol=1e-9, atol=1e-12):
+        raise TwinDisagreesError(
+            f"torch_port's {type(twin).__name__} converted from the reference does not "
+            f"compute its function in float64"
+        )
 
 
 class NumpyAtDtype:
@@ -115,8 +323,9 @@ class NumpyAtDtype:
         self.model = copy.deepcopy(ref64).astype(np_dtype)
         self.np_dtype = np_dtype
 
-    def run(self, x64, g64, backward: bool):
-        y = self.model(x64.astype(self.np_dtype))
+    def run(self, x64, g64, backward: bool, **kw):
+        kw = {k: v for k, v in kw.items() if v is not None}
+        y = self.model(x64.astype(self.np_dtype), **kw)
         if not backward:
             return y.astype(np.float64), None, None
         dx = self.model.backward(g64.astype(self.np_dtype))
@@ -132,7 +341,7 @@ def plain_yardstick(ref64, dtype, device, rule: Rule):
     try:
         return TorchTwin(ref64, dtype, device)
     except (TypeError, KeyError, ValueError, AttributeError):
-        pass  # no torch_port twin for this class
+        pass  # no torch_port twin for this class, or one that computes something else
     np_dtype = numpy_dtype(dtype)
     if np_dtype is None:
         raise KitSetupError(
@@ -160,6 +369,7 @@ class Setup:
     device: torch.device
     d_in: int
     context_length: int | None
+    sizes: dict = field(default_factory=dict)
     unread: list = field(default_factory=list)
 
 
@@ -176,11 +386,15 @@ def build(module, reference, weight_map, forward, dtype, rule, check_backward) -
     weights.trainable = trainable
     ref = reference_float64(reference, weights)
     d_in = getattr(ref, "d_in", None)
+    if d_in is None:  # npattn.Attention: the width is the config's hidden_size
+        d_in = getattr(getattr(ref, "config", None), "hidden_size", None)
     if not isinstance(d_in, int):
         raise KitSetupError(f"npattn.{type(ref).__name__} has no d_in: the kit cannot draw x")
     params = list(user.parameters())
     device = params[0].device
-    lengths = [getattr(m, "context_length", None) for _, m in ref.named_modules()]
-    context_length = min((n for n in lengths if isinstance(n, int)), default=None)
+    sizes = structural_sizes(ref)
+    context_length = sizes.get("context_length")
     plain = plain_yardstick(ref, dtype, device, rule)
-    return Setup(user, forward, weights, ref, plain, rule, dtype, device, d_in, context_length)
+    return Setup(
+        user, forward, weights, ref, plain, rule, dtype, device, d_in, context_length, sizes
+    )

@@ -76,11 +76,11 @@ class MappedWeights:
         if weight_map is None:  # same names: the reference's keys, the rest stays unread
             mapped = {k: v for k, v in mapped.items() if k in ref_sd}
         ref_params = set(reference.parameters())
-        missing = [k for k in ref_params if k not in mapped]
+        missing = sorted(k for k in ref_params if k not in mapped)
         if missing:
             raise KitSetupError(
                 f"weight_map gives no value for the reference's parameters {missing}; your "
-                f"module has {self.names}. Map each reference key to a tensor (a zero "
+                f"module has {sorted(self.names)}. Map each reference key to a tensor (a zero "
                 f"tensor for a bias your module does not have)"
             )
         self.mapped = {}
@@ -89,7 +89,7 @@ class MappedWeights:
                 if value.requires_grad or bool(value.detach().any()):
                     raise KitSetupError(
                         f"weight_map gives {key!r}, which npattn.{type(reference).__name__} "
-                        f"does not have (its keys: {list(ref_sd)}); a term your module has "
+                        f"does not have (its keys: {sorted(ref_sd)}); a term your module has "
                         f"and the reference lacks: build the reference with it"
                     )
                 continue  # an invented zero for a term the reference does not have
@@ -115,7 +115,7 @@ class MappedWeights:
 
     def warn_unread(self) -> list[str]:
         """Warn about (and return) the module's parameters the map never reads."""
-        unread = [k for k in self.names if k not in self.read and k in self.trainable]
+        unread = sorted(k for k in self.names if k not in self.read and k in self.trainable)
         if unread:
             warnings.warn(
                 f"the weight map never reads the parameters {unread}, so they are not "
@@ -159,8 +159,8 @@ def _apply(weight_map, params: dict, module_name: str) -> dict:
         unknown = {r: u for r, u in weight_map.items() if u not in params}
         if unknown:
             raise KitSetupError(
-                f"weight_map maps to {unknown}, which {module_name} does not have; its "
-                f"parameters are {list(params)}"
+                f"weight_map maps to {dict(sorted(unknown.items()))}, which {module_name} does "
+                f"not have; its parameters are {sorted(params)}"
             )
         return {r: params[u] for r, u in weight_map.items()}
     if not callable(weight_map):
@@ -172,7 +172,7 @@ def _apply(weight_map, params: dict, module_name: str) -> dict:
         out = weight_map(params)
     except KeyError as e:
         raise KitSetupError(
-            f"weight_map raised KeyError {e}: {module_name}'s parameters are {list(params)}"
+            f"weight_map raised KeyError {e}: {module_name}'s parameters are {sorted(params)}"
         ) from e
     if not hasattr(out, "items"):
         raise KitSetupError(f"weight_map must return a dict, got {type(out).__name__}")
