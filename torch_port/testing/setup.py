@@ -52,10 +52,12 @@ def structural_sizes(reference) -> dict:
             window, positions = limits()
             note("cache length", window)
             note("cache positions", positions)
-        if getattr(m, "attn_impl", None) == "auto":  # the blocked path, then the tiled one
-            from npattn.fast.dispatch import AUTO_TILED_MIN_TOKENS
+        if getattr(m, "attn_impl", None) == "auto":  # the reference or blocked, then tiled
+            from npattn.fast import dispatch
+            from npattn.models import Attention, attend
 
-            note("auto's switch to tiled", AUTO_TILED_MIN_TOKENS)
+            rule = attend if isinstance(m, Attention) else dispatch  # each class's own switch
+            note("auto's switch to tiled", rule.AUTO_TILED_MIN_TOKENS)
         if getattr(m, "attn_impl", None) in ("tiled", "auto"):
             from npattn.fast.tiled import DEFAULT_BLOCKS
 
