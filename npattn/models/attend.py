@@ -26,8 +26,9 @@ ATTENTION_IMPLS = ("reference", "tiled", "auto")
 # "auto" runs tiled from this many queries on. Measured on 2 cores (benchmarks/attention.py,
 # d = 768, 12 heads, float32, forward + backward, medians of interleaved repeats), tiled was
 # faster than the reference at every size tried: B = 4 and T = 64, 128, 256, 512 took
-# 343, 424, 610, 744 ms against 420, 611, 1009, 2867 ms (its heads run on threads, and no
-# (T, T) array is formed); below 64 tokens the reference keeps m.attn_weights for the reader.
+# 343, 424, 610, 744 ms against 420, 611, 1009, 2867 ms on a loaded machine (its heads run
+# on threads, and no (T, T) array is formed), and at B = 4, T = 512 on a quiet one auto ran
+# at 1.22-1.29x torch SDPA's time; below 64 tokens the reference keeps m.attn_weights.
 AUTO_TILED_MIN_TOKENS = 64
 
 __all__ = ["ATTENTION_IMPLS", "attention_backward", "attention_forward", "attention_inference"]

@@ -18,6 +18,7 @@ import numpy as np
 from .. import _guard
 from .._checks import as_array, check_bool, make_rng
 from ..fast.dispatch import AUTO_TILED_MIN_TOKENS
+from ..fast.fused_linear import fused_linear_backward, fused_linear_forward
 from ..modules._input import attn_impl_property
 from ..modules._kv import CacheView, KVCacheMixin, check_scores, check_tokens
 from ..modules.base import Module
@@ -30,9 +31,30 @@ from ..ops.heads import (
     split_heads_forward,
 )
 from ..ops.rope import rope_apply_backward, rope_apply_forward
-from .attend import ATTENTION_IMPLS, attention_backward, attention_forward, attention_inference
+from .attend import (
+    ATTENTION_IMPLS,
+    attention_backward,
+    attention_forward,
+    attention_inference,
+    resolve_impl,
+)
 from .config import AttentionConfig
 from .mask import Mask
+
+
+class AttentionCache(NamedTuple):
+    """What a full forward keeps for its backward."""
+
+    q_split: tuple  # split_heads_forward's caches
+    k_split: tuple
+    v_split: tuple
+    q_rope: tuple | None  # rope_apply_forward's caches, or None without RoPE
+    k_rope: tuple | None
+    attention: object  # SDPACache or FlashCache
+    merge: tuple
+    cross: bool  # keys and values from x_kv
+    qkv: tuple | None  # fused_linear_forward's cache on the tiled path, else None
+    out: tuple | None
 
 
 class Call(NamedTuple):
@@ -210,10 +232,21 @@ class Attention(KVCacheMixin, Module):
         cross = x_kv is not None
         source = x_kv if cross else x  # where the keys and values come from
         per_head = c.qk_norm is not None and c.qk_norm.width == "head"
+        # the tiled arrangement also runs the projections as one product split over the
+        # threads (fast/fused_linear.py): BLAS's own threads would spin on the cores after
+        # their product and slow the tiles that run next
+        fused = not (use_cache or cross)
+        fused = fused and resolve_impl(self.attn_impl, Mask(0, T, 0, T)) == "tiled"
         # 1. projections                  (B, T, d) -> (B, T, H * E); (B, S, G * E) each
-        queries = self.W_query(x)
-        keys = self.W_key(source)
-        values = self.W_value(source)
+        if fused:
+            (queries, keys, values), qkv_cache = self._fused_forward(
+                x, (self.W_query, self.W_key, self.W_value)
+            )
+        else:
+            queries = self.W_query(x)
+            keys = self.W_key(source)
+            values = self.W_value(source)
+            qkv_cache = None
         # 2. QK-norm over the whole projection width, before the heads are split
         if c.qk_norm is not None and not per_head:
             queries = self.q_norm(queries)
@@ -263,13 +296,44 @@ class Attention(KVCacheMixin, Module):
         # 9. merge heads                  (B, H, T, E) -> (B, T, H * E)
         context, merge_cache = merge_heads_forward(context)
         # 10. output projection           (B, T, H * E) -> (B, T, d_out)
-        out = self.out_proj(context)
+        if fused:
+            (out,), out_cache = self._fused_forward(context, (self.out_proj,))
+        else:
+            out, out_cache = self.out_proj(context), None
         reference = hasattr(attn_cache, "attn_weights")  # the tiled path forms no weights
         self.attn_weights = attn_cache.attn_weights if reference else None  # (B, H, T, S)
         self.dropout_mask = attn_cache.keep if reference else None
         self.reset_cache()
-        self._cache = (q_split, k_split, v_split, q_rope, k_rope, attn_cache, merge_cache, cross)
+        self._cache = AttentionCache(
+            q_split, k_split, v_split, q_rope, k_rope, attn_cache, merge_cache, cross, qkv_cache,
+            out_cache,
+        )  # fmt: skip
         return out
+
+    @staticmethod
+    def _fused_forward(x, layers):
+        """The layers' outputs as one matrix product over the threads; each layer forgets its
+        own last forward (its backward would use an older input) and is handed its gradients
+        in _fused_backward.
+
+        Shapes: x (B, T, d_in) -> tuple of (B, T, out_features), one per layer; cache.
+        """
+        weights = [layer.weight for layer in layers]
+        biases = None if layers[0].bias is None else [layer.bias for layer in layers]
+        out, cache = fused_linear_forward(x, weights, biases)  # (B, T, sum of out_features)
+        for layer in layers:
+            layer.forget_forward()
+        bounds = np.cumsum([w.shape[0] for w in weights])[:-1]
+        return tuple(np.split(out, bounds, axis=-1)), cache
+
+    @staticmethod
+    def _fused_backward(douts, cache, layers):
+        """_fused_forward's backward: (dx,), and each layer's gradients set on it."""
+        dout = douts if isinstance(douts, np.ndarray) else np.concatenate(douts, axis=-1)
+        dx, dweights, dbiases = fused_linear_backward(dout, cache)
+        for i, layer in enumerate(layers):
+            layer.set_grads(dweights[i], None if dbiases is None else dbiases[i])
+        return (dx,)
 
     def _dropout_p(self) -> float:
         return self.config.dropout if self.training else 0.0
@@ -286,13 +350,16 @@ class Attention(KVCacheMixin, Module):
     def backward(self, dout):
         """dL/dx from dL/dout, or (dx, dx_kv) after a cross-attention forward; every
         parameter's gradient lands in m.grads."""
-        q_split, k_split, v_split, q_rope, k_rope, attn_cache, merge_cache, cross = (
+        q_split, k_split, v_split, q_rope, k_rope, attn_cache, merge_cache, cross, qkv, out = (
             self._require_full_forward()
         )
         c = self.config
         per_head = c.qk_norm is not None and c.qk_norm.width == "head"
         # 10.
-        dcontext = self.out_proj.backward(dout)  # (B, T, H * E)
+        if out is None:
+            dcontext = self.out_proj.backward(dout)  # (B, T, H * E)
+        else:  # the fused product: out_proj is handed its gradients
+            (dcontext,) = self._fused_backward(dout, out, (self.out_proj,))
         # 9.
         dcontext = merge_heads_backward(dcontext, merge_cache)  # (B, H, T, E)
         # 8. a key/value head fed its whole group: the backward sums the group's gradients
@@ -317,6 +384,9 @@ class Attention(KVCacheMixin, Module):
             dqueries = self.q_norm.backward(dqueries)
             dkeys = self.k_norm.backward(dkeys)
         # 1. x (or x_kv) feeds several projections: their terms are summed
+        if qkv is not None:  # one product: its backward sums the three terms of dx
+            layers = (self.W_query, self.W_key, self.W_value)
+            return self._fused_backward((dqueries, dkeys, dvalues), qkv, layers)[0]
         dx = self.W_query.backward(dqueries)
         dsource = self.W_key.backward(dkeys)
         dsource += self.W_value.backward(dvalues)
