@@ -41,19 +41,26 @@ def test_a_scale_two_percent_off_is_caught(family):
         tt.assert_hf_attention_matches(layer, decode=False, **FEW)
 
 
-@pytest.mark.parametrize("family", ["llama", "mistral", "qwen3", "gemma2", "olmo2"])
+ROTARY = sorted({f for f, _ in CASES} - {"gpt2"})  # every family with RoPE
+
+
+@pytest.mark.parametrize("family", ROTARY)
 def test_keys_rotated_one_position_late_are_caught(family, monkeypatch):
     modeling = H.modeling(family)
-    rotate = modeling.apply_rotary_pos_emb
 
-    def late_keys(q, k, cos, sin, *args, **kwargs):  # cos, sin (B, T, R)
-        q_out, _ = rotate(q, k, cos, sin, *args, **kwargs)
-        cos_late = torch.cat([cos[:, :1], cos[:, :-1]], dim=1)  # key t at position t - 1
-        sin_late = torch.cat([sin[:, :1], sin[:, :-1]], dim=1)
-        _, k_out = rotate(q, k, cos_late, sin_late, *args, **kwargs)
-        return q_out, k_out
+    def late(rotate):
+        def late_keys(q, k, cos, sin, *args, **kwargs):  # cos, sin (B, T, R)
+            q_out, _ = rotate(q, k, cos, sin, *args, **kwargs)
+            cos_late = torch.cat([cos[:, :1], cos[:, :-1]], dim=1)  # key t at position t - 1
+            sin_late = torch.cat([sin[:, :1], sin[:, :-1]], dim=1)
+            _, k_out = rotate(q, k, cos_late, sin_late, *args, **kwargs)
+            return q_out, k_out
 
-    monkeypatch.setattr(modeling, "apply_rotary_pos_emb", late_keys)
+        return late_keys
+
+    for name in ("apply_rotary_pos_emb", "apply_rotary_pos_emb_interleave"):  # DeepSeek's too
+        if hasattr(modeling, name):
+            monkeypatch.setattr(modeling, name, late(getattr(modeling, name)))
     with pytest.raises(tt.ReferenceMismatchError, match="output disagrees") as info:
         tt.assert_hf_attention_matches(case_of(family).layer, decode=False, **FEW)
     assert info.value.mismatch.example.tokens >= 2
