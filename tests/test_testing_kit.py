@@ -243,3 +243,20 @@ def test_forward_only_never_sets_requires_grad():
     )
     assert set(report.worst) == {"output"}
     assert all(p.requires_grad for p in module.parameters())  # the user's module untouched
+
+
+@pytest.mark.parametrize(
+    "weight_map, words",
+    [
+        (lambda p: p["nope"], "raised KeyError"),
+        (lambda p: list(p.values())[99], "raised IndexError"),
+        (lambda p: p.nope, "raised AttributeError"),
+        (lambda p: {"W_query.weight": "abc"}, "must be a tensor"),
+        (lambda p: {k: None for k in p}, "must be a tensor"),
+    ],
+)
+def test_a_weight_map_that_raises_or_gives_no_numbers_is_a_setup_error(weight_map, words):
+    ref = npattn.MultiHeadAttention(4, 4, 8, 0.0, 2, rng=0)
+    mod = tp.from_npattn(ref)
+    with pytest.raises(tt.KitSetupError, match=words):
+        tt.assert_matches_reference(mod, ref, weight_map, max_examples=2)

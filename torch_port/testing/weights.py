@@ -170,13 +170,27 @@ def _apply(weight_map, params: dict, module_name: str) -> dict:
         )
     try:
         out = weight_map(params)
-    except KeyError as e:
+    except (KeyError, IndexError, AttributeError, TypeError, ValueError, RuntimeError) as e:
         raise KitSetupError(
-            f"weight_map raised KeyError {e}: {module_name}'s parameters are {sorted(params)}"
+            f"weight_map raised {type(e).__name__}: {e}; it is called with {module_name}'s "
+            f"parameters {{name: tensor}}, whose names are {sorted(params)}"
         ) from e
     if not hasattr(out, "items"):
         raise KitSetupError(f"weight_map must return a dict, got {type(out).__name__}")
-    return {
-        k: v.to(torch.float64) if torch.is_tensor(v) else torch.as_tensor(v, dtype=torch.float64)
-        for k, v in out.items()
-    }
+    mapped = {}
+    for k, v in out.items():
+        if not isinstance(k, str):
+            raise KitSetupError(f"weight_map's keys must be the reference's names, got {k!r}")
+        if torch.is_tensor(v):
+            if v.is_complex() or v.dtype == torch.bool:
+                raise KitSetupError(f"weight_map[{k!r}] must hold real numbers, got {v.dtype}")
+            mapped[k] = v.to(torch.float64)
+            continue
+        arr = np.asarray(v) if not isinstance(v, str) else np.asarray(v, dtype=object)
+        if arr.dtype == object or not np.issubdtype(arr.dtype, np.number):
+            raise KitSetupError(
+                f"weight_map[{k!r}] must be a tensor (or array) of numbers, got "
+                f"{type(v).__name__} {v!r:.60}"
+            )
+        mapped[k] = torch.as_tensor(arr, dtype=torch.float64)
+    return mapped
