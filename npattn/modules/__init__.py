@@ -1,6 +1,6 @@
 """The chapter's classes and the modern ones (GQA, MLA, SWA, Qwen3), built from the ops."""
 
-from .attention import CausalAttention, SelfAttention_v1, SelfAttention_v2
+from .self_attention import CausalAttention, SelfAttention_v1, SelfAttention_v2
 from .base import Module, ModuleList
 from .gqa import GroupedQueryAttention
 from .linear import Linear

@@ -35,7 +35,7 @@ from ._input import (
     prepare_input,
 )
 from ._kv import CacheView, KVCacheMixin, check_scores
-from .attention import CausalAttention
+from .self_attention import CausalAttention
 from .base import Module, ModuleList
 from .linear import Linear
 
