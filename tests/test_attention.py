@@ -344,3 +344,66 @@ def test_auto_is_the_reference_below_64_tokens_and_tiled_from_there(T):
     m.attn_impl = "auto"
     np.testing.assert_allclose(m(x), ref, **F64)
     assert (m.attn_weights is None) == (T >= 64)  # the tiled path forms no weights
+
+
+# -- hostile use ------------------------------------------------------------------------
+
+
+def test_a_child_called_between_forward_and_backward_is_refused():
+    """m.out_proj(y) replaces out_proj's cache: the parent's backward refuses rather than
+    using it, and no gradient is written."""
+    m = _attention(AttentionConfig(8, 2, rope=RoPE()), 0)
+    x, g = _x(2, 3, 8), _x(2, 3, 8, 1)
+    m(x)
+    m.backward(g)
+    before = {k: v.copy() for k, v in m.grads.items()}
+    m(x * 2)
+    m.out_proj(_x(2, 3, 8, 2))
+    with pytest.raises(RuntimeError, match="child 'out_proj' ran another forward"):
+        m.backward(g)
+    for k, v in before.items():
+        np.testing.assert_array_equal(m.grads[k], v)
+
+
+def test_cross_attention_refuses_a_window_and_decoding_needs_causal():
+    m = _attention(AttentionConfig(8, 2, window=2), 0)
+    with pytest.raises(ValueError, match="x_kv .* window"):
+        m(_x(1, 3, 8), x_kv=_x(1, 4, 8))
+    bidirectional = _attention(AttentionConfig(8, 2, causal=False), 0)
+    with pytest.raises(ValueError, match="use_cache=True needs a causal layer"):
+        bidirectional(_x(1, 3, 8), use_cache=True)
+
+
+def test_numpy_integer_sizes_do_not_wrap():
+    cfg = AttentionConfig(64, np.uint8(16), head_dim=np.uint8(17))
+    assert type(cfg.num_heads) is int and type(cfg.head_dim) is int
+    assert Attention(cfg).W_query.weight.shape == (16 * 17, 64)
+
+
+def test_the_config_is_read_only_and_checked_whole():
+    m = Attention(AttentionConfig(8, 2))
+    with pytest.raises(AttributeError):
+        m.config = AttentionConfig(8, 4)
+    with pytest.raises(ValueError, match="R >= 4"):  # the scaling checked with the head dim
+        AttentionConfig(8, 4, rope=RoPE(scaling=npattn.DynamicNTK(2.0, 4)))
+
+
+def test_positions_too_large_or_past_qwen3_context_are_refused():
+    m = _attention(AttentionConfig(8, 2, rope=RoPE()), 0)
+    with pytest.raises(ValueError, match="2\\*\\*62"):
+        m(_x(1, 2, 8), positions=np.array([2**63, 1], dtype=np.uint64))
+    q = npattn.Qwen3Attention(8, 2, 1, context_length=16, rng=0)
+    with pytest.raises(ValueError, match="context_length=16"):
+        q(_x(1, 2, 8), positions=np.array([3, 10**6]))
+
+
+def test_torch_port_mirror_keeps_d_out():
+    torch_port = pytest.importorskip("torch_port")
+    cfg = AttentionConfig(16, 4, d_out=7)
+    m = _attention(cfg, 0)
+    tm = torch_port.from_npattn(m)
+    assert tuple(tm.out_proj.weight.shape) == (7, 16)
+    import torch
+
+    x = _x(1, 3, 16)
+    np.testing.assert_allclose(tm(torch.tensor(x)).detach().numpy(), m(x), **F64)

@@ -257,6 +257,11 @@ def test_matches_npattn_attention(config):
         np.testing.assert_allclose(ref.grads[name], p.grad.numpy(), rtol=1e-11, atol=1e-13)
     m.reset_cache()
     ref.reset_cache()
+    if not config.causal:  # a bidirectional layer cannot decode: both sides refuse
+        for layer in (ref, m):
+            with pytest.raises(ValueError, match="needs a causal layer"):
+                layer(x[:, :3].numpy() if layer is ref else x[:, :3], use_cache=True)
+        return
     for a, b in ((0, 3), (3, 4), (4, 6)):
         got = ref.forward(x[:, a:b].numpy(), use_cache=True, key_padding_mask=kpm[:, :b].numpy())
         want = m(x[:, a:b], use_cache=True, key_padding_mask=kpm[:, :b])

@@ -75,7 +75,7 @@ class Attention(KVCacheMixin, nn.Module):
         self.W_query = nn.Linear(d, H * E, bias=config.qkv_bias, dtype=dtype)
         self.W_key = nn.Linear(d, G * E, bias=config.qkv_bias, dtype=dtype)
         self.W_value = nn.Linear(d, G * E, bias=config.qkv_bias, dtype=dtype)
-        self.out_proj = nn.Linear(H * E, d, bias=config.out_bias, dtype=dtype)
+        self.out_proj = nn.Linear(H * E, config.out_width, bias=config.out_bias, dtype=dtype)
         norm = config.qk_norm
         if norm is not None:
             q_width, k_width = (H * E, G * E) if norm.width == "all" else (E, E)
@@ -199,6 +199,11 @@ class Attention(KVCacheMixin, nn.Module):
         if not torch.is_tensor(x) or x.dim() != 3 or x.shape[-1] != d:
             shape = tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
             raise ValueError(f"x must have shape (B, T, hidden_size={d}), got {shape}")
+        if use_cache and not self.config.causal:
+            raise ValueError(
+                "use_cache=True needs a causal layer: with causal=False every token sees the "
+                "later ones too; run the full forward"
+            )
         if use_cache and self.cache_k is not None and self.cache_k.shape[0] != x.shape[0]:
             raise ValueError(
                 f"x has batch size {x.shape[0]} but the cache holds batch size "

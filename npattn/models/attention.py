@@ -16,7 +16,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .. import _guard
-from .._checks import as_array, check_bool, make_rng
+from .._checks import as_array, check_allocation, check_bool, make_rng
 from ..fast.dispatch import AUTO_TILED_MIN_TOKENS
 from ..fast.fused_linear import fused_linear_backward, fused_linear_forward
 from ..modules._input import attn_impl_property
@@ -110,10 +110,13 @@ class Attention(KVCacheMixin, Module):
         super().__init__()
         if not isinstance(config, AttentionConfig):
             raise TypeError(f"config must be an npattn.AttentionConfig, got {config!r}")
-        self.config = c = config
+        self._config = c = config
         self.attn_impl = attn_impl
         self.rng = make_rng(rng)
         H, G, E, d = c.num_heads, c.kv_heads, c.head_size, c.hidden_size
+        widest = max(H * E, c.out_width)  # the largest weight, checked before any is made
+        check_allocation((widest, max(d, H * E)), 4, "num_heads, head_dim, hidden_size, d_out",
+                         "a float32 weight")  # fmt: skip
         if c.sinks:  # one logit per head; own parameters come first in the state_dict
             sinks = self.rng.normal(0.0, SINK_INIT_STD, size=H).astype(np.float32)
             self.register_parameter("sinks", sinks)
@@ -139,6 +142,12 @@ class Attention(KVCacheMixin, Module):
         self.dropout_mask = None
         self.reset_cache()
 
+    @property
+    def config(self) -> AttentionConfig:
+        """The configuration: the one source of truth, read-only (its sizes fixed the
+        weights); type(m)(m.config) plus the state_dict rebuilds the module."""
+        return self._config
+
     def _kv_limits(self) -> tuple:
         return self.config.window, None  # with a window, the cache holds the last W tokens
 
@@ -156,11 +165,18 @@ class Attention(KVCacheMixin, Module):
         use_cache = check_bool(use_cache, "use_cache")
         if use_cache:
             self._check_decoding()
+        if use_cache and not c.causal:
+            raise ValueError(
+                "use_cache=True needs a causal layer: with causal=False every token sees the "
+                "later ones too, so decoding token by token would not give the full forward's "
+                "numbers; run the full forward"
+            )
         if x_kv is not None:
             if use_cache:
                 raise ValueError("x_kv (cross-attention) cannot be combined with use_cache=True")
-            if c.rope is not None:
-                raise ValueError("x_kv (cross-attention) cannot be combined with rope")
+            for option in ("rope", "window"):  # both count positions in one sequence
+                if getattr(c, option) is not None:
+                    raise ValueError(f"x_kv (cross-attention) cannot be combined with {option}")
             x_kv = check_tokens(x_kv, c.hidden_size, self.dtype, "x_kv")
             if x_kv.shape[0] != B:
                 raise ValueError(f"x_kv must have x's batch size {B}, got {x_kv.shape[0]}")
@@ -197,6 +213,8 @@ class Attention(KVCacheMixin, Module):
             )
         if positions.size and positions.min() < 0:
             raise ValueError(f"positions must be >= 0, got {int(positions.min())}")
+        if positions.size and int(positions.max()) >= 2**62:  # angles and masks in int64
+            raise ValueError(f"positions must be < 2**62, got {int(positions.max())}")
         return positions.astype(np.int64)  # a copy: the caller's array is not kept
 
     @staticmethod

@@ -105,8 +105,13 @@ class AttentionConfig:
             raise ValueError(
                 f"hidden_size ({d}) must be divisible by num_heads ({H}) when head_dim is not given"
             )
-        _check_optional_positive_int(self.head_dim, "head_dim")
-        _check_optional_positive_int(self.d_out, "d_out")
+        # sizes stored as Python ints: numpy's small integer types would wrap in products
+        _set(self, "hidden_size", d)
+        _set(self, "num_heads", H)
+        if self.num_kv_heads is not None:
+            _set(self, "num_kv_heads", G)
+        _set(self, "head_dim", _check_optional_positive_int(self.head_dim, "head_dim"))
+        _set(self, "d_out", _check_optional_positive_int(self.d_out, "d_out"))
         for name in ("qkv_bias", "out_bias", "sinks", "causal"):
             check_bool(getattr(self, name), name)
         _set(self, "dropout", check_probability(self.dropout, "dropout"))
@@ -117,13 +122,13 @@ class AttentionConfig:
 
             if not isinstance(self.rope, RoPE):
                 raise TypeError(f"rope must be an npattn.RoPE or None, got {self.rope!r}")
-            self.rope.rotary_dim(self.head_size)  # the rotated dims must be even: checked now
+            self.rope.inv_freq(self.head_size)  # the rotated dims and the scaling, checked now
         if self.scale is not None:
             scale = _check_finite(self.scale, "scale", "a float or None")
             if scale <= 0:
                 raise ValueError(f"scale must be > 0, got {scale}")
             _set(self, "scale", scale)
-        _check_optional_positive_int(self.window, "window")
+        _set(self, "window", _check_optional_positive_int(self.window, "window"))
         if self.window is not None and not self.causal:
             raise ValueError("window needs causal=True (a window counts earlier keys)")
         if self.softcap is not None:

@@ -76,7 +76,7 @@ class LatentAttention(KVCacheMixin, Module):
         super().__init__()
         if not isinstance(config, LatentConfig):
             raise TypeError(f"config must be an npattn.LatentConfig, got {config!r}")
-        self.config = config
+        self._config = config
         c = config
         H, C, Dq = c.num_heads, c.kv_lora_rank, c.qk_head_dim
         self.rng = make_rng(rng)
@@ -93,6 +93,12 @@ class LatentAttention(KVCacheMixin, Module):
         self.attn_weights = None  # (B, H, T, S), before dropout
         self.dropout_mask = None  # keep-mask, or None
         self.reset_cache()
+
+    @property
+    def config(self) -> LatentConfig:
+        """The configuration: the one source of truth, read-only (its sizes fixed the
+        weights); type(m)(m.config) plus the state_dict rebuilds the module."""
+        return self._config
 
     @property
     def cache_latent(self):

@@ -58,9 +58,9 @@ class LatentConfig:
             "qk_rope_head_dim",
             "v_head_dim",
         ):
-            check_positive_int(getattr(self, name), name)
+            _set(self, name, check_positive_int(getattr(self, name), name))  # a Python int
         if self.q_lora_rank is not None:
-            check_positive_int(self.q_lora_rank, "q_lora_rank")
+            _set(self, "q_lora_rank", check_positive_int(self.q_lora_rank, "q_lora_rank"))
         for name in ("qkv_bias", "out_bias"):
             check_bool(getattr(self, name), name)
         eps = check_real(self.norm_eps, "norm_eps", "a float >= 0")
@@ -72,7 +72,7 @@ class LatentConfig:
 
             if not isinstance(self.rope, RoPE):
                 raise TypeError(f"rope must be an npattn.RoPE or None, got {self.rope!r}")
-            self.rope.rotary_dim(self.qk_rope_head_dim)  # the rotated dims must be even
+            self.rope.inv_freq(self.qk_rope_head_dim)  # the rotated dims and the scaling, now
         if self.scale is not None:
             scale = check_real(self.scale, "scale", "a float > 0 or None")
             if not (math.isfinite(scale) and scale > 0):

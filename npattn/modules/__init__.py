@@ -1,6 +1,5 @@
 """The chapter's classes and the modern ones (GQA, MLA, SWA, Qwen3), built from the ops."""
 
-from .self_attention import CausalAttention, SelfAttention_v1, SelfAttention_v2
 from .base import Module, ModuleList
 from .gqa import GroupedQueryAttention
 from .linear import Linear
@@ -8,6 +7,7 @@ from .mla import MultiHeadLatentAttention
 from .multihead import MultiHeadAttention, MultiHeadAttentionWrapper
 from .qwen3 import Qwen3Attention
 from .rmsnorm import RMSNorm
+from .self_attention import CausalAttention, SelfAttention_v1, SelfAttention_v2
 from .swa import MultiHeadAttentionWithSWA
 
 __all__ = [

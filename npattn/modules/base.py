@@ -215,6 +215,13 @@ class Module:
         self.__dict__["_cache_entry"] = (forward_id, cache)  # one store: id and cache together
         if cache is not None:
             _last_forwards()[self] = forward_id
+            # the children's forwards that this forward's backward will use: any forward a
+            # child runs after this one (called directly, say m.out_proj(y)) replaces them
+            self.__dict__["_children_forwards"] = {
+                prefix: m.__dict__.get("_cache_entry", (0, None))[0]
+                for prefix, m in self.named_modules()
+                if m is not self
+            }
 
     def _require_cache(self):
         forward_id, cache = self.__dict__.get("_cache_entry", (0, None))
@@ -235,6 +242,17 @@ class Module:
                     f"{type(self).__name__}.backward: another thread's forward replaced this "
                     f"thread's cache{where} since its forward; a module keeps one cache, so use "
                     f"one module per thread (copy.deepcopy)"
+                )
+        recorded = self.__dict__.get("_children_forwards", {})
+        for prefix, m in self.named_modules():  # every child, before any backward runs
+            if m is self or prefix not in recorded:
+                continue
+            if m.__dict__.get("_cache_entry", (0, None))[0] != recorded[prefix]:
+                raise RuntimeError(
+                    f"{type(self).__name__}.backward: its child {prefix[:-1]!r} ran another "
+                    f"forward since {type(self).__name__}'s forward (a call such as "
+                    f"m.{prefix[:-1]}(...)), so its cache is no longer this forward's; run "
+                    f"{type(self).__name__}'s forward again before its backward"
                 )
         return cache
 

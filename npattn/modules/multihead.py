@@ -35,9 +35,9 @@ from ._input import (
     prepare_input,
 )
 from ._kv import CacheView, KVCacheMixin, check_scores
-from .self_attention import CausalAttention
 from .base import Module, ModuleList
 from .linear import Linear
+from .self_attention import CausalAttention
 
 
 class MultiHeadAttentionWrapper(Module):

@@ -24,7 +24,7 @@ def preset_property(field: str, settable: bool = False, name: str | None = None)
             config = dataclasses.replace(self.config, **{field: value})
         except (TypeError, ValueError) as e:  # the config names its field; name the attribute
             raise type(e)(str(e).replace(field, label, 1)) from None
-        self.config = config
+        self._config = config
         self._invalidate()  # a new window or dropout: the cache and the last forward are stale
 
     return property(fget, fset if settable else None, doc=f"config.{field}")

@@ -135,6 +135,11 @@ class Qwen3Attention(Attention):
                 f"positions {start}..{start + T - 1} run past context_length="
                 f"{self.context_length}: x has {T} tokens after {start} cached ones"
             )
+        if positions is not None and call.positions.max() >= self.context_length:
+            raise ValueError(
+                f"positions must be < context_length={self.context_length}, got "
+                f"{int(call.positions.max())}"
+            )
         return call
 
     def extra_repr(self) -> str:
