@@ -144,7 +144,8 @@ def test_the_smallest_input_is_found_and_the_verdict_is_deterministic():
     wrong = get("rmsnorm_backward").mistakes[0]  # eps missing: one number is enough
     first, again = check("rmsnorm_backward", wrong.fn), check("rmsnorm_backward", wrong.fn)
     assert first.message == again.message
-    assert "(B=1, T=1, E=1," in first.message  # shrunk to one vector of one entry
+    # shrunk to one vector of one entry, with no leading axis: B and T are not listed
+    assert "input (lead=0, E=1, small=0, eps=0, seed=0):" in first.message
     assert check("rmsnorm_backward", wrong.fn, seed=3).mistake == "eps_missing"
 
 
@@ -337,3 +338,83 @@ def test_every_exercise_judges_a_crash_a_wrong_shape_and_nan(name):
     ]:
         result = check(name, fn)
         assert not result.passed and expected in result.message, result.message
+
+
+# inputs that tell apart what small, regular inputs would not
+
+
+def _online_v_width(q, k, v, block_size):
+    """Online softmax scaled by v's width, its running output shaped like q."""
+    scale = 1.0 / np.sqrt(v.shape[-1])
+    m = np.full(q.shape[:-1] + (1,), -np.inf)
+    l, acc = np.zeros(q.shape[:-1] + (1,)), np.zeros_like(q)
+    for j in range(0, k.shape[-2], block_size):
+        s = q @ np.swapaxes(k[..., j : j + block_size, :], -1, -2) * scale
+        m_new = np.maximum(m, s.max(axis=-1, keepdims=True))
+        p, alpha = np.exp(s - m_new), np.exp(m - m_new)
+        l = alpha * l + p.sum(axis=-1, keepdims=True)
+        acc = alpha * acc + p @ v[..., j : j + block_size, :]
+        m = m_new
+    return acc / l
+
+
+def _tiled_v_width(q, k, v, out, lse, dout, block_size):
+    """Tiled backward scaled by v's width, dv allocated like k."""
+    scale = 1.0 / np.sqrt(v.shape[-1])
+    D = np.sum(dout * out, axis=-1, keepdims=True)
+    dq, dk, dv = np.zeros_like(q), np.zeros_like(k), np.zeros_like(k)
+    for j in range(0, k.shape[-2], block_size):
+        c = slice(j, j + block_size)
+        P = np.exp(q @ np.swapaxes(k[..., c, :], -1, -2) * scale - lse)
+        dv[..., c, :] = np.swapaxes(P, -1, -2) @ dout
+        dS = P * (dout @ np.swapaxes(v[..., c, :], -1, -2) - D)
+        dq += dS @ k[..., c, :] * scale
+        dk[..., c, :] = np.swapaxes(dS, -1, -2) @ q * scale
+    return dq, dk, dv
+
+
+def _masked_v_width(q, k, v, mask, dout):
+    """Masked backward scaled by v's width, dv allocated like k."""
+    dq, dk, dv_ = get("masked_sdpa_backward").solution(q, k, v, mask, dout)
+    ratio = np.sqrt(q.shape[-1] / v.shape[-1])  # 1 / sqrt(Ev) where 1 / sqrt(E) belongs
+    dv = np.zeros_like(k)
+    dv[...] = dv_
+    return dq * ratio, dk * ratio, dv
+
+
+def _softmax_axis2(attn_scores):
+    s = np.where(np.tri(attn_scores.shape[-1], dtype=bool), attn_scores, -np.inf)
+    w = np.exp(s - s.max(axis=2, keepdims=True))
+    return w / w.sum(axis=2, keepdims=True)
+
+
+def _rmsnorm_rank3(x, scale, dy, eps):
+    dx, _ = get("rmsnorm_backward").solution(x, scale, dy, eps)
+    rstd = 1.0 / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps)
+    return dx, np.sum(dy * x * rstd, axis=(0, 1))
+
+
+def _transposed(name):
+    """The reference, with a transpose that only a 3-axis array accepts."""
+    solve = get(name).solution
+    return lambda *args: solve(*args).transpose(0, 1, 2)
+
+
+@pytest.mark.parametrize(
+    ("name", "fn"),
+    [
+        ("online_softmax_attention", _online_v_width),
+        ("tiled_sdpa_backward", _tiled_v_width),
+        ("masked_sdpa_backward", _masked_v_width),
+        ("causal_attention_weights", _softmax_axis2),
+        ("rmsnorm_backward", _rmsnorm_rank3),
+        ("softmax_backward", lambda y, dy: y * (dy - np.sum(dy * y, axis=2, keepdims=True))),
+        ("dropout_backward", lambda dout, keep, p: (dout * keep).transpose(0, 1, 2) / (1 - p)),
+        ("softcap_backward", lambda s, dout, cap: dout.transpose(0, 1, 2) / np.cosh(s / cap) ** 2),
+        ("mask_renormalize_backward", _transposed("mask_renormalize_backward")),
+    ],
+    ids=lambda x: x if isinstance(x, str) else "",
+)
+def test_value_width_and_number_of_leading_axes_vary(name, fn):
+    result = check(name, fn)
+    assert not result.passed, result.message

@@ -146,8 +146,37 @@ def _show(value) -> str:
     return repr(value)
 
 
+def _same_inputs(a: dict, b: dict) -> bool:
+    for k, v in a.items():
+        w = b[k]
+        if isinstance(v, np.ndarray) or isinstance(w, np.ndarray):
+            if np.shape(v) != np.shape(w) or not np.array_equal(v, w, equal_nan=True):
+                return False
+        elif v != w:
+            return False
+    return True
+
+
+def used_params(ex: Exercise, params: dict, inputs: dict) -> dict:
+    """The parameters the input depends on: one left out (B when there is no batch axis)
+    changes nothing when set to another value of its range. The seed is always kept."""
+    used = {}
+    for k, v in params.items():
+        lo, hi = ex.params.get(k, (v, v))
+        other = hi if v != hi else lo
+        if k == "seed" or other == v:
+            used[k] = v
+            continue
+        try:
+            if not _same_inputs(inputs, ex.inputs({**params, k: other})):
+                used[k] = v
+        except Exception:  # an input that cannot be made is a change
+            used[k] = v
+    return used
+
+
 def describe_input(ex: Exercise, params: dict, inputs: dict) -> str:
-    sizes = ", ".join(f"{k}={v}" for k, v in params.items())
+    sizes = ", ".join(f"{k}={v}" for k, v in used_params(ex, params, inputs).items())
     lines = [f"Smallest failing input ({sizes}):"]
     lines += [f"    {k}: {_show(v)}" for k, v in inputs.items()]
     return "\n".join(lines)

@@ -44,7 +44,7 @@ def reference(attn_weights, mask, dout):
 
 def make_inputs(p, rng):
     T, S = p["T"], p["S"]
-    shape = (p["B"], T, S)
+    shape = (p["B"], p["H"])[2 - p["lead"] :] + (T, S)  # 0 to 2 leading axes
     attn_weights = F.softmax(rng.standard_normal(shape))
     mask = F.causal_mask(T, S) & (rng.random((T, S)) > 0.2 * p["holes"])
     if p["masked_row"]:
@@ -111,6 +111,14 @@ EXERCISE = Exercise(
     solution=mask_renormalize_backward,
     reference=reference,
     make_inputs=make_inputs,
-    params={"B": (1, 2), "T": (1, 4), "S": (1, 5), "holes": (0, 1), "masked_row": (0, 1)},
+    params={
+        "lead": (0, 2),
+        "B": (1, 2),
+        "H": (1, 2),
+        "T": (1, 4),
+        "S": (1, 5),
+        "holes": (0, 1),
+        "masked_row": (0, 1),
+    },
     mistakes=(_mask_not_applied, _row_sum_ignored, _renormalisation_ignored, _nan_on_empty_rows),
 )

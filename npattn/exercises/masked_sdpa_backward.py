@@ -48,17 +48,17 @@ def reference(q, k, v, mask, dout):
 
 
 def make_inputs(p, rng):
-    L, S, E = p["L"], p["S"], p["E"]
-    lead = (p["H"],)
+    L, S, E, Ev = p["L"], p["S"], p["E"], p["Ev"]  # Ev drawn apart from E
+    lead = (p["B"], p["H"])[2 - p["lead"] :]  # 0 to 2 leading axes
     mask = F.causal_mask(L, S) & (rng.random((L, S)) > 0.3 * p["holes"])
     if p["masked_row"]:
         mask[-1] = False  # a query that sees nothing
     return {
         "q": rng.standard_normal(lead + (L, E)),
         "k": rng.standard_normal(lead + (S, E)),
-        "v": rng.standard_normal(lead + (S, E)),
+        "v": rng.standard_normal(lead + (S, Ev)),
         "mask": mask,
-        "dout": rng.standard_normal(lead + (L, E)),
+        "dout": rng.standard_normal(lead + (L, Ev)),
     }
 
 
@@ -114,10 +114,13 @@ EXERCISE = Exercise(
     reference=reference,
     make_inputs=make_inputs,
     params={
+        "lead": (0, 2),
+        "B": (1, 2),
         "H": (1, 2),
         "L": (1, 4),
         "S": (1, 5),
         "E": (1, 3),
+        "Ev": (1, 3),
         "holes": (0, 1),
         "masked_row": (0, 1),
     },

@@ -51,12 +51,13 @@ def reference(q, k, v, block_size):
 
 
 def make_inputs(p, rng):
-    L, S, E = p["L"], p["S"], p["E"]
+    L, S, E, Ev = p["L"], p["S"], p["E"], p["Ev"]  # Ev drawn apart from E
+    lead = (p["B"], p["H"])[2 - p["lead"] :]  # 0 to 2 leading axes
     big = 60.0 if p["big"] else 1.0  # scores of a few thousand: exp overflows without the max
     return {
-        "q": rng.standard_normal((p["H"], L, E)) * big,
-        "k": rng.standard_normal((p["H"], S, E)) * big,
-        "v": rng.standard_normal((p["H"], S, E)),
+        "q": rng.standard_normal(lead + (L, E)) * big,
+        "k": rng.standard_normal(lead + (S, E)) * big,
+        "v": rng.standard_normal(lead + (S, Ev)),
         "block_size": p["block_size"],
     }
 
@@ -135,10 +136,13 @@ EXERCISE = Exercise(
     reference=reference,
     make_inputs=make_inputs,
     params={
+        "lead": (0, 2),
+        "B": (1, 2),
         "H": (1, 2),
         "L": (1, 3),
         "S": (1, 7),
         "E": (1, 3),
+        "Ev": (1, 3),
         "block_size": (1, 3),
         "big": (0, 1),
     },

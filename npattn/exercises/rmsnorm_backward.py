@@ -43,7 +43,7 @@ def reference(x, scale, dy, eps):
 
 
 def make_inputs(p, rng):
-    shape = (p["B"], p["T"], p["E"])
+    shape = (p["B"], p["T"])[2 - p["lead"] :] + (p["E"],)  # 0 to 2 leading axes
     x = rng.standard_normal(shape) * (1e-3 if p["small"] else 1.0)  # small x: eps matters
     return {
         "x": x,
@@ -107,6 +107,6 @@ EXERCISE = Exercise(
     solution=rmsnorm_backward,
     reference=reference,
     make_inputs=make_inputs,
-    params={"B": (1, 2), "T": (1, 3), "E": (1, 5), "small": (0, 1), "eps": (0, 1)},
+    params={"lead": (0, 2), "B": (1, 2), "T": (1, 3), "E": (1, 5), "small": (0, 1), "eps": (0, 1)},
     mistakes=(_eps_missing, _rstd_constant, _scale_left_out, _layernorm_mean),
 )

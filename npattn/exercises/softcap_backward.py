@@ -35,7 +35,7 @@ def reference(scores, dout, cap):
 
 
 def make_inputs(p, rng):
-    shape = (p["H"], p["L"], p["S"])
+    shape = (p["B"], p["H"])[2 - p["lead"] :] + (p["L"], p["S"])  # 0 to 2 leading axes
     return {
         "scores": rng.standard_normal(shape) * (40.0 if p["big"] else 3.0),
         "dout": rng.standard_normal(shape),
@@ -88,6 +88,14 @@ EXERCISE = Exercise(
     solution=softcap_backward,
     reference=reference,
     make_inputs=make_inputs,
-    params={"H": (1, 2), "L": (1, 3), "S": (1, 4), "cap": (0, 2), "big": (0, 1)},
+    params={
+        "lead": (0, 2),
+        "B": (1, 2),
+        "H": (1, 2),
+        "L": (1, 3),
+        "S": (1, 4),
+        "cap": (0, 2),
+        "big": (0, 1),
+    },
     mistakes=(_times_cap, _over_cap, _tanh_not_squared, _cap_forgotten_inside),
 )

@@ -37,10 +37,10 @@ def reference(y, dy):
 
 
 def make_inputs(p, rng):
-    shape = (p["B"], p["L"], p["n"])
+    shape = (p["B"], p["L"])[2 - p["lead"] :] + (p["n"],)  # 0 to 2 leading axes
     x = rng.standard_normal(shape) * (30.0 if p["big"] else 1.0)  # large logits: y near one-hot
     if p["masked_row"]:
-        x[0, 0, :] = -np.inf  # a fully masked row: y = 0 there
+        x[(0,) * p["lead"]] = -np.inf  # a fully masked row: y = 0 there
     return {"y": F.softmax(x), "dy": rng.standard_normal(shape)}
 
 
@@ -103,6 +103,13 @@ EXERCISE = Exercise(
     solution=softmax_backward,
     reference=reference,
     make_inputs=make_inputs,
-    params={"B": (1, 2), "L": (1, 4), "n": (1, 5), "big": (0, 1), "masked_row": (0, 1)},
+    params={
+        "lead": (0, 2),
+        "B": (1, 2),
+        "L": (1, 4),
+        "n": (1, 5),
+        "big": (0, 1),
+        "masked_row": (0, 1),
+    },
     mistakes=(_diagonal_only, _missing_row_sum, _sum_wrong_axis, _sign_flipped, _dy_sum),
 )

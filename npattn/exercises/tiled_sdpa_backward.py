@@ -51,10 +51,11 @@ def reference(q, k, v, out, lse, dout, block_size):
 
 
 def make_inputs(p, rng):
-    L, S, E = p["L"], p["S"], p["E"]
-    q = rng.standard_normal((p["H"], L, E)) * (5.0 if p["big"] else 1.0)
-    k = rng.standard_normal((p["H"], S, E))
-    v = rng.standard_normal((p["H"], S, E))
+    L, S, E, Ev = p["L"], p["S"], p["E"], p["Ev"]  # Ev drawn apart from E
+    lead = (p["B"], p["H"])[2 - p["lead"] :]  # 0 to 2 leading axes
+    q = rng.standard_normal(lead + (L, E)) * (5.0 if p["big"] else 1.0)
+    k = rng.standard_normal(lead + (S, E))
+    v = rng.standard_normal(lead + (S, Ev))
     out, cache = F.flash_attention_forward(q, k, v, block_size=p["block_size"])
     dout = rng.standard_normal(out.shape)
     return {
@@ -129,10 +130,13 @@ EXERCISE = Exercise(
     reference=reference,
     make_inputs=make_inputs,
     params={
+        "lead": (0, 2),
+        "B": (1, 2),
         "H": (1, 2),
         "L": (1, 3),
         "S": (1, 6),
         "E": (1, 3),
+        "Ev": (1, 3),
         "block_size": (1, 3),
         "big": (0, 1),
     },
