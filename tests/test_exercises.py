@@ -85,6 +85,32 @@ def _modifies(y, dy):
     return dy
 
 
+class _UnprintableError(Exception):
+    def __str__(self):
+        raise RuntimeError("no message")
+
+
+class _NonStrError(Exception):
+    def __str__(self):
+        return 42
+
+
+class _BaseError(BaseException):
+    pass
+
+
+def _raises_unprintable(y, dy):
+    raise _UnprintableError()
+
+
+def _raises_non_str(y, dy):
+    raise _NonStrError()
+
+
+def _raises_base(y, dy):
+    raise _BaseError("stop")
+
+
 @pytest.mark.parametrize(
     ("fn", "expected"),
     [
@@ -101,6 +127,9 @@ def _modifies(y, dy):
         (lambda y, dy: sys.exit(3), "raised SystemExit: 3"),
         (lambda y, dy: _softmax_bwd(y, dy) + 0j, "dx has dtype complex128; return real numbers"),
         (lambda y, dy: _softmax_bwd(y, dy).astype(np.float32), "float32: compute in float64"),
+        (_raises_unprintable, "raised _UnprintableError: (its message could not be shown"),
+        (_raises_non_str, "raised _NonStrError: (its message could not be shown"),
+        (_raises_base, "raised _BaseError: stop"),
     ],
 )
 def test_a_broken_function_gets_a_verdict_not_an_exception(fn, expected):
@@ -418,3 +447,52 @@ def _transposed(name):
 def test_value_width_and_number_of_leading_axes_vary(name, fn):
     result = check(name, fn)
     assert not result.passed, result.message
+
+
+def test_a_mistake_is_named_only_if_it_also_matches_on_larger_inputs():
+    # the sum over axis 0: right with no leading axis, and on one-row inputs it agrees with
+    # "diagonal only", but not on larger ones
+    result = check("softmax_backward", lambda y, dy: y * (dy - np.sum(dy * y, axis=0)))
+    assert not result.passed and result.mistake is None, result.message
+    assert "coincides with a known mistake" in result.message
+    assert "yours is a different error" in result.message
+    assert "This looks like a known mistake" not in result.message
+
+
+def test_a_finite_fill_is_recognised_on_fully_masked_rows():
+    def finite_fill(q, k, v, mask, dout):
+        scale = 1.0 / np.sqrt(q.shape[-1])
+        s = np.where(mask, q @ np.swapaxes(k, -1, -2) * scale, -1e9)
+        P = np.exp(s - s.max(-1, keepdims=True))
+        P /= P.sum(-1, keepdims=True)
+        dP = dout @ np.swapaxes(v, -1, -2)
+        dS = P * (dP - (dP * P).sum(-1, keepdims=True))
+        return dS @ k * scale, np.swapaxes(dS, -1, -2) @ q * scale, np.swapaxes(P, -1, -2) @ dout
+
+    result = check("masked_sdpa_backward", finite_fill)
+    assert result.mistake == "finite_fill" and "masked_row=1" in result.message
+
+
+def test_precision_loss_is_pointed_out():
+    def in_float32(y, dy):
+        y32, dy32 = y.astype(np.float32), dy.astype(np.float32)
+        return (y32 * (dy32 - np.sum(dy32 * y32, axis=-1, keepdims=True))).astype(np.float64)
+
+    result = check("softmax_backward", in_float32)
+    assert "may compute in float32 or lose precision" in result.message, result.message
+    assert "rtol 1e-09" in result.message
+    # a plain wrong answer gets no such note
+    assert "float32" not in check("softmax_backward", lambda y, dy: y * dy).message
+
+
+def test_different_outputs_on_the_same_input_are_pointed_out():
+    calls = []
+
+    def keeps_state(y, dy):  # wrong from its second call on, and differently each time
+        calls.append(1)
+        return _softmax_bwd(y, dy) + (len(calls) > 1) * len(calls)
+
+    result = check("softmax_backward", keeps_state)
+    assert not result.passed and "gave different outputs" in result.message, result.message
+    same_every_time = check("softmax_backward", lambda y, dy: y * dy)
+    assert "gave different outputs" not in same_every_time.message
