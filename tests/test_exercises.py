@@ -275,6 +275,10 @@ def test_cli_start_check_hint_solution(tmp_path, monkeypatch, capsys):
         (["check", "softmax_backward", "broken.py"], "line 1: SyntaxError"),
         (["check", "softmax_backward", "raises.py"], "raised RuntimeError when loaded: no"),
         (["hint", "softmax_backward", "--level", "9"], "has hints 1 to 3; got --level 9"),
+        (["check", "softmax_backward", "exits.py"], "exits.py exited when loaded"),
+        (["check", "softmax_backward", "exits0.py"], "exits0.py exited when loaded"),
+        (["check", "softmax_backward", "base.py"], "raised _Stop when loaded: x"),
+        (["start", "softmax_backward", "afile"], "afile is not a directory"),
         (["solution", "nope"], "unknown exercise 'nope'"),
     ],
 )
@@ -283,6 +287,10 @@ def test_cli_errors_are_one_line(tmp_path, monkeypatch, capsys, argv, message):
     (tmp_path / "empty.py").write_text("x = 1\n")
     (tmp_path / "broken.py").write_text("def softmax_backward(y, dy)\n")
     (tmp_path / "raises.py").write_text("raise RuntimeError('no')\n")
+    (tmp_path / "exits.py").write_text("import sys\nsys.exit()\n")
+    (tmp_path / "exits0.py").write_text("raise SystemExit(0)\n")
+    (tmp_path / "base.py").write_text("class _Stop(BaseException): pass\nraise _Stop('x')\n")
+    (tmp_path / "afile").write_text("")
     code, out, err = _cli(capsys, *argv)
     assert code == 2 and out == ""
     assert err.startswith("error: ") and err.count("\n") == 1 and message in err
@@ -496,3 +504,61 @@ def test_different_outputs_on_the_same_input_are_pointed_out():
     assert not result.passed and "gave different outputs" in result.message, result.message
     same_every_time = check("softmax_backward", lambda y, dy: y * dy)
     assert "gave different outputs" not in same_every_time.message
+
+
+def test_cli_records_that_are_not_what_they_should_be_are_ignored(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    ws = tmp_path / "exercises"
+    ws.mkdir()
+    for status, hints in [
+        ("[1, 2]", '"x"'),
+        ('{"softmax_backward": 3, "dropout_backward": ["x"]}', '{"softmax_backward": "two"}'),
+        ('{"softmax_backward": null}', '{"softmax_backward": [1]}'),
+    ]:
+        (ws / ".status.json").write_text(status)
+        (ws / ".hints.json").write_text(hints)
+        code, out, _ = _cli(capsys, "list")
+        assert code == 0 and len([x for x in out.splitlines() if ". " in x]) == len(NAMES)
+        code, out, _ = _cli(capsys, "hint", "softmax_backward")
+        assert code == 0 and out.startswith("Hint 1/3"), out
+
+
+def test_cli_a_helper_module_beside_the_file_imports(tmp_path, capsys):
+    (tmp_path / "mine_helpers.py").write_text(
+        "import numpy as np\n\ndef row_sum(a):\n    return np.sum(a, axis=-1, keepdims=True)\n"
+    )
+    (tmp_path / "sm.py").write_text(
+        "from mine_helpers import row_sum\n\n"
+        "def softmax_backward(y, dy):\n    return y * (dy - row_sum(dy * y))\n"
+    )
+    code, out, _ = _cli(capsys, "check", "softmax_backward", str(tmp_path / "sm.py"))
+    assert code == 0 and "correct" in out
+    assert str(tmp_path) not in sys.path  # put back as it was
+
+
+def test_cli_hint_takes_a_dir_and_says_when_progress_is_not_saved(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    hints = get("softmax_backward").hints
+    code, out, _ = _cli(capsys, "hint", "softmax_backward", "ws")
+    assert code == 0 and out.startswith(f"Hint 1/3: {hints[0]}")
+    assert "is not saved" in out and "exercises start softmax_backward ws" in out
+    _cli(capsys, "start", "softmax_backward", "ws")
+    for level in (1, 2):
+        code, out, _ = _cli(capsys, "hint", "softmax_backward", "ws")
+        assert out.startswith(f"Hint {level}/3") and "not saved" not in out
+    code, out, _ = _cli(capsys, "hint", "softmax_backward", "--dir", "ws")
+    assert out.startswith("Hint 3/3")
+
+
+def test_cli_check_keeps_no_record_outside_a_workspace(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    loose = tmp_path / "elsewhere"
+    loose.mkdir()
+    (loose / "softmax_backward.py").write_text(solution("softmax_backward"))
+    code, out, _ = _cli(capsys, "check", "softmax_backward", str(loose / "softmax_backward.py"))
+    assert code == 0 and "correct" in out
+    assert not (loose / ".status.json").exists()
+    _cli(capsys, "start", "softmax_backward", "ws")
+    (tmp_path / "ws" / "softmax_backward.py").write_text(solution("softmax_backward"))
+    _cli(capsys, "check", "softmax_backward", "ws/softmax_backward.py")
+    assert "passed" in (tmp_path / "ws" / ".status.json").read_text()
