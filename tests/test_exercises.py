@@ -562,3 +562,31 @@ def test_cli_check_keeps_no_record_outside_a_workspace(tmp_path, monkeypatch, ca
     (tmp_path / "ws" / "softmax_backward.py").write_text(solution("softmax_backward"))
     _cli(capsys, "check", "softmax_backward", "ws/softmax_backward.py")
     assert "passed" in (tmp_path / "ws" / ".status.json").read_text()
+
+
+@pytest.mark.parametrize(
+    ("name", "mistake", "formula"),
+    [
+        ("softmax_backward", "sign_flipped", "y * (dy - sum(dy * y))"),
+        ("softmax_backward", "missing_row_sum", "subtract y times sum(dy * y)"),
+        ("rope_backward", "forward_rotation", "dy * cos - rotate_half(dy * sin)"),
+        ("rope_backward", "cos_only", "-rotate_half(dy * sin)"),
+        ("rmsnorm_backward", "rstd_constant", "x_hat * mean(dx_hat * x_hat)"),
+        ("softcap_backward", "times_cap", "dout * (1 - t**2)"),
+        ("softcap_backward", "tanh_not_squared", "1 - tanh(u)**2"),
+        ("mask_renormalize_backward", "row_sum_ignored", "(dout - sum(dout * out)) / r"),
+        ("mask_renormalize_backward", "renormalisation_ignored", "sum(dout * out)"),
+        ("sinks_backward", "dsinks_sign", "-p_sink * dot"),
+        ("sinks_backward", "dsinks_zero", "-sum(p_sink * rowsum("),
+        ("sdpa_backward", "softmax_diagonal_only", "P * (dP - rowsum(dP * P))"),
+        ("sdpa_backward", "scale_on_dq_only", "dS^T @ q * scale"),
+        ("online_softmax_attention", "acc_not_rescaled", "exp(m_old - m_new)"),
+        ("online_softmax_attention", "l_not_rescaled", "exp(m_old - m_new)"),
+        ("tiled_sdpa_backward", "D_per_block", "D = rowsum(dout * out)"),
+    ],
+)
+def test_a_mistakes_hint_says_what_is_wrong_not_the_finished_formula(name, mistake, formula):
+    ex = get(name)
+    m = next(m for m in ex.mistakes if m.id == mistake)
+    assert formula not in m.hint.replace("\n", " ")
+    assert len(m.hint) > 40  # still a hint: what is wrong and where to look

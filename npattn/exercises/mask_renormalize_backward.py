@@ -71,8 +71,9 @@ def _mask_not_applied(attn_weights, mask, dout):
 @mistake(
     "row_sum_ignored",
     "the row sum is treated as a constant",
-    "r depends on every kept "
-    "weight of the row: dmasked = (dout - sum(dout * out)) / r, not dout / r.",
+    "The row sum r depends on every kept weight of its row, so each output moves when any "
+    "kept weight moves. Dividing dout by r covers only the direct path: the path through r "
+    "adds a term shared by the whole row.",
 )
 def _row_sum_ignored(attn_weights, mask, dout):
     _, r = _forward(attn_weights, mask)
@@ -82,7 +83,8 @@ def _row_sum_ignored(attn_weights, mask, dout):
 @mistake(
     "renormalisation_ignored",
     "the renormalisation is left out",
-    "The forward divides by the row sum: its backward divides too, and subtracts sum(dout * out).",
+    "The forward divides each row by its sum: the backward must go back through that "
+    "division, both the direct path and the path through the sum.",
 )
 def _renormalisation_ignored(attn_weights, mask, dout):
     return dout * mask

@@ -82,9 +82,8 @@ def _online(q, k, v, block_size, rescale_l=True, rescale_acc=True, use_max=True)
 @mistake(
     "acc_not_rescaled",
     "acc is not rescaled when the max grows",
-    "When m grows, the "
-    "output summed so far was weighted by exp(s - m_old): multiply acc by "
-    "exp(m_old - m_new) too, not only l.",
+    "When m grows, everything summed so far was weighted against the old max. You correct l "
+    "for this; acc was summed against the same old max and needs the same correction.",
 )
 def _acc_not_rescaled(q, k, v, block_size):
     return _online(q, k, v, block_size, rescale_acc=False)
@@ -93,8 +92,8 @@ def _acc_not_rescaled(q, k, v, block_size):
 @mistake(
     "l_not_rescaled",
     "the running sum l is not rescaled",
-    "l was summed relative to the "
-    "old max: multiply it by exp(m_old - m_new) before adding the block's sum.",
+    "l was summed against the old max. When the max grows, bring the sum so far to the new "
+    "max before adding the block's sum, as you do for acc.",
 )
 def _l_not_rescaled(q, k, v, block_size):
     return _online(q, k, v, block_size, rescale_l=False)

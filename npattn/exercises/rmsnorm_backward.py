@@ -65,8 +65,9 @@ def _eps_missing(x, scale, dy, eps):
 @mistake(
     "rstd_constant",
     "rstd treated as a constant",
-    "rstd depends on x too: dx = rstd * "
-    "(dx_hat - x_hat * mean(dx_hat * x_hat)), not rstd * dx_hat.",
+    "Your dx treats rstd as a constant, but rstd depends on x: moving one entry moves the "
+    "whole row through mean(x**2). Differentiate through it too; it adds a term with a sum "
+    "over the row.",
 )
 def _rstd_constant(x, scale, dy, eps):
     _, dscale = rmsnorm_backward(x, scale, dy, eps)

@@ -46,8 +46,8 @@ def make_inputs(p, rng):
 @mistake(
     "times_cap",
     "multiplied by cap",
-    "The inner division by cap gives a factor 1 / cap "
-    "that cancels the outer cap: dscores = dout * (1 - t**2).",
+    "Differentiate cap * tanh(scores / cap) with the chain rule and count the factors of cap,"
+    " the outer one and the one from the inner division: yours keeps one too many.",
 )
 def _times_cap(scores, dout, cap):
     return softcap_backward(scores, dout, cap) * cap
@@ -62,7 +62,12 @@ def _over_cap(scores, dout, cap):
     return softcap_backward(scores, dout, cap) / cap
 
 
-@mistake("tanh_not_squared", "1 - tanh instead of 1 - tanh**2", "d tanh(u) / du = 1 - tanh(u)**2.")
+@mistake(
+    "tanh_not_squared",
+    "1 - tanh instead of 1 - tanh**2",
+    "Check the derivative of tanh(u): it can be written with tanh(u) itself, but it is not 1 "
+    "- tanh(u).",
+)
 def _tanh_not_squared(scores, dout, cap):
     return dout * (1 - np.tanh(scores / cap))
 

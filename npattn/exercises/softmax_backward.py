@@ -57,7 +57,9 @@ def _diagonal_only(y, dy):
 @mistake(
     "missing_row_sum",
     "the row-sum term is missing",
-    "dx = y * dy is only the delta_ij part; subtract y times sum(dy * y) over the row.",
+    "y * dy is only the diagonal of the Jacobian. Each x_j also moves every other y_i of its "
+    "row through the shared denominator: that coupling adds a second term, built from a sum "
+    "over the row.",
 )
 def _missing_row_sum(y, dy):
     return y * dy
@@ -76,7 +78,9 @@ def _sum_wrong_axis(y, dy):
 @mistake(
     "sign_flipped",
     "the sign is flipped",
-    "dx = y * (dy - sum(dy * y)): the row sum is subtracted from dy, not the other way round.",
+    "The row-sum term and dy enter with opposite signs, and yours are the wrong way round. "
+    "Write out the Jacobian's diagonal and off-diagonal entries and see which one carries the"
+    " minus sign.",
 )
 def _sign_flipped(y, dy):
     return y * (np.sum(dy * y, axis=-1, keepdims=True) - dy)

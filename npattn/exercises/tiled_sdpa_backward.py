@@ -90,9 +90,8 @@ def _tiled(q, k, v, out, lse, dout, block_size, D_from="out", use_lse=True, scal
 @mistake(
     "D_per_block",
     "D from one block's rowsum(dP * P)",
-    "A block sees only part of the "
-    "row: rowsum(dP * P) needs every key. Use D = rowsum(dout * out), which is the "
-    "whole row's sum.",
+    "A block sees only part of its rows, and rowsum(dP * P) needs every key. The whole row's "
+    "value can be had once, before the loop, from two of the arrays you are given.",
 )
 def _D_per_block(q, k, v, out, lse, dout, block_size):
     return _tiled(q, k, v, out, lse, dout, block_size, D_from="block")
