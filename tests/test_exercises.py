@@ -590,3 +590,14 @@ def test_a_mistakes_hint_says_what_is_wrong_not_the_finished_formula(name, mista
     m = next(m for m in ex.mistakes if m.id == mistake)
     assert formula not in m.hint.replace("\n", " ")
     assert len(m.hint) > 40  # still a hint: what is wrong and where to look
+
+
+def test_the_verdict_and_the_docs_say_that_only_outputs_are_compared():
+    import npattn.functional as F
+
+    result = check("softmax_backward", lambda y, dy: F.softmax_backward(dy, y), max_examples=5)
+    assert result.passed and "Only the outputs are compared" in result.message
+    for name in ("online_softmax_attention", "tiled_sdpa_backward", "mla_absorbed_weights"):
+        assert "The checker compares the" in get(name).stub_source
+    index = (ROOT / "docs" / "exercises" / "index.md").read_text()
+    assert "compares outputs only" in index and "no time limit" in index

@@ -260,6 +260,8 @@ def check(name: str, fn, *, seed: int = 0, max_examples: int = MAX_EXAMPLES) -> 
     Returns a Result: .passed, .mistake (the id of a recognised mistake, or None) and
     .message, which names the smallest failing input, the wrong output and where, and, for a
     recognised mistake, its name and a hint. The search is deterministic for a given seed.
+    Only outputs are compared, never the algorithm (calling npattn's own op passes). There is
+    no time limit: a function that never returns keeps check() waiting (Ctrl-C stops it).
     """
     from . import get
 
@@ -271,7 +273,8 @@ def check(name: str, fn, *, seed: int = 0, max_examples: int = MAX_EXAMPLES) -> 
     if params is None:
         msg = (
             f"{ex.name}: correct. It agrees with npattn on every input tried "
-            f"({max_examples} drawn by Hypothesis, seed {seed}), to rtol {RTOL:g} in float64."
+            f"({max_examples} drawn by Hypothesis, seed {seed}), to rtol {RTOL:g} in float64. "
+            "Only the outputs are compared, not how they were computed."
         )
         return Result(ex.name, True, None, msg)
     inputs = ex.inputs(params)

@@ -16,6 +16,8 @@ def tiled_sdpa_backward(q, k, v, out, lse, dout, block_size):
     Shapes: q (..., L, E), k (..., S, E), v (..., S, Ev), out (..., L, Ev),
     lse (..., L, 1) the log-sum-exp of each row of scaled scores, dout (..., L, Ev),
     block_size an int >= 1 -> dq (..., L, E), dk (..., S, E), dv (..., S, Ev).
+    The checker compares the gradients only: whether you went block by block is yours to keep
+    honest.
     """
     raise NotImplementedError("write the tiled attention backward")
 '''
