@@ -63,8 +63,8 @@ def make_inputs(p, rng):
     }
 
 
-def _online(q, k, v, block_size, rescale_l=True, rescale_acc=True, use_max=True):
-    scale = 1.0 / np.sqrt(q.shape[-1])
+def _online(q, k, v, block_size, rescale_l=True, rescale_acc=True, use_max=True, width=None):
+    scale = 1.0 / np.sqrt(q.shape[-1] if width is None else width)
     L, S = q.shape[-2], k.shape[-2]
     m = np.full(q.shape[:-2] + (L, 1), -np.inf if use_max else 0.0)
     l = np.zeros(q.shape[:-2] + (L, 1))
@@ -123,6 +123,16 @@ def _blocks_averaged(q, k, v, block_size):
     return sum(outs) / len(outs)
 
 
+@mistake(
+    "scale_from_v",
+    "the scale taken from v's width Ev",
+    "The scale belongs to the scores q @ k^T, whose dot products run over q's and k's last "
+    "axis. v's width only sets the width of the output.",
+)
+def _scale_from_v(q, k, v, block_size):
+    return _online(q, k, v, block_size, width=v.shape[-1])
+
+
 EXERCISE = Exercise(
     name="online_softmax_attention",
     title="Online softmax, one key block at a time",
@@ -146,5 +156,11 @@ EXERCISE = Exercise(
         "block_size": (1, 3),
         "big": (0, 1),
     },
-    mistakes=(_acc_not_rescaled, _l_not_rescaled, _no_running_max, _blocks_averaged),
+    mistakes=(
+        _acc_not_rescaled,
+        _l_not_rescaled,
+        _no_running_max,
+        _blocks_averaged,
+        _scale_from_v,
+    ),
 )

@@ -71,8 +71,10 @@ def make_inputs(p, rng):
     }
 
 
-def _tiled(q, k, v, out, lse, dout, block_size, D_from="out", use_lse=True, scale_on=True):
-    scale = 1.0 / np.sqrt(q.shape[-1])
+def _tiled(
+    q, k, v, out, lse, dout, block_size, D_from="out", use_lse=True, scale_on=True, width=None
+):
+    scale = 1.0 / np.sqrt(q.shape[-1] if width is None else width)
     D = np.sum(dout * out, axis=-1, keepdims=True)
     dq, dk, dv = np.zeros_like(q), np.zeros_like(k), np.zeros_like(v)
     for j in range(0, k.shape[-2], block_size):
@@ -118,6 +120,16 @@ def _no_scale(q, k, v, out, lse, dout, block_size):
     return _tiled(q, k, v, out, lse, dout, block_size, scale_on=False)
 
 
+@mistake(
+    "scale_from_v",
+    "the scale taken from v's width Ev",
+    "The scale belongs to the scores q @ k^T, whose dot products run over q's and k's last "
+    "axis. v's width only sets the width of dv and dout.",
+)
+def _scale_from_v(q, k, v, out, lse, dout, block_size):
+    return _tiled(q, k, v, out, lse, dout, block_size, width=v.shape[-1])
+
+
 EXERCISE = Exercise(
     name="tiled_sdpa_backward",
     title="Tiled attention backward (lse and D)",
@@ -141,5 +153,5 @@ EXERCISE = Exercise(
         "block_size": (1, 3),
         "big": (0, 1),
     },
-    mistakes=(_D_per_block, _block_softmax, _no_scale),
+    mistakes=(_D_per_block, _block_softmax, _no_scale, _scale_from_v),
 )
