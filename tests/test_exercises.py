@@ -85,6 +85,32 @@ def _modifies(y, dy):
     return dy
 
 
+class _UnprintableError(Exception):
+    def __str__(self):
+        raise RuntimeError("no message")
+
+
+class _NonStrError(Exception):
+    def __str__(self):
+        return 42
+
+
+class _BaseError(BaseException):
+    pass
+
+
+def _raises_unprintable(y, dy):
+    raise _UnprintableError()
+
+
+def _raises_non_str(y, dy):
+    raise _NonStrError()
+
+
+def _raises_base(y, dy):
+    raise _BaseError("stop")
+
+
 @pytest.mark.parametrize(
     ("fn", "expected"),
     [
@@ -101,6 +127,9 @@ def _modifies(y, dy):
         (lambda y, dy: sys.exit(3), "raised SystemExit: 3"),
         (lambda y, dy: _softmax_bwd(y, dy) + 0j, "dx has dtype complex128; return real numbers"),
         (lambda y, dy: _softmax_bwd(y, dy).astype(np.float32), "float32: compute in float64"),
+        (_raises_unprintable, "raised _UnprintableError: (its message could not be shown"),
+        (_raises_non_str, "raised _NonStrError: (its message could not be shown"),
+        (_raises_base, "raised _BaseError: stop"),
     ],
 )
 def test_a_broken_function_gets_a_verdict_not_an_exception(fn, expected):
@@ -144,7 +173,8 @@ def test_the_smallest_input_is_found_and_the_verdict_is_deterministic():
     wrong = get("rmsnorm_backward").mistakes[0]  # eps missing: one number is enough
     first, again = check("rmsnorm_backward", wrong.fn), check("rmsnorm_backward", wrong.fn)
     assert first.message == again.message
-    assert "(B=1, T=1, E=1," in first.message  # shrunk to one vector of one entry
+    # shrunk to one vector of one entry, with no leading axis: B and T are not listed
+    assert "input (lead=0, E=1, small=0, eps=0, seed=0):" in first.message
     assert check("rmsnorm_backward", wrong.fn, seed=3).mistake == "eps_missing"
 
 
@@ -245,6 +275,10 @@ def test_cli_start_check_hint_solution(tmp_path, monkeypatch, capsys):
         (["check", "softmax_backward", "broken.py"], "line 1: SyntaxError"),
         (["check", "softmax_backward", "raises.py"], "raised RuntimeError when loaded: no"),
         (["hint", "softmax_backward", "--level", "9"], "has hints 1 to 3; got --level 9"),
+        (["check", "softmax_backward", "exits.py"], "exits.py exited when loaded"),
+        (["check", "softmax_backward", "exits0.py"], "exits0.py exited when loaded"),
+        (["check", "softmax_backward", "base.py"], "raised _Stop when loaded: x"),
+        (["start", "softmax_backward", "afile"], "afile is not a directory"),
         (["solution", "nope"], "unknown exercise 'nope'"),
     ],
 )
@@ -253,6 +287,10 @@ def test_cli_errors_are_one_line(tmp_path, monkeypatch, capsys, argv, message):
     (tmp_path / "empty.py").write_text("x = 1\n")
     (tmp_path / "broken.py").write_text("def softmax_backward(y, dy)\n")
     (tmp_path / "raises.py").write_text("raise RuntimeError('no')\n")
+    (tmp_path / "exits.py").write_text("import sys\nsys.exit()\n")
+    (tmp_path / "exits0.py").write_text("raise SystemExit(0)\n")
+    (tmp_path / "base.py").write_text("class _Stop(BaseException): pass\nraise _Stop('x')\n")
+    (tmp_path / "afile").write_text("")
     code, out, err = _cli(capsys, *argv)
     assert code == 2 and out == ""
     assert err.startswith("error: ") and err.count("\n") == 1 and message in err
@@ -337,3 +375,229 @@ def test_every_exercise_judges_a_crash_a_wrong_shape_and_nan(name):
     ]:
         result = check(name, fn)
         assert not result.passed and expected in result.message, result.message
+
+
+# inputs that tell apart what small, regular inputs would not
+
+
+def _online_v_width(q, k, v, block_size):
+    """Online softmax scaled by v's width, its running output shaped like q."""
+    scale = 1.0 / np.sqrt(v.shape[-1])
+    m = np.full(q.shape[:-1] + (1,), -np.inf)
+    l, acc = np.zeros(q.shape[:-1] + (1,)), np.zeros_like(q)
+    for j in range(0, k.shape[-2], block_size):
+        s = q @ np.swapaxes(k[..., j : j + block_size, :], -1, -2) * scale
+        m_new = np.maximum(m, s.max(axis=-1, keepdims=True))
+        p, alpha = np.exp(s - m_new), np.exp(m - m_new)
+        l = alpha * l + p.sum(axis=-1, keepdims=True)
+        acc = alpha * acc + p @ v[..., j : j + block_size, :]
+        m = m_new
+    return acc / l
+
+
+def _tiled_v_width(q, k, v, out, lse, dout, block_size):
+    """Tiled backward scaled by v's width, dv allocated like k."""
+    scale = 1.0 / np.sqrt(v.shape[-1])
+    D = np.sum(dout * out, axis=-1, keepdims=True)
+    dq, dk, dv = np.zeros_like(q), np.zeros_like(k), np.zeros_like(k)
+    for j in range(0, k.shape[-2], block_size):
+        c = slice(j, j + block_size)
+        P = np.exp(q @ np.swapaxes(k[..., c, :], -1, -2) * scale - lse)
+        dv[..., c, :] = np.swapaxes(P, -1, -2) @ dout
+        dS = P * (dout @ np.swapaxes(v[..., c, :], -1, -2) - D)
+        dq += dS @ k[..., c, :] * scale
+        dk[..., c, :] = np.swapaxes(dS, -1, -2) @ q * scale
+    return dq, dk, dv
+
+
+def _masked_v_width(q, k, v, mask, dout):
+    """Masked backward scaled by v's width, dv allocated like k."""
+    dq, dk, dv_ = get("masked_sdpa_backward").solution(q, k, v, mask, dout)
+    ratio = np.sqrt(q.shape[-1] / v.shape[-1])  # 1 / sqrt(Ev) where 1 / sqrt(E) belongs
+    dv = np.zeros_like(k)
+    dv[...] = dv_
+    return dq * ratio, dk * ratio, dv
+
+
+def _softmax_axis2(attn_scores):
+    s = np.where(np.tri(attn_scores.shape[-1], dtype=bool), attn_scores, -np.inf)
+    w = np.exp(s - s.max(axis=2, keepdims=True))
+    return w / w.sum(axis=2, keepdims=True)
+
+
+def _rmsnorm_rank3(x, scale, dy, eps):
+    dx, _ = get("rmsnorm_backward").solution(x, scale, dy, eps)
+    rstd = 1.0 / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps)
+    return dx, np.sum(dy * x * rstd, axis=(0, 1))
+
+
+def _transposed(name):
+    """The reference, with a transpose that only a 3-axis array accepts."""
+    solve = get(name).solution
+    return lambda *args: solve(*args).transpose(0, 1, 2)
+
+
+@pytest.mark.parametrize(
+    ("name", "fn"),
+    [
+        ("online_softmax_attention", _online_v_width),
+        ("tiled_sdpa_backward", _tiled_v_width),
+        ("masked_sdpa_backward", _masked_v_width),
+        ("causal_attention_weights", _softmax_axis2),
+        ("rmsnorm_backward", _rmsnorm_rank3),
+        ("softmax_backward", lambda y, dy: y * (dy - np.sum(dy * y, axis=2, keepdims=True))),
+        ("dropout_backward", lambda dout, keep, p: (dout * keep).transpose(0, 1, 2) / (1 - p)),
+        ("softcap_backward", lambda s, dout, cap: dout.transpose(0, 1, 2) / np.cosh(s / cap) ** 2),
+        ("mask_renormalize_backward", _transposed("mask_renormalize_backward")),
+    ],
+    ids=lambda x: x if isinstance(x, str) else "",
+)
+def test_value_width_and_number_of_leading_axes_vary(name, fn):
+    result = check(name, fn)
+    assert not result.passed, result.message
+
+
+def test_a_mistake_is_named_only_if_it_also_matches_on_larger_inputs():
+    # the sum over axis 0: right with no leading axis, and on one-row inputs it agrees with
+    # "diagonal only", but not on larger ones
+    result = check("softmax_backward", lambda y, dy: y * (dy - np.sum(dy * y, axis=0)))
+    assert not result.passed and result.mistake is None, result.message
+    assert "coincides with a known mistake" in result.message
+    assert "yours is a different error" in result.message
+    assert "This looks like a known mistake" not in result.message
+
+
+def test_a_finite_fill_is_recognised_on_fully_masked_rows():
+    def finite_fill(q, k, v, mask, dout):
+        scale = 1.0 / np.sqrt(q.shape[-1])
+        s = np.where(mask, q @ np.swapaxes(k, -1, -2) * scale, -1e9)
+        P = np.exp(s - s.max(-1, keepdims=True))
+        P /= P.sum(-1, keepdims=True)
+        dP = dout @ np.swapaxes(v, -1, -2)
+        dS = P * (dP - (dP * P).sum(-1, keepdims=True))
+        return dS @ k * scale, np.swapaxes(dS, -1, -2) @ q * scale, np.swapaxes(P, -1, -2) @ dout
+
+    result = check("masked_sdpa_backward", finite_fill)
+    assert result.mistake == "finite_fill" and "masked_row=1" in result.message
+
+
+def test_precision_loss_is_pointed_out():
+    def in_float32(y, dy):
+        y32, dy32 = y.astype(np.float32), dy.astype(np.float32)
+        return (y32 * (dy32 - np.sum(dy32 * y32, axis=-1, keepdims=True))).astype(np.float64)
+
+    result = check("softmax_backward", in_float32)
+    assert "may compute in float32 or lose precision" in result.message, result.message
+    assert "rtol 1e-09" in result.message
+    # a plain wrong answer gets no such note
+    assert "float32" not in check("softmax_backward", lambda y, dy: y * dy).message
+
+
+def test_different_outputs_on_the_same_input_are_pointed_out():
+    calls = []
+
+    def keeps_state(y, dy):  # wrong from its second call on, and differently each time
+        calls.append(1)
+        return _softmax_bwd(y, dy) + (len(calls) > 1) * len(calls)
+
+    result = check("softmax_backward", keeps_state)
+    assert not result.passed and "gave different outputs" in result.message, result.message
+    same_every_time = check("softmax_backward", lambda y, dy: y * dy)
+    assert "gave different outputs" not in same_every_time.message
+
+
+def test_cli_records_that_are_not_what_they_should_be_are_ignored(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    ws = tmp_path / "exercises"
+    ws.mkdir()
+    for status, hints in [
+        ("[1, 2]", '"x"'),
+        ('{"softmax_backward": 3, "dropout_backward": ["x"]}', '{"softmax_backward": "two"}'),
+        ('{"softmax_backward": null}', '{"softmax_backward": [1]}'),
+    ]:
+        (ws / ".status.json").write_text(status)
+        (ws / ".hints.json").write_text(hints)
+        code, out, _ = _cli(capsys, "list")
+        assert code == 0 and len([x for x in out.splitlines() if ". " in x]) == len(NAMES)
+        code, out, _ = _cli(capsys, "hint", "softmax_backward")
+        assert code == 0 and out.startswith("Hint 1/3"), out
+
+
+def test_cli_a_helper_module_beside_the_file_imports(tmp_path, capsys):
+    (tmp_path / "mine_helpers.py").write_text(
+        "import numpy as np\n\ndef row_sum(a):\n    return np.sum(a, axis=-1, keepdims=True)\n"
+    )
+    (tmp_path / "sm.py").write_text(
+        "from mine_helpers import row_sum\n\n"
+        "def softmax_backward(y, dy):\n    return y * (dy - row_sum(dy * y))\n"
+    )
+    code, out, _ = _cli(capsys, "check", "softmax_backward", str(tmp_path / "sm.py"))
+    assert code == 0 and "correct" in out
+    assert str(tmp_path) not in sys.path  # put back as it was
+
+
+def test_cli_hint_takes_a_dir_and_says_when_progress_is_not_saved(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    hints = get("softmax_backward").hints
+    code, out, _ = _cli(capsys, "hint", "softmax_backward", "ws")
+    assert code == 0 and out.startswith(f"Hint 1/3: {hints[0]}")
+    assert "is not saved" in out and "exercises start softmax_backward ws" in out
+    _cli(capsys, "start", "softmax_backward", "ws")
+    for level in (1, 2):
+        code, out, _ = _cli(capsys, "hint", "softmax_backward", "ws")
+        assert out.startswith(f"Hint {level}/3") and "not saved" not in out
+    code, out, _ = _cli(capsys, "hint", "softmax_backward", "--dir", "ws")
+    assert out.startswith("Hint 3/3")
+
+
+def test_cli_check_keeps_no_record_outside_a_workspace(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    loose = tmp_path / "elsewhere"
+    loose.mkdir()
+    (loose / "softmax_backward.py").write_text(solution("softmax_backward"))
+    code, out, _ = _cli(capsys, "check", "softmax_backward", str(loose / "softmax_backward.py"))
+    assert code == 0 and "correct" in out
+    assert not (loose / ".status.json").exists()
+    _cli(capsys, "start", "softmax_backward", "ws")
+    (tmp_path / "ws" / "softmax_backward.py").write_text(solution("softmax_backward"))
+    _cli(capsys, "check", "softmax_backward", "ws/softmax_backward.py")
+    assert "passed" in (tmp_path / "ws" / ".status.json").read_text()
+
+
+@pytest.mark.parametrize(
+    ("name", "mistake", "formula"),
+    [
+        ("softmax_backward", "sign_flipped", "y * (dy - sum(dy * y))"),
+        ("softmax_backward", "missing_row_sum", "subtract y times sum(dy * y)"),
+        ("rope_backward", "forward_rotation", "dy * cos - rotate_half(dy * sin)"),
+        ("rope_backward", "cos_only", "-rotate_half(dy * sin)"),
+        ("rmsnorm_backward", "rstd_constant", "x_hat * mean(dx_hat * x_hat)"),
+        ("softcap_backward", "times_cap", "dout * (1 - t**2)"),
+        ("softcap_backward", "tanh_not_squared", "1 - tanh(u)**2"),
+        ("mask_renormalize_backward", "row_sum_ignored", "(dout - sum(dout * out)) / r"),
+        ("mask_renormalize_backward", "renormalisation_ignored", "sum(dout * out)"),
+        ("sinks_backward", "dsinks_sign", "-p_sink * dot"),
+        ("sinks_backward", "dsinks_zero", "-sum(p_sink * rowsum("),
+        ("sdpa_backward", "softmax_diagonal_only", "P * (dP - rowsum(dP * P))"),
+        ("sdpa_backward", "scale_on_dq_only", "dS^T @ q * scale"),
+        ("online_softmax_attention", "acc_not_rescaled", "exp(m_old - m_new)"),
+        ("online_softmax_attention", "l_not_rescaled", "exp(m_old - m_new)"),
+        ("tiled_sdpa_backward", "D_per_block", "D = rowsum(dout * out)"),
+    ],
+)
+def test_a_mistakes_hint_says_what_is_wrong_not_the_finished_formula(name, mistake, formula):
+    ex = get(name)
+    m = next(m for m in ex.mistakes if m.id == mistake)
+    assert formula not in m.hint.replace("\n", " ")
+    assert len(m.hint) > 40  # still a hint: what is wrong and where to look
+
+
+def test_the_verdict_and_the_docs_say_that_only_outputs_are_compared():
+    import npattn.functional as F
+
+    result = check("softmax_backward", lambda y, dy: F.softmax_backward(dy, y), max_examples=5)
+    assert result.passed and "Only the outputs are compared" in result.message
+    for name in ("online_softmax_attention", "tiled_sdpa_backward", "mla_absorbed_weights"):
+        assert "The checker compares the" in get(name).stub_source
+    index = (ROOT / "docs" / "exercises" / "index.md").read_text()
+    assert "compares outputs only" in index and "no time limit" in index

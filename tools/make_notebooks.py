@@ -97,6 +97,12 @@ outputs are those of a usual mistake from the exercise's catalogue, the mistake'
 a hint. A function that raises, returns the wrong shape or NaN, or changes its input gets a
 verdict too, never a traceback.
 
+The checker compares outputs only, never how they were computed: a loop, an einsum or a call
+to npattn's own op all pass when the numbers agree. Where an exercise asks for a particular
+algorithm (the online softmax, the tiled backward, MLA's absorbed weights), following it is
+yours to keep honest. `check` has no time limit: a function that never returns keeps it
+waiting (Ctrl-C stops it).
+
 From a terminal (`pip install 'npattn[exercises]'` brings Hypothesis):
 
 ```sh

@@ -70,14 +70,26 @@ def _where_raised(exc: BaseException) -> str:
     return f" (line {f.lineno}: `{(f.line or '').strip()}`)"
 
 
+def _message(exc: BaseException) -> str:
+    """The first line of str(exc), or a stand-in when its __str__ raises or is not a str."""
+    try:
+        text = str(exc)
+    except Exception:
+        return "(its message could not be shown: its __str__ failed)"
+    return text.splitlines()[0] if text.strip() else ""
+
+
 def run(fn, ex: Exercise, inputs: dict):
-    """(outputs, None) or (None, Failure): call fn on copies of the inputs, catching all."""
+    """(outputs, None) or (None, Failure): call fn on copies of the inputs, catching all but
+    KeyboardInterrupt (Ctrl-C still stops the checker)."""
     given = _copy(inputs)
     try:
         with np.errstate(all="ignore"):
             value = fn(*given.values())
-    except (Exception, SystemExit) as exc:  # the student's error is the verdict, not ours
-        msg = str(exc).splitlines()[0] if str(exc) else ""
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # the student's error is the verdict, not ours
+        msg = _message(exc)
         text = f"raised {type(exc).__name__}{': ' + msg if msg else ''}{_where_raised(exc)}"
         return None, Failure("raised", text)
     for k, v in inputs.items():
@@ -118,9 +130,10 @@ def _agreement(fn, m, ex: Exercise, probes) -> int | None:
 
 
 def recognise(fn, ex: Exercise, params: dict):
-    """The catalogued mistake whose outputs are the student's, on the failing input and two
-    more of its size; of several, the one that also matches on inputs of the largest sizes
-    (a small input can hide the difference between two mistakes). None when none matches."""
+    """(mistake, named): the catalogued mistake whose outputs are the student's on the failing
+    input, two more of its size and inputs of the largest sizes, named = True; else the first
+    that agrees on the small inputs only, named = False (a small input can make two different
+    functions agree); else (None, False)."""
     probes = [params] + [{**params, "seed": params["seed"] + i} for i in (1, 2)]
     large = {k: (hi if hi > 1 else params[k]) for k, (lo, hi) in ex.params.items()}
     large = [{**large, "seed": params["seed"] + i} for i in (0, 1)]
@@ -131,10 +144,10 @@ def recognise(fn, ex: Exercise, params: dict):
             continue
         big = _agreement(fn, m, ex, large)
         if big is not None and small + big > 0:
-            return m  # agrees everywhere, on some real outputs
+            return m, True  # agrees everywhere, on some real outputs
         if small > 0:
             candidates.append(m)
-    return candidates[0] if candidates else None
+    return (candidates[0], False) if candidates else (None, False)
 
 
 def _show(value) -> str:
@@ -146,8 +159,37 @@ def _show(value) -> str:
     return repr(value)
 
 
+def _same_inputs(a: dict, b: dict) -> bool:
+    for k, v in a.items():
+        w = b[k]
+        if isinstance(v, np.ndarray) or isinstance(w, np.ndarray):
+            if np.shape(v) != np.shape(w) or not np.array_equal(v, w, equal_nan=True):
+                return False
+        elif v != w:
+            return False
+    return True
+
+
+def used_params(ex: Exercise, params: dict, inputs: dict) -> dict:
+    """The parameters the input depends on: one left out (B when there is no batch axis)
+    changes nothing when set to another value of its range. The seed is always kept."""
+    used = {}
+    for k, v in params.items():
+        lo, hi = ex.params.get(k, (v, v))
+        other = hi if v != hi else lo
+        if k == "seed" or other == v:
+            used[k] = v
+            continue
+        try:
+            if not _same_inputs(inputs, ex.inputs({**params, k: other})):
+                used[k] = v
+        except Exception:  # an input that cannot be made is a change
+            used[k] = v
+    return used
+
+
 def describe_input(ex: Exercise, params: dict, inputs: dict) -> str:
-    sizes = ", ".join(f"{k}={v}" for k, v in params.items())
+    sizes = ", ".join(f"{k}={v}" for k, v in used_params(ex, params, inputs).items())
     lines = [f"Smallest failing input ({sizes}):"]
     lines += [f"    {k}: {_show(v)}" for k, v in inputs.items()]
     return "\n".join(lines)
@@ -198,12 +240,28 @@ def _search(fn, ex: Exercise, seed: int, max_examples: int):
         return None
 
 
+def _changes(fn, ex: Exercise, inputs: dict, got, failure: Failure, calls: int = 8) -> bool:
+    """Does fn give another answer when called again on the same input (a few times: a random
+    answer can repeat by chance on a small input)?"""
+    for _ in range(calls):
+        again, again_failure = run(fn, ex, inputs)
+        if (got is None) != (again is None):
+            return True
+        if got is not None and not same(ex.outputs, got, again):
+            return True
+        if got is None and failure.text.split(":")[0] != again_failure.text.split(":")[0]:
+            return True  # raised both times, but not the same kind of error
+    return False
+
+
 def check(name: str, fn, *, seed: int = 0, max_examples: int = MAX_EXAMPLES) -> Result:
     """Check the student's `fn` for exercise `name` against npattn's reference.
 
     Returns a Result: .passed, .mistake (the id of a recognised mistake, or None) and
     .message, which names the smallest failing input, the wrong output and where, and, for a
     recognised mistake, its name and a hint. The search is deterministic for a given seed.
+    Only outputs are compared, never the algorithm (calling npattn's own op passes). There is
+    no time limit: a function that never returns keeps check() waiting (Ctrl-C stops it).
     """
     from . import get
 
@@ -215,13 +273,15 @@ def check(name: str, fn, *, seed: int = 0, max_examples: int = MAX_EXAMPLES) -> 
     if params is None:
         msg = (
             f"{ex.name}: correct. It agrees with npattn on every input tried "
-            f"({max_examples} drawn by Hypothesis, seed {seed}), to rtol {RTOL:g} in float64."
+            f"({max_examples} drawn by Hypothesis, seed {seed}), to rtol {RTOL:g} in float64. "
+            "Only the outputs are compared, not how they were computed."
         )
         return Result(ex.name, True, None, msg)
     inputs = ex.inputs(params)
-    _, failure = evaluate(fn, ex, inputs)
+    got, failure = evaluate(fn, ex, inputs)
     if failure is None:  # a function that is right and wrong on the same input
         failure = Failure("flaky", "gave different answers on the same input")
+    changes = failure.kind == "flaky" or _changes(fn, ex, inputs, got, failure)
     lines = [f"{ex.name}: not yet.", describe_input(ex, params, inputs), ""]
     lines.append(
         f"Your function {failure.text}."
@@ -231,9 +291,22 @@ def check(name: str, fn, *, seed: int = 0, max_examples: int = MAX_EXAMPLES) -> 
     if failure.right:
         are = "is" if len(failure.right) == 1 else "are"
         lines.append(f"({' and '.join(failure.right)} {are} right.)")
-    m = recognise(fn, ex, params) if failure.kind != "flaky" else None
-    if m is not None:
+    if changes:
+        lines.append(
+            "Called twice on this same input, your function gave different outputs: does it "
+            "draw random numbers, or keep state between calls? The checker needs one answer "
+            "per input."
+        )
+    m, named = recognise(fn, ex, params) if not changes else (None, False)
+    if m is not None and named:
         lines += ["", f"This looks like a known mistake: {m.name} [{m.id}].", f"Hint: {m.hint}"]
     else:
+        if m is not None:
+            lines += [
+                "",
+                f"On this input your output coincides with a known mistake ({m.name}), but on "
+                "larger inputs it does not: yours is a different error.",
+            ]
         lines += ["", f"Hint: `python -m npattn exercises hint {ex.name}`, or read docs/{ex.docs}."]
-    return Result(ex.name, False, None if m is None else m.id, "\n".join(lines), inputs, failure)
+    mistake_id = m.id if m is not None and named else None
+    return Result(ex.name, False, mistake_id, "\n".join(lines), inputs, failure)

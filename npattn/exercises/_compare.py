@@ -9,6 +9,7 @@ import numpy as np
 
 RTOL = 1e-9  # relative tolerance against the float64 reference
 ATOL = 1e-12  # absolute floor, times max(1, max |expected|) of the output
+PRECISION = 1e-6  # differences all below this, relative, suggest float32 or lost precision
 
 
 @dataclass
@@ -92,11 +93,19 @@ def _compare_one(name, given, e) -> Failure | None:
     if wrong.any():
         err = np.where(wrong, np.abs(np.nan_to_num(g - e, nan=np.inf)), -1)
         idx = tuple(int(i) for i in np.unravel_index(np.argmax(err), err.shape))
+        note = _low_precision(given)
+        rel = err[wrong] / np.maximum(np.abs(e[wrong]), atol)
+        if not note and np.all(rel <= PRECISION):
+            note = (
+                f"; every difference is below {PRECISION:g} relative: the function may compute "
+                f"in float32 or lose precision somewhere, and the checker compares in float64 "
+                f"at rtol {RTOL:g}"
+            )
         return Failure(
             "value",
             f"{name} is wrong at index {idx}: expected {float(e[idx]) + 0.0:.10g}, got "
             f"{float(g[idx]) + 0.0:.10g} ({int(wrong.sum())} of {g.size} entries differ; "
-            f"this is the largest difference{_low_precision(given)})",
+            f"this is the largest difference{note})",
             name,
             idx,
             float(e[idx]),

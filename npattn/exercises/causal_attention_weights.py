@@ -42,7 +42,9 @@ def reference(attn_scores):
 
 
 def make_inputs(p, rng):
-    scores = rng.standard_normal((p["B"], p["T"], p["T"])) * (30.0 if p["big"] else 1.0)
+    scores = rng.standard_normal((p["B"], p["H"])[2 - p["lead"] :] + (p["T"], p["T"])) * (
+        30.0 if p["big"] else 1.0
+    )
     return {"attn_scores": scores}
 
 
@@ -101,6 +103,6 @@ EXERCISE = Exercise(
     solution=causal_attention_weights,
     reference=reference,
     make_inputs=make_inputs,
-    params={"B": (1, 2), "T": (1, 5), "big": (0, 1)},
+    params={"lead": (0, 2), "B": (1, 2), "H": (1, 2), "T": (1, 5), "big": (0, 1)},
     mistakes=(_diagonal_masked, _zero_not_minus_inf, _masked_after_softmax, _future_kept),
 )

@@ -3,12 +3,16 @@
 A workspace is a directory (exercises/ in the current directory unless --dir or DIR says
 otherwise) holding the files `start` writes, NAME.py, and two small records: the last hint
 level shown per exercise (.hints.json) and the last verdict per exercise (.status.json).
+`check` keeps a record only when the file lives in a workspace; a record that is not what it
+should be (edited by hand, say) is read as empty. While a file is loaded and checked, its
+folder is on sys.path, so helper modules beside it import.
 Every error is one line naming the problem; exit status 0 means success (for `check`: correct).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import runpy
 import sys
@@ -30,11 +34,27 @@ def _exercise(name: str):
         raise ExerciseError(f"{e} (`python -m npattn exercises list`)") from None
 
 
-def _read(path: Path) -> dict:
+def _read(path: Path, kind: type) -> dict:
+    """The record at path, {} when it is missing or unreadable; entries that are not
+    name -> kind (a record edited by hand, say) are left out."""
     try:
-        return json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
+    if not isinstance(data, dict):
+        return {}
+    return {
+        k: v
+        for k, v in data.items()
+        if isinstance(k, str) and isinstance(v, kind) and not isinstance(v, bool)
+    }
+
+
+def _is_workspace(ws: Path) -> bool:
+    """A folder `start` made, or one holding a record: the only places records are written."""
+    if (ws / ".status.json").is_file() or (ws / ".hints.json").is_file():
+        return True
+    return ws.is_dir() and ws.resolve() == Path(DEFAULT_DIR).resolve()
 
 
 def _write(path: Path, data: dict) -> None:
@@ -48,7 +68,7 @@ def cmd_list(args) -> int:
     from . import PARTS, all_exercises
 
     ws = Path(args.dir)
-    record = _read(ws / ".status.json") if ws.is_dir() else None
+    record = _read(ws / ".status.json", str) if ws.is_dir() else None
     exercises = all_exercises()
     states = {}
     if record is not None:  # the last verdict, or whether the file was started
@@ -71,6 +91,8 @@ def cmd_list(args) -> int:
 def cmd_start(args) -> int:
     ex = _exercise(args.name)
     ws = Path(args.dir)
+    if ws.exists() and not ws.is_dir():
+        raise ExerciseError(f"{ws} is not a directory")
     path = ws / f"{ex.name}.py"
     if path.exists():
         raise ExerciseError(f"{path} exists already; not overwriting it")
@@ -79,6 +101,8 @@ def cmd_start(args) -> int:
         path.write_text(ex.stub_source)
     except OSError as e:
         raise ExerciseError(f"cannot write {path}: {e.strerror or e}") from None
+    record = ws / ".status.json"  # marks the folder as a workspace
+    _write(record, _read(record, str))
     print(f"wrote {path}: {ex.title} (read docs/{ex.docs})")
     print(f"check it with: python -m npattn exercises check {ex.name} {path}")
     return 0
@@ -87,6 +111,7 @@ def cmd_start(args) -> int:
 def cmd_hint(args) -> int:
     ex = _exercise(args.name)
     n = len(ex.hints)
+    saved = True
     if args.all:
         levels = range(1, n + 1)
     elif args.level is not None:
@@ -94,17 +119,36 @@ def cmd_hint(args) -> int:
             raise ExerciseError(f"{ex.name} has hints 1 to {n}; got --level {args.level}")
         levels = [args.level]
     else:
-        record = Path(args.dir) / ".hints.json"
-        shown = _read(record)
-        level = min(shown.get(ex.name, 0) + 1, n)
-        if Path(args.dir).is_dir():
+        ws = Path(args.dir or args.dir_option or DEFAULT_DIR)
+        record = ws / ".hints.json"
+        shown = _read(record, int)
+        level = max(1, min(shown.get(ex.name, 0) + 1, n))
+        saved = ws.is_dir()
+        if saved:
             _write(record, {**shown, ex.name: level})
         levels = [level]
     for level in levels:
         print(f"Hint {level}/{n}: {ex.hints[level - 1]}")
+    if not saved:
+        print(
+            f"(no workspace at {ws}/, so which hint you saw is not saved and the next `hint` "
+            f"shows hint 1 again: `python -m npattn exercises start {ex.name} {ws}` makes one)"
+        )
     if not args.all and levels[-1] == n:
         print(f"(that was the last hint; `python -m npattn exercises solution {ex.name}`)")
     return 0
+
+
+@contextlib.contextmanager
+def _beside(path: Path):
+    """sys.path with the student's folder first, so helper modules beside the file import."""
+    folder = str(path.resolve().parent)
+    sys.path.insert(0, folder)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(ValueError):
+            sys.path.remove(folder)
 
 
 def _load(name: str, file: str):
@@ -115,8 +159,16 @@ def _load(name: str, file: str):
         namespace = runpy.run_path(str(path), run_name="__exercise__")
     except SyntaxError as e:
         raise ExerciseError(f"{file}, line {e.lineno}: SyntaxError: {e.msg}") from None
-    except Exception as e:
-        raise ExerciseError(f"{file} raised {type(e).__name__} when loaded: {e}") from None
+    except SystemExit:
+        raise ExerciseError(f"{file} exited when loaded") from None
+    except KeyboardInterrupt:
+        raise
+    except BaseException as e:
+        try:
+            msg = str(e)
+        except Exception:
+            msg = "(its message could not be shown)"
+        raise ExerciseError(f"{file} raised {type(e).__name__} when loaded: {msg}") from None
     fn = namespace.get(name)
     if not callable(fn):
         raise ExerciseError(f"{file} defines no function named {name}")
@@ -127,13 +179,16 @@ def cmd_check(args) -> int:
     from . import check
 
     ex = _exercise(args.name)
-    fn = _load(ex.name, args.file)
-    try:
-        result = check(ex.name, fn, seed=args.seed)
-    except ImportError as e:
-        raise ExerciseError(str(e)) from None
+    with _beside(Path(args.file)):
+        fn = _load(ex.name, args.file)
+        try:
+            result = check(ex.name, fn, seed=args.seed)
+        except ImportError as e:
+            raise ExerciseError(str(e)) from None
     print(result)
     ws = Path(args.file).resolve().parent
+    if not _is_workspace(ws):
+        return 0 if result.passed else 1  # a file elsewhere: no record to keep
     record = ws / ".status.json"
     state = (
         "passed"
@@ -142,7 +197,7 @@ def cmd_check(args) -> int:
         if result.mistake
         else ("not yet")
     )
-    _write(record, {**_read(record), ex.name: state})
+    _write(record, {**_read(record, str), ex.name: state})
     return 0 if result.passed else 1
 
 
@@ -185,7 +240,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     hi.add_argument("name", metavar="NAME", help="the exercise")
     hi.add_argument("--all", action="store_true", help="every hint at once")
     hi.add_argument("--level", type=int, help="hint number N (1 = gentlest)")
-    hi.add_argument("--dir", default=DEFAULT_DIR, help="the workspace that records hints shown")
+    hi.add_argument(
+        "dir", metavar="DIR", nargs="?", default=None, help="the workspace (default: exercises/)"
+    )
+    hi.add_argument("--dir", dest="dir_option", help="the same as DIR")
     ch = sub.add_parser("check", help="check FILE's function NAME (exit 0 iff correct)")
     ch.add_argument("name", metavar="NAME", help="the exercise")
     ch.add_argument("file", metavar="FILE", help="a Python file defining the function NAME")

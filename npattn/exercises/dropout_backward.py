@@ -34,7 +34,7 @@ def reference(dout, keep, p):
 
 
 def make_inputs(p, rng):
-    shape = (p["B"], p["T"], p["S"])
+    shape = (p["B"], p["T"])[2 - p["lead"] :] + (p["S"],)  # 1 to 3 axes
     prob = p["p10"] / 10
     return {"dout": rng.standard_normal(shape), "keep": rng.random(shape) >= prob, "p": prob}
 
@@ -89,6 +89,6 @@ EXERCISE = Exercise(
     solution=dropout_backward,
     reference=reference,
     make_inputs=make_inputs,
-    params={"B": (1, 2), "T": (1, 4), "S": (1, 4), "p10": (1, 9)},
+    params={"lead": (0, 2), "B": (1, 2), "T": (1, 4), "S": (1, 4), "p10": (1, 9)},
     mistakes=(_no_scale, _scale_by_1_minus_p, _scale_by_p, _mask_inverted),
 )

@@ -44,7 +44,7 @@ def reference(attn_weights, mask, dout):
 
 def make_inputs(p, rng):
     T, S = p["T"], p["S"]
-    shape = (p["B"], T, S)
+    shape = (p["B"], p["H"])[2 - p["lead"] :] + (T, S)  # 0 to 2 leading axes
     attn_weights = F.softmax(rng.standard_normal(shape))
     mask = F.causal_mask(T, S) & (rng.random((T, S)) > 0.2 * p["holes"])
     if p["masked_row"]:
@@ -71,8 +71,9 @@ def _mask_not_applied(attn_weights, mask, dout):
 @mistake(
     "row_sum_ignored",
     "the row sum is treated as a constant",
-    "r depends on every kept "
-    "weight of the row: dmasked = (dout - sum(dout * out)) / r, not dout / r.",
+    "The row sum r depends on every kept weight of its row, so each output moves when any "
+    "kept weight moves. Dividing dout by r covers only the direct path: the path through r "
+    "adds a term shared by the whole row.",
 )
 def _row_sum_ignored(attn_weights, mask, dout):
     _, r = _forward(attn_weights, mask)
@@ -82,7 +83,8 @@ def _row_sum_ignored(attn_weights, mask, dout):
 @mistake(
     "renormalisation_ignored",
     "the renormalisation is left out",
-    "The forward divides by the row sum: its backward divides too, and subtracts sum(dout * out).",
+    "The forward divides each row by its sum: the backward must go back through that "
+    "division, both the direct path and the path through the sum.",
 )
 def _renormalisation_ignored(attn_weights, mask, dout):
     return dout * mask
@@ -111,6 +113,14 @@ EXERCISE = Exercise(
     solution=mask_renormalize_backward,
     reference=reference,
     make_inputs=make_inputs,
-    params={"B": (1, 2), "T": (1, 4), "S": (1, 5), "holes": (0, 1), "masked_row": (0, 1)},
+    params={
+        "lead": (0, 2),
+        "B": (1, 2),
+        "H": (1, 2),
+        "T": (1, 4),
+        "S": (1, 5),
+        "holes": (0, 1),
+        "masked_row": (0, 1),
+    },
     mistakes=(_mask_not_applied, _row_sum_ignored, _renormalisation_ignored, _nan_on_empty_rows),
 )

@@ -48,17 +48,17 @@ def reference(q, k, v, mask, dout):
 
 
 def make_inputs(p, rng):
-    L, S, E = p["L"], p["S"], p["E"]
-    lead = (p["H"],)
+    L, S, E, Ev = p["L"], p["S"], p["E"], p["Ev"]  # Ev drawn apart from E
+    lead = (p["B"], p["H"])[2 - p["lead"] :]  # 0 to 2 leading axes
     mask = F.causal_mask(L, S) & (rng.random((L, S)) > 0.3 * p["holes"])
     if p["masked_row"]:
         mask[-1] = False  # a query that sees nothing
     return {
         "q": rng.standard_normal(lead + (L, E)),
         "k": rng.standard_normal(lead + (S, E)),
-        "v": rng.standard_normal(lead + (S, E)),
+        "v": rng.standard_normal(lead + (S, Ev)),
         "mask": mask,
-        "dout": rng.standard_normal(lead + (L, E)),
+        "dout": rng.standard_normal(lead + (L, Ev)),
     }
 
 
@@ -101,6 +101,20 @@ def _mask_as_zero_scores(q, k, v, mask, dout):
     return dS @ k * scale, np.swapaxes(dS, -1, -2) @ q * scale, np.swapaxes(P, -1, -2) @ dout
 
 
+@mistake(
+    "finite_fill",
+    "masked scores filled with a large finite number (such as -1e9)",
+    "A finite fill works while a row keeps one key, but a row with every key masked then has "
+    "all its scores equal, and the softmax spreads the row evenly over keys it must not see. "
+    "The docstring says such a row has weights 0: look at what your fill gives that row.",
+)
+def _finite_fill(q, k, v, mask, dout):
+    scale = 1.0 / np.sqrt(q.shape[-1])
+    P = F.softmax(np.where(mask, q @ np.swapaxes(k, -1, -2) * scale, -1e9))
+    dS = F.softmax_backward(dout @ np.swapaxes(v, -1, -2), P)
+    return dS @ k * scale, np.swapaxes(dS, -1, -2) @ q * scale, np.swapaxes(P, -1, -2) @ dout
+
+
 EXERCISE = Exercise(
     name="masked_sdpa_backward",
     title="Masked attention backward",
@@ -114,12 +128,15 @@ EXERCISE = Exercise(
     reference=reference,
     make_inputs=make_inputs,
     params={
+        "lead": (0, 2),
+        "B": (1, 2),
         "H": (1, 2),
         "L": (1, 4),
         "S": (1, 5),
         "E": (1, 3),
+        "Ev": (1, 3),
         "holes": (0, 1),
         "masked_row": (0, 1),
     },
-    mistakes=(_mask_ignored, _nan_on_masked_rows, _mask_as_zero_scores),
+    mistakes=(_mask_ignored, _nan_on_masked_rows, _mask_as_zero_scores, _finite_fill),
 )

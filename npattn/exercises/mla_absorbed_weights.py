@@ -15,6 +15,7 @@ def mla_absorbed_weights(q, c_kv, W_UK):
 
     Shapes: q (B, H, T, E), c_kv (B, S, C), W_UK (H * E, C) (torch layout: keys = c_kv @ W_UK.T,
     split into heads as (B, S, H, E)) -> attn_weights (B, H, T, S); scale 1 / sqrt(E), no mask.
+    The checker compares the weights only: whether you absorbed W_UK is yours to keep honest.
     """
     raise NotImplementedError("write MLA's absorbed attention weights")
 '''

@@ -15,6 +15,7 @@ def online_softmax_attention(q, k, v, block_size):
 
     Shapes: q (..., L, E), k (..., S, E), v (..., S, Ev), block_size an int >= 1
     -> out (..., L, Ev). Never form the whole (L, S) matrix; scores may be large (|s| ~ 1000).
+    The checker compares the output only: whether you went block by block is yours to keep honest.
     """
     raise NotImplementedError("write attention with an online softmax")
 '''
@@ -51,18 +52,19 @@ def reference(q, k, v, block_size):
 
 
 def make_inputs(p, rng):
-    L, S, E = p["L"], p["S"], p["E"]
+    L, S, E, Ev = p["L"], p["S"], p["E"], p["Ev"]  # Ev drawn apart from E
+    lead = (p["B"], p["H"])[2 - p["lead"] :]  # 0 to 2 leading axes
     big = 60.0 if p["big"] else 1.0  # scores of a few thousand: exp overflows without the max
     return {
-        "q": rng.standard_normal((p["H"], L, E)) * big,
-        "k": rng.standard_normal((p["H"], S, E)) * big,
-        "v": rng.standard_normal((p["H"], S, E)),
+        "q": rng.standard_normal(lead + (L, E)) * big,
+        "k": rng.standard_normal(lead + (S, E)) * big,
+        "v": rng.standard_normal(lead + (S, Ev)),
         "block_size": p["block_size"],
     }
 
 
-def _online(q, k, v, block_size, rescale_l=True, rescale_acc=True, use_max=True):
-    scale = 1.0 / np.sqrt(q.shape[-1])
+def _online(q, k, v, block_size, rescale_l=True, rescale_acc=True, use_max=True, width=None):
+    scale = 1.0 / np.sqrt(q.shape[-1] if width is None else width)
     L, S = q.shape[-2], k.shape[-2]
     m = np.full(q.shape[:-2] + (L, 1), -np.inf if use_max else 0.0)
     l = np.zeros(q.shape[:-2] + (L, 1))
@@ -81,9 +83,8 @@ def _online(q, k, v, block_size, rescale_l=True, rescale_acc=True, use_max=True)
 @mistake(
     "acc_not_rescaled",
     "acc is not rescaled when the max grows",
-    "When m grows, the "
-    "output summed so far was weighted by exp(s - m_old): multiply acc by "
-    "exp(m_old - m_new) too, not only l.",
+    "When m grows, everything summed so far was weighted against the old max. You correct l "
+    "for this; acc was summed against the same old max and needs the same correction.",
 )
 def _acc_not_rescaled(q, k, v, block_size):
     return _online(q, k, v, block_size, rescale_acc=False)
@@ -92,8 +93,8 @@ def _acc_not_rescaled(q, k, v, block_size):
 @mistake(
     "l_not_rescaled",
     "the running sum l is not rescaled",
-    "l was summed relative to the "
-    "old max: multiply it by exp(m_old - m_new) before adding the block's sum.",
+    "l was summed against the old max. When the max grows, bring the sum so far to the new "
+    "max before adding the block's sum, as you do for acc.",
 )
 def _l_not_rescaled(q, k, v, block_size):
     return _online(q, k, v, block_size, rescale_l=False)
@@ -122,6 +123,16 @@ def _blocks_averaged(q, k, v, block_size):
     return sum(outs) / len(outs)
 
 
+@mistake(
+    "scale_from_v",
+    "the scale taken from v's width Ev",
+    "The scale belongs to the scores q @ k^T, whose dot products run over q's and k's last "
+    "axis. v's width only sets the width of the output.",
+)
+def _scale_from_v(q, k, v, block_size):
+    return _online(q, k, v, block_size, width=v.shape[-1])
+
+
 EXERCISE = Exercise(
     name="online_softmax_attention",
     title="Online softmax, one key block at a time",
@@ -135,12 +146,21 @@ EXERCISE = Exercise(
     reference=reference,
     make_inputs=make_inputs,
     params={
+        "lead": (0, 2),
+        "B": (1, 2),
         "H": (1, 2),
         "L": (1, 3),
         "S": (1, 7),
         "E": (1, 3),
+        "Ev": (1, 3),
         "block_size": (1, 3),
         "big": (0, 1),
     },
-    mistakes=(_acc_not_rescaled, _l_not_rescaled, _no_running_max, _blocks_averaged),
+    mistakes=(
+        _acc_not_rescaled,
+        _l_not_rescaled,
+        _no_running_max,
+        _blocks_averaged,
+        _scale_from_v,
+    ),
 )

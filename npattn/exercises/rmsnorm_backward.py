@@ -43,7 +43,7 @@ def reference(x, scale, dy, eps):
 
 
 def make_inputs(p, rng):
-    shape = (p["B"], p["T"], p["E"])
+    shape = (p["B"], p["T"])[2 - p["lead"] :] + (p["E"],)  # 0 to 2 leading axes
     x = rng.standard_normal(shape) * (1e-3 if p["small"] else 1.0)  # small x: eps matters
     return {
         "x": x,
@@ -65,8 +65,9 @@ def _eps_missing(x, scale, dy, eps):
 @mistake(
     "rstd_constant",
     "rstd treated as a constant",
-    "rstd depends on x too: dx = rstd * "
-    "(dx_hat - x_hat * mean(dx_hat * x_hat)), not rstd * dx_hat.",
+    "Your dx treats rstd as a constant, but rstd depends on x: moving one entry moves the "
+    "whole row through mean(x**2). Differentiate through it too; it adds a term with a sum "
+    "over the row.",
 )
 def _rstd_constant(x, scale, dy, eps):
     _, dscale = rmsnorm_backward(x, scale, dy, eps)
@@ -107,6 +108,6 @@ EXERCISE = Exercise(
     solution=rmsnorm_backward,
     reference=reference,
     make_inputs=make_inputs,
-    params={"B": (1, 2), "T": (1, 3), "E": (1, 5), "small": (0, 1), "eps": (0, 1)},
+    params={"lead": (0, 2), "B": (1, 2), "T": (1, 3), "E": (1, 5), "small": (0, 1), "eps": (0, 1)},
     mistakes=(_eps_missing, _rstd_constant, _scale_left_out, _layernorm_mean),
 )

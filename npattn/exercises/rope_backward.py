@@ -48,8 +48,9 @@ def make_inputs(p, rng):
 @mistake(
     "forward_rotation",
     "the forward rotation (+theta) again",
-    "The transpose of a "
-    "rotation is the rotation the other way: dx = dy * cos - rotate_half(dy * sin).",
+    "The backward of a rotation is its transpose, a rotation by the opposite angle. Yours "
+    "turns the same way as the forward: look at the sign of the term that goes through "
+    "rotate_half.",
 )
 def _forward_rotation(dy, cos, sin):
     return dy * cos + F.rotate_half(dy) * sin
@@ -68,7 +69,8 @@ def _interleaved_layout(dy, cos, sin):
 @mistake(
     "cos_only",
     "only the cos term",
-    "x also reaches y through rotate_half(x) * sin: its term is -rotate_half(dy * sin).",
+    "x also reaches y through rotate_half(x) * sin: that path needs its own term in dx, sent "
+    "back through the transpose of rotate_half.",
 )
 def _cos_only(dy, cos, sin):
     return dy * cos

@@ -79,7 +79,8 @@ def _no_scale(q, k, v, dout):
 @mistake(
     "scale_on_dq_only",
     "dk misses the scale",
-    "Both q and k meet the scale in the scores: dk = dS^T @ q * scale too.",
+    "Both q and k meet the scale in the scores, so the gradients of both carry it: your dk "
+    "does not.",
 )
 def _scale_on_dq_only(q, k, v, dout):
     dq, dk, dv = sdpa_backward(q, k, v, dout)
@@ -100,9 +101,9 @@ def _scale_squared(q, k, v, dout):
 @mistake(
     "softmax_diagonal_only",
     "the softmax backward keeps only the diagonal",
-    "dS = P * "
-    "(dP - rowsum(dP * P)): the row-sum term comes from every weight sharing one "
-    "denominator.",
+    "The softmax backward is more than P * dP: the weights of a row share one denominator, so"
+    " each score moves the whole row. The term that comes from that is missing (the "
+    "softmax_backward exercise is this step alone).",
 )
 def _softmax_diagonal_only(q, k, v, dout):
     scale = 1.0 / np.sqrt(q.shape[-1])

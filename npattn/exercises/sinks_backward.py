@@ -63,8 +63,8 @@ def make_inputs(p, rng):
 @mistake(
     "dsinks_sign",
     "dsinks has the wrong sign",
-    "The sink's upstream gradient is 0, so "
-    "its softmax gradient is p_sink * (0 - dot) = -p_sink * dot.",
+    "dsinks has the wrong sign. A sink is one more logit of the softmax, with upstream "
+    "gradient 0: apply the softmax backward to that logit and watch the sign of what is left.",
 )
 def _dsinks_sign(attn_scores, sinks, dattn_weights):
     dattn_scores, dsinks = sinks_backward(attn_scores, sinks, dattn_weights)
@@ -98,8 +98,9 @@ def _sink_left_out(attn_scores, sinks, dattn_weights):
 @mistake(
     "dsinks_zero",
     "no gradient for the sinks",
-    "The sinks are learned: each one gets "
-    "-sum(p_sink * rowsum(dattn_weights * attn_weights)) over its head's rows.",
+    "The sinks are learned, so they get a gradient. Treat each one as an extra logit in every"
+    " row of its head, with upstream gradient 0, and add up what the softmax backward gives "
+    "it over those rows.",
 )
 def _dsinks_zero(attn_scores, sinks, dattn_weights):
     dattn_scores, dsinks = sinks_backward(attn_scores, sinks, dattn_weights)

@@ -35,7 +35,7 @@ def reference(scores, dout, cap):
 
 
 def make_inputs(p, rng):
-    shape = (p["H"], p["L"], p["S"])
+    shape = (p["B"], p["H"])[2 - p["lead"] :] + (p["L"], p["S"])  # 0 to 2 leading axes
     return {
         "scores": rng.standard_normal(shape) * (40.0 if p["big"] else 3.0),
         "dout": rng.standard_normal(shape),
@@ -46,8 +46,8 @@ def make_inputs(p, rng):
 @mistake(
     "times_cap",
     "multiplied by cap",
-    "The inner division by cap gives a factor 1 / cap "
-    "that cancels the outer cap: dscores = dout * (1 - t**2).",
+    "Differentiate cap * tanh(scores / cap) with the chain rule and count the factors of cap,"
+    " the outer one and the one from the inner division: yours keeps one too many.",
 )
 def _times_cap(scores, dout, cap):
     return softcap_backward(scores, dout, cap) * cap
@@ -62,7 +62,12 @@ def _over_cap(scores, dout, cap):
     return softcap_backward(scores, dout, cap) / cap
 
 
-@mistake("tanh_not_squared", "1 - tanh instead of 1 - tanh**2", "d tanh(u) / du = 1 - tanh(u)**2.")
+@mistake(
+    "tanh_not_squared",
+    "1 - tanh instead of 1 - tanh**2",
+    "Check the derivative of tanh(u): it can be written with tanh(u) itself, but it is not 1 "
+    "- tanh(u).",
+)
 def _tanh_not_squared(scores, dout, cap):
     return dout * (1 - np.tanh(scores / cap))
 
@@ -88,6 +93,14 @@ EXERCISE = Exercise(
     solution=softcap_backward,
     reference=reference,
     make_inputs=make_inputs,
-    params={"H": (1, 2), "L": (1, 3), "S": (1, 4), "cap": (0, 2), "big": (0, 1)},
+    params={
+        "lead": (0, 2),
+        "B": (1, 2),
+        "H": (1, 2),
+        "L": (1, 3),
+        "S": (1, 4),
+        "cap": (0, 2),
+        "big": (0, 1),
+    },
     mistakes=(_times_cap, _over_cap, _tanh_not_squared, _cap_forgotten_inside),
 )

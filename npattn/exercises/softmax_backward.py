@@ -37,10 +37,10 @@ def reference(y, dy):
 
 
 def make_inputs(p, rng):
-    shape = (p["B"], p["L"], p["n"])
+    shape = (p["B"], p["L"])[2 - p["lead"] :] + (p["n"],)  # 0 to 2 leading axes
     x = rng.standard_normal(shape) * (30.0 if p["big"] else 1.0)  # large logits: y near one-hot
     if p["masked_row"]:
-        x[0, 0, :] = -np.inf  # a fully masked row: y = 0 there
+        x[(0,) * p["lead"]] = -np.inf  # a fully masked row: y = 0 there
     return {"y": F.softmax(x), "dy": rng.standard_normal(shape)}
 
 
@@ -57,7 +57,9 @@ def _diagonal_only(y, dy):
 @mistake(
     "missing_row_sum",
     "the row-sum term is missing",
-    "dx = y * dy is only the delta_ij part; subtract y times sum(dy * y) over the row.",
+    "y * dy is only the diagonal of the Jacobian. Each x_j also moves every other y_i of its "
+    "row through the shared denominator: that coupling adds a second term, built from a sum "
+    "over the row.",
 )
 def _missing_row_sum(y, dy):
     return y * dy
@@ -76,7 +78,9 @@ def _sum_wrong_axis(y, dy):
 @mistake(
     "sign_flipped",
     "the sign is flipped",
-    "dx = y * (dy - sum(dy * y)): the row sum is subtracted from dy, not the other way round.",
+    "The row-sum term and dy enter with opposite signs, and yours are the wrong way round. "
+    "Write out the Jacobian's diagonal and off-diagonal entries and see which one carries the"
+    " minus sign.",
 )
 def _sign_flipped(y, dy):
     return y * (np.sum(dy * y, axis=-1, keepdims=True) - dy)
@@ -103,6 +107,13 @@ EXERCISE = Exercise(
     solution=softmax_backward,
     reference=reference,
     make_inputs=make_inputs,
-    params={"B": (1, 2), "L": (1, 4), "n": (1, 5), "big": (0, 1), "masked_row": (0, 1)},
+    params={
+        "lead": (0, 2),
+        "B": (1, 2),
+        "L": (1, 4),
+        "n": (1, 5),
+        "big": (0, 1),
+        "masked_row": (0, 1),
+    },
     mistakes=(_diagonal_only, _missing_row_sum, _sum_wrong_axis, _sign_flipped, _dy_sum),
 )

@@ -16,6 +16,8 @@ def tiled_sdpa_backward(q, k, v, out, lse, dout, block_size):
     Shapes: q (..., L, E), k (..., S, E), v (..., S, Ev), out (..., L, Ev),
     lse (..., L, 1) the log-sum-exp of each row of scaled scores, dout (..., L, Ev),
     block_size an int >= 1 -> dq (..., L, E), dk (..., S, E), dv (..., S, Ev).
+    The checker compares the gradients only: whether you went block by block is yours to keep
+    honest.
     """
     raise NotImplementedError("write the tiled attention backward")
 '''
@@ -51,10 +53,11 @@ def reference(q, k, v, out, lse, dout, block_size):
 
 
 def make_inputs(p, rng):
-    L, S, E = p["L"], p["S"], p["E"]
-    q = rng.standard_normal((p["H"], L, E)) * (5.0 if p["big"] else 1.0)
-    k = rng.standard_normal((p["H"], S, E))
-    v = rng.standard_normal((p["H"], S, E))
+    L, S, E, Ev = p["L"], p["S"], p["E"], p["Ev"]  # Ev drawn apart from E
+    lead = (p["B"], p["H"])[2 - p["lead"] :]  # 0 to 2 leading axes
+    q = rng.standard_normal(lead + (L, E)) * (5.0 if p["big"] else 1.0)
+    k = rng.standard_normal(lead + (S, E))
+    v = rng.standard_normal(lead + (S, Ev))
     out, cache = F.flash_attention_forward(q, k, v, block_size=p["block_size"])
     dout = rng.standard_normal(out.shape)
     return {
@@ -68,8 +71,10 @@ def make_inputs(p, rng):
     }
 
 
-def _tiled(q, k, v, out, lse, dout, block_size, D_from="out", use_lse=True, scale_on=True):
-    scale = 1.0 / np.sqrt(q.shape[-1])
+def _tiled(
+    q, k, v, out, lse, dout, block_size, D_from="out", use_lse=True, scale_on=True, width=None
+):
+    scale = 1.0 / np.sqrt(q.shape[-1] if width is None else width)
     D = np.sum(dout * out, axis=-1, keepdims=True)
     dq, dk, dv = np.zeros_like(q), np.zeros_like(k), np.zeros_like(v)
     for j in range(0, k.shape[-2], block_size):
@@ -89,9 +94,8 @@ def _tiled(q, k, v, out, lse, dout, block_size, D_from="out", use_lse=True, scal
 @mistake(
     "D_per_block",
     "D from one block's rowsum(dP * P)",
-    "A block sees only part of the "
-    "row: rowsum(dP * P) needs every key. Use D = rowsum(dout * out), which is the "
-    "whole row's sum.",
+    "A block sees only part of its rows, and rowsum(dP * P) needs every key. The whole row's "
+    "value can be had once, before the loop, from two of the arrays you are given.",
 )
 def _D_per_block(q, k, v, out, lse, dout, block_size):
     return _tiled(q, k, v, out, lse, dout, block_size, D_from="block")
@@ -116,6 +120,16 @@ def _no_scale(q, k, v, out, lse, dout, block_size):
     return _tiled(q, k, v, out, lse, dout, block_size, scale_on=False)
 
 
+@mistake(
+    "scale_from_v",
+    "the scale taken from v's width Ev",
+    "The scale belongs to the scores q @ k^T, whose dot products run over q's and k's last "
+    "axis. v's width only sets the width of dv and dout.",
+)
+def _scale_from_v(q, k, v, out, lse, dout, block_size):
+    return _tiled(q, k, v, out, lse, dout, block_size, width=v.shape[-1])
+
+
 EXERCISE = Exercise(
     name="tiled_sdpa_backward",
     title="Tiled attention backward (lse and D)",
@@ -129,12 +143,15 @@ EXERCISE = Exercise(
     reference=reference,
     make_inputs=make_inputs,
     params={
+        "lead": (0, 2),
+        "B": (1, 2),
         "H": (1, 2),
         "L": (1, 3),
         "S": (1, 6),
         "E": (1, 3),
+        "Ev": (1, 3),
         "block_size": (1, 3),
         "big": (0, 1),
     },
-    mistakes=(_D_per_block, _block_softmax, _no_scale),
+    mistakes=(_D_per_block, _block_softmax, _no_scale, _scale_from_v),
 )
