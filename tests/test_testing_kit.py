@@ -202,7 +202,7 @@ def test_setup_errors_are_named_and_say_what_to_fix():
         tt.assert_matches_reference(module, ref, {"W_query.weight": "W_query.weight"})
     with pytest.raises(tt.KitSetupError, match="which ChapterMHA does not have"):
         tt.assert_matches_reference(module, ref, {"W_query.weight": "c_attn.weight"})
-    with pytest.raises(tt.KitSetupError, match="KeyError 'c_attn.weight'"):
+    with pytest.raises(tt.KitSetupError, match="KeyError: 'c_attn.weight'"):
         tt.assert_matches_reference(module, ref, tt.maps.fused_c_attn())
     with pytest.raises(tt.KitSetupError, match="has no parameters"):
         tt.assert_matches_reference(nn.Softmax(dim=-1), ref)

@@ -20,8 +20,9 @@ from .setup import (
     build,
     call_setup_error,
     calling_error,
+    module_context,
     takes_positions,
-    token_range,
+    token_plan,
 )
 
 
@@ -198,9 +199,13 @@ class ModuleCase(Case):
     def __init__(self, setup: Setup, check_backward, seed, max_batch, max_tokens, names):
         self.setup, self.check_backward, self.seed, self.names = setup, check_backward, seed, names
         self.report = Report(unread=tuple(setup.weights.warn_unread()), sizes=setup.sizes)
-        self.max_tokens, boundaries, self.report.not_reached = token_range(setup.sizes, max_tokens)
+        plan = token_plan(setup.sizes, max_tokens, module_context(setup.user))
+        self.max_tokens, boundaries, longer, self.report.not_reached, unchecked = plan
         self.report.max_tokens, self.report.boundaries = self.max_tokens, tuple(boundaries)
-        warn_not_reached(self.report.not_reached, max([self.max_tokens, *boundaries]))
+        self.report.longer, self.report.unchecked = tuple(longer), unchecked
+        warn_not_reached(
+            self.report.not_reached, max([self.max_tokens, *boundaries, *longer]), unchecked
+        )
         self.max_batch = max_batch
 
     def examples(self):
@@ -233,7 +238,8 @@ class ModuleCase(Case):
         return Example(1, 1, self.seed)
 
     def ladder(self):
-        return [Example(1, t, self.seed) for t in self.report.boundaries]
+        counts = sorted({*self.report.boundaries, *self.report.longer})
+        return [Example(1, t, self.seed) for t in counts]
 
     def between(self, passed, failed):  # the token counts between a passing and a failing rung
         low = passed.tokens if passed else 0

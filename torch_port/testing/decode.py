@@ -30,8 +30,9 @@ from .setup import (
     build,
     call_setup_error,
     calling_error,
+    module_context,
     numpy_dtype,
-    token_range,
+    token_plan,
 )
 
 
@@ -71,6 +72,18 @@ def decode_ladder(sizes: dict, cap: int, seed: int) -> list:
             if chunks and example not in ladder:
                 ladder.append(example)
     return sorted(ladder, key=lambda ex: (sum(ex.chunks), len(ex.chunks)))
+
+
+def longer_decodes(longer, seed: int, ladder=()) -> list:
+    """Decodes past the random range, for each longer count N (17, 33, 65 within the cap):
+    a prefill of N - 1 then one token, and for the first N single tokens all the way."""
+    rungs = []
+    for i, n in enumerate(longer):
+        for chunks in ((n - 1, 1),) + (((1,) * n,) if i == 0 else ()):
+            example = DecodeExample(1, chunks, seed)
+            if example not in ladder and example not in rungs:
+                rungs.append(example)
+    return rungs
 
 
 def shorter_decodes(passed, failed) -> list:
@@ -241,15 +254,20 @@ class DecodeCase(engine.Case):
         self.setup, self.seed, self.max_batch = setup, seed, max_batch
         self.step, self.reset = step or default_step, reset or default_reset
         report = Report(unread=tuple(setup.weights.warn_unread()), sizes=setup.sizes)
-        max_tokens, boundaries, report.not_reached = token_range(setup.sizes, max_tokens)
-        warn_not_reached(report.not_reached, max([max_tokens, *boundaries]))
+        max_tokens, boundaries, longer, report.not_reached, unchecked = token_plan(
+            setup.sizes, max_tokens, module_context(setup.user)
+        )
+        report.longer, report.unchecked = tuple(longer), unchecked
+        warn_not_reached(report.not_reached, max([max_tokens, *boundaries, *longer]), unchecked)
         sizes = setup.sizes.items()
         inner = [w for k, w in sizes if k not in ("context_length", "cache positions")]
         if max_chunk is None:
             max_chunk = min(max([4] + [w + 1 for w in inner]), max_tokens)
         report.max_tokens = self.max_tokens = max_tokens
         self.max_chunk = max_chunk
-        self.rungs = decode_ladder(setup.sizes, max(boundaries + [max_tokens]), seed)
+        self.rungs = decode_ladder(setup.sizes, max(boundaries + longer + [max_tokens]), seed)
+        self.rungs += longer_decodes(longer, seed, self.rungs)
+        self.rungs.sort(key=lambda ex: (sum(ex.chunks), len(ex.chunks)))
         report.boundaries = tuple(ex.chunks for ex in self.rungs)
         self.report = report
 

@@ -31,7 +31,7 @@ from .check import judge_parameters
 from .engine import Report, warn_not_reached
 from .errors import KitSetupError, Mismatch
 from .precision import judge, rule_for
-from .setup import build, calling_error, token_range
+from .setup import build, calling_error, module_context, token_plan
 
 
 @dataclass(frozen=True)
@@ -360,9 +360,12 @@ def assert_hf_attention_matches(
     rule = rule_for(dtype, factor=factor, floor=floor, rtol=rtol, atol=atol)
     setup, driver = _prepare(layer, dtype, rule)
     report = Report(unread=tuple(setup.weights.warn_unread()), sizes=setup.sizes)
-    max_tokens, boundaries, report.not_reached = token_range(setup.sizes, max_tokens)
+    max_tokens, boundaries, longer, report.not_reached, unchecked = token_plan(
+        setup.sizes, max_tokens, module_context(setup.user)
+    )
     report.max_tokens, report.boundaries = max_tokens, tuple(boundaries)
-    warn_not_reached(report.not_reached, max([max_tokens, *boundaries]))
+    report.longer, report.unchecked = tuple(longer), unchecked
+    warn_not_reached(report.not_reached, max([max_tokens, *boundaries, *longer]), unchecked)
     search = engine.Search(max_examples=max_examples, seed=seed)
     for decoding in (False, True) if decode else (False,):
         case = HFCase(layer, setup, driver, check_backward, seed, max_batch, decoding)
@@ -431,7 +434,7 @@ class HFCase(engine.Case):
         return example
 
     def ladder(self):
-        return [self._at(t) for t in self.report.boundaries]
+        return [self._at(t) for t in sorted({*self.report.boundaries, *self.report.longer})]
 
     def between(self, passed, failed):
         low = passed.tokens if passed else 0

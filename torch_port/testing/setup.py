@@ -92,6 +92,91 @@ def token_range(sizes: dict, max_tokens: int | None) -> tuple[int, list[int], li
     return limit, boundaries, left_out
 
 
+LONGER = (17, 33, 65)  # run explicitly past the random range: an accidental window, a block
+
+
+MODULE_LENGTHS = ("context_length", "block_size", "max_seq_len", "max_position_embeddings",
+                  "n_positions", "n_ctx")  # fmt: skip
+
+
+def module_context(module) -> int | None:
+    """The most tokens the module itself says it takes, or None: the smallest of its
+    (or its config's) context_length-like attributes and of its square causal-mask buffers
+    (a buffer named like mask, or GPT-2's bias, of shape (..., N, N))."""
+    found = []
+    for _, m in module.named_modules():
+        for owner in (m, getattr(m, "config", None)):
+            for name in MODULE_LENGTHS:
+                n = getattr(owner, name, None) if owner is not None else None
+                if isinstance(n, int) and not isinstance(n, bool) and n > 0:
+                    found.append(n)
+        for name, b in m.named_buffers(recurse=False):
+            if ("mask" in name or name == "bias") and b.dim() >= 2 and b.shape[-1] == b.shape[-2]:
+                found.append(int(b.shape[-1]))
+    return min(found) if found else None
+
+
+def token_plan(sizes: dict, max_tokens: int | None, module_limit: int | None = None):
+    """token_range, plus the longer token counts run explicitly (LONGER past the random
+    range, up to its cap and the module's own context, module_limit) and, in words, the
+    token counts up to the largest structural size never run at all ("" when none is).
+
+    Returns (limit, boundaries, longer, left_out, unchecked)."""
+    limit, boundaries, left_out = token_range(sizes, max_tokens)
+    context = sizes.get("context_length") or sizes.get("cache positions")
+    if max_tokens is None:
+        cap = min(context, LONGEST) if context else LONGEST
+    else:
+        cap = min(max_tokens, context) if context else max_tokens
+    cap = min(cap, module_limit or cap)
+    longer = [t for t in LONGER if limit < t <= cap and t not in boundaries]
+    top = context or max([0] + [w + 1 for w in sizes.values()])
+    run = set(range(1, limit + 1)) | set(boundaries) | set(longer)
+    return limit, boundaries, longer, left_out, spans(t for t in range(1, top + 1) if t not in run)
+
+
+def spans(counts) -> str:
+    """Integers in increasing order as "a..b, c, d..e"."""
+    out, first, last = [], None, None
+    for t in counts:
+        if last is not None and t == last + 1:
+            last = t
+            continue
+        if first is not None:
+            out.append(str(first) if first == last else f"{first}..{last}")
+        first = last = t
+    if first is not None:
+        out.append(str(first) if first == last else f"{first}..{last}")
+    return ", ".join(out)
+
+
+def check_sizes(**sizes) -> None:
+    """Raise KitSetupError naming the argument unless each is None or a positive int (seed:
+    a non-negative int)."""
+    for name, value in sizes.items():
+        least = 0 if name == "seed" else 1
+        if value is None and name != "seed":
+            continue
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < least:
+            raise KitSetupError(
+                f"{name} must be an int >= {least}{'' if name == 'seed' else ' (or None)'}, "
+                f"got {value!r}"
+            )
+
+
+def check_device(device) -> torch.device:
+    """torch.device(device), refusing (KitSetupError) a device that holds no data (meta)."""
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise KitSetupError(f"device must be a torch device such as 'cpu' or 'cuda': {e}") from e
+    if device.type == "meta":
+        raise KitSetupError(
+            "device='meta' holds no numbers to compare; pass device='cpu' or 'cuda'"
+        )
+    return device
+
+
 def default_forward(module, x):
     return module(x)
 

@@ -1,0 +1,117 @@
+"""Bugs the kit's random draws alone would miss, each run explicitly: an accidental window
+past the 16 tokens drawn for a long context, a cache that drops old tokens past 20, GQA heads
+repeated in the wrong order, a tiled kernel wrong past its first block, a train-mode or
+no-grad-only path, a dtype leak, hooks lost in the copy; and arguments the kit refuses.
+Shapes: x (B, T, D) -> (B, T, D); q (B, H, L, E), k and v (B, Hkv, S, E)."""
+
+import warnings
+
+import pytest
+
+torch = pytest.importorskip("torch", reason="torch is not installed (pip install '.[torch]')")
+
+import torch.nn.functional as F  # noqa: E402
+
+import npattn  # noqa: E402
+import torch_port as tp  # noqa: E402
+from torch_port import testing as tt  # noqa: E402
+
+D, H = 4, 2
+FEW = dict(max_examples=4)
+
+
+def mha(context=2048):
+    return npattn.MultiHeadAttention(D, D, context, 0.0, num_heads=H, qkv_bias=True, rng=0)
+
+
+class Windowed(tp.MultiHeadAttention):
+    """Causal attention that also drops keys `window` or more tokens back."""
+
+    window = 17
+
+    def forward(self, x, use_cache=False):
+        b, T, _ = x.shape
+        E = self.head_dim
+        q, k, v = (
+            f(x).view(b, T, H, E).transpose(1, 2)  # (b, H, T, E)
+            for f in (self.W_query, self.W_key, self.W_value)
+        )
+        i = torch.arange(T)
+        allowed = (i[None, :] <= i[:, None]) & (i[:, None] - i[None, :] < self.window)
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)  # (b, H, T, E)
+        return self.out_proj(o.transpose(1, 2).reshape(b, T, H * E))
+
+
+def windowed(ref, window=17):
+    m = tp.from_npattn(ref)
+    m.__class__ = Windowed
+    m.window = window
+    return m
+
+
+def test_a_window_past_the_drawn_tokens_is_caught_with_a_long_context():
+    ref = mha(2048)
+    with pytest.raises(tt.ReferenceMismatchError) as info, warnings.catch_warnings():
+        warnings.simplefilter("ignore", tt.StructuralSizeWarning)
+        tt.assert_matches_reference(windowed(ref), ref, **FEW)
+    assert info.value.mismatch.example.tokens == 18  # narrowed between the rungs 17 and 33
+
+
+def test_the_warning_names_the_token_counts_never_checked():
+    ref = mha(2048)
+    never = "token counts never checked: 18..32, 34..64, 66..2048"
+    with pytest.warns(tt.StructuralSizeWarning, match=never):
+        report = tt.assert_matches_reference(windowed(ref, window=2048), ref, **FEW)
+    assert report.longer == (17, 33, 65) and report.unchecked == "18..32, 34..64, 66..2048"
+
+
+class ShortCache(tp.MultiHeadAttention):
+    """A cache that loses its oldest token once it holds more than 20."""
+
+    def forward(self, x, use_cache=False):
+        out = super().forward(x, use_cache)
+        if use_cache and self.cache_k is not None and self.cache_k.shape[2] > 20:
+            self.cache_k, self.cache_v = self.cache_k[:, :, 1:], self.cache_v[:, :, 1:]
+        return out
+
+
+def test_a_cache_that_drops_tokens_past_20_is_caught_with_a_long_context():
+    ref = mha(2048)
+    m = tp.from_npattn(ref)
+    m.__class__ = ShortCache
+    with pytest.raises(tt.ReferenceMismatchError) as info, warnings.catch_warnings():
+        warnings.simplefilter("ignore", tt.StructuralSizeWarning)
+        tt.assert_decode_matches(m, ref, **FEW)
+    assert sum(info.value.mismatch.example.chunks) > 20
+
+
+def test_an_hf_layer_with_a_long_max_position_embeddings_is_checked_past_16_tokens():
+    pytest.importorskip("transformers")
+    from transformers import LlamaConfig
+    from transformers.models.llama import modeling_llama as ml
+
+    config = LlamaConfig(hidden_size=16, num_attention_heads=2, num_key_value_heads=1,
+                         num_hidden_layers=1, max_position_embeddings=2048)  # fmt: skip
+    config._attn_implementation = "eager"
+
+    class Windowed(ml.LlamaAttention):  # drops keys 17 or more tokens back
+        def forward(self, hidden_states, position_embeddings=None, attention_mask=None, **kw):
+            T, S = hidden_states.shape[1], attention_mask.shape[-1]
+            i, j = torch.arange(T)[:, None] + (S - T), torch.arange(S)[None, :]
+            far = (i - j) >= 17
+            if attention_mask.dtype == torch.bool:
+                attention_mask = attention_mask & ~far
+            else:
+                attention_mask = attention_mask.masked_fill(
+                    far, torch.finfo(attention_mask.dtype).min
+                )
+            return super().forward(hidden_states, position_embeddings, attention_mask, **kw)
+
+    Windowed.__name__ = Windowed.__qualname__ = "LlamaAttention"
+    Windowed.__module__ = ml.__name__
+    torch.manual_seed(0)
+    layer = Windowed(config, layer_idx=0)
+    with pytest.raises(tt.ReferenceMismatchError) as info, warnings.catch_warnings():
+        warnings.simplefilter("ignore", tt.StructuralSizeWarning)
+        tt.assert_hf_attention_matches(layer, decode=False, max_examples=3)
+    assert info.value.mismatch.example.tokens == 18
