@@ -115,3 +115,85 @@ def test_an_hf_layer_with_a_long_max_position_embeddings_is_checked_past_16_toke
         warnings.simplefilter("ignore", tt.StructuralSizeWarning)
         tt.assert_hf_attention_matches(layer, decode=False, max_examples=3)
     assert info.value.mismatch.example.tokens == 18
+
+
+def repeat_order(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
+                 enable_gqa=False):  # fmt: skip
+    """GQA with the key heads tiled (repeat), not grouped (repeat_interleave): wrong."""
+    if enable_gqa:
+        g = q.shape[-3] // k.shape[-3]
+        k, v = k.repeat(1, g, 1, 1), v.repeat(1, g, 1, 1)  # (B, H, S, E)
+    return tt.plain_sdpa(q, k, v, attn_mask, 0.0, is_causal, scale)
+
+
+def flash_repeat_order(q, k, v, softmax_scale=None, causal=False):
+    """FlashAttention's convention (k and v may have fewer heads, no flag), heads tiled."""
+    if k.shape[-3] != q.shape[-3]:
+        g = q.shape[-3] // k.shape[-3]
+        k, v = k.repeat(1, g, 1, 1), v.repeat(1, g, 1, 1)
+    L, S = q.shape[-2], k.shape[-2]
+    i, j = torch.arange(L)[:, None], torch.arange(S)[None, :]
+    mask = j <= i + S - L if causal else None
+    return tt.plain_sdpa(q, k, v, attn_mask=mask, scale=softmax_scale)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+@pytest.mark.parametrize("fn", [repeat_order, flash_repeat_order], ids=lambda f: f.__name__)
+def test_gqa_heads_in_the_wrong_order_are_caught_for_every_seed(fn, seed):
+    with pytest.raises(tt.ReferenceMismatchError) as info:
+        tt.assert_sdpa_matches(fn, max_examples=2, seed=seed)
+    found = info.value.mismatch.example
+    assert (found.heads, found.kv_heads) == (4, 2)
+
+
+def test_a_flash_style_kernel_gets_gqa_shapes_and_no_enable_gqa():
+    def flash_right(q, k, v, softmax_scale=None, causal=False):
+        group = q.shape[-3] // k.shape[-3]
+        k, v = k.repeat_interleave(group, -3), v.repeat_interleave(group, -3)
+        return flash_repeat_order(q, k, v, softmax_scale, causal)
+
+    report = tt.assert_sdpa_matches(flash_right, max_examples=3)
+    assert report.max_tokens == 65  # the explicit examples reach S = 65
+
+
+def blocked(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
+            enable_gqa=False):  # fmt: skip
+    """Online softmax over key blocks of 8 that forgets to rescale its accumulator: right
+    for S <= 8 only."""
+    if enable_gqa:
+        g = q.shape[-3] // k.shape[-3]
+        k, v = k.repeat_interleave(g, -3), v.repeat_interleave(g, -3)
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    L, S = q.shape[-2], k.shape[-2]
+    if is_causal:
+        attn_mask = torch.ones(L, S, dtype=torch.bool).tril()
+    bias = torch.zeros(L, S, dtype=q.dtype)
+    if attn_mask is not None:
+        bias = attn_mask
+        if attn_mask.dtype == torch.bool:
+            bias = torch.where(attn_mask, 0.0, -torch.inf).to(q.dtype)
+    m = torch.full(q.shape[:-1] + (1,), -torch.inf, dtype=q.dtype)  # (B, H, L, 1)
+    total, acc = torch.zeros_like(m), torch.zeros_like(q)
+    for s0 in range(0, S, 8):
+        scores = (q * scale) @ k[..., s0 : s0 + 8, :].transpose(-2, -1) + bias[..., s0 : s0 + 8]
+        new = torch.maximum(m, scores.amax(-1, keepdim=True))
+        safe = torch.where(new == -torch.inf, 0.0, new)
+        p = torch.exp(scores - safe)
+        total = total * torch.exp(torch.where(m == -torch.inf, safe, m) - safe) + p.sum(-1, True)
+        acc = acc + p @ v[..., s0 : s0 + 8, :]  # the bug: acc is not rescaled
+        m = new
+    return torch.where(total > 0, acc / torch.where(total > 0, total, 1.0), 0.0)
+
+
+def test_a_kernel_wrong_past_its_first_key_block_is_caught():
+    with pytest.raises(tt.ReferenceMismatchError) as info:
+        tt.assert_sdpa_matches(blocked, max_examples=3)
+    assert info.value.mismatch.example.S == 9
+
+
+def test_a_kwargs_kernel_never_gets_the_kits_own_arguments():
+    def wrapper(q, k, v, **kwargs):
+        return F.scaled_dot_product_attention(q, k, v, **kwargs)
+
+    assert "dropout_mask" not in tt.oracle.accepted_options(wrapper)
+    tt.assert_sdpa_matches(wrapper, max_examples=6)
