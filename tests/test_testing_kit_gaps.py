@@ -197,3 +197,77 @@ def test_a_kwargs_kernel_never_gets_the_kits_own_arguments():
 
     assert "dropout_mask" not in tt.oracle.accepted_options(wrapper)
     tt.assert_sdpa_matches(wrapper, max_examples=6)
+
+
+class Plain(tp.MultiHeadAttention):
+    """Causal attention through torch's SDPA; `causal` says when the mask is applied."""
+
+    def causal(self):
+        return True
+
+    def forward(self, x, use_cache=False):
+        b, T, _ = x.shape
+        E = self.head_dim
+        q, k, v = (
+            f(x).view(b, T, H, E).transpose(1, 2)  # (b, H, T, E)
+            for f in (self.W_query, self.W_key, self.W_value)
+        )
+        o = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal())  # (b, H, T, E)
+        return self.out_proj(o.transpose(1, 2).reshape(b, T, H * E))
+
+
+def planted(cls, ref=None):
+    m = tp.from_npattn(ref or mha(16))
+    m.__class__ = cls
+    return m
+
+
+class TrainModeBug(Plain):
+    def causal(self):
+        return not self.training  # the mask lost in the training branch
+
+
+class NoGradBug(Plain):
+    def causal(self):
+        return torch.is_grad_enabled()  # a fast inference path without the mask
+
+
+class DtypeLeak(Plain):
+    def forward(self, x, use_cache=False):
+        return super().forward(x).float()
+
+
+@pytest.mark.parametrize(
+    "cls, quantity",
+    [
+        (TrainModeBug, "output in train mode"),
+        (NoGradBug, "output under torch.no_grad()"),
+        (DtypeLeak, "output dtype"),
+    ],
+    ids=["train mode", "no grad", "dtype leak"],
+)
+def test_bugs_outside_eval_mode_with_grad_and_dtype_leaks_are_caught(cls, quantity):
+    ref = mha(16)
+    tt.assert_matches_reference(planted(Plain, ref), ref, **FEW)  # the bug-free twin passes
+    with pytest.raises(tt.ReferenceMismatchError) as info:
+        tt.assert_matches_reference(planted(cls, ref), ref, **FEW)
+    assert info.value.mismatch.quantity == quantity
+    if cls is DtypeLeak:
+        assert "torch.float32 for a torch.float64 input" in str(info.value)
+
+
+def test_active_dropout_skips_the_train_mode_run_and_says_so():
+    ref = mha(16)
+    m = planted(TrainModeBug, ref)
+    m.dropout = torch.nn.Dropout(0.1)
+    report = tt.assert_matches_reference(m, ref, **FEW)
+    assert "train mode" in report.not_run[0] and "dropout (p=0.1)" in report.not_run[0]
+
+
+def test_a_hook_on_a_parameter_is_kept_in_the_kits_copy():
+    ref = mha(16)
+    m = tp.from_npattn(ref)
+    m.W_key.weight.register_hook(lambda g: g * 0)  # zeroes W_key's gradient
+    with pytest.raises(tt.ReferenceMismatchError) as info:
+        tt.assert_matches_reference(m, ref, **FEW)
+    assert info.value.mismatch.quantity == "grad[W_key.weight]"

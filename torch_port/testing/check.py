@@ -94,6 +94,9 @@ def run_example(setup: Setup, example: Example, check_backward: bool):
         plain = setup.plain.run(x64, g64, check_backward, **kw)
         if real is not None:
             plain = (_rows(plain[0], real), *plain[1:])
+    leak = output_leak(y, setup)
+    if leak:
+        return [], Mismatch("output dtype", example, tuple(y.shape), float("inf"), leak)
     if real is not None:
         y = torch.where(torch.as_tensor(real, device=y.device)[..., None], y, 0.0)
     judgements = []
@@ -104,7 +107,17 @@ def run_example(setup: Setup, example: Example, check_backward: bool):
         return found
 
     found = check("output", _np(y), y_ref, plain[0])
-    if found or not check_backward:
+    if found:
+        return judgements, found
+    for quantity, y_other in other_modes(setup, x, user_kw, check_backward, example):
+        if isinstance(y_other, Mismatch):
+            return judgements, y_other
+        if real is not None:
+            y_other = torch.where(torch.as_tensor(real, device=y.device)[..., None], y_other, 0.0)
+        found = check(quantity, _np(y_other), y_ref, plain[0])
+        if found:
+            return judgements, found
+    if not check_backward:
         return judgements, found
     dx_ref = setup.ref.backward(g64)
     if not y.requires_grad:
@@ -121,6 +134,47 @@ def run_example(setup: Setup, example: Example, check_backward: bool):
     if found:
         return judgements, found
     return judgements, judge_parameters(setup, check, setup.ref.grads, plain[2])
+
+
+def output_leak(y: torch.Tensor, setup: Setup) -> str:
+    """Why the output's dtype or device is not the input's ("" when it is)."""
+    if y.dtype != setup.dtype:
+        return (
+            f"the output is {y.dtype} for a {setup.dtype} input and module: the module "
+            f"computes or returns in another dtype (a .float() or .to() left in)"
+        )
+    if y.device.type != setup.device.type:
+        return f"the output is on {y.device} for an input and module on {setup.device}"
+    return ""
+
+
+def other_modes(setup: Setup, x, user_kw: dict, check_backward: bool, example):
+    """The output again in the modes the main run did not use, as (quantity, tensor) (or a
+    Mismatch for a raise): under torch.no_grad() when the main run had autograd on, and in
+    train mode unless the module has active dropout (setup.dropout)."""
+    runs = []
+    if check_backward:
+        runs.append(("output under torch.no_grad()", False, False))
+    if not setup.dropout:
+        runs.append(("output in train mode", True, check_backward))
+    for quantity, train, grad in runs:
+        setup.user.train(train)
+        try:
+            with torch.set_grad_enabled(grad):
+                y = as_tensor_output(setup.forward(setup.user, x.detach(), **user_kw))
+        except KitSetupError:
+            raise
+        except Exception as e:
+            detail = f"{type(e).__name__}: {e}"
+            yield quantity, Mismatch(quantity, example, (), float("inf"), detail)
+            return
+        finally:
+            setup.user.eval()
+        leak = output_leak(y, setup)
+        if leak:
+            yield quantity, Mismatch(quantity, example, tuple(y.shape), float("inf"), leak)
+            return
+        yield quantity, y.detach()
 
 
 def judge_parameters(setup: Setup, check, ref_grads: dict, plain_ref_grads) -> Mismatch | None:
@@ -199,6 +253,11 @@ class ModuleCase(Case):
     def __init__(self, setup: Setup, check_backward, seed, max_batch, max_tokens, names):
         self.setup, self.check_backward, self.seed, self.names = setup, check_backward, seed, names
         self.report = Report(unread=tuple(setup.weights.warn_unread()), sizes=setup.sizes)
+        if setup.dropout:
+            self.report.not_run = (
+                f"the forward in train mode: the module has active dropout "
+                f"({', '.join(setup.dropout)}); it runs in eval mode only",
+            )
         plan = token_plan(setup.sizes, max_tokens, module_context(setup.user))
         self.max_tokens, boundaries, longer, self.report.not_reached, unchecked = plan
         self.report.max_tokens, self.report.boundaries = self.max_tokens, tuple(boundaries)

@@ -17,7 +17,6 @@ position_ids (B, T) = start + cumsum(mask) - 1 as generate() builds them.
 
 from __future__ import annotations
 
-import copy
 import inspect
 import sys
 from dataclasses import dataclass
@@ -31,7 +30,7 @@ from .check import judge_parameters
 from .engine import Report, warn_not_reached
 from .errors import KitSetupError, Mismatch
 from .precision import judge, rule_for
-from .setup import build, calling_error, module_context, token_plan
+from .setup import build, calling_error, copy_module, module_context, token_plan
 
 
 @dataclass(frozen=True)
@@ -314,7 +313,7 @@ def _prepare(layer, dtype, rule):
             f"build the npattn reference yourself and call assert_matches_reference"
         ) from e
     # the layer's training flag drives dropout: a copy in eval mode is what is checked
-    layer = copy.deepcopy(layer).eval()
+    layer = copy_module(layer).eval()
     setup = build(layer, reference, weight_map, None, dtype, rule, check_backward=True)
     return setup, Driver(setup.user)
 

@@ -458,6 +458,52 @@ class Setup:
     context_length: int | None
     sizes: dict = field(default_factory=dict)
     unread: list = field(default_factory=list)
+    dropout: list = field(default_factory=list)  # active dropout: no train-mode forward
+
+
+DROPOUT_NAMES = ("dropout", "dropout_p", "attn_dropout", "attention_dropout", "attn_pdrop",
+                 "resid_pdrop", "dropout_rate")  # fmt: skip
+
+
+def active_dropout(module) -> list[str]:
+    """Where the module would drop something in train mode: dropout submodules with p > 0,
+    and float attributes named like a dropout probability (on it or its config) above 0."""
+    found = []
+    for path, m in module.named_modules():
+        if isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.p > 0:
+            found.append(f"{path or type(m).__name__} (p={m.p})")
+            continue
+        for owner, where in ((m, path), (getattr(m, "config", None), f"{path}.config")):
+            for name in DROPOUT_NAMES if owner is not None else ():
+                p = getattr(owner, name, None)
+                if isinstance(p, float) and p > 0:
+                    found.append(f"{where.strip('.')}.{name}={p}".lstrip("."))
+    return sorted(set(found))
+
+
+def copy_module(module: torch.nn.Module, dtype=None) -> torch.nn.Module:
+    """A deep copy of module (cast to dtype), with the hooks registered on its parameters
+    (register_hook, register_post_accumulate_grad_hook), which copy.deepcopy drops: a hook
+    that changes a gradient is part of what the module computes. KitSetupError when they
+    cannot be carried over."""
+    user = copy.deepcopy(module)
+    if dtype is not None:
+        user = user.to(dtype)
+    pairs = list(zip(module.parameters(), user.parameters()))
+    for (name, p), (_, new) in zip(module.named_parameters(), pairs):
+        hooks = list((getattr(p, "_backward_hooks", None) or {}).values())
+        after = list((getattr(p, "_post_accumulate_grad_hooks", None) or {}).values())
+        try:
+            for hook in hooks:
+                new.register_hook(hook)
+            for hook in after:
+                new.register_post_accumulate_grad_hook(hook)
+        except RuntimeError as e:
+            raise KitSetupError(
+                f"the hooks on parameter {name} cannot be carried over to the kit's copy of "
+                f"the module ({e}); remove them (or check the module without them)"
+            ) from e
+    return user
 
 
 def build(module, reference, weight_map, forward, dtype, rule, check_backward) -> Setup:
@@ -466,7 +512,7 @@ def build(module, reference, weight_map, forward, dtype, rule, check_backward) -
     forward = check_forward(forward)
     check_configuration(module, reference)
     trainable = {k for k, p in module.named_parameters() if p.requires_grad}
-    user = copy.deepcopy(module).to(dtype).eval()
+    user = copy_module(module, dtype).eval()
     if not check_backward:
         user.requires_grad_(False)  # no autograd anywhere: kernels without a backward run
     weights = MappedWeights(user, reference, weight_map)
@@ -482,6 +528,8 @@ def build(module, reference, weight_map, forward, dtype, rule, check_backward) -
     sizes = structural_sizes(ref)
     context_length = sizes.get("context_length")
     plain = plain_yardstick(ref, dtype, device, rule)
-    return Setup(
+    setup = Setup(
         user, forward, weights, ref, plain, rule, dtype, device, d_in, context_length, sizes
     )
+    setup.dropout = active_dropout(user)
+    return setup
