@@ -271,3 +271,48 @@ def test_a_hook_on_a_parameter_is_kept_in_the_kits_copy():
     with pytest.raises(tt.ReferenceMismatchError) as info:
         tt.assert_matches_reference(m, ref, **FEW)
     assert info.value.mismatch.quantity == "grad[W_key.weight]"
+
+
+def test_a_frozen_parameter_the_map_reads_is_warned_about():
+    ref = mha(16)
+    m = tp.from_npattn(ref)
+    m.W_query.weight.requires_grad_(False)
+    with pytest.warns(tt.UnmappedParameterWarning, match=r"\['W_query.weight'\] .* frozen"):
+        report = tt.assert_matches_reference(m, ref, **FEW)
+    assert report.frozen == ("W_query.weight",)
+
+
+ref16 = mha(16)
+CALLS = {
+    "module": lambda **kw: tt.assert_matches_reference(tp.from_npattn(ref16), ref16, **kw),
+    "decode": lambda **kw: tt.assert_decode_matches(tp.from_npattn(ref16), ref16, **kw),
+    "sdpa": lambda **kw: tt.assert_sdpa_matches(F.scaled_dot_product_attention, **kw),
+}
+
+
+@pytest.mark.parametrize(
+    "call, argument, value",
+    [
+        ("module", "max_tokens", 0),
+        ("module", "max_batch", 0),
+        ("module", "max_examples", 0),
+        ("module", "seed", -1),
+        ("module", "dtype", torch.int32),
+        ("decode", "max_chunk", 0),
+        ("decode", "max_tokens", -2),
+        ("sdpa", "max_heads", 0),
+        ("sdpa", "max_head_dim", 0),
+        ("sdpa", "max_tokens", 0),
+        ("sdpa", "device", "meta"),
+    ],
+)
+def test_arguments_out_of_range_are_setup_errors_naming_them(call, argument, value):
+    with pytest.raises(tt.KitSetupError, match=argument):
+        CALLS[call](**{"max_examples": 2, argument: value})
+
+
+def test_an_example_past_the_context_length_is_a_setup_error():
+    with pytest.raises(tt.KitSetupError, match="example has 40 tokens, past .* 16"):
+        tt.compare(tp.from_npattn(ref16), ref16, tt.Example(1, 40, 0))
+    with pytest.raises(tt.KitSetupError, match="example has 17 tokens"):
+        tt.compare_decode(tp.from_npattn(ref16), ref16, tt.DecodeExample(1, (16, 1), 0))

@@ -20,6 +20,7 @@ from .setup import (
     build,
     call_setup_error,
     calling_error,
+    check_sizes,
     module_context,
     takes_positions,
     token_plan,
@@ -223,7 +224,21 @@ def compare(
     """
     rule = _rule(dtype, factor, floor, rtol, atol)
     setup = build(module, reference, weight_map, forward, dtype, rule, check_backward)
+    check_example(example, setup.context_length)
     return run_example(setup, example, check_backward)[1]
+
+
+def check_example(example, context_length, tokens=None) -> None:
+    """KitSetupError naming `example` unless its sizes are positive and its tokens fit the
+    reference's context_length."""
+    tokens = example.tokens if tokens is None else tokens
+    if not isinstance(example.batch, int) or example.batch < 1 or tokens < 1:
+        raise KitSetupError(f"example must have batch >= 1 and tokens >= 1, got {example!r}")
+    if context_length is not None and tokens > context_length:
+        raise KitSetupError(
+            f"example has {tokens} tokens, past the reference's context_length "
+            f"{context_length}: pass an example with at most {context_length} tokens"
+        )
 
 
 def measure(
@@ -244,6 +259,7 @@ def measure(
     the errors, plain torch's errors and the bounds, e.g. to see the margins."""
     rule = _rule(dtype, factor, floor, rtol, atol)
     setup = build(module, reference, weight_map, forward, dtype, rule, check_backward)
+    check_example(example, setup.context_length)
     return run_example(setup, example, check_backward)[0]
 
 
@@ -253,6 +269,8 @@ class ModuleCase(Case):
     def __init__(self, setup: Setup, check_backward, seed, max_batch, max_tokens, names):
         self.setup, self.check_backward, self.seed, self.names = setup, check_backward, seed, names
         self.report = Report(unread=tuple(setup.weights.warn_unread()), sizes=setup.sizes)
+        if check_backward:
+            self.report.frozen = tuple(setup.weights.warn_frozen())
         if setup.dropout:
             self.report.not_run = (
                 f"the forward in train mode: the module has active dropout "
@@ -340,6 +358,7 @@ def search(
 def _module_case(module, reference, weight_map, forward, max_examples, seed, dtype, rtol,
                  atol, factor, floor, max_batch, max_tokens, check_backward,
                  options=None):  # fmt: skip
+    check_sizes(max_examples=max_examples, seed=seed, max_batch=max_batch, max_tokens=max_tokens)
     rule = _rule(dtype, factor, floor, rtol, atol)
     setup = build(module, reference, weight_map, forward, dtype, rule, check_backward)
     named = {"weight_map": weight_map, "forward": forward}

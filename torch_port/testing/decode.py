@@ -19,7 +19,7 @@ import torch
 from hypothesis import strategies as st
 
 from . import engine
-from .check import replay_line
+from .check import check_example, replay_line
 from .engine import Report, warn_not_reached
 from .errors import KitSetupError
 from .precision import judge, rule_for
@@ -30,6 +30,7 @@ from .setup import (
     build,
     call_setup_error,
     calling_error,
+    check_sizes,
     module_context,
     numpy_dtype,
     token_plan,
@@ -206,6 +207,9 @@ def compare_decode(
     """One decoding example: the first chunk whose output disagrees (a Mismatch), or None."""
     rule = rule_for(dtype, factor=factor, floor=floor, rtol=rtol, atol=atol)
     setup = _setup(module, reference, weight_map, dtype, rule)
+    if not example.chunks or any(not isinstance(n, int) or n < 1 for n in example.chunks):
+        raise KitSetupError(f"example's chunks must be positive token counts, got {example!r}")
+    check_example(example, setup.context_length, sum(example.chunks))
     return run_decode(setup, example, step or default_step, reset or default_reset)[1]
 
 
@@ -238,6 +242,8 @@ def assert_decode_matches(
     after a cached token, ...) are also run. Returns a Report.
     """
     __tracebackhide__ = True
+    check_sizes(max_examples=max_examples, seed=seed, max_batch=max_batch,
+                max_tokens=max_tokens, max_chunk=max_chunk)  # fmt: skip
     rule = rule_for(dtype, factor=factor, floor=floor, rtol=rtol, atol=atol)
     setup = _setup(module, reference, weight_map, dtype, rule)
     named = {"weight_map": weight_map, "step": step, "reset": reset}

@@ -37,6 +37,7 @@ class Report:
     boundaries: tuple = ()  # token counts run explicitly, around each structural size
     longer: tuple = ()  # longer token counts run explicitly, past the random range
     unchecked: str = ""  # token counts up to the largest structural size never run
+    frozen: tuple = ()  # parameters the map reads whose gradients are not compared
     not_run: tuple = ()  # what was not run, and why (train mode with active dropout)
     not_reached: tuple = ()  # structural sizes past max_tokens, so never crossed
 

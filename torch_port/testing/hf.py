@@ -26,11 +26,11 @@ import torch
 from hypothesis import strategies as st
 
 from . import engine
-from .check import judge_parameters
+from .check import check_example, judge_parameters
 from .engine import Report, warn_not_reached
 from .errors import KitSetupError, Mismatch
 from .precision import judge, rule_for
-from .setup import build, calling_error, copy_module, module_context, token_plan
+from .setup import build, calling_error, check_sizes, copy_module, module_context, token_plan
 
 
 @dataclass(frozen=True)
@@ -324,6 +324,7 @@ def compare_hf(layer, example: HFExample, *, dtype=torch.float32, check_backward
     disagreement as a Mismatch, or None."""
     rule = rule_for(dtype, factor=factor, floor=floor, rtol=rtol, atol=atol)
     setup, driver = _prepare(layer, dtype, rule)
+    check_example(example, setup.context_length)
     twin = _Twin(setup)
     if example.chunks:
         return run_decode(setup, driver, twin, example)[1]
@@ -356,9 +357,12 @@ def assert_hf_attention_matches(
     drive raises KitSetupError saying what to do instead. Returns a Report.
     """
     __tracebackhide__ = True
+    check_sizes(max_examples=max_examples, seed=seed, max_batch=max_batch, max_tokens=max_tokens)
     rule = rule_for(dtype, factor=factor, floor=floor, rtol=rtol, atol=atol)
     setup, driver = _prepare(layer, dtype, rule)
     report = Report(unread=tuple(setup.weights.warn_unread()), sizes=setup.sizes)
+    if check_backward:
+        report.frozen = tuple(setup.weights.warn_frozen())
     max_tokens, boundaries, longer, report.not_reached, unchecked = token_plan(
         setup.sizes, max_tokens, module_context(setup.user)
     )

@@ -155,12 +155,12 @@ def check_sizes(**sizes) -> None:
     a non-negative int)."""
     for name, value in sizes.items():
         least = 0 if name == "seed" else 1
-        if value is None and name != "seed":
+        optional = name in ("max_tokens", "max_chunk", "max_head_dim")
+        if value is None and optional:
             continue
         if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < least:
             raise KitSetupError(
-                f"{name} must be an int >= {least}{'' if name == 'seed' else ' (or None)'}, "
-                f"got {value!r}"
+                f"{name} must be an int >= {least}{' (or None)' if optional else ''}, got {value!r}"
             )
 
 
