@@ -316,3 +316,32 @@ def test_an_example_past_the_context_length_is_a_setup_error():
         tt.compare(tp.from_npattn(ref16), ref16, tt.Example(1, 40, 0))
     with pytest.raises(tt.KitSetupError, match="example has 17 tokens"):
         tt.compare_decode(tp.from_npattn(ref16), ref16, tt.DecodeExample(1, (16, 1), 0))
+
+
+@pytest.mark.parametrize("mode", ["train", "no_grad"])
+def test_an_hf_layer_wrong_only_in_train_mode_or_without_grad_is_caught(mode):
+    pytest.importorskip("transformers")
+    from transformers import LlamaConfig
+    from transformers.models.llama import modeling_llama as ml
+
+    config = LlamaConfig(hidden_size=16, num_attention_heads=2, num_key_value_heads=1,
+                         num_hidden_layers=1, max_position_embeddings=16)  # fmt: skip
+    config._attn_implementation = "eager"
+
+    class Planted(ml.LlamaAttention):  # the softmax scale 2% off in one mode only
+        def forward(self, *args, **kwargs):
+            wrong = self.training if mode == "train" else not torch.is_grad_enabled()
+            scaling = self.scaling
+            self.scaling = scaling * (1.02 if wrong else 1.0)
+            try:
+                return super().forward(*args, **kwargs)
+            finally:
+                self.scaling = scaling
+
+    Planted.__name__ = Planted.__qualname__ = "LlamaAttention"
+    Planted.__module__ = ml.__name__
+    torch.manual_seed(0)
+    with pytest.raises(tt.ReferenceMismatchError) as info:
+        tt.assert_hf_attention_matches(Planted(config, layer_idx=0), decode=False, **FEW)
+    want = "output in train mode" if mode == "train" else "output under torch.no_grad()"
+    assert info.value.mismatch.quantity == want

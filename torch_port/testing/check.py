@@ -372,7 +372,10 @@ def find_mismatch(module, reference, weight_map=None, **kwargs) -> Mismatch | No
 
     Token counts run from 1 to max_tokens (default: past twice every structural size of
     the reference, its window, cache length or tile, at least 16 and at most its
-    context_length); T = W - 1, W, W + 1 and 2W + 1 for each such size W are also run.
+    context_length); T = W - 1, W, W + 1 and 2W + 1 for each such size W are also run, and
+    T = 17, 33, 65 past that range (up to the context_length and max_tokens). The output is
+    also judged under torch.no_grad() and in train mode (unless the module has active
+    dropout), and its dtype and device must be the input's.
     Keywords: forward, max_examples, seed, dtype, rtol, atol, factor, floor, max_batch,
     max_tokens, check_backward.
     """

@@ -239,7 +239,8 @@ def assert_decode_matches(
     one past the reference's window, cache length or tile), in total at most max_tokens
     (default: past twice each of those sizes, at least 16, at most the context_length).
     Chunkings around each size W (a prefill of W - 1 then single tokens, a chunk of W + 1
-    after a cached token, ...) are also run. Returns a Report.
+    after a cached token, ...) are also run, and past the random range a prefill of N - 1
+    then one token for N = 17, 33, 65 and 17 single tokens. Returns a Report.
     """
     __tracebackhide__ = True
     check_sizes(max_examples=max_examples, seed=seed, max_batch=max_batch,

@@ -234,7 +234,24 @@ def run_forward(setup, driver, twin, ex: HFExample, check_backward: bool):
 
     plain_out = None if plain[0] is None else _rows(plain[0], real)
     found = check("output", _rows(_np(y), real), _rows(y_ref, real), plain_out)
-    if found or not check_backward:
+    if found:
+        return judgements, found
+    mask = None if mask2d is None else mask2d.to(dev)
+    for quantity, train, grad in other_modes(setup, check_backward):
+        setup.user.train(train)
+        try:
+            driver.reset()
+            with torch.set_grad_enabled(grad):
+                y_other = driver(setup.user, x.detach(), position_ids.to(dev), mask)
+        except Exception as e:
+            detail = f"{type(e).__name__}: {e}"
+            return judgements, Mismatch(quantity, ex, (), float("inf"), detail)
+        finally:
+            setup.user.eval()
+        found = check(quantity, _rows(_np(y_other), real), _rows(y_ref, real), plain_out)
+        if found:
+            return judgements, found
+    if not check_backward:
         return judgements, found
     dx_ref = setup.ref.backward(g64)
     y.backward(torch.tensor(g64, dtype=y.dtype, device=y.device))
@@ -243,6 +260,16 @@ def run_forward(setup, driver, twin, ex: HFExample, check_backward: bool):
     if found:
         return judgements, found
     return judgements, judge_parameters(setup, check, setup.ref.grads, plain[2])
+
+
+def other_modes(setup, check_backward: bool) -> list:
+    """(quantity, train, grad) for the forwards run besides the main one: under
+    torch.no_grad() when the main one had autograd on, and in train mode unless the layer
+    has active dropout (config.attention_dropout > 0, ...)."""
+    runs = [("output under torch.no_grad()", False, False)] if check_backward else []
+    if not setup.dropout:
+        runs.append(("output in train mode", True, check_backward))
+    return runs
 
 
 def run_decode(setup, driver, twin, ex: HFExample):
@@ -363,6 +390,11 @@ def assert_hf_attention_matches(
     report = Report(unread=tuple(setup.weights.warn_unread()), sizes=setup.sizes)
     if check_backward:
         report.frozen = tuple(setup.weights.warn_frozen())
+    if setup.dropout:
+        report.not_run = (
+            f"the forward in train mode: the layer has active dropout "
+            f"({', '.join(setup.dropout)}); it runs in eval mode only",
+        )
     max_tokens, boundaries, longer, report.not_reached, unchecked = token_plan(
         setup.sizes, max_tokens, module_context(setup.user)
     )
