@@ -345,3 +345,29 @@ def test_an_hf_layer_wrong_only_in_train_mode_or_without_grad_is_caught(mode):
         tt.assert_hf_attention_matches(Planted(config, layer_idx=0), decode=False, **FEW)
     want = "output in train mode" if mode == "train" else "output under torch.no_grad()"
     assert info.value.mismatch.quantity == want
+
+
+class NaiveSoftmax(tp.MultiHeadAttention):
+    """exp(scores) without the row max subtracted: overflows in float16 on large logits."""
+
+    def forward(self, x, use_cache=False):
+        b, T, _ = x.shape
+        heads, E = self.num_heads, self.head_dim
+        q, k, v = (
+            f(x).view(b, T, heads, E).transpose(1, 2)  # (b, heads, T, E)
+            for f in (self.W_query, self.W_key, self.W_value)
+        )
+        i = torch.arange(T)
+        e = torch.exp((q @ k.transpose(-2, -1)) * E**-0.5)  # (b, heads, T, T)
+        e = e.masked_fill(i[None, :] > i[:, None], 0)
+        o = (e / e.sum(-1, keepdim=True)) @ v  # (b, heads, T, E)
+        return self.out_proj(o.transpose(1, 2).reshape(b, T, heads * E))
+
+
+def test_large_logits_are_drawn_and_an_overflowing_softmax_is_caught():
+    ref = npattn.MultiHeadAttention(64, 64, 64, 0.0, num_heads=4, qkv_bias=True, rng=0)
+    with pytest.raises(tt.ReferenceMismatchError, match="scaled by") as info:
+        tt.assert_matches_reference(planted(NaiveSoftmax, ref), ref, dtype=torch.float16, **FEW)
+    assert info.value.mismatch.example.scale > 1
+    report = tt.assert_matches_reference(tp.from_npattn(ref), ref, dtype=torch.float16, **FEW)
+    assert report.examples > FEW["max_examples"]  # the explicit large-input example ran too

@@ -34,7 +34,7 @@ def _np(t: torch.Tensor) -> np.ndarray:
 def draw_input(setup: Setup, example: Example):
     """x and the upstream gradient g, rounded to the module's dtype, as float64 arrays."""
     rng = np.random.default_rng(example.seed)
-    x = rng.standard_normal((example.batch, example.tokens, setup.d_in))
+    x = rng.standard_normal((example.batch, example.tokens, setup.d_in)) * example.scale
     return _round(x, setup.dtype), rng
 
 
@@ -263,6 +263,9 @@ def measure(
     return run_example(setup, example, check_backward)[0]
 
 
+SCALES = (1.0, 4.0, 8.0)  # x's scale: large inputs give large logits
+
+
 class ModuleCase(Case):
     """assert_matches_reference's case: Examples (batch, tokens, seed) through forward."""
 
@@ -291,6 +294,7 @@ class ModuleCase(Case):
             batch=st.integers(1, self.max_batch),
             tokens=st.integers(1, self.max_tokens),
             seed=st.integers(0, 2**32 - 1),
+            scale=st.sampled_from(SCALES),
         )
         if not takes_positions(self.setup.forward, self.setup.ref):
             return plain
@@ -304,7 +308,8 @@ class ModuleCase(Case):
                 pads = tuple(draw(st.integers(0, tokens - 1)) for _ in range(batch))
             else:
                 start = draw(st.integers(0, 2 * max_tokens))
-            return Example(batch, tokens, draw(st.integers(0, 2**32 - 1)), start, pads)
+            seed, scale = draw(st.integers(0, 2**32 - 1)), draw(st.sampled_from(SCALES))
+            return Example(batch, tokens, seed, start, pads, scale)
 
         return with_positions()
 
@@ -316,10 +321,13 @@ class ModuleCase(Case):
 
     def ladder(self):
         counts = sorted({*self.report.boundaries, *self.report.longer})
-        return [Example(1, t, self.seed) for t in counts]
+        large = Example(1, min(16, self.max_tokens), self.seed, scale=SCALES[-1])
+        return [large] + [Example(1, t, self.seed) for t in counts]
 
     def between(self, passed, failed):  # the token counts between a passing and a failing rung
-        low = passed.tokens if passed else 0
+        if failed.scale != 1.0:
+            return [Example(1, t, self.seed, scale=failed.scale) for t in range(1, failed.tokens)]
+        low = passed.tokens if passed and passed.scale == 1.0 else 0
         return [Example(1, t, self.seed) for t in range(low + 1, failed.tokens)]
 
     def message(self, mismatch):
