@@ -371,3 +371,29 @@ def test_large_logits_are_drawn_and_an_overflowing_softmax_is_caught():
     assert info.value.mismatch.example.scale > 1
     report = tt.assert_matches_reference(tp.from_npattn(ref), ref, dtype=torch.float16, **FEW)
     assert report.examples > FEW["max_examples"]  # the explicit large-input example ran too
+
+
+def first_head_mask(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
+                    enable_gqa=False):  # fmt: skip
+    """Reads only the first head of a 4-D mask: right for (L, S) masks only."""
+    if attn_mask is not None and attn_mask.dim() == 4:
+        attn_mask = attn_mask[:, :1]
+    return F.scaled_dot_product_attention(q, k, v, attn_mask, 0.0, is_causal, scale=scale,
+                                          enable_gqa=enable_gqa)  # fmt: skip
+
+
+def contiguous_only(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
+                    enable_gqa=False):  # fmt: skip
+    """view() where reshape() was needed: fails on the transposed views callers pass."""
+    B, heads, L, E = q.shape
+    q = q.view(B * heads, L, E).view(B, heads, L, E)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask, 0.0, is_causal, scale=scale,
+                                          enable_gqa=enable_gqa)  # fmt: skip
+
+
+@pytest.mark.parametrize("fn", [first_head_mask, contiguous_only], ids=lambda f: f.__name__)
+def test_4d_masks_and_non_contiguous_inputs_are_drawn(fn):
+    with pytest.raises(tt.ReferenceMismatchError) as info:
+        tt.assert_sdpa_matches(fn, max_examples=3)
+    found = info.value.mismatch.example
+    assert found.mask.endswith("4d") if fn is first_head_mask else found.strided

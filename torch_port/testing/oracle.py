@@ -69,7 +69,8 @@ class SDPAExample:
     L: int
     S: int
     E: int
-    mask: str  # "none", "bool", "float", "causal" (top-left) or "bottom_right" (causal=)
+    mask: str  # "none", "bool", "float" (L, S), "bool4d", "float4d" (B, H, L, S),
+    # "causal" (top-left) or "bottom_right" (causal=)
     scale: float | None
     dropout_p: float
     seed: int
@@ -77,6 +78,7 @@ class SDPAExample:
     sinks: bool = False  # one logit per head, drawn from seed
     window: tuple | None = None  # (left, right) as window_size, -1 on the left: no limit
     padding: str = "none"  # "none", "keys", "queries", "both", or "varlen" (both, packed)
+    strided: bool = False  # q, k, v passed as non-contiguous views (B, L, H, E).transpose(1, 2)
 
     def __str__(self) -> str:
         extra = "".join(
@@ -86,6 +88,7 @@ class SDPAExample:
                 ("sinks", False),
                 ("window", None),
                 ("padding", "none"),
+                ("strided", False),
             )
             if getattr(self, k) != off
         )
@@ -140,6 +143,13 @@ def draw_tensors(ex: SDPAExample, dtype):
         mask = attend
     elif ex.mask == "float":
         mask = np.where(attend, rounded(rng.standard_normal((ex.L, ex.S))), -np.inf)
+    if ex.mask in ("bool4d", "float4d"):  # one mask per batch row and head, its own stream
+        rng4, shape = np.random.default_rng([ex.seed, 2]), (ex.batch, ex.heads, ex.L, ex.S)
+        attend = rng4.random(shape) < 0.7  # (B, H, L, S)
+        attend[rng4.random(shape[:-1]) < 0.25] = False
+        mask = attend
+        if ex.mask == "float4d":
+            mask = np.where(attend, rounded(rng4.standard_normal(shape)), -np.inf)
     keep = None
     if ex.dropout_p > 0:
         keep = rng.random((ex.batch, ex.heads, ex.L, ex.S)) >= ex.dropout_p
@@ -172,7 +182,7 @@ def attend_mask(ex: SDPAExample, mask, kpm, qpm):
     attend = np.ones((B, 1, L, S), dtype=bool)
     i, j = np.arange(L)[:, None], np.arange(S)[None, :]  # (L, 1), (1, S)
     if mask is not None:
-        attend &= mask.astype(bool) if mask.dtype == bool else mask > -np.inf
+        attend = attend & (mask.astype(bool) if mask.dtype == bool else mask > -np.inf)
     if ex.mask == "causal":
         attend &= j <= i
     sk = kpm.sum(-1) if kpm is not None else np.full(B, S)  # (B,) real keys
@@ -239,6 +249,7 @@ def varlen_only(fn) -> bool:
 
 def _examples(accepted, max_batch, max_heads, max_tokens, max_head_dim, packed=False):
     masks = ["none"] + [m for m, o in (("bool", "attn_mask"), ("float", "attn_mask"),
+                                       ("bool4d", "attn_mask"), ("float4d", "attn_mask"),
                                        ("causal", "is_causal"), ("bottom_right", "causal"))
                         if o in accepted]  # fmt: skip
     paddings = ["none"]
@@ -284,6 +295,7 @@ def _examples(accepted, max_batch, max_heads, max_tokens, max_head_dim, packed=F
             sinks=draw(st.booleans()) if "sinks" in accepted else False,
             window=window,
             padding=draw(st.sampled_from(paddings)),
+            strided=False if packed else draw(st.booleans()),
         )
 
     return draw()
@@ -400,6 +412,9 @@ def run_sdpa_example(fn, ex: SDPAExample, dtype, device, rule, check_backward, a
                     out = f(pack(q, lq), pack(k, lk), pack(v, lk), **options)
                     if torch.is_tensor(out):
                         out = unpack(out, lq, ex.L)
+                elif name == "fn" and ex.strided:  # the same values, (B, L, H, E) in memory
+                    out = f(*(t.transpose(1, 2).contiguous().transpose(1, 2) for t in (q, k, v)),
+                            **options)  # fmt: skip
                 else:
                     out = f(q, k, v, **options)
             if not torch.is_tensor(out):
@@ -531,6 +546,11 @@ class SDPACase(engine.Case):
                 L, E = min(3, max_tokens), min(2, max_head_dim)
                 rungs.append(SDPAExample(1, 4, 2, L, L, E, mask, None, 0.0, self.seed,
                                          padding=varlen))  # fmt: skip
+        if varlen == "none":  # non-contiguous views, a mask per batch row and head
+            mask = "bool4d" if "attn_mask" in a else "none"
+            L, S, E = min(5, max_tokens), min(7, max_tokens), min(4, max_head_dim)
+            rungs.append(SDPAExample(2, *heads, L, S, E, mask, None, 0.0, self.seed,
+                                     strided=True))  # fmt: skip
         for S, L, E, mask in ((9, 9, 16, "none"), (17, 7, 32, "none"), (33, 33, 64, causal),
                               (65, 65, 64, "none")):  # fmt: skip
             S, L, E = min(S, max_tokens), min(L, max_tokens), min(E, max_head_dim)
