@@ -397,3 +397,31 @@ def test_4d_masks_and_non_contiguous_inputs_are_drawn(fn):
         tt.assert_sdpa_matches(fn, max_examples=3)
     found = info.value.mismatch.example
     assert found.mask.endswith("4d") if fn is first_head_mask else found.strided
+
+
+class MaskOnce(Plain):
+    """Builds its causal mask on the first call and reuses it: unmasked past that length."""
+
+    def forward(self, x, use_cache=False):
+        b, T, _ = x.shape
+        if not hasattr(self, "first"):
+            self.first = torch.ones(T, T, dtype=torch.bool).tril()
+        n = min(T, self.first.shape[0])
+        mask = torch.ones(T, T, dtype=torch.bool)
+        mask[:n, :n] = self.first[:n, :n]
+        q, k, v = (
+            f(x).view(b, T, H, self.head_dim).transpose(1, 2)  # (b, H, T, E)
+            for f in (self.W_query, self.W_key, self.W_value)
+        )
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (b, H, T, E)
+        return self.out_proj(o.transpose(1, 2).reshape(b, T, H * self.head_dim))
+
+
+def test_a_failure_that_depends_on_earlier_calls_says_so():
+    ref = mha(16)
+    with pytest.raises(tt.ReferenceMismatchError, match="depended on earlier calls") as info:
+        tt.assert_matches_reference(planted(MaskOnce, ref), ref, **FEW)
+    assert tt.compare(planted(MaskOnce, ref), ref, info.value.mismatch.example) is None
+    with pytest.raises(tt.ReferenceMismatchError) as info:  # a plain bug: no such sentence
+        tt.assert_matches_reference(planted(TrainModeBug, ref), ref, **FEW)
+    assert "earlier calls" not in str(info.value)

@@ -269,6 +269,8 @@ SCALES = (1.0, 4.0, 8.0)  # x's scale: large inputs give large logits
 class ModuleCase(Case):
     """assert_matches_reference's case: Examples (batch, tokens, seed) through forward."""
 
+    fresh = None  # builds a new Setup from the caller's objects (for stateful_note)
+
     def __init__(self, setup: Setup, check_backward, seed, max_batch, max_tokens, names):
         self.setup, self.check_backward, self.seed, self.names = setup, check_backward, seed, names
         self.report = Report(unread=tuple(setup.weights.warn_unread()), sizes=setup.sizes)
@@ -333,10 +335,15 @@ class ModuleCase(Case):
     def message(self, mismatch):
         module, reference, named, options = self.names
         dtype = str(options.get("dtype", torch.float64)).replace("torch.", "")
+        note = ""
+        if self.fresh is not None:
+            note = stateful_note(
+                lambda: run_example(self.fresh(), mismatch.example, self.check_backward)[1]
+            )
         return (
             f"{type(module).__name__} does not match npattn.{type(reference).__name__} "
             f"({dtype}): {mismatch}\n"
-            f"replay: {replay_line(mismatch.example, 'compare', named, options)}"
+            f"replay: {replay_line(mismatch.example, 'compare', named, options)}{note}"
         )
 
 
@@ -371,7 +378,26 @@ def _module_case(module, reference, weight_map, forward, max_examples, seed, dty
     setup = build(module, reference, weight_map, forward, dtype, rule, check_backward)
     named = {"weight_map": weight_map, "forward": forward}
     names = (module, reference, named, options or {})
-    return ModuleCase(setup, check_backward, seed, max_batch, max_tokens, names)
+    case = ModuleCase(setup, check_backward, seed, max_batch, max_tokens, names)
+    case.fresh = lambda: build(module, reference, weight_map, forward, dtype, rule, check_backward)
+    return case
+
+
+def stateful_note(replay) -> str:
+    """A sentence when the failure does not come back on a fresh copy of the module
+    (replay() runs the example on one and gives its Mismatch or None): then it depended on
+    what earlier calls left in the module."""
+    try:
+        again = replay()
+    except Exception:  # a fresh copy that raises reproduces a failure of its own
+        return ""
+    if again is not None:
+        return ""
+    return (
+        "\nthis failure depended on earlier calls: on a fresh copy of the module the same "
+        "example passes, so the module keeps state between calls (a mask or table built on "
+        "the first call, a cache, a counter) and the replay line alone does not reproduce it"
+    )
 
 
 def find_mismatch(module, reference, weight_map=None, **kwargs) -> Mismatch | None:

@@ -19,7 +19,7 @@ import torch
 from hypothesis import strategies as st
 
 from . import engine
-from .check import check_example, replay_line
+from .check import check_example, replay_line, stateful_note
 from .engine import Report, warn_not_reached
 from .errors import KitSetupError
 from .precision import judge, rule_for
@@ -251,6 +251,7 @@ def assert_decode_matches(
     kwargs = dict(dtype=dtype, rtol=rtol, atol=atol, factor=factor, floor=floor)
     case = DecodeCase(setup, step, reset, seed, max_batch, max_tokens, max_chunk)
     case.names = (module, reference, named, kwargs)
+    case.fresh = lambda: _setup(module, reference, weight_map, dtype, rule)
     return engine.check(case, engine.Search(max_examples=max_examples, seed=seed))
 
 
@@ -315,7 +316,10 @@ class DecodeCase(engine.Case):
         module, reference, named, kwargs = self.names
         line = replay_line(mismatch.example, "compare_decode", named, kwargs)
         dtype = str(kwargs["dtype"]).replace("torch.", "")
+        note = stateful_note(
+            lambda: run_decode(self.fresh(), mismatch.example, self.step, self.reset)[1]
+        )
         return (
             f"{type(module).__name__} does not decode like npattn.{type(reference).__name__} "
-            f"({dtype}): {mismatch}\nreplay: {line}"
+            f"({dtype}): {mismatch}\nreplay: {line}{note}"
         )
