@@ -88,10 +88,17 @@ def longer_decodes(longer, seed: int, ladder=()) -> list:
 
 
 def shorter_decodes(passed, failed) -> list:
-    """Shorter versions of a failing chunking: its prefixes, then fewer single steps."""
-    chunks = failed.chunks
-    prefixes = [chunks[:n] for n in range(1, len(chunks))]
-    return [DecodeExample(failed.batch, c, failed.seed) for c in prefixes]
+    """Shorter versions of a failing chunking, shortest first: for each total t between the
+    last passing rung's and the failing one's, one chunk of t and a prefill of t - 1 then
+    one token (when that is at most 64 totals to try); then the failing chunking's prefixes."""
+    chunks, total = failed.chunks, sum(failed.chunks)
+    low = sum(passed.chunks) if passed is not None else 0
+    shorter = []
+    if total - low <= 64:
+        for t in range(max(low, 1) + 1, total):
+            shorter += [(t,), (t - 1, 1)]
+    shorter += [chunks[:n] for n in range(1, len(chunks))]
+    return [DecodeExample(failed.batch, c, failed.seed) for c in shorter]
 
 
 def default_step(module, x):
