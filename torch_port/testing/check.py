@@ -20,8 +20,10 @@ from .setup import (
     build,
     call_setup_error,
     calling_error,
+    check_sizes,
+    module_context,
     takes_positions,
-    token_range,
+    token_plan,
 )
 
 
@@ -32,7 +34,7 @@ def _np(t: torch.Tensor) -> np.ndarray:
 def draw_input(setup: Setup, example: Example):
     """x and the upstream gradient g, rounded to the module's dtype, as float64 arrays."""
     rng = np.random.default_rng(example.seed)
-    x = rng.standard_normal((example.batch, example.tokens, setup.d_in))
+    x = rng.standard_normal((example.batch, example.tokens, setup.d_in)) * example.scale
     return _round(x, setup.dtype), rng
 
 
@@ -93,6 +95,9 @@ def run_example(setup: Setup, example: Example, check_backward: bool):
         plain = setup.plain.run(x64, g64, check_backward, **kw)
         if real is not None:
             plain = (_rows(plain[0], real), *plain[1:])
+    leak = output_leak(y, setup)
+    if leak:
+        return [], Mismatch("output dtype", example, tuple(y.shape), float("inf"), leak)
     if real is not None:
         y = torch.where(torch.as_tensor(real, device=y.device)[..., None], y, 0.0)
     judgements = []
@@ -103,7 +108,17 @@ def run_example(setup: Setup, example: Example, check_backward: bool):
         return found
 
     found = check("output", _np(y), y_ref, plain[0])
-    if found or not check_backward:
+    if found:
+        return judgements, found
+    for quantity, y_other in other_modes(setup, x, user_kw, check_backward, example):
+        if isinstance(y_other, Mismatch):
+            return judgements, y_other
+        if real is not None:
+            y_other = torch.where(torch.as_tensor(real, device=y.device)[..., None], y_other, 0.0)
+        found = check(quantity, _np(y_other), y_ref, plain[0])
+        if found:
+            return judgements, found
+    if not check_backward:
         return judgements, found
     dx_ref = setup.ref.backward(g64)
     if not y.requires_grad:
@@ -120,6 +135,47 @@ def run_example(setup: Setup, example: Example, check_backward: bool):
     if found:
         return judgements, found
     return judgements, judge_parameters(setup, check, setup.ref.grads, plain[2])
+
+
+def output_leak(y: torch.Tensor, setup: Setup) -> str:
+    """Why the output's dtype or device is not the input's ("" when it is)."""
+    if y.dtype != setup.dtype:
+        return (
+            f"the output is {y.dtype} for a {setup.dtype} input and module: the module "
+            f"computes or returns in another dtype (a .float() or .to() left in)"
+        )
+    if y.device.type != setup.device.type:
+        return f"the output is on {y.device} for an input and module on {setup.device}"
+    return ""
+
+
+def other_modes(setup: Setup, x, user_kw: dict, check_backward: bool, example):
+    """The output again in the modes the main run did not use, as (quantity, tensor) (or a
+    Mismatch for a raise): under torch.no_grad() when the main run had autograd on, and in
+    train mode unless the module has active dropout (setup.dropout)."""
+    runs = []
+    if check_backward:
+        runs.append(("output under torch.no_grad()", False, False))
+    if not setup.dropout:
+        runs.append(("output in train mode", True, check_backward))
+    for quantity, train, grad in runs:
+        setup.user.train(train)
+        try:
+            with torch.set_grad_enabled(grad):
+                y = as_tensor_output(setup.forward(setup.user, x.detach(), **user_kw))
+        except KitSetupError:
+            raise
+        except Exception as e:
+            detail = f"{type(e).__name__}: {e}"
+            yield quantity, Mismatch(quantity, example, (), float("inf"), detail)
+            return
+        finally:
+            setup.user.eval()
+        leak = output_leak(y, setup)
+        if leak:
+            yield quantity, Mismatch(quantity, example, tuple(y.shape), float("inf"), leak)
+            return
+        yield quantity, y.detach()
 
 
 def judge_parameters(setup: Setup, check, ref_grads: dict, plain_ref_grads) -> Mismatch | None:
@@ -168,7 +224,21 @@ def compare(
     """
     rule = _rule(dtype, factor, floor, rtol, atol)
     setup = build(module, reference, weight_map, forward, dtype, rule, check_backward)
+    check_example(example, setup.context_length)
     return run_example(setup, example, check_backward)[1]
+
+
+def check_example(example, context_length, tokens=None) -> None:
+    """KitSetupError naming `example` unless its sizes are positive and its tokens fit the
+    reference's context_length."""
+    tokens = example.tokens if tokens is None else tokens
+    if not isinstance(example.batch, int) or example.batch < 1 or tokens < 1:
+        raise KitSetupError(f"example must have batch >= 1 and tokens >= 1, got {example!r}")
+    if context_length is not None and tokens > context_length:
+        raise KitSetupError(
+            f"example has {tokens} tokens, past the reference's context_length "
+            f"{context_length}: pass an example with at most {context_length} tokens"
+        )
 
 
 def measure(
@@ -189,18 +259,35 @@ def measure(
     the errors, plain torch's errors and the bounds, e.g. to see the margins."""
     rule = _rule(dtype, factor, floor, rtol, atol)
     setup = build(module, reference, weight_map, forward, dtype, rule, check_backward)
+    check_example(example, setup.context_length)
     return run_example(setup, example, check_backward)[0]
+
+
+SCALES = (1.0, 4.0, 8.0)  # x's scale: large inputs give large logits
 
 
 class ModuleCase(Case):
     """assert_matches_reference's case: Examples (batch, tokens, seed) through forward."""
 
+    fresh = None  # builds a new Setup from the caller's objects (for stateful_note)
+
     def __init__(self, setup: Setup, check_backward, seed, max_batch, max_tokens, names):
         self.setup, self.check_backward, self.seed, self.names = setup, check_backward, seed, names
         self.report = Report(unread=tuple(setup.weights.warn_unread()), sizes=setup.sizes)
-        self.max_tokens, boundaries, self.report.not_reached = token_range(setup.sizes, max_tokens)
+        if check_backward:
+            self.report.frozen = tuple(setup.weights.warn_frozen())
+        if setup.dropout:
+            self.report.not_run = (
+                f"the forward in train mode: the module has active dropout "
+                f"({', '.join(setup.dropout)}); it runs in eval mode only",
+            )
+        plan = token_plan(setup.sizes, max_tokens, module_context(setup.user))
+        self.max_tokens, boundaries, longer, self.report.not_reached, unchecked = plan
         self.report.max_tokens, self.report.boundaries = self.max_tokens, tuple(boundaries)
-        warn_not_reached(self.report.not_reached, max([self.max_tokens, *boundaries]))
+        self.report.longer, self.report.unchecked = tuple(longer), unchecked
+        warn_not_reached(
+            self.report.not_reached, max([self.max_tokens, *boundaries, *longer]), unchecked
+        )
         self.max_batch = max_batch
 
     def examples(self):
@@ -209,6 +296,7 @@ class ModuleCase(Case):
             batch=st.integers(1, self.max_batch),
             tokens=st.integers(1, self.max_tokens),
             seed=st.integers(0, 2**32 - 1),
+            scale=st.sampled_from(SCALES),
         )
         if not takes_positions(self.setup.forward, self.setup.ref):
             return plain
@@ -222,7 +310,8 @@ class ModuleCase(Case):
                 pads = tuple(draw(st.integers(0, tokens - 1)) for _ in range(batch))
             else:
                 start = draw(st.integers(0, 2 * max_tokens))
-            return Example(batch, tokens, draw(st.integers(0, 2**32 - 1)), start, pads)
+            seed, scale = draw(st.integers(0, 2**32 - 1)), draw(st.sampled_from(SCALES))
+            return Example(batch, tokens, seed, start, pads, scale)
 
         return with_positions()
 
@@ -233,19 +322,28 @@ class ModuleCase(Case):
         return Example(1, 1, self.seed)
 
     def ladder(self):
-        return [Example(1, t, self.seed) for t in self.report.boundaries]
+        counts = sorted({*self.report.boundaries, *self.report.longer})
+        large = Example(1, min(16, self.max_tokens), self.seed, scale=SCALES[-1])
+        return [large] + [Example(1, t, self.seed) for t in counts]
 
     def between(self, passed, failed):  # the token counts between a passing and a failing rung
-        low = passed.tokens if passed else 0
+        if failed.scale != 1.0:
+            return [Example(1, t, self.seed, scale=failed.scale) for t in range(1, failed.tokens)]
+        low = passed.tokens if passed and passed.scale == 1.0 else 0
         return [Example(1, t, self.seed) for t in range(low + 1, failed.tokens)]
 
     def message(self, mismatch):
         module, reference, named, options = self.names
         dtype = str(options.get("dtype", torch.float64)).replace("torch.", "")
+        note = ""
+        if self.fresh is not None:
+            note = stateful_note(
+                lambda: run_example(self.fresh(), mismatch.example, self.check_backward)[1]
+            )
         return (
             f"{type(module).__name__} does not match npattn.{type(reference).__name__} "
             f"({dtype}): {mismatch}\n"
-            f"replay: {replay_line(mismatch.example, 'compare', named, options)}"
+            f"replay: {replay_line(mismatch.example, 'compare', named, options)}{note}"
         )
 
 
@@ -275,11 +373,31 @@ def search(
 def _module_case(module, reference, weight_map, forward, max_examples, seed, dtype, rtol,
                  atol, factor, floor, max_batch, max_tokens, check_backward,
                  options=None):  # fmt: skip
+    check_sizes(max_examples=max_examples, seed=seed, max_batch=max_batch, max_tokens=max_tokens)
     rule = _rule(dtype, factor, floor, rtol, atol)
     setup = build(module, reference, weight_map, forward, dtype, rule, check_backward)
     named = {"weight_map": weight_map, "forward": forward}
     names = (module, reference, named, options or {})
-    return ModuleCase(setup, check_backward, seed, max_batch, max_tokens, names)
+    case = ModuleCase(setup, check_backward, seed, max_batch, max_tokens, names)
+    case.fresh = lambda: build(module, reference, weight_map, forward, dtype, rule, check_backward)
+    return case
+
+
+def stateful_note(replay) -> str:
+    """A sentence when the failure does not come back on a fresh copy of the module
+    (replay() runs the example on one and gives its Mismatch or None): then it depended on
+    what earlier calls left in the module."""
+    try:
+        again = replay()
+    except Exception:  # a fresh copy that raises reproduces a failure of its own
+        return ""
+    if again is not None:
+        return ""
+    return (
+        "\nthis failure depended on earlier calls: on a fresh copy of the module the same "
+        "example passes, so the module keeps state between calls (a mask or table built on "
+        "the first call, a cache, a counter) and the replay line alone does not reproduce it"
+    )
 
 
 def find_mismatch(module, reference, weight_map=None, **kwargs) -> Mismatch | None:
@@ -288,7 +406,10 @@ def find_mismatch(module, reference, weight_map=None, **kwargs) -> Mismatch | No
 
     Token counts run from 1 to max_tokens (default: past twice every structural size of
     the reference, its window, cache length or tile, at least 16 and at most its
-    context_length); T = W - 1, W, W + 1 and 2W + 1 for each such size W are also run.
+    context_length); T = W - 1, W, W + 1 and 2W + 1 for each such size W are also run, and
+    T = 17, 33, 65 past that range (up to the context_length and max_tokens). The output is
+    also judged under torch.no_grad() and in train mode (unless the module has active
+    dropout), and its dtype and device must be the input's.
     Keywords: forward, max_examples, seed, dtype, rtol, atol, factor, floor, max_batch,
     max_tokens, check_backward.
     """

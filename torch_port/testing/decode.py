@@ -19,7 +19,7 @@ import torch
 from hypothesis import strategies as st
 
 from . import engine
-from .check import replay_line
+from .check import check_example, replay_line, stateful_note
 from .engine import Report, warn_not_reached
 from .errors import KitSetupError
 from .precision import judge, rule_for
@@ -30,8 +30,10 @@ from .setup import (
     build,
     call_setup_error,
     calling_error,
+    check_sizes,
+    module_context,
     numpy_dtype,
-    token_range,
+    token_plan,
 )
 
 
@@ -73,11 +75,30 @@ def decode_ladder(sizes: dict, cap: int, seed: int) -> list:
     return sorted(ladder, key=lambda ex: (sum(ex.chunks), len(ex.chunks)))
 
 
+def longer_decodes(longer, seed: int, ladder=()) -> list:
+    """Decodes past the random range, for each longer count N (17, 33, 65 within the cap):
+    a prefill of N - 1 then one token, and for the first N single tokens all the way."""
+    rungs = []
+    for i, n in enumerate(longer):
+        for chunks in ((n - 1, 1),) + (((1,) * n,) if i == 0 else ()):
+            example = DecodeExample(1, chunks, seed)
+            if example not in ladder and example not in rungs:
+                rungs.append(example)
+    return rungs
+
+
 def shorter_decodes(passed, failed) -> list:
-    """Shorter versions of a failing chunking: its prefixes, then fewer single steps."""
-    chunks = failed.chunks
-    prefixes = [chunks[:n] for n in range(1, len(chunks))]
-    return [DecodeExample(failed.batch, c, failed.seed) for c in prefixes]
+    """Shorter versions of a failing chunking, shortest first: for each total t between the
+    last passing rung's and the failing one's, one chunk of t and a prefill of t - 1 then
+    one token (when that is at most 64 totals to try); then the failing chunking's prefixes."""
+    chunks, total = failed.chunks, sum(failed.chunks)
+    low = sum(passed.chunks) if passed is not None else 0
+    shorter = []
+    if total - low <= 64:
+        for t in range(max(low, 1) + 1, total):
+            shorter += [(t,), (t - 1, 1)]
+    shorter += [chunks[:n] for n in range(1, len(chunks))]
+    return [DecodeExample(failed.batch, c, failed.seed) for c in shorter]
 
 
 def default_step(module, x):
@@ -193,6 +214,9 @@ def compare_decode(
     """One decoding example: the first chunk whose output disagrees (a Mismatch), or None."""
     rule = rule_for(dtype, factor=factor, floor=floor, rtol=rtol, atol=atol)
     setup = _setup(module, reference, weight_map, dtype, rule)
+    if not example.chunks or any(not isinstance(n, int) or n < 1 for n in example.chunks):
+        raise KitSetupError(f"example's chunks must be positive token counts, got {example!r}")
+    check_example(example, setup.context_length, sum(example.chunks))
     return run_decode(setup, example, step or default_step, reset or default_reset)[1]
 
 
@@ -222,15 +246,19 @@ def assert_decode_matches(
     one past the reference's window, cache length or tile), in total at most max_tokens
     (default: past twice each of those sizes, at least 16, at most the context_length).
     Chunkings around each size W (a prefill of W - 1 then single tokens, a chunk of W + 1
-    after a cached token, ...) are also run. Returns a Report.
+    after a cached token, ...) are also run, and past the random range a prefill of N - 1
+    then one token for N = 17, 33, 65 and 17 single tokens. Returns a Report.
     """
     __tracebackhide__ = True
+    check_sizes(max_examples=max_examples, seed=seed, max_batch=max_batch,
+                max_tokens=max_tokens, max_chunk=max_chunk)  # fmt: skip
     rule = rule_for(dtype, factor=factor, floor=floor, rtol=rtol, atol=atol)
     setup = _setup(module, reference, weight_map, dtype, rule)
     named = {"weight_map": weight_map, "step": step, "reset": reset}
     kwargs = dict(dtype=dtype, rtol=rtol, atol=atol, factor=factor, floor=floor)
     case = DecodeCase(setup, step, reset, seed, max_batch, max_tokens, max_chunk)
     case.names = (module, reference, named, kwargs)
+    case.fresh = lambda: _setup(module, reference, weight_map, dtype, rule)
     return engine.check(case, engine.Search(max_examples=max_examples, seed=seed))
 
 
@@ -241,15 +269,20 @@ class DecodeCase(engine.Case):
         self.setup, self.seed, self.max_batch = setup, seed, max_batch
         self.step, self.reset = step or default_step, reset or default_reset
         report = Report(unread=tuple(setup.weights.warn_unread()), sizes=setup.sizes)
-        max_tokens, boundaries, report.not_reached = token_range(setup.sizes, max_tokens)
-        warn_not_reached(report.not_reached, max([max_tokens, *boundaries]))
+        max_tokens, boundaries, longer, report.not_reached, unchecked = token_plan(
+            setup.sizes, max_tokens, module_context(setup.user)
+        )
+        report.longer, report.unchecked = tuple(longer), unchecked
+        warn_not_reached(report.not_reached, max([max_tokens, *boundaries, *longer]), unchecked)
         sizes = setup.sizes.items()
         inner = [w for k, w in sizes if k not in ("context_length", "cache positions")]
         if max_chunk is None:
             max_chunk = min(max([4] + [w + 1 for w in inner]), max_tokens)
         report.max_tokens = self.max_tokens = max_tokens
         self.max_chunk = max_chunk
-        self.rungs = decode_ladder(setup.sizes, max(boundaries + [max_tokens]), seed)
+        self.rungs = decode_ladder(setup.sizes, max(boundaries + longer + [max_tokens]), seed)
+        self.rungs += longer_decodes(longer, seed, self.rungs)
+        self.rungs.sort(key=lambda ex: (sum(ex.chunks), len(ex.chunks)))
         report.boundaries = tuple(ex.chunks for ex in self.rungs)
         self.report = report
 
@@ -290,7 +323,10 @@ class DecodeCase(engine.Case):
         module, reference, named, kwargs = self.names
         line = replay_line(mismatch.example, "compare_decode", named, kwargs)
         dtype = str(kwargs["dtype"]).replace("torch.", "")
+        note = stateful_note(
+            lambda: run_decode(self.fresh(), mismatch.example, self.step, self.reset)[1]
+        )
         return (
             f"{type(module).__name__} does not decode like npattn.{type(reference).__name__} "
-            f"({dtype}): {mismatch}\nreplay: {line}"
+            f"({dtype}): {mismatch}\nreplay: {line}{note}"
         )

@@ -35,6 +35,10 @@ class Report:
     sizes: dict = field(default_factory=dict)  # the reference's structural sizes
     max_tokens: int = 0  # the most tokens drawn
     boundaries: tuple = ()  # token counts run explicitly, around each structural size
+    longer: tuple = ()  # longer token counts run explicitly, past the random range
+    unchecked: str = ""  # token counts up to the largest structural size never run
+    frozen: tuple = ()  # parameters the map reads whose gradients are not compared
+    not_run: tuple = ()  # what was not run, and why (train mode with active dropout)
     not_reached: tuple = ()  # structural sizes past max_tokens, so never crossed
 
     def note(self, judgements) -> None:
@@ -48,12 +52,13 @@ def _closeness(j: Judgement) -> float:
     return j.error / j.allowed if j.allowed else 0.0
 
 
-def warn_not_reached(not_reached, max_tokens: int) -> None:
+def warn_not_reached(not_reached, max_tokens: int, unchecked: str = "") -> None:
     if not_reached:
+        never = f"; token counts never checked: {unchecked}" if unchecked else ""
         warnings.warn(
             f"the reference changes behaviour at lengths the kit does not reach "
             f"({', '.join(not_reached)}; it runs at most {max_tokens} tokens), so nothing "
-            f"past them is checked; pass max_tokens= to reach them",
+            f"past them is checked{never}; pass max_tokens= to reach them",
             StructuralSizeWarning,
             stacklevel=4,
         )

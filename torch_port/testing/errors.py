@@ -35,13 +35,16 @@ class Example:
     """One generated case: x = default_rng(seed).standard_normal((batch, tokens, d_in)),
     then the upstream gradient from the same generator. Drawn only for a forward that takes
     positions and key_padding_mask: positions from `start`, and pads[b] padding tokens on
-    the left of row b (positions then cumsum(mask) - 1, as generate() makes them)."""
+    the left of row b (positions then cumsum(mask) - 1, as generate() makes them). x is
+    multiplied by `scale` (4 or 8 in some examples: large logits, where a softmax that does
+    not subtract its row max overflows)."""
 
     batch: int
     tokens: int
     seed: int
     start: int = 0
     pads: tuple = ()
+    scale: float = 1.0
 
 
 @dataclass(frozen=True, eq=False)
@@ -81,6 +84,8 @@ def describe(example) -> str:
             text += f", positions from {example.start}"
         if any(example.pads):
             text += f", left padding {list(example.pads)}"
+        if example.scale != 1.0:
+            text += f", scaled by {example.scale:g}"
         return text
     return str(example)
 

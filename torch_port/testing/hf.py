@@ -17,7 +17,6 @@ position_ids (B, T) = start + cumsum(mask) - 1 as generate() builds them.
 
 from __future__ import annotations
 
-import copy
 import inspect
 import sys
 from dataclasses import dataclass
@@ -27,11 +26,11 @@ import torch
 from hypothesis import strategies as st
 
 from . import engine
-from .check import judge_parameters
+from .check import check_example, judge_parameters
 from .engine import Report, warn_not_reached
 from .errors import KitSetupError, Mismatch
 from .precision import judge, rule_for
-from .setup import build, calling_error, token_range
+from .setup import build, calling_error, check_sizes, copy_module, module_context, token_plan
 
 
 @dataclass(frozen=True)
@@ -235,7 +234,24 @@ def run_forward(setup, driver, twin, ex: HFExample, check_backward: bool):
 
     plain_out = None if plain[0] is None else _rows(plain[0], real)
     found = check("output", _rows(_np(y), real), _rows(y_ref, real), plain_out)
-    if found or not check_backward:
+    if found:
+        return judgements, found
+    mask = None if mask2d is None else mask2d.to(dev)
+    for quantity, train, grad in other_modes(setup, check_backward):
+        setup.user.train(train)
+        try:
+            driver.reset()
+            with torch.set_grad_enabled(grad):
+                y_other = driver(setup.user, x.detach(), position_ids.to(dev), mask)
+        except Exception as e:
+            detail = f"{type(e).__name__}: {e}"
+            return judgements, Mismatch(quantity, ex, (), float("inf"), detail)
+        finally:
+            setup.user.eval()
+        found = check(quantity, _rows(_np(y_other), real), _rows(y_ref, real), plain_out)
+        if found:
+            return judgements, found
+    if not check_backward:
         return judgements, found
     dx_ref = setup.ref.backward(g64)
     y.backward(torch.tensor(g64, dtype=y.dtype, device=y.device))
@@ -244,6 +260,16 @@ def run_forward(setup, driver, twin, ex: HFExample, check_backward: bool):
     if found:
         return judgements, found
     return judgements, judge_parameters(setup, check, setup.ref.grads, plain[2])
+
+
+def other_modes(setup, check_backward: bool) -> list:
+    """(quantity, train, grad) for the forwards run besides the main one: under
+    torch.no_grad() when the main one had autograd on, and in train mode unless the layer
+    has active dropout (config.attention_dropout > 0, ...)."""
+    runs = [("output under torch.no_grad()", False, False)] if check_backward else []
+    if not setup.dropout:
+        runs.append(("output in train mode", True, check_backward))
+    return runs
 
 
 def run_decode(setup, driver, twin, ex: HFExample):
@@ -314,7 +340,7 @@ def _prepare(layer, dtype, rule):
             f"build the npattn reference yourself and call assert_matches_reference"
         ) from e
     # the layer's training flag drives dropout: a copy in eval mode is what is checked
-    layer = copy.deepcopy(layer).eval()
+    layer = copy_module(layer).eval()
     setup = build(layer, reference, weight_map, None, dtype, rule, check_backward=True)
     return setup, Driver(setup.user)
 
@@ -325,6 +351,7 @@ def compare_hf(layer, example: HFExample, *, dtype=torch.float32, check_backward
     disagreement as a Mismatch, or None."""
     rule = rule_for(dtype, factor=factor, floor=floor, rtol=rtol, atol=atol)
     setup, driver = _prepare(layer, dtype, rule)
+    check_example(example, setup.context_length)
     twin = _Twin(setup)
     if example.chunks:
         return run_decode(setup, driver, twin, example)[1]
@@ -357,12 +384,23 @@ def assert_hf_attention_matches(
     drive raises KitSetupError saying what to do instead. Returns a Report.
     """
     __tracebackhide__ = True
+    check_sizes(max_examples=max_examples, seed=seed, max_batch=max_batch, max_tokens=max_tokens)
     rule = rule_for(dtype, factor=factor, floor=floor, rtol=rtol, atol=atol)
     setup, driver = _prepare(layer, dtype, rule)
     report = Report(unread=tuple(setup.weights.warn_unread()), sizes=setup.sizes)
-    max_tokens, boundaries, report.not_reached = token_range(setup.sizes, max_tokens)
+    if check_backward:
+        report.frozen = tuple(setup.weights.warn_frozen())
+    if setup.dropout:
+        report.not_run = (
+            f"the forward in train mode: the layer has active dropout "
+            f"({', '.join(setup.dropout)}); it runs in eval mode only",
+        )
+    max_tokens, boundaries, longer, report.not_reached, unchecked = token_plan(
+        setup.sizes, max_tokens, module_context(setup.user)
+    )
     report.max_tokens, report.boundaries = max_tokens, tuple(boundaries)
-    warn_not_reached(report.not_reached, max([max_tokens, *boundaries]))
+    report.longer, report.unchecked = tuple(longer), unchecked
+    warn_not_reached(report.not_reached, max([max_tokens, *boundaries, *longer]), unchecked)
     search = engine.Search(max_examples=max_examples, seed=seed)
     for decoding in (False, True) if decode else (False,):
         case = HFCase(layer, setup, driver, check_backward, seed, max_batch, decoding)
@@ -431,7 +469,7 @@ class HFCase(engine.Case):
         return example
 
     def ladder(self):
-        return [self._at(t) for t in self.report.boundaries]
+        return [self._at(t) for t in sorted({*self.report.boundaries, *self.report.longer})]
 
     def between(self, passed, failed):
         low = passed.tokens if passed else 0

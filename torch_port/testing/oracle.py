@@ -25,6 +25,7 @@ Shapes: q (B, H, L, E), k and v (B, Hkv, S, E) -> out (B, H, L, E); masks (L, S)
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import unittest
 from dataclasses import dataclass
@@ -40,7 +41,7 @@ from .check import replay_line
 from .engine import Report
 from .errors import KitSetupError, Mismatch
 from .precision import judge, rule_for
-from .setup import call_setup_error, calling_error
+from .setup import call_setup_error, calling_error, check_device, check_sizes
 
 OPTIONS = ("attn_mask", "is_causal", "scale", "enable_gqa", "dropout_mask")
 TORCH_SDPA = ("attn_mask", "is_causal", "scale", "enable_gqa")  # F.sdpa has no dropout_mask
@@ -68,7 +69,8 @@ class SDPAExample:
     L: int
     S: int
     E: int
-    mask: str  # "none", "bool", "float", "causal" (top-left) or "bottom_right" (causal=)
+    mask: str  # "none", "bool", "float" (L, S), "bool4d", "float4d" (B, H, L, S),
+    # "causal" (top-left) or "bottom_right" (causal=)
     scale: float | None
     dropout_p: float
     seed: int
@@ -76,6 +78,7 @@ class SDPAExample:
     sinks: bool = False  # one logit per head, drawn from seed
     window: tuple | None = None  # (left, right) as window_size, -1 on the left: no limit
     padding: str = "none"  # "none", "keys", "queries", "both", or "varlen" (both, packed)
+    strided: bool = False  # q, k, v passed as non-contiguous views (B, L, H, E).transpose(1, 2)
 
     def __str__(self) -> str:
         extra = "".join(
@@ -85,6 +88,7 @@ class SDPAExample:
                 ("sinks", False),
                 ("window", None),
                 ("padding", "none"),
+                ("strided", False),
             )
             if getattr(self, k) != off
         )
@@ -104,12 +108,22 @@ def accepted_options(fn) -> tuple:
     except (TypeError, ValueError):
         return TORCH_SDPA
     named = tuple(o for o in NAMED_OPTIONS if o in params)
-    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        return OPTIONS + named
     accepted = tuple(o for o in OPTIONS if o in params)
     if "dropout_mask" in accepted and "dropout_p" not in params:
         accepted = tuple(o for o in accepted if o != "dropout_mask")
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        # **kwargs gets torch's options only; the kit's own (dropout_mask) only by name
+        accepted = tuple(o for o in OPTIONS if o in TORCH_SDPA or o in accepted)
     return accepted + named
+
+
+FLASH_NAMES = ("softmax_scale", "causal", "window_size")
+
+
+def takes_gqa(accepted) -> bool:
+    """Whether fn gets k and v with fewer heads than q: torch's enable_gqa, or FlashAttention's
+    convention (no flag: k and v simply have Hkv heads), recognised by its option names."""
+    return "enable_gqa" in accepted or any(n in accepted for n in FLASH_NAMES)
 
 
 def draw_tensors(ex: SDPAExample, dtype):
@@ -129,6 +143,13 @@ def draw_tensors(ex: SDPAExample, dtype):
         mask = attend
     elif ex.mask == "float":
         mask = np.where(attend, rounded(rng.standard_normal((ex.L, ex.S))), -np.inf)
+    if ex.mask in ("bool4d", "float4d"):  # one mask per batch row and head, its own stream
+        rng4, shape = np.random.default_rng([ex.seed, 2]), (ex.batch, ex.heads, ex.L, ex.S)
+        attend = rng4.random(shape) < 0.7  # (B, H, L, S)
+        attend[rng4.random(shape[:-1]) < 0.25] = False
+        mask = attend
+        if ex.mask == "float4d":
+            mask = np.where(attend, rounded(rng4.standard_normal(shape)), -np.inf)
     keep = None
     if ex.dropout_p > 0:
         keep = rng.random((ex.batch, ex.heads, ex.L, ex.S)) >= ex.dropout_p
@@ -161,7 +182,7 @@ def attend_mask(ex: SDPAExample, mask, kpm, qpm):
     attend = np.ones((B, 1, L, S), dtype=bool)
     i, j = np.arange(L)[:, None], np.arange(S)[None, :]  # (L, 1), (1, S)
     if mask is not None:
-        attend &= mask.astype(bool) if mask.dtype == bool else mask > -np.inf
+        attend = attend & (mask.astype(bool) if mask.dtype == bool else mask > -np.inf)
     if ex.mask == "causal":
         attend &= j <= i
     sk = kpm.sum(-1) if kpm is not None else np.full(B, S)  # (B,) real keys
@@ -228,6 +249,7 @@ def varlen_only(fn) -> bool:
 
 def _examples(accepted, max_batch, max_heads, max_tokens, max_head_dim, packed=False):
     masks = ["none"] + [m for m, o in (("bool", "attn_mask"), ("float", "attn_mask"),
+                                       ("bool4d", "attn_mask"), ("float4d", "attn_mask"),
                                        ("causal", "is_causal"), ("bottom_right", "causal"))
                         if o in accepted]  # fmt: skip
     paddings = ["none"]
@@ -244,7 +266,7 @@ def _examples(accepted, max_batch, max_heads, max_tokens, max_head_dim, packed=F
     # (heads, kv_heads): GQA with at least two key heads and groups, where repeat and
     # repeat_interleave order the heads differently
     pairs = [(h, h) for h in range(1, max_heads + 1)]
-    if "enable_gqa" in accepted:
+    if takes_gqa(accepted):
         pairs += [(h, kv) for h in range(2, max_heads + 1) for kv in range(1, h) if h % kv == 0]
 
     @st.composite
@@ -273,6 +295,7 @@ def _examples(accepted, max_batch, max_heads, max_tokens, max_head_dim, packed=F
             sinks=draw(st.booleans()) if "sinks" in accepted else False,
             window=window,
             padding=draw(st.sampled_from(paddings)),
+            strided=False if packed else draw(st.booleans()),
         )
 
     return draw()
@@ -290,7 +313,7 @@ def _call_options(ex: SDPAExample, mask, keep, extras, to, accepted) -> dict:
         options["causal"] = True
     if ex.scale is not None:
         options["scale" if "scale" in accepted else "softmax_scale"] = ex.scale
-    if ex.heads != ex.kv_heads:
+    if ex.heads != ex.kv_heads and "enable_gqa" in accepted:
         options["enable_gqa"] = True
     if ex.dropout_p > 0:
         options["dropout_p"], options["dropout_mask"] = ex.dropout_p, to(keep)
@@ -389,6 +412,9 @@ def run_sdpa_example(fn, ex: SDPAExample, dtype, device, rule, check_backward, a
                     out = f(pack(q, lq), pack(k, lk), pack(v, lk), **options)
                     if torch.is_tensor(out):
                         out = unpack(out, lq, ex.L)
+                elif name == "fn" and ex.strided:  # the same values, (B, L, H, E) in memory
+                    out = f(*(t.transpose(1, 2).contiguous().transpose(1, 2) for t in (q, k, v)),
+                            **options)  # fmt: skip
                 else:
                     out = f(q, k, v, **options)
             if not torch.is_tensor(out):
@@ -438,7 +464,7 @@ def compare_sdpa(fn, example: SDPAExample, *, dtype=torch.float64, device="cpu",
 
 
 def _device(device):
-    device = torch.device(device)
+    device = check_device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise unittest.SkipTest("device='cuda' but torch.cuda.is_available() is False")
     return device
@@ -454,8 +480,8 @@ def assert_sdpa_matches(
     seed: int = 0,
     max_batch: int = 2,
     max_heads: int = 4,
-    max_tokens: int = 6,
-    max_head_dim: int = 8,
+    max_tokens: int | None = None,
+    max_head_dim: int | None = None,
     rtol=None,
     atol=None,
     factor=None,
@@ -469,6 +495,11 @@ def assert_sdpa_matches(
     accepts them; compares out and, with check_backward, dq, dk, dv (and dsinks) for a
     random upstream gradient. device="cuda" without CUDA
     raises unittest.SkipTest (a skip under pytest). Returns a Report.
+
+    L and S are drawn from 1 .. max_tokens (default 6) and E from 1 .. max_head_dim
+    (default 8); a few explicit examples go further, past common block sizes (S = 9, 17,
+    33, 65, E up to 64, each capped by max_tokens and max_head_dim when given), and, when fn
+    takes GQA, heads=4 with kv_heads=2, where repeat and repeat_interleave differ.
     """
     if not callable(fn) or isinstance(fn, torch.nn.Module):
         raise KitSetupError(
@@ -478,7 +509,12 @@ def assert_sdpa_matches(
     __tracebackhide__ = True
     rule = rule_for(dtype, factor=factor, floor=floor, rtol=rtol, atol=atol)
     case = SDPACase(fn, dtype, _device(device), rule, check_backward)
-    case.sizes = (max_batch, max_heads, max_tokens, max_head_dim)
+    check_sizes(max_batch=max_batch, max_heads=max_heads, max_tokens=max_tokens,
+                max_head_dim=max_head_dim, max_examples=max_examples, seed=seed)  # fmt: skip
+    case.sizes = (max_batch, max_heads, max_tokens or 6, max_head_dim or 8)
+    case.caps = (max_heads, max_tokens or 65, max_head_dim or 64)
+    case.seed = seed
+    case.report.max_tokens = max([case.sizes[2]] + [ex.S for ex in case.ladder()])
     case.kwargs = dict(dtype=dtype, check_backward=check_backward, rtol=rtol, atol=atol,
                        factor=factor, floor=floor)  # fmt: skip
     return engine.check(case, engine.Search(max_examples=max_examples, seed=seed))
@@ -495,6 +531,41 @@ class SDPACase(engine.Case):
 
     def examples(self):
         return _examples(self.accepted, *self.sizes, packed=varlen_only(self.fn))
+
+    def ladder(self):
+        """Explicit examples, smallest first: GQA heads in an order repeat and
+        repeat_interleave tell apart, then key lengths past common block sizes."""
+        max_heads, max_tokens, max_head_dim = self.caps
+        a = self.accepted
+        varlen = "varlen" if varlen_only(self.fn) else "none"
+        heads = (4, 2) if takes_gqa(a) and max_heads >= 4 else (min(2, max_heads),) * 2
+        causal = "causal" if "is_causal" in a else "bottom_right" if "causal" in a else "none"
+        rungs = []
+        if takes_gqa(a) and max_heads >= 4:
+            for mask in ("none", causal):
+                L, E = min(3, max_tokens), min(2, max_head_dim)
+                rungs.append(SDPAExample(1, 4, 2, L, L, E, mask, None, 0.0, self.seed,
+                                         padding=varlen))  # fmt: skip
+        if varlen == "none":  # non-contiguous views, a mask per batch row and head
+            mask = "bool4d" if "attn_mask" in a else "none"
+            L, S, E = min(5, max_tokens), min(7, max_tokens), min(4, max_head_dim)
+            B = min(2, self.sizes[0])  # two rows: a view that merges B and H then fails
+            rungs.append(SDPAExample(B, *heads, L, S, E, mask, None, 0.0, self.seed,
+                                     strided=True))  # fmt: skip
+        for S, L, E, mask in ((9, 9, 16, "none"), (17, 7, 32, "none"), (33, 33, 64, causal),
+                              (65, 65, 64, "none")):  # fmt: skip
+            S, L, E = min(S, max_tokens), min(L, max_tokens), min(E, max_head_dim)
+            ex = SDPAExample(1, *heads, L, S, E, mask, None, 0.0, self.seed, padding=varlen)
+            if ex not in rungs:
+                rungs.append(ex)
+        return rungs
+
+    def between(self, passed, failed):
+        """The failing example at the key lengths between the last passing one and it."""
+        low = passed.S if passed is not None else 0
+        return [
+            dataclasses.replace(failed, L=min(failed.L, s), S=s) for s in range(low + 1, failed.S)
+        ]
 
     def run(self, example):
         return run_sdpa_example(

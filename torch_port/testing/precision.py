@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .errors import Mismatch, fmt
+from .errors import KitSetupError, Mismatch, fmt
 
 FACTOR = 4.0  # the module may be this many times less accurate than plain torch
 FLOOR = {  # normwise error always allowed, whatever plain torch achieved
@@ -56,7 +56,7 @@ class Rule:
 def rule_for(dtype, *, factor=None, floor=None, rtol=None, atol=None) -> Rule:
     """The Rule for a dtype; arguments given override the defaults."""
     if dtype not in FLOOR:
-        raise ValueError(f"dtype must be one of {list(FLOOR)}, got {dtype}")
+        raise KitSetupError(f"dtype must be one of {list(FLOOR)}, got {dtype}")
     if rtol is not None or atol is not None:
         return Rule(0.0, 0.0, rtol=rtol or 0.0, atol=atol or 0.0, dtype=dtype)
     if factor is None:

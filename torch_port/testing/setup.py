@@ -92,6 +92,91 @@ def token_range(sizes: dict, max_tokens: int | None) -> tuple[int, list[int], li
     return limit, boundaries, left_out
 
 
+LONGER = (17, 33, 65)  # run explicitly past the random range: an accidental window, a block
+
+
+MODULE_LENGTHS = ("context_length", "block_size", "max_seq_len", "max_position_embeddings",
+                  "n_positions", "n_ctx")  # fmt: skip
+
+
+def module_context(module) -> int | None:
+    """The most tokens the module itself says it takes, or None: the smallest of its
+    (or its config's) context_length-like attributes and of its square causal-mask buffers
+    (a buffer named like mask, or GPT-2's bias, of shape (..., N, N))."""
+    found = []
+    for _, m in module.named_modules():
+        for owner in (m, getattr(m, "config", None)):
+            for name in MODULE_LENGTHS:
+                n = getattr(owner, name, None) if owner is not None else None
+                if isinstance(n, int) and not isinstance(n, bool) and n > 0:
+                    found.append(n)
+        for name, b in m.named_buffers(recurse=False):
+            if ("mask" in name or name == "bias") and b.dim() >= 2 and b.shape[-1] == b.shape[-2]:
+                found.append(int(b.shape[-1]))
+    return min(found) if found else None
+
+
+def token_plan(sizes: dict, max_tokens: int | None, module_limit: int | None = None):
+    """token_range, plus the longer token counts run explicitly (LONGER past the random
+    range, up to its cap and the module's own context, module_limit) and, in words, the
+    token counts up to the largest structural size never run at all ("" when none is).
+
+    Returns (limit, boundaries, longer, left_out, unchecked)."""
+    limit, boundaries, left_out = token_range(sizes, max_tokens)
+    context = sizes.get("context_length") or sizes.get("cache positions")
+    if max_tokens is None:
+        cap = min(context, LONGEST) if context else LONGEST
+    else:
+        cap = min(max_tokens, context) if context else max_tokens
+    cap = min(cap, module_limit or cap)
+    longer = [t for t in LONGER if limit < t <= cap and t not in boundaries]
+    top = context or max([0] + [w + 1 for w in sizes.values()])
+    run = set(range(1, limit + 1)) | set(boundaries) | set(longer)
+    return limit, boundaries, longer, left_out, spans(t for t in range(1, top + 1) if t not in run)
+
+
+def spans(counts) -> str:
+    """Integers in increasing order as "a..b, c, d..e"."""
+    out, first, last = [], None, None
+    for t in counts:
+        if last is not None and t == last + 1:
+            last = t
+            continue
+        if first is not None:
+            out.append(str(first) if first == last else f"{first}..{last}")
+        first = last = t
+    if first is not None:
+        out.append(str(first) if first == last else f"{first}..{last}")
+    return ", ".join(out)
+
+
+def check_sizes(**sizes) -> None:
+    """Raise KitSetupError naming the argument unless each is None or a positive int (seed:
+    a non-negative int)."""
+    for name, value in sizes.items():
+        least = 0 if name == "seed" else 1
+        optional = name in ("max_tokens", "max_chunk", "max_head_dim")
+        if value is None and optional:
+            continue
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < least:
+            raise KitSetupError(
+                f"{name} must be an int >= {least}{' (or None)' if optional else ''}, got {value!r}"
+            )
+
+
+def check_device(device) -> torch.device:
+    """torch.device(device), refusing (KitSetupError) a device that holds no data (meta)."""
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise KitSetupError(f"device must be a torch device such as 'cpu' or 'cuda': {e}") from e
+    if device.type == "meta":
+        raise KitSetupError(
+            "device='meta' holds no numbers to compare; pass device='cpu' or 'cuda'"
+        )
+    return device
+
+
 def default_forward(module, x):
     return module(x)
 
@@ -373,6 +458,52 @@ class Setup:
     context_length: int | None
     sizes: dict = field(default_factory=dict)
     unread: list = field(default_factory=list)
+    dropout: list = field(default_factory=list)  # active dropout: no train-mode forward
+
+
+DROPOUT_NAMES = ("dropout", "dropout_p", "attn_dropout", "attention_dropout", "attn_pdrop",
+                 "resid_pdrop", "dropout_rate")  # fmt: skip
+
+
+def active_dropout(module) -> list[str]:
+    """Where the module would drop something in train mode: dropout submodules with p > 0,
+    and float attributes named like a dropout probability (on it or its config) above 0."""
+    found = []
+    for path, m in module.named_modules():
+        if isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.p > 0:
+            found.append(f"{path or type(m).__name__} (p={m.p})")
+            continue
+        for owner, where in ((m, path), (getattr(m, "config", None), f"{path}.config")):
+            for name in DROPOUT_NAMES if owner is not None else ():
+                p = getattr(owner, name, None)
+                if isinstance(p, float) and p > 0:
+                    found.append(f"{where.strip('.')}.{name}={p}".lstrip("."))
+    return sorted(set(found))
+
+
+def copy_module(module: torch.nn.Module, dtype=None) -> torch.nn.Module:
+    """A deep copy of module (cast to dtype), with the hooks registered on its parameters
+    (register_hook, register_post_accumulate_grad_hook), which copy.deepcopy drops: a hook
+    that changes a gradient is part of what the module computes. KitSetupError when they
+    cannot be carried over."""
+    user = copy.deepcopy(module)
+    if dtype is not None:
+        user = user.to(dtype)
+    pairs = list(zip(module.parameters(), user.parameters()))
+    for (name, p), (_, new) in zip(module.named_parameters(), pairs):
+        hooks = list((getattr(p, "_backward_hooks", None) or {}).values())
+        after = list((getattr(p, "_post_accumulate_grad_hooks", None) or {}).values())
+        try:
+            for hook in hooks:
+                new.register_hook(hook)
+            for hook in after:
+                new.register_post_accumulate_grad_hook(hook)
+        except RuntimeError as e:
+            raise KitSetupError(
+                f"the hooks on parameter {name} cannot be carried over to the kit's copy of "
+                f"the module ({e}); remove them (or check the module without them)"
+            ) from e
+    return user
 
 
 def build(module, reference, weight_map, forward, dtype, rule, check_backward) -> Setup:
@@ -381,7 +512,7 @@ def build(module, reference, weight_map, forward, dtype, rule, check_backward) -
     forward = check_forward(forward)
     check_configuration(module, reference)
     trainable = {k for k, p in module.named_parameters() if p.requires_grad}
-    user = copy.deepcopy(module).to(dtype).eval()
+    user = copy_module(module, dtype).eval()
     if not check_backward:
         user.requires_grad_(False)  # no autograd anywhere: kernels without a backward run
     weights = MappedWeights(user, reference, weight_map)
@@ -397,6 +528,8 @@ def build(module, reference, weight_map, forward, dtype, rule, check_backward) -
     sizes = structural_sizes(ref)
     context_length = sizes.get("context_length")
     plain = plain_yardstick(ref, dtype, device, rule)
-    return Setup(
+    setup = Setup(
         user, forward, weights, ref, plain, rule, dtype, device, d_in, context_length, sizes
     )
+    setup.dropout = active_dropout(user)
+    return setup

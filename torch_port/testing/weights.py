@@ -125,6 +125,20 @@ class MappedWeights:
             )
         return unread
 
+    def warn_frozen(self) -> list[str]:
+        """Warn about (and return) the parameters the map reads that do not require grad:
+        they shape the output, but their gradients are never compared."""
+        frozen = sorted(k for k in self.names if k in self.read and k not in self.trainable)
+        if frozen:
+            warnings.warn(
+                f"the parameters {frozen} are read by the weight map but frozen "
+                f"(requires_grad=False), so their gradients are not compared; unfreeze them "
+                f"(requires_grad_(True)) to compare them, or ignore this if that is meant",
+                UnmappedParameterWarning,
+                stacklevel=4,
+            )
+        return frozen
+
     def state_dict(self, reference) -> dict:
         """The reference's state_dict with the mapped values (float64 numpy)."""
         sd = dict(reference.state_dict())
