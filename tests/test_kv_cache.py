@@ -171,7 +171,8 @@ def test_gqa_cross_attention_has_no_cache_and_new_weights_stop_decoding_until_a_
 def test_cached_attention_equals_sdpa_with_gqa(seed, G, n, T, extra, p):
     """The cache path's forward-only attention: the reference SDPA's numbers, its dropout
     mask drawn from the same seed, each key/value head read by its group in place."""
-    from npattn.modules._kv import attention_mask, cached_attention
+    from npattn.fast.grouped import grouped_attention
+    from npattn.modules._kv import attention_mask
     from npattn.ops.sdpa import sdpa_forward
 
     rng = np.random.default_rng(seed)
@@ -179,7 +180,7 @@ def test_cached_attention_equals_sdpa_with_gqa(seed, G, n, T, extra, p):
     q = rng.standard_normal((B, G * n, T, E))
     k, v = rng.standard_normal((2, B, G, S, E))
     mask = attention_mask(extra, T, 0, S, window=None if seed % 2 else 2)  # chunk after extra
-    out, weights, keep = cached_attention(q, k, v, mask, p, np.random.default_rng(1))
+    out, weights, keep = grouped_attention(q, k, v, mask, dropout_p=p, rng=np.random.default_rng(1))
     ref, cache = sdpa_forward(q, k, v, mask, p, enable_gqa=True, rng=np.random.default_rng(1))
     np.testing.assert_allclose(out, ref, **EXACT)
     np.testing.assert_allclose(weights, cache.attn_weights, **EXACT)

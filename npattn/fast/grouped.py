@@ -28,19 +28,22 @@ from ..ops.weighted import weighted_sum
 
 
 def grouped_attention(
-    queries, keys, values, mask=None, *, scale: float, softcap=None, sinks=None,
+    queries, keys, values, mask=None, *, scale: float | None = None, softcap=None, sinks=None,
     dropout_p: float = 0.0, rng=None,
 ):  # fmt: skip
     """sdpa_forward(..., enable_gqa=True)'s numbers, forward only, no repeated keys or values.
 
     Shapes: queries (B, H, T, E), keys (B, G, S, E), values (B, G, S, Ev), mask (T, S) or
-    (B, 1, T, S) True = attend, or None; sinks (H,) or None
+    (B, 1, T, S) True = attend, or None when every key is attended; sinks (H,) or None
     -> context (B, H, T, Ev), attn_weights (B, H, T, S) before dropout, keep-mask or None.
+    scale defaults to 1 / sqrt(E). Query head h uses key/value head h // (H / G), as
+    repeat_interleave orders them.
     """
     B, H, T, E = queries.shape
     G, S = keys.shape[1], keys.shape[2]
     n = H // G  # query heads per key/value head
     dtype = queries.dtype
+    scale = 1.0 / np.sqrt(E) if scale is None else scale
     # 1. attn_scores = (q * scale) @ k^T, a group's query heads stacked as n * T rows
     q = queries.reshape(B, G, n * T, E) * dtype.type(scale)  # (B, H, T, E) -> (B, G, n*T, E)
     attn_scores = q @ keys.swapaxes(-1, -2)  # (B, G, n*T, E) @ (B, G, E, S) -> (B, G, n*T, S)

@@ -25,10 +25,10 @@ import numpy as np
 
 from .. import _guard
 from .._checks import as_array, make_rng
+from ..fast.grouped import grouped_attention
 from ..modules._kv import (
     KVCacheMixin,
     attention_mask,
-    cached_attention,
     check_key_padding_mask,
     check_scores,
     check_tokens,
@@ -225,12 +225,10 @@ class LatentAttention(KVCacheMixin, Module):
         mask = None
         if T > 1 or kpm is not None:
             mask = attention_mask(self.ptr_current_pos, T, 0, S, kpm=kpm)  # (T, S) | (B,1,T,S)
-            if mask.ndim == 4:  # cached_attention's scores are (B, 1, H, T, S)
-                mask = mask[:, :, None]  # (B, 1, T, S) -> (B, 1, 1, T, S)
         # 10. attention on the latents, at the scale of the full form
         dropout_p = c.dropout if self.training else 0.0
-        context_latent, attn_weights, keep = cached_attention(
-            query, key, value, mask, dropout_p, self.rng, c.softmax_scale
+        context_latent, attn_weights, keep = grouped_attention(
+            query, key, value, mask, scale=c.softmax_scale, dropout_p=dropout_p, rng=self.rng
         )  # (B, H, T, C); attn_weights (B, H, T, S), shown once the call succeeded
         # W_UV: each head's value from its attended latent
         context = context_latent @ W_UV.swapaxes(-1, -2)  # (B, H, T, C) @ (H, C, Dv)

@@ -30,13 +30,11 @@ import numpy as np
 
 from .. import _grad, _guard
 from .._checks import as_array, as_float_array, check_allocation, check_ndim
-from ..ops.dropout import dropout_forward, dropout_keep_mask
+from ..fast.grouped import grouped_attention
 from ..ops.masks import position_mask
-from ..ops.softmax import softmax_inplace
-from ..ops.weighted import weighted_sum
 from ._kv_buffer import CacheView, KVBuffer
 
-__all__ = ["CacheView", "KVBuffer", "KVCacheMixin", "cached_attention", "check_scores"]
+__all__ = ["CacheView", "KVBuffer", "KVCacheMixin", "check_scores"]
 
 _locks: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # module -> its RLock
 _locks_lock = threading.Lock()
@@ -120,45 +118,6 @@ def attention_mask(q_start: int, T: int, k_start: int, S: int, window=None, kpm=
     if kpm is not None:
         mask = mask & kpm[:, None, None, :]  # (T, S) & (B, 1, 1, S) -> (B, 1, T, S)
     return mask
-
-
-def cached_attention(
-    queries, keys, values, mask=None, dropout_p: float = 0.0, rng=None, scale=None
-):
-    """Forward-only SDPA for the cache path: each key/value head is read once by its group of
-    query heads (no repeated copy of the cache), and no backward cache is kept.
-
-    Shapes: queries (B, H, T, E), keys (B, G, S, E), values (B, G, S, Ev) with G dividing H,
-    mask (T, S) True = attend (or broadcastable to the scores' (B, G, H / G, T, S), e.g.
-    (B, 1, 1, T, S) for key padding), or None when every key is attended (one query at the
-    newest position) -> context (B, H, T, Ev), attn_weights (B, H, T, S) before dropout, keep-mask
-    or None. scale defaults to 1 / sqrt(E).
-    The same numbers as sdpa_forward(..., enable_gqa=True): query head h uses key/value head
-    h // (H / G), as repeat_interleave orders them.
-    """
-    B, H, T, E = queries.shape
-    G, S = keys.shape[1], keys.shape[2]
-    n = H // G  # query heads per key/value head
-    # 1. attn_scores = (q * scale) @ k^T, a group's query heads stacked as n * T rows
-    q = queries.reshape(B, G, n * T, E)  # (B, H, T, E) -> (B, G, n * T, E)
-    q = q * q.dtype.type(1.0 / np.sqrt(E) if scale is None else scale)
-    attn_scores = q @ keys.swapaxes(-1, -2)  # (B, G, n * T, E) @ (B, G, E, S) -> (B, G, n*T, S)
-    # 2. mask: -inf where a key is not attended
-    if mask is not None:
-        scores = attn_scores.reshape(B, G, n, T, S)  # a view: (B, G, n * T, S) -> (.., n, T, S)
-        np.copyto(scores, -np.inf, where=~mask)  # (T, S) broadcast over (B, G, n)
-    # 3. attn_weights = softmax(attn_scores), in place
-    attn_weights = softmax_inplace(attn_scores, axis=-1)  # (B, G, n * T, S)
-    # 4. dropout on the weights (training mode only); the keep-mask is drawn here, as
-    #    dropout_forward would, since it is shown (m.dropout_mask) and no cache is kept
-    keep = dropout_keep_mask(attn_weights.shape, dropout_p, rng) if dropout_p > 0.0 else None
-    dropped, _ = dropout_forward(attn_weights, dropout_p, keep=keep)
-    # 5. context = dropped @ v
-    context = weighted_sum(dropped, values)  # (B, G, n * T, S) @ (B, G, S, Ev) -> (.., Ev)
-    context = context.reshape(B, H, T, values.shape[-1])  # -> (B, H, T, Ev)
-    attn_weights = attn_weights.reshape(B, H, T, S)
-    keep = None if keep is None else keep.reshape(B, H, T, S)
-    return context, attn_weights, keep
 
 
 class KVCacheMixin:
@@ -272,8 +231,8 @@ class KVCacheMixin:
         many = T > 1 or self._custom_mask
         mask = self._cached_mask(self.ptr_current_pos, T, S) if many else None
         dropout_p = getattr(self, "dropout", 0.0) if self.training else 0.0  # Qwen3 has none
-        context, attn_weights, keep = cached_attention(
-            queries, keys, values, mask, dropout_p, self.rng, scale
+        context, attn_weights, keep = grouped_attention(
+            queries, keys, values, mask, scale=scale, dropout_p=dropout_p, rng=self.rng
         )
         return context, (_guard.readonly(attn_weights), keep)  # (B, H, T, Ev), shown
 
