@@ -16,11 +16,17 @@ from typing import NamedTuple
 import numpy as np
 
 from .. import _guard
-from .._checks import as_array, check_allocation, check_bool, make_rng
-from ..fast.dispatch import AUTO_TILED_MIN_TOKENS
+from .._checks import check_allocation, check_bool, make_rng
 from ..fast.fused_linear import fused_linear_backward, fused_linear_forward
 from ..modules._input import attn_impl_property
-from ..modules._kv import CacheView, KVCacheMixin, check_scores, check_tokens
+from ..modules._kv import (
+    CacheView,
+    KVCacheMixin,
+    check_key_padding_mask,
+    check_positions,
+    check_scores,
+    check_tokens,
+)
 from ..modules.base import Module
 from ..modules.linear import Linear
 from ..modules.rmsnorm import RMSNorm
@@ -65,6 +71,7 @@ class Call(NamedTuple):
     use_cache: bool
     positions: np.ndarray  # (T,) or (B, T)
     key_padding_mask: np.ndarray | None  # (B, S)
+    tiled: bool  # a full forward on the tiled path (attn_impl "tiled", or "auto" from 64)
 
 
 SINK_INIT_STD = 0.02  # the sinks start near 0: a small share of each row goes nowhere
@@ -181,69 +188,29 @@ class Attention(KVCacheMixin, Module):
             if x_kv.shape[0] != B:
                 raise ValueError(f"x_kv must have x's batch size {B}, got {x_kv.shape[0]}")
         start = self.ptr_current_pos if use_cache else 0
-        impl = self.attn_impl
-        tiled = impl == "tiled" or (impl == "auto" and T >= AUTO_TILED_MIN_TOKENS)
-        if use_cache or not tiled:  # the (B, H, T, S) scores are formed
-            S = x_kv.shape[1] if x_kv is not None else start + T
+        S = x_kv.shape[1] if x_kv is not None else start + T  # the keys this call sees
+        full = Mask(0, T, 0, S, c.causal and x_kv is None)  # a full forward's, if not cached
+        tiled = not use_cache and resolve_impl(self.attn_impl, full) == "tiled"
+        if not tiled:  # the (B, H, T, S) scores are formed
             check_scores(B, c.num_heads, T, S, x.dtype, "x_kv" if x_kv is not None else "x")
         if use_cache and len(self._kv) and self._kv.arrays[0].shape[0] != B:
             raise ValueError(
                 f"x has batch size {B} but the cache holds {self._kv.arrays[0].shape[0]} "
                 f"sequences: call reset_cache() before decoding a different batch"
             )
-        return Call(
-            x,
-            x_kv,
-            use_cache,
-            self._check_positions(positions, B, T, start),
-            self._check_padding(key_padding_mask, B, T, start, use_cache, x_kv),
-        )
-
-    @staticmethod
-    def _check_positions(positions, B: int, T: int, start: int) -> np.ndarray:
-        if positions is None:
-            return np.arange(start, start + T)  # (T,): the tokens' slots
-        positions = as_array(positions, "positions")
-        if not np.issubdtype(positions.dtype, np.integer):
-            raise TypeError(f"positions must be integers, got dtype {positions.dtype}")
-        if positions.shape not in ((T,), (B, T)):
-            raise ValueError(
-                f"positions must have shape (T={T},) or (B={B}, T={T}), got "
-                f"{tuple(positions.shape)}"
-            )
-        if positions.size and positions.min() < 0:
-            raise ValueError(f"positions must be >= 0, got {int(positions.min())}")
-        if positions.size and int(positions.max()) >= 2**62:  # angles and masks in int64
-            raise ValueError(f"positions must be < 2**62, got {int(positions.max())}")
-        return positions.astype(np.int64)  # a copy: the caller's array is not kept
-
-    @staticmethod
-    def _check_padding(kpm, B: int, T: int, start: int, use_cache: bool, x_kv):
-        if kpm is None:
-            return None
-        kpm = as_array(kpm, "key_padding_mask")
-        if kpm.dtype != np.bool_:
-            raise TypeError(
-                f"key_padding_mask must be boolean (True = a real token), got dtype {kpm.dtype}"
-            )
-        S = x_kv.shape[1] if x_kv is not None else start + T
-        if kpm.shape != (B, S):
-            if x_kv is not None:
-                what = f"{S} tokens of x_kv"
-            else:
-                what = f"{start} cached + {T} new tokens" if use_cache else f"{T} tokens of x"
-            raise ValueError(
-                f"key_padding_mask must have shape (B={B}, S={S}), one entry per key "
-                f"({what}), got {tuple(kpm.shape)}"
-            )
-        return kpm.copy()
+        kpm = key_padding_mask
+        if kpm is not None:  # one entry per key: x_kv's, or the cached and the new tokens
+            keys = "x" if not use_cache else f"the {start} cached and {T} new tokens"
+            kpm = check_key_padding_mask(kpm, B, S, "x_kv" if x_kv is not None else keys)
+            kpm = kpm.copy()  # the caller may change theirs; this call keeps its own
+        return Call(x, x_kv, use_cache, check_positions(positions, B, T, start), kpm, tiled)
 
     # -- forward ---------------------------------------------------------------------------
 
     def forward(
         self, x, use_cache: bool = False, *, positions=None, key_padding_mask=None, x_kv=None
     ):
-        x, x_kv, use_cache, positions, kpm = self.inputs(
+        x, x_kv, use_cache, positions, kpm, tiled = self.inputs(
             x, use_cache, positions, key_padding_mask, x_kv
         )
         c, B, T = self.config, x.shape[0], x.shape[1]
@@ -253,8 +220,7 @@ class Attention(KVCacheMixin, Module):
         # the tiled arrangement also runs the projections as one product split over the
         # threads (fast/fused_linear.py): BLAS's own threads would spin on the cores after
         # their product and slow the tiles that run next
-        fused = not (use_cache or cross)
-        fused = fused and resolve_impl(self.attn_impl, Mask(0, T, 0, T)) == "tiled"
+        fused = tiled and not cross
         # 1. projections                  (B, T, d) -> (B, T, H * E); (B, S, G * E) each
         if fused:
             (queries, keys, values), qkv_cache = self._fused_forward(

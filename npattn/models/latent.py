@@ -24,12 +24,13 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _guard
-from .._checks import as_array, make_rng
+from .._checks import make_rng
 from ..fast.grouped import grouped_attention
 from ..modules._kv import (
     KVCacheMixin,
     attention_mask,
     check_key_padding_mask,
+    check_positions,
     check_scores,
     check_tokens,
 )
@@ -112,21 +113,6 @@ class LatentAttention(KVCacheMixin, Module):
         held = self._kv.held(0)
         return None if held is None else held[..., self.config.kv_lora_rank :]
 
-    def _positions(self, positions, B: int, T: int, start: int) -> np.ndarray:
-        """Integer positions (T,) or (B, T), >= 0; by default start .. start + T - 1."""
-        if positions is None:
-            return np.arange(start, start + T)
-        pos = as_array(positions, "positions")
-        if not np.issubdtype(pos.dtype, np.integer):
-            raise TypeError(f"positions must be integers, got dtype {pos.dtype}")
-        if pos.shape not in ((T,), (B, T)):
-            raise ValueError(
-                f"positions must have shape (T={T},) or (B={B}, T={T}), got {pos.shape}"
-            )
-        if pos.size and pos.min() < 0:
-            raise ValueError(f"positions must be >= 0, got {int(pos.min())}")
-        return pos
-
     def forward(self, x, use_cache: bool = False, *, positions=None, key_padding_mask=None):
         c = self.config
         H, C, Dn = c.num_heads, c.kv_lora_rank, c.qk_nope_head_dim
@@ -135,7 +121,7 @@ class LatentAttention(KVCacheMixin, Module):
         use_cache = self._check_call(B, use_cache, None)
         start = self.ptr_current_pos if use_cache else 0
         check_scores(B, H, T, start + T, x.dtype)
-        pos = self._positions(positions, B, T, start)
+        pos = check_positions(positions, B, T, start)
         kpm = None
         if key_padding_mask is not None:  # with the cache: one entry per cached + new token
             kpm = check_key_padding_mask(key_padding_mask, B, start + T)

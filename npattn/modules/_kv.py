@@ -93,6 +93,25 @@ def check_scores(B: int, H: int, T: int, S: int, dtype, name: str = "x") -> None
     check_allocation((B, H, T, S), np.dtype(dtype).itemsize, name, "attention scores")
 
 
+def check_positions(positions, B: int, T: int, start: int = 0) -> np.ndarray:
+    """RoPE positions as a new int64 array (T,) or (B, T), each >= 0 and < 2**62 (angles and
+    masks are computed in int64); None gives the tokens' slots start .. start + T - 1."""
+    if positions is None:
+        return np.arange(start, start + T)  # (T,)
+    positions = as_array(positions, "positions")
+    if not np.issubdtype(positions.dtype, np.integer):
+        raise TypeError(f"positions must be integers, got dtype {positions.dtype}")
+    if positions.shape not in ((T,), (B, T)):
+        raise ValueError(
+            f"positions must have shape (T={T},) or (B={B}, T={T}), got {tuple(positions.shape)}"
+        )
+    if positions.size and positions.min() < 0:
+        raise ValueError(f"positions must be >= 0, got {int(positions.min())}")
+    if positions.size and int(positions.max()) >= 2**62:
+        raise ValueError(f"positions must be < 2**62, got {int(positions.max())}")
+    return positions.astype(np.int64)  # a copy: the caller's array is not kept
+
+
 def check_key_padding_mask(key_padding_mask, B: int, S: int, source: str = "x") -> np.ndarray:
     """A boolean (B, S) mask, True = a real key (attend), else a named error; the keys come
     from `source` (x, or x_kv in cross-attention), which the message names."""
