@@ -43,29 +43,19 @@ def every_option(impl: str):
 
 def scaling(args) -> None:
     import numpy as np
-    from timing import Path, peak_rss_bytes, return_freed_memory, run_interleaved
+    from timing import fwd_bwd_path, time_and_peak_rows
 
     rows = []
     for T in (int(t) for t in args.Ts.split(",")):
         rng = np.random.default_rng(T)
         x, g = (rng.standard_normal((1, T, D), dtype=np.float32) for _ in "xg")
-        paths = []
-        for impl in ("reference", "tiled"):
-            if impl == "reference" and T > args.max_reference_T:
-                continue  # (1, 12, T, T) float32 weights, scores and gradients: T^2 memory
-            m = every_option(impl)
-
-            def fwd_bwd(m=m, x=x, g=g):
-                m(x)
-                m.backward(g)
-
-            paths.append(Path(f"Attention ({impl})", "npattn", None, fwd_bwd))
-        run_interleaved(paths, args.repeats, 1, log=lambda _: None, settle_s=args.settle_s)
-        return_freed_memory()
-        for path in paths:
-            peak = peak_rss_bytes(path.fwd_bwd)
-            mem = "n/a" if peak is None else f"{peak / 2**20:,.0f}"
-            rows.append(f"| {T} | {path.name} | {path.median_ms('fwd_bwd'):,.0f} | {mem} |")
+        paths = [
+            fwd_bwd_path(f"Attention ({impl})", every_option(impl), x, g)
+            for impl in ("reference", "tiled")
+            # the reference forms (1, 12, T, T) weights, scores and gradients: T^2 memory
+            if impl == "tiled" or T <= args.max_reference_T
+        ]
+        rows += time_and_peak_rows(T, paths, args.repeats, args.settle_s)
     print(f"Every option on: d = {D}, {HEADS} heads, {GROUPS} key/value heads, RoPE, QK-norm,")
     print(f"window {WINDOW}, soft-cap {SOFTCAP}, sinks; B = 1, float32, forward+backward;")
     print(f"{args.threads} threads, medians of {args.repeats} interleaved repeats")
@@ -77,7 +67,7 @@ def scaling(args) -> None:
 def sdpa(args) -> None:
     import numpy as np
     import torch
-    from timing import Path, run_interleaved
+    from timing import Path, fwd_bwd_path, run_interleaved
 
     import npattn
     import torch_port
@@ -92,21 +82,14 @@ def sdpa(args) -> None:
     tmha = torch_port.MultiHeadAttention(D, D, T, 0.0, HEADS)
     sdpa_module = torch_port.MHAPyTorchScaledDotProduct.from_mha(tmha).eval()
 
-    def npattn_path(name, m):
-        def fwd_bwd():
-            m(x)
-            m.backward(g)
-
-        return Path(name, "npattn", None, fwd_bwd)
-
     def torch_fwd_bwd():
         sdpa_module.zero_grad(set_to_none=True)
         tx.grad = None
         sdpa_module(tx).backward(tg)
 
     paths = [
-        npattn_path("npattn.Attention (auto)", attention),
-        npattn_path("npattn.MultiHeadAttention (auto)", chapter),
+        fwd_bwd_path("npattn.Attention (auto)", attention, x, g),
+        fwd_bwd_path("npattn.MultiHeadAttention (auto)", chapter, x, g),
         Path("torch SDPA (MHAPyTorchScaledDotProduct)", "torch", None, torch_fwd_bwd),
     ]
     run_interleaved(paths, args.repeats, 1, log=lambda _: None, settle_s=args.settle_s)

@@ -47,28 +47,18 @@ def main(argv=None) -> None:
     pin_threads(args.threads)  # before numpy loads its BLAS
     sys.path[:0] = [HERE, ROOT]
     import numpy as np
-    from timing import Path, peak_rss_bytes, return_freed_memory, run_interleaved
+    from timing import fwd_bwd_path, time_and_peak_rows
 
     rows = []
     for T in (int(t) for t in args.Ts.split(",")):
         rng = np.random.default_rng(T)
         x, g = (rng.standard_normal((1, T, D), dtype=np.float32) for _ in "xg")
-        paths = []
-        for name in ("GroupedQueryAttention", "MultiHeadAttentionWithSWA"):
-            for impl in ("reference", "tiled"):
-                m = build(name, impl)
-
-                def fwd_bwd(m=m, x=x, g=g):
-                    m(x)
-                    m.backward(g)
-
-                paths.append(Path(f"{name} ({impl})", "npattn", None, fwd_bwd))
-        run_interleaved(paths, args.repeats, 1, log=lambda _: None, settle_s=args.settle_s)
-        return_freed_memory()
-        for path in paths:
-            peak = peak_rss_bytes(path.fwd_bwd)
-            mem = "n/a" if peak is None else f"{peak / 2**20:,.0f}"
-            rows.append(f"| {T} | {path.name} | {path.median_ms('fwd_bwd'):,.0f} | {mem} |")
+        paths = [
+            fwd_bwd_path(f"{name} ({impl})", build(name, impl), x, g)
+            for name in ("GroupedQueryAttention", "MultiHeadAttentionWithSWA")
+            for impl in ("reference", "tiled")
+        ]
+        rows += time_and_peak_rows(T, paths, args.repeats, args.settle_s)
     print(f"B = 1, d = {D}, {HEADS} heads; GQA with {GROUPS} key/value groups; SWA window {WINDOW}")
     print(f"{args.threads} threads, medians of {args.repeats} interleaved repeats")
     print("| T | class (attn_impl) | fwd+bwd (ms) | peak memory (MiB) |")

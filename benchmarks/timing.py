@@ -171,3 +171,29 @@ def machine_note() -> dict:
     except OSError:
         info["load"] = None
     return info
+
+
+def fwd_bwd_path(name: str, module, x, g) -> Path:
+    """A Path that times an npattn module's forward and backward together (no forward alone).
+
+    Shapes: x (B, T, d), g the upstream gradient, shaped as the output.
+    """
+
+    def fwd_bwd():
+        module(x)
+        return module.backward(g)
+
+    return Path(name, "npattn", None, fwd_bwd)
+
+
+def time_and_peak_rows(T: int, paths: list[Path], repeats: int, settle_s: float) -> list[str]:
+    """Time the paths' forward+backward in interleaved repeats, then measure each one's peak
+    memory alone: Markdown rows | T | name | median ms | peak MiB |."""
+    run_interleaved(paths, repeats, 1, log=lambda _: None, settle_s=settle_s)
+    return_freed_memory()
+    rows = []
+    for path in paths:
+        peak = peak_rss_bytes(path.fwd_bwd)
+        mem = "n/a" if peak is None else f"{peak / 2**20:,.0f}"
+        rows.append(f"| {T} | {path.name} | {path.median_ms('fwd_bwd'):,.0f} | {mem} |")
+    return rows
