@@ -13,6 +13,7 @@ from tolerances import F64
 import npattn
 from npattn import Attention, AttentionConfig, QKNorm, RoPE
 from npattn.gradcheck import check_module
+from npattn.models.attend import AUTO_TILED_MIN_TOKENS
 
 
 def _copy_weights(src, dst) -> None:
@@ -335,15 +336,15 @@ def test_call_errors_change_nothing(call, error, words):
     np.testing.assert_array_equal(m.backward(g), dx)
 
 
-@pytest.mark.parametrize("T", [3, 64])
-def test_auto_is_the_reference_below_64_tokens_and_tiled_from_there(T):
+@pytest.mark.parametrize("T", [3, AUTO_TILED_MIN_TOKENS - 1, AUTO_TILED_MIN_TOKENS])
+def test_auto_is_the_reference_below_its_switch_and_tiled_from_there(T):
     cfg = AttentionConfig(8, 4, 2, rope=RoPE(), softcap=20.0, sinks=True, window=40)
     m = _attention(cfg, 4)
     x = _x(1, T, 8, 5)
     ref = m(x)
     m.attn_impl = "auto"
     np.testing.assert_allclose(m(x), ref, **F64)
-    assert (m.attn_weights is None) == (T >= 64)  # the tiled path forms no weights
+    assert (m.attn_weights is None) == (T >= AUTO_TILED_MIN_TOKENS)  # tiled forms no weights
 
 
 # -- hostile use ------------------------------------------------------------------------

@@ -23,13 +23,15 @@ from ..ops.sdpa import sdpa_forward
 from .mask import Mask
 
 ATTENTION_IMPLS = ("reference", "tiled", "auto")
-# "auto" runs tiled from this many queries on. Measured on 2 cores (benchmarks/attention.py,
-# d = 768, 12 heads, float32, forward + backward, medians of interleaved repeats), tiled was
-# faster than the reference at every size tried: B = 4 and T = 64, 128, 256, 512 took
-# 343, 424, 610, 744 ms against 420, 611, 1009, 2867 ms on a loaded machine (its heads run
-# on threads, and no (T, T) array is formed), and at B = 4, T = 512 on a quiet one auto ran
-# at 1.22-1.29x torch SDPA's time; below 64 tokens the reference keeps m.attn_weights.
-AUTO_TILED_MIN_TOKENS = 64
+# "auto" runs tiled from this many queries on. Measured on 2 cores (d = 768, 12 heads,
+# float32, forward + backward, medians of 5 interleaved repeats, with no options and with
+# GQA 12/4, RoPE, QK-norm, a window of 512, soft-cap and sinks), tiled took this fraction of
+# the reference's time:
+#   B = 1: T = 64, 128, 256, 512: 1.77, 0.89, 1.19, 0.82 (no options); 1.63, 1.28, 1.04, 0.73
+#   B = 4: T = 128, 256, 512:           1.20, 1.10, 0.66;                  1.20, 0.82, 0.58
+# so tiled from 512 tokens, where it is faster in every case measured (and forms no (T, T)
+# array); below, the reference is as fast or faster and keeps m.attn_weights.
+AUTO_TILED_MIN_TOKENS = 512
 
 __all__ = ["ATTENTION_IMPLS", "attention_backward", "attention_forward", "attention_inference"]
 

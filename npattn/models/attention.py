@@ -71,7 +71,7 @@ class Call(NamedTuple):
     use_cache: bool
     positions: np.ndarray  # (T,) or (B, T)
     key_padding_mask: np.ndarray | None  # (B, S)
-    tiled: bool  # a full forward on the tiled path (attn_impl "tiled", or "auto" from 64)
+    tiled: bool  # a full forward on the tiled path (attn_impl "tiled", or "auto" from 512)
 
 
 SINK_INIT_STD = 0.02  # the sinks start near 0: a small share of each row goes nowhere
@@ -104,7 +104,7 @@ class Attention(KVCacheMixin, Module):
 
     attn_impl: "reference" (the default: the steps above, step 8 as sdpa_forward), "tiled"
     (step 8 as flash_attention_forward, memory linear in T; attn_weights is None) or "auto"
-    (tiled from 64 tokens). Cached decoding runs the same forward-only step whatever it says.
+    (tiled from 512 tokens). Cached decoding runs the same forward-only step whatever it says.
     """
 
     attn_impl = attn_impl_property(ATTENTION_IMPLS)
