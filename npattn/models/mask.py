@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..ops.masks import position_mask
+from ..modules._kv import attention_mask
 
 
 @dataclass(frozen=True)
@@ -50,12 +50,7 @@ class Mask:
 
         Shapes: -> (T, S), or (B, 1, T, S) with padding.
         """
-        mask = None
-        if self.causal:
-            q_slots = np.arange(self.q_start, self.q_start + self.T)  # (T,)
-            k_slots = np.arange(self.k_start, self.k_start + self.S)  # (S,)
-            mask = position_mask(q_slots, k_slots, window=self.window)  # (T, S)
-        if self.padding is not None:
-            padding = self.padding[:, None, None, :]  # (B, S) -> (B, 1, 1, S)
-            mask = padding if mask is None else mask & padding  # -> (B, 1, T, S)
-        return mask
+        if self.causal:  # the modules' own causal (windowed) mask at these slots
+            return attention_mask(self.q_start, self.T, self.k_start, self.S, self.window,
+                                  self.padding)  # fmt: skip
+        return None if self.padding is None else self.padding[:, None, None, :]  # (B,1,1,S)
