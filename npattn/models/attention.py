@@ -312,12 +312,12 @@ class Attention(KVCacheMixin, Module):
 
     @staticmethod
     def _fused_backward(douts, cache, layers):
-        """_fused_forward's backward: (dx,), and each layer's gradients set on it."""
+        """_fused_forward's backward: dx, and each layer's gradients set on it."""
         dout = douts if isinstance(douts, np.ndarray) else np.concatenate(douts, axis=-1)
         dx, dweights, dbiases = fused_linear_backward(dout, cache)
         for i, layer in enumerate(layers):
             layer.set_grads(dweights[i], None if dbiases is None else dbiases[i])
-        return (dx,)
+        return dx
 
     def _dropout_p(self) -> float:
         return self.config.dropout if self.training else 0.0
@@ -343,7 +343,7 @@ class Attention(KVCacheMixin, Module):
         if out is None:
             dcontext = self.out_proj.backward(dout)  # (B, T, H * E)
         else:  # the fused product: out_proj is handed its gradients
-            (dcontext,) = self._fused_backward(dout, out, (self.out_proj,))
+            dcontext = self._fused_backward(dout, out, (self.out_proj,))
         # 9.
         dcontext = merge_heads_backward(dcontext, merge_cache)  # (B, H, T, E)
         # 8. a key/value head fed its whole group: the backward sums the group's gradients
@@ -370,7 +370,7 @@ class Attention(KVCacheMixin, Module):
         # 1. x (or x_kv) feeds several projections: their terms are summed
         if qkv is not None:  # one product: its backward sums the three terms of dx
             layers = (self.W_query, self.W_key, self.W_value)
-            return self._fused_backward((dqueries, dkeys, dvalues), qkv, layers)[0]
+            return self._fused_backward((dqueries, dkeys, dvalues), qkv, layers)
         dx = self.W_query.backward(dqueries)
         dsource = self.W_key.backward(dkeys)
         dsource += self.W_value.backward(dvalues)
