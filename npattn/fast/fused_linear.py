@@ -88,3 +88,33 @@ def fused_linear_backward(dout, cache):
     dweights = np.split(dweight, splits, axis=0)  # (sum d_out_i, d_in) -> n x (d_out_i, d_in)
     dbiases = None if dbias is None else np.split(dbias, splits)
     return dx, dweights, dbiases
+
+
+def fused_layers_forward(x, layers):
+    """Linear layers that read the same x, run as one fused_linear_forward instead of their
+    own forwards: each layer forgets its last forward (its own backward would use an older
+    input) and is handed its gradients by fused_layers_backward.
+
+    Shapes: x (..., in_features) -> tuple of (..., out_features), one per layer; cache.
+    """
+    weights = [layer.weight for layer in layers]
+    biases = None if layers[0].bias is None else [layer.bias for layer in layers]
+    x = as_float_array(x, "x").astype(weights[0].dtype, copy=False)  # as Linear.forward casts
+    out, cache = fused_linear_forward(x, weights, biases)  # (..., sum of out_features)
+    for layer in layers:
+        layer.forget_forward()
+    bounds = np.cumsum([w.shape[0] for w in weights])[:-1]
+    return tuple(np.split(out, bounds, axis=-1)), cache
+
+
+def fused_layers_backward(douts, cache, layers):
+    """fused_layers_forward's backward: dx, each layer's gradients set on it (set_grads).
+
+    Shapes: douts, one (..., out_features) per layer (or one array for a single layer)
+    -> dx (..., in_features).
+    """
+    dout = douts if isinstance(douts, np.ndarray) else np.concatenate(douts, axis=-1)
+    dx, dweights, dbiases = fused_linear_backward(dout, cache)
+    for i, layer in enumerate(layers):
+        layer.set_grads(dweights[i], None if dbiases is None else dbiases[i])
+    return dx

@@ -17,7 +17,7 @@ import numpy as np
 
 from .. import _guard
 from .._checks import check_allocation, check_bool, make_rng
-from ..fast.fused_linear import fused_linear_backward, fused_linear_forward
+from ..fast.fused_linear import fused_layers_backward, fused_layers_forward
 from ..modules._input import attn_impl_property
 from ..modules._kv import (
     CacheView,
@@ -59,7 +59,7 @@ class AttentionCache(NamedTuple):
     attention: object  # SDPACache or FlashCache
     merge: tuple
     cross: bool  # keys and values from x_kv
-    qkv: tuple | None  # fused_linear_forward's cache on the tiled path, else None
+    qkv: tuple | None  # fused_layers_forward's cache on the tiled path, else None
     out: tuple | None
 
 
@@ -223,7 +223,7 @@ class Attention(KVCacheMixin, Module):
         fused = tiled and not cross
         # 1. projections                  (B, T, d) -> (B, T, H * E); (B, S, G * E) each
         if fused:
-            (queries, keys, values), qkv_cache = self._fused_forward(
+            (queries, keys, values), qkv_cache = fused_layers_forward(
                 x, (self.W_query, self.W_key, self.W_value)
             )
         else:
@@ -281,7 +281,7 @@ class Attention(KVCacheMixin, Module):
         context, merge_cache = merge_heads_forward(context)
         # 10. output projection           (B, T, H * E) -> (B, T, d_out)
         if fused:
-            (out,), out_cache = self._fused_forward(context, (self.out_proj,))
+            (out,), out_cache = fused_layers_forward(context, (self.out_proj,))
         else:
             out, out_cache = self.out_proj(context), None
         reference = hasattr(attn_cache, "attn_weights")  # the tiled path forms no weights
@@ -293,31 +293,6 @@ class Attention(KVCacheMixin, Module):
             out_cache,
         )  # fmt: skip
         return out
-
-    @staticmethod
-    def _fused_forward(x, layers):
-        """The layers' outputs as one matrix product over the threads; each layer forgets its
-        own last forward (its backward would use an older input) and is handed its gradients
-        in _fused_backward.
-
-        Shapes: x (B, T, d_in) -> tuple of (B, T, out_features), one per layer; cache.
-        """
-        weights = [layer.weight for layer in layers]
-        biases = None if layers[0].bias is None else [layer.bias for layer in layers]
-        out, cache = fused_linear_forward(x, weights, biases)  # (B, T, sum of out_features)
-        for layer in layers:
-            layer.forget_forward()
-        bounds = np.cumsum([w.shape[0] for w in weights])[:-1]
-        return tuple(np.split(out, bounds, axis=-1)), cache
-
-    @staticmethod
-    def _fused_backward(douts, cache, layers):
-        """_fused_forward's backward: dx, and each layer's gradients set on it."""
-        dout = douts if isinstance(douts, np.ndarray) else np.concatenate(douts, axis=-1)
-        dx, dweights, dbiases = fused_linear_backward(dout, cache)
-        for i, layer in enumerate(layers):
-            layer.set_grads(dweights[i], None if dbiases is None else dbiases[i])
-        return dx
 
     def _dropout_p(self) -> float:
         return self.config.dropout if self.training else 0.0
@@ -343,7 +318,7 @@ class Attention(KVCacheMixin, Module):
         if out is None:
             dcontext = self.out_proj.backward(dout)  # (B, T, H * E)
         else:  # the fused product: out_proj is handed its gradients
-            dcontext = self._fused_backward(dout, out, (self.out_proj,))
+            dcontext = fused_layers_backward(dout, out, (self.out_proj,))
         # 9.
         dcontext = merge_heads_backward(dcontext, merge_cache)  # (B, H, T, E)
         # 8. a key/value head fed its whole group: the backward sums the group's gradients
@@ -370,7 +345,7 @@ class Attention(KVCacheMixin, Module):
         # 1. x (or x_kv) feeds several projections: their terms are summed
         if qkv is not None:  # one product: its backward sums the three terms of dx
             layers = (self.W_query, self.W_key, self.W_value)
-            return self._fused_backward((dqueries, dkeys, dvalues), qkv, layers)
+            return fused_layers_backward((dqueries, dkeys, dvalues), qkv, layers)
         dx = self.W_query.backward(dqueries)
         dsource = self.W_key.backward(dkeys)
         dsource += self.W_value.backward(dvalues)

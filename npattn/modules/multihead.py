@@ -19,7 +19,7 @@ from ..fast.dispatch import (
     keep_mask,
     resolve_attn_impl,
 )
-from ..fast.fused_linear import fused_linear_backward, fused_linear_forward
+from ..fast.fused_linear import fused_layers_backward, fused_layers_forward
 from ..ops.heads import (
     merge_heads_backward,
     merge_heads_forward,
@@ -218,11 +218,8 @@ class MultiHeadAttention(KVCacheMixin, Module):
         context, fast_cache, attn_weights = fused_attention_forward(
             impl, x, qkv_layers, self.num_heads, self.mask, dropout_p, self.rng
         )  # context (B, T, d_out); attn_weights (B, H, T, T) or None from the tiled path
-        out_proj = self.out_proj
-        biases = None if out_proj.bias is None else [out_proj.bias]
-        context = context.astype(out_proj.weight.dtype, copy=False)  # as Linear.forward casts
-        context_vec, out_cache = fused_linear_forward(context, [out_proj.weight], biases)
-        for layer in (*qkv_layers, out_proj):
+        (context_vec,), out_cache = fused_layers_forward(context, (self.out_proj,))
+        for layer in qkv_layers:
             layer.forget_forward()  # computed here, not by the layer: no backward of its own
         self.attn_weights = attn_weights
         self.reset_cache()  # a full forward empties the KV cache
@@ -262,9 +259,7 @@ class MultiHeadAttention(KVCacheMixin, Module):
     def _backward_fast(self, dcontext_vec, fast_cache):
         """Step 5, then steps 4 -> 1 fused; each projection is handed its own gradients."""
         fast_cache, out_cache = fast_cache
-        dcontext, (dweight,), dbias = fused_linear_backward(dcontext_vec, out_cache)
-        # dcontext (B, T, d_out)
-        self.out_proj.set_grads(dweight, None if dbias is None else dbias[0])
+        dcontext = fused_layers_backward(dcontext_vec, out_cache, (self.out_proj,))  # (B, T, d_out)
         dx, dweights, dbiases = fused_attention_backward(dcontext, fast_cache)
         dbiases = dbiases if dbiases is not None else (None,) * 3
         for layer, dweight, dbias in zip(
